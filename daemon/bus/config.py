@@ -1,0 +1,40 @@
+"""The bus's settings, with named limits instead of magic numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocol.codec import DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True, kw_only=True)
+class BusConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    #: Allowed Origin headers; None stands for "no Origin" (daemons, the CLI).
+    #: Browsers always send one, so only listed origins (the extension's
+    #: pinned chrome-extension://<id>, a UI's origin) may connect from one.
+    origins: tuple[str | None, ...] = field(default=(None,))
+
+    # Timeouts
+    hello_timeout: float = 10.0
+    default_deadline_ms: int = 30_000
+    max_deadline_ms: int = 3_600_000
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    #: A client whose send buffer does not shrink for this long is dropped.
+    stall_timeout: float = 15.0
+    #: On SIGTERM, how long clients get to finish their close handshake.
+    shutdown_timeout: float = 5.0
+
+    # Limits
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_connections: int = 10_000
+    max_inflight_per_client: int = 256
+    #: Bytes queued for one client beyond which it is dropped as a slow
+    #: consumer. websockets' keepalive cannot catch a client that stops
+    #: reading once its buffer passes write_limit (the ping waits for the
+    #: drain), so this cap is what bounds the bus's memory per connection.
+    max_send_buffer: int = 4 * 1024 * 1024
+    #: Incoming frames websockets buffers before it stops reading the socket.
+    max_queue: int = 32

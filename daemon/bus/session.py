@@ -1,0 +1,133 @@
+"""One authenticated connection and its bounded, non-blocking send path.
+
+Every frame the bus sends goes through :meth:`Session.push`, which never
+awaits: one slow client can never hold up routing for the others. Instead the
+send buffer is capped. websockets' own ``send()`` would wait for the drain,
+and its keepalive ping waits for the drain too, so a client that simply stops
+reading would otherwise make the bus buffer without bound. Past
+``max_send_buffer`` bytes queued, the client is dropped (transport aborted:
+a close frame could not reach a peer that does not read). A buffer that does
+not shrink for ``stall_timeout`` is dropped by the bus's sweeper as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.protocol import State as WsState
+
+from protocol import Codec, Connection, ProtocolError, Role
+
+if TYPE_CHECKING:
+    from ..tokens import TokenEntry
+    from .server import Bus
+
+log = logging.getLogger("personad.bus")
+
+
+class Session:
+    """A client of the bus, from hello to disconnect."""
+
+    __slots__ = (
+        "_stall_since",
+        "_stall_size",
+        "bus",
+        "capabilities",
+        "client_id",
+        "closed",
+        "codec",
+        "conn",
+        "connected_at",
+        "inbound",
+        "kind",
+        "outbound",
+        "token",
+        "ws",
+    )
+
+    def __init__(self, bus: Bus, ws: ServerConnection, codec: Codec, token: TokenEntry | None) -> None:
+        self.bus = bus
+        self.ws = ws
+        self.codec = codec
+        self.conn = Connection(Role.SERVER, codec, max_message_bytes=bus.config.max_message_bytes)
+        #: Set by header auth before hello, or by the hello's token.
+        self.token = token
+        self.client_id = ""
+        self.kind = ""
+        self.capabilities: tuple[str, ...] = ()
+        self.connected_at = time.time()
+        #: Requests this client sent that await an answer: its id -> bus id.
+        self.outbound: dict[int | str, int] = {}
+        #: Bus ids of requests this client must answer.
+        self.inbound: set[int] = set()
+        self.closed = False
+        self._stall_size = 0
+        self._stall_since: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.client_id or 'unidentified'} {self.ws.remote_address}>"
+
+    # -- sending -----------------------------------------------------------------
+
+    def push(self, frame: bytes | str) -> bool:
+        """Queue one frame without waiting. False when the client is gone or dropped."""
+        if self.closed or self.ws.protocol.state is not WsState.OPEN:
+            return False
+        if self.ws.transport.get_write_buffer_size() > self.bus.config.max_send_buffer:
+            self.abort("slow_consumer")
+            return False
+        # broadcast() to one connection is websockets' public non-blocking send.
+        if isinstance(frame, str):
+            broadcast((self.ws,), frame.encode("utf-8"), text=True)
+        else:
+            broadcast((self.ws,), frame)
+        metrics = self.bus.metrics
+        metrics.frames_out += 1
+        metrics.bytes_out += len(frame)
+        return True
+
+    def send(self, wire: dict[str, Any]) -> bool:
+        """Encode a wire dict with this client's codec and push it."""
+        try:
+            frame = self.conn.send_wire(wire)
+        except ProtocolError as exc:
+            log.error("cannot encode for %s: %s", self.client_id, exc.reason)
+            return False
+        return self.push(frame)
+
+    def writable(self) -> bool:
+        """Whether a push would be accepted now (used to pre-filter fan-outs)."""
+        if self.closed or self.ws.protocol.state is not WsState.OPEN:
+            return False
+        if self.ws.transport.get_write_buffer_size() > self.bus.config.max_send_buffer:
+            self.abort("slow_consumer")
+            return False
+        return True
+
+    # -- dropping ------------------------------------------------------------------
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now, without a closing handshake."""
+        if self.closed:
+            return
+        self.closed = True
+        self.bus.metrics.closed[reason] += 1
+        log.warning(
+            "dropping client=%s reason=%s buffered=%d",
+            self.client_id or "-", reason, self.ws.transport.get_write_buffer_size(),
+        )
+        self.ws.transport.abort()
+
+    def check_stall(self, now: float) -> None:
+        """Called periodically: drop the client if its buffer stopped draining."""
+        size = self.ws.transport.get_write_buffer_size()
+        if size == 0:
+            self._stall_since = None
+        elif self._stall_since is None or size < self._stall_size:
+            self._stall_since = now
+        elif now - self._stall_since > self.bus.config.stall_timeout:
+            self.abort("stalled")
+        self._stall_size = size

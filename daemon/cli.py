@@ -1,0 +1,284 @@
+"""``personad``: start any part of the system, or talk to it as a person.
+
+Every verb takes ``--state-dir`` (env PERSONAD_STATE_DIR, default ./.personad),
+``--url`` (env PERSONAD_URL) and ``--log-level``. Exit status: 0 on success,
+1 when the system answered with an error or could not be reached, 2 for a bad
+command line or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from protocol import JSON, MSGPACK, ErrorCode, RpcError
+
+from . import __version__, logs, runtime
+from .errors import AuthError, BusUnavailable, ConfigError, PersonadError
+from .state import StateDir, find_token, resolve_state_dir
+
+DEFAULT_URL = "ws://127.0.0.1:8765"
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument("--state-dir", default=argparse.SUPPRESS,
+                       help="state directory (env PERSONAD_STATE_DIR; default ./.personad)")
+    group.add_argument("--url", default=argparse.SUPPRESS,
+                       help=f"bus URL (env PERSONAD_URL; default {DEFAULT_URL})")
+    group.add_argument("--log-level", default=argparse.SUPPRESS,
+                       help="DEBUG, INFO, WARNING or ERROR (env PERSONAD_LOG_LEVEL)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="personad", parents=[common],
+        description="AI personas as daemons on a shared WebSocket command bus.",
+    )
+    parser.add_argument("--version", action="version", version=f"personad {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_: str) -> argparse.ArgumentParser:
+        return verbs.add_parser(name, parents=[common], help=help_, description=help_)
+
+    verb("init", "create the state directory and an admin token (printed once)")
+
+    bus = verb("bus", "run the bus")
+    bus.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    bus.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    bus.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                     help="an Origin browsers may connect from (repeatable)")
+
+    persona = verb("persona", "run one persona daemon")
+    persona.add_argument("id", help="persona id; its config is <config-dir>/personas/<id>.toml")
+    persona.add_argument("--config-dir", default=None,
+                         help="config directory (env PERSONAD_CONFIG_DIR; default ./config)")
+
+    call = verb("call", "call a method, as a person on the bus")
+    call.add_argument("target", help="'bus', a client id (persona:demo) or a capability (cap:browser)")
+    call.add_argument("method", help="method name, e.g. persona.status")
+    call.add_argument("params", nargs="?", default=None, help="params as a JSON object")
+    call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    call.add_argument("--token", default=None, help="token (default: env PERSONAD_TOKEN, then the admin token)")
+    call.add_argument("--json-codec", action="store_true", help="speak JSON instead of msgpack")
+
+    verb("status", "show the bus's health and who is connected")
+
+    up = verb("up", "run the embedded default: the bus and every configured persona")
+    up.add_argument("--config-dir", default=None, help="config directory (default ./config)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8765)
+
+    verb("schema", "print the protocol's JSON Schema")
+
+    token = verb("token", "manage tokens")
+    token_verbs = token.add_subparsers(dest="token_verb", required=True, metavar="ACTION")
+    add = token_verbs.add_parser("add", parents=[common], help="create a token (printed once)")
+    add.add_argument("--name", required=True)
+    add.add_argument("--role", default="observer", help="admin, persona, service or observer")
+    add.add_argument("--subject", default=None,
+                     help="client ids it may claim, e.g. persona:demo or browser:* (default by role)")
+    add.add_argument("--grant", action="append", default=[], metavar="METHOD[@TARGET]",
+                     help="extra grant, e.g. browser_js@cap:browser (repeatable)")
+    token_verbs.add_parser("list", parents=[common], help="list tokens (never their secrets)")
+    revoke = token_verbs.add_parser("revoke", parents=[common], help="revoke by id or name")
+    revoke.add_argument("token_id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Long-running verbs log their lifecycle; one-shot verbs stay quiet but for problems.
+    quiet = args.verb not in {"bus", "persona", "up"}
+    logs.configure(getattr(args, "log_level", None), default="WARNING" if quiet else "INFO")
+    state = StateDir(resolve_state_dir(getattr(args, "state_dir", None)))
+    url = getattr(args, "url", None) or os.environ.get("PERSONAD_URL") or DEFAULT_URL
+    try:
+        return _VERBS[args.verb](args, state, url)
+    except (ConfigError, AuthError) as exc:
+        print(f"personad: {exc}", file=sys.stderr)
+        return 2
+    except PersonadError as exc:
+        print(f"personad: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- verbs ------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    token = state.init()
+    if token is None:
+        print(f"{state.root} is already initialised (admin token in {state.secrets}/admin.token)")
+        return 0
+    print(f"initialised {state.root}")
+    print("the admin token, shown once (also stored 0600 in secrets/admin.token):")
+    print(f"PERSONAD_TOKEN={token}")
+    return 0
+
+
+def _bus(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    from .bus import BusConfig, run_bus
+
+    state.ensure()
+    origins: tuple[str | None, ...] = (None, *args.allow_origin)
+    config = BusConfig(host=args.host, port=args.port, origins=origins)
+    try:
+        runtime.run(run_bus(config, state.tokens()))
+    except OSError as exc:
+        raise BusUnavailable(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    return 0
+
+
+def _config_dir(args: argparse.Namespace) -> Path:
+    return Path(args.config_dir or os.environ.get("PERSONAD_CONFIG_DIR") or "config").absolute()
+
+
+def _persona(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    from .persona.config import load_persona_config
+    from .persona.daemon import PersonaDaemon, run_persona
+    from .persona.session_dir import prepare_session_dir
+
+    config = load_persona_config(_config_dir(args), args.id)
+    session_dir = prepare_session_dir(state.root, config.id)
+    token = _persona_token(state, config.id)
+    daemon = PersonaDaemon(config, session_dir, url=url, token=token)
+    runtime.run(run_persona(daemon))
+    return 0
+
+
+def _persona_token(state: StateDir, persona_id: str) -> str:
+    if token := os.environ.get("PERSONAD_TOKEN"):
+        return token
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        path = Path(credentials) / "token"
+        if path.exists():
+            return path.read_text("utf-8").strip()
+    # Development: the state dir is ours, so issue the persona its own token.
+    return state.persona_token(persona_id, create=state.tokens_path.exists())
+
+
+def _call(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    try:
+        params = json.loads(args.params) if args.params is not None else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"PARAMS_JSON is not valid JSON: {exc}") from None
+    if params is not None and not isinstance(params, dict | list):
+        raise ConfigError("PARAMS_JSON must be a JSON object")
+    token = find_token(state, args.token)
+    to = None if args.target == "bus" else args.target
+    try:
+        result = runtime.run(_call_once(url, token, to, args.method, params, args.timeout,
+                                        JSON if args.json_codec else MSGPACK))
+    except RpcError as exc:
+        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+        if exc.data is not None:
+            print(f"  data: {_dumps(exc.data)}", file=sys.stderr)
+        return 1
+    except AuthError as exc:
+        print(f"error {int(ErrorCode.UNAUTHENTICATED)}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=_json_default))
+    return 0
+
+
+async def _call_once(url: str, token: str, to: str | None, method: str, params: Any,
+                     timeout: float, codec: Any) -> Any:
+    from .client import BusClient
+
+    def show(note: Any) -> None:
+        print(f"~ {note.method} {_dumps(note.params)}", file=sys.stderr, flush=True)
+
+    async with BusClient(url, token=token, kind="cli", codec=codec) as client:
+        return await client.call(method, params, to=to, deadline_ms=int(timeout * 1000),
+                                 on_progress=show)
+
+
+def _status(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    http = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{http}/healthz", timeout=5) as response:
+            health = json.load(response)
+    except (urllib.error.URLError, OSError) as exc:
+        raise BusUnavailable(f"no bus at {url}: {exc}") from None
+    print(f"bus {url}: {health['status']}, version {health['version']}, "
+          f"up {health['uptime_s']:.0f}s, {health['connections']} connections, "
+          f"{health['inflight']} requests in flight")
+    try:
+        token = find_token(state)
+        result = runtime.run(_call_once(url, token, None, "bus.clients", None, 10.0, MSGPACK))
+    except (AuthError, RpcError) as exc:
+        print(f"(client list unavailable: {exc})")
+        return 0
+    for c in result["clients"]:
+        caps = ",".join(c["capabilities"]) or "-"
+        print(f"  {c['id']:<32} {c['kind']:<10} caps={caps:<20} inflight={c['inflight']}")
+    return 0
+
+
+def _up(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    from .supervisor import Supervisor
+
+    supervisor = Supervisor(state, _config_dir(args), host=args.host, port=args.port)
+    return runtime.run(supervisor.run())
+
+
+def _schema(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    from protocol.schema import export
+
+    print(json.dumps(export(), indent=2))
+    return 0
+
+
+def _token(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    store = state.tokens()
+    if args.token_verb == "add":
+        state.ensure()
+        subject = args.subject or {"admin": "*", "persona": None, "service": "*",
+                                   "observer": "*"}.get(args.role)
+        if subject is None:
+            raise ConfigError("--subject is required for this role (e.g. persona:demo)")
+        token, entry = store.add(name=args.name, role=args.role, subject=subject,
+                                 extra_grants=tuple(args.grant))
+        print(f"token {entry.id} ({entry.name}, role {entry.role}, subject {entry.subject}):")
+        print(f"PERSONAD_TOKEN={token}")
+    elif args.token_verb == "list":
+        for e in store.entries():
+            print(f"{e.id}  {e.name:<24} role={e.role:<9} subject={e.subject:<20} "
+                  f"grants={','.join(e.grants)}")
+    else:
+        removed = store.revoke(args.token_id)
+        if not removed:
+            raise ConfigError(f"no token with id or name {args.token_id!r}")
+        print(f"revoked {removed} token(s)")
+    return 0
+
+
+_VERBS = {
+    "init": _init, "bus": _bus, "persona": _persona, "call": _call, "status": _status,
+    "up": _up, "schema": _schema, "token": _token,
+}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False)

@@ -1,0 +1,56 @@
+"""Dispatcher: from a request to a typed handler, with validated params.
+
+A daemon registers ``method -> async handler(params_model, ctx)``; the
+dispatcher looks the method up in the protocol registry, validates ``params``
+against its model (INVALID_PARAMS with pydantic's field errors on failure),
+and checks the handler's return value against the result model, since a
+result that does not match the published schema is our bug, not the caller's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from protocol import ErrorCode, Request, RpcError
+from protocol import commands as registry
+from protocol.validation import invalid_params
+
+from .client import CallContext
+
+log = logging.getLogger("personad.dispatch")
+
+Handler = Callable[[Any, CallContext], Awaitable[BaseModel | dict[str, Any]]]
+
+
+class Dispatcher:
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def register(self, method: str, handler: Handler) -> None:
+        if registry.get(method) is None:
+            raise ValueError(f"{method} is not in the protocol registry")
+        self._handlers[method] = handler
+
+    @property
+    def methods(self) -> list[str]:
+        return sorted(self._handlers)
+
+    async def __call__(self, request: Request, ctx: CallContext) -> Any:
+        handler = self._handlers.get(request.method)
+        command = registry.get(request.method)
+        if handler is None or command is None:
+            raise RpcError(ErrorCode.METHOD_NOT_FOUND, f"{request.method} is not served here")
+        if isinstance(request.params, list):
+            raise RpcError(ErrorCode.INVALID_PARAMS, "params must be an object (named members)")
+        try:
+            params = command.params.model_validate(request.params or {})
+        except ValidationError as exc:
+            raise invalid_params(exc) from None
+        result = await handler(params, ctx)
+        if isinstance(result, BaseModel):
+            return result.model_dump(mode="python")
+        return command.result.model_validate(result).model_dump(mode="python")

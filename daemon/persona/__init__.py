@@ -1,0 +1,1 @@
+"""The persona daemon: one process per persona (``personad persona ID``)."""

@@ -1,0 +1,75 @@
+"""A persona's configuration: ``<config-dir>/personas/<id>.toml``.
+
+Example::
+
+    id = "demo"
+    name = "Ada"
+    description = "A patient explainer of patents."
+    capabilities = ["chat"]
+
+Validated strictly: unknown keys are errors (a misspelt key would otherwise be
+silently ignored), and the error names the file and the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol.commands.bus import CAPABILITY_PATTERN, NAME_PATTERN
+
+from ..errors import ConfigError
+
+PERSONA_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class PersonaConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=PERSONA_ID_PATTERN)]
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    description: Annotated[str, Field(max_length=4096)] = ""
+    capabilities: list[Annotated[str, Field(pattern=CAPABILITY_PATTERN)]] = []
+
+
+def validate_persona_id(persona_id: str) -> str:
+    import re
+
+    if not re.fullmatch(PERSONA_ID_PATTERN, persona_id) or not re.fullmatch(NAME_PATTERN, persona_id):
+        raise ConfigError(
+            f"invalid persona id {persona_id!r}: use lowercase letters, digits, '-' and '_' "
+            "(at most 64, starting with a letter or digit)"
+        )
+    return persona_id
+
+
+def load_persona_config(config_dir: Path, persona_id: str) -> PersonaConfig:
+    """Read and validate ``<config_dir>/personas/<id>.toml``."""
+    validate_persona_id(persona_id)
+    path = config_dir / "personas" / f"{persona_id}.toml"
+    try:
+        raw = tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such persona config (create it, see docs/operations.md)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        config = PersonaConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+    if config.id != persona_id:
+        raise ConfigError(f"{path}: field 'id': is {config.id!r} but the file is for {persona_id!r}")
+    return config
+
+
+def list_persona_ids(config_dir: Path) -> list[str]:
+    return sorted(p.stem for p in (config_dir / "personas").glob("*.toml"))

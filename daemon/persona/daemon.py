@@ -1,0 +1,123 @@
+"""The persona daemon's main loop.
+
+Start-up order: config (validated) → session directory (strict order) →
+bus connection (reconnecting) → READY to systemd. Every task it runs (the bus
+client's reader, request handlers, the watchdog) is owned by one TaskGroup.
+This module must never import torch: the heavy model lives in the inference
+service; tests check it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+from protocol.commands.persona import BusState, PingResult, StatusResult
+
+from .. import __version__
+from ..client import BusClient, CallContext
+from ..dispatch import Dispatcher
+from ..errors import AuthError
+from ..systemd_notify import Notifier
+from .config import PersonaConfig
+from .session_dir import SessionDir
+
+log = logging.getLogger("personad.persona")
+
+
+class PersonaDaemon:
+    def __init__(
+        self,
+        config: PersonaConfig,
+        session_dir: SessionDir,
+        *,
+        url: str,
+        token: str,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.session_dir = session_dir
+        self.url = url
+        self.notifier = notifier or Notifier.from_env()
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        self.dispatcher = Dispatcher()
+        self.dispatcher.register("persona.status", self._status)
+        self.dispatcher.register("persona.ping", self._ping)
+        self.client = BusClient(
+            url,
+            token=token,
+            kind="persona",
+            name=config.id,
+            capabilities=config.capabilities,
+            handler=self.dispatcher,
+            reconnect=True,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, or the bus refuses us for good."""
+        failure: BaseException | None = None
+        async with self.client, asyncio.TaskGroup() as tg:
+            self.notifier.ready(f"persona {self.config.id}: connecting to {self.url}")
+            stopped = tg.create_task(stop.wait(), name="stop")
+            failed = tg.create_task(self.client.wait_failed(), name="bus-failure")
+            background = [
+                tg.create_task(self.notifier.run_watchdog(), name="watchdog"),
+                tg.create_task(self._report_status(), name="status"),
+            ]
+            await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                failure = failed.result()
+            self.notifier.stopping(f"persona {self.config.id}: stopping")
+            for task in [*background, stopped, failed]:
+                task.cancel()
+        if failure is not None:
+            raise AuthError(f"persona {self.config.id}: {failure}")
+        log.info("persona %s stopped", self.config.id)
+
+    async def _report_status(self) -> None:
+        """Keep systemd's STATUS= in step with the bus connection."""
+        last = ""
+        while True:
+            state = self.client.state
+            if state != last:
+                self.notifier.status(f"persona {self.config.id}: bus {state}")
+                last = state
+            await asyncio.sleep(0.5)
+
+    # -- handlers ------------------------------------------------------------------
+
+    async def _status(self, params: object, ctx: CallContext) -> StatusResult:
+        client = self.client
+        return StatusResult(
+            id=self.config.id,
+            name=self.config.name,
+            description=self.config.description,
+            version=__version__,
+            pid=os.getpid(),
+            started_at=self.started_at,
+            uptime_s=round(time.monotonic() - self._started_mono, 3),
+            session_dir=str(self.session_dir.root),
+            capabilities=list(self.config.capabilities),
+            bus=BusState(
+                state=client.state,  # type: ignore[arg-type]
+                url=self.url,
+                connected_since=client.connected_since,
+                reconnects=client.reconnects,
+            ),
+            inflight=client.inflight,
+        )
+
+    async def _ping(self, params: object, ctx: CallContext) -> PingResult:
+        return PingResult(time=time.time())
+
+
+async def run_persona(daemon: PersonaDaemon) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await daemon.run(stop)

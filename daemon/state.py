@@ -1,0 +1,143 @@
+"""The state directory: where tokens, secrets and persona session dirs live.
+
+Layout (documented in docs/operations.md)::
+
+    <state>/                      0700  PERSONAD_STATE_DIR, $STATE_DIRECTORY, ./.personad
+    ├── tokens.json               0600  hashed tokens (the bus reads it)
+    ├── secrets/                  0700  plaintext tokens and keys personad itself uses
+    │   ├── admin.token           0600
+    │   └── persona-<id>.token    0600
+    └── personas/<id>/            0700  a persona's session directory (persona/session_dir.py)
+
+Directories are created in that order, each checked to be a real directory
+(not a symlink) owned by us, and tightened to 0700. There is no fallback: if
+a step fails, the daemon stops with an error naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AuthError, StateDirError
+from .tokens import TokenStore, atomic_write
+
+DEFAULT_STATE_DIR = ".personad"
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+def resolve_state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--state-dir, else $PERSONAD_STATE_DIR, else systemd's $STATE_DIRECTORY, else ./.personad."""
+    for candidate in (explicit, os.environ.get("PERSONAD_STATE_DIR")):
+        if candidate:
+            return Path(candidate).absolute()
+    systemd = os.environ.get("STATE_DIRECTORY")
+    if systemd:
+        # systemd may pass several, colon-separated; the first is ours.
+        return Path(systemd.split(":")[0]).absolute()
+    return Path(DEFAULT_STATE_DIR).absolute()
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (parent must exist) or check it: a real dir, ours, mode 0700."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError as exc:
+        raise StateDirError(f"cannot create {path}: its parent does not exist") from exc
+    except OSError as exc:
+        raise StateDirError(f"cannot create {path}: {exc.strerror}") from exc
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise StateDirError(f"cannot inspect {path}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise StateDirError(f"{path} is a symlink; refusing to follow it for private data")
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateDirError(f"{path} exists and is not a directory")
+    if st.st_uid != os.geteuid():
+        raise StateDirError(f"{path} is owned by uid {st.st_uid}, not by us ({os.geteuid()})")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.root / "tokens.json"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def personas(self) -> Path:
+        return self.root / "personas"
+
+    def tokens(self) -> TokenStore:
+        return TokenStore(self.tokens_path)
+
+    def ensure(self) -> StateDir:
+        """Create the root and secrets folder, in order."""
+        ensure_private_dir(self.root)
+        ensure_private_dir(self.secrets)
+        return self
+
+    @property
+    def initialised(self) -> bool:
+        return self.tokens_path.exists() and (self.secrets / ADMIN_TOKEN_FILE).exists()
+
+    def init(self) -> str | None:
+        """Create the state dir and an admin token; returns the token, or None if it existed."""
+        self.ensure()
+        if self.initialised:
+            return None
+        token, _ = self.tokens().add(name="admin", role="admin", subject="*")
+        self.write_secret(ADMIN_TOKEN_FILE, token)
+        return token
+
+    def write_secret(self, name: str, value: str) -> Path:
+        ensure_private_dir(self.secrets)
+        path = self.secrets / name
+        atomic_write(path, (value + "\n").encode("utf-8"), mode=0o600)
+        return path
+
+    def read_secret(self, name: str) -> str | None:
+        try:
+            return (self.secrets / name).read_text("utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def persona_token(self, persona_id: str, *, create: bool) -> str:
+        """The persona's own token: from secrets/, created (role persona) if asked."""
+        name = f"persona-{persona_id}.token"
+        token = self.read_secret(name)
+        if token is None:
+            if not create:
+                raise AuthError(
+                    f"no token for persona {persona_id!r}: set PERSONAD_TOKEN, provide a "
+                    f"systemd credential 'token', or run `personad token add --role persona "
+                    f"--subject persona:{persona_id} --save`"
+                )
+            token, _ = self.tokens().add(
+                name=f"persona:{persona_id}", role="persona", subject=f"persona:{persona_id}"
+            )
+            self.write_secret(name, token)
+        return token
+
+
+def find_token(state: StateDir, explicit: str | None = None) -> str:
+    """The token a CLI command uses: --token, $PERSONAD_TOKEN, then the state dir's admin token."""
+    token = explicit or os.environ.get("PERSONAD_TOKEN") or state.read_secret(ADMIN_TOKEN_FILE)
+    if not token:
+        raise AuthError(
+            f"no token: set PERSONAD_TOKEN or run `personad init` (state dir {state.root})"
+        )
+    return token

@@ -1,0 +1,184 @@
+"""``personad up``: the embedded default, supervised.
+
+Starts the bus, waits for its /healthz, then starts one persona daemon per
+``<config-dir>/personas/*.toml``, each as its own process with its own token
+(as under systemd), and restarts any child that dies, with backoff. One
+Ctrl-C (or SIGTERM) stops them all: personas first, then the bus, each with
+SIGTERM and a grace period before SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol import RpcError
+
+from .client import BusClient
+from .errors import BusUnavailable, ConfigError
+from .persona.config import list_persona_ids, load_persona_config
+from .state import StateDir, find_token
+
+log = logging.getLogger("personad.up")
+
+GRACE_SECONDS = 10.0
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    process: asyncio.subprocess.Process | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
+        log.info("started %s pid=%d", self.name, self.process.pid)
+
+    async def stop(self) -> None:
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(GRACE_SECONDS):
+                await proc.wait()
+        except TimeoutError:
+            log.warning("%s did not stop in %.0fs; killing it", self.name, GRACE_SECONDS)
+            proc.kill()
+            await proc.wait()
+
+
+class Supervisor:
+    def __init__(self, state: StateDir, config_dir: Path, *, host: str, port: int) -> None:
+        self.state = state
+        self.config_dir = config_dir
+        self.host = host
+        self.port = port
+        self.url = f"ws://{host}:{port}"
+        self.children: list[Child] = []
+
+    def _argv(self, *verb: str) -> list[str]:
+        return [sys.executable, "-m", "daemon", "--state-dir", str(self.state.root), *verb]
+
+    async def run(self) -> int:
+        token = self.state.init()
+        if token is not None:
+            print(f"initialised {self.state.root}; admin token (shown once):\nPERSONAD_TOKEN={token}")
+        persona_ids = list_persona_ids(self.config_dir)
+        for pid in persona_ids:  # fail early, with the file and field, before starting anything
+            load_persona_config(self.config_dir, pid)
+        if not persona_ids:
+            raise ConfigError(f"no personas in {self.config_dir}/personas/*.toml")
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        base_env = {**os.environ, "PERSONAD_URL": self.url,
+                    "PERSONAD_STATE_DIR": str(self.state.root)}
+        base_env.pop("NOTIFY_SOCKET", None)  # the children are ours, not systemd's
+        bus = Child("bus", self._argv("bus", "--host", self.host, "--port", str(self.port)), base_env)
+        self.children.append(bus)
+        try:
+            await bus.start()
+            await self._wait_healthy(bus)
+            for pid in persona_ids:
+                env = {**base_env, "PERSONAD_TOKEN": self.state.persona_token(pid, create=True),
+                       "PERSONAD_CONFIG_DIR": str(self.config_dir)}
+                child = Child(f"persona:{pid}", self._argv("persona", pid), env)
+                self.children.append(child)
+                await child.start()
+            await self._show_ready(persona_ids)
+            return await self._supervise(stop)
+        finally:
+            for child in reversed(self.children):  # personas first, the bus last
+                await child.stop()
+            print("personad: all stopped", flush=True)
+
+    async def _wait_healthy(self, bus: Child, timeout: float = 20.0) -> None:
+        http = f"http://{self.host}:{self.port}/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert bus.process is not None
+            if bus.process.returncode is not None:
+                raise BusUnavailable(f"the bus exited with status {bus.process.returncode} "
+                                     f"(is port {self.port} already in use?)")
+            try:
+                body = await asyncio.to_thread(_get, http)
+                if json.loads(body).get("status") == "ok":
+                    return
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            await asyncio.sleep(0.1)
+        raise BusUnavailable(f"the bus did not answer {http} within {timeout:.0f}s")
+
+    async def _show_ready(self, persona_ids: list[str], timeout: float = 20.0) -> None:
+        token = find_token(self.state)
+        async with BusClient(self.url, token=token, kind="cli", name="up") as client:
+            deadline = time.monotonic() + timeout
+            for pid in persona_ids:
+                while True:
+                    try:
+                        status = await client.call("persona.status", to=f"persona:{pid}",
+                                                   deadline_ms=2000)
+                        break
+                    except RpcError as exc:
+                        if time.monotonic() > deadline:
+                            raise BusUnavailable(f"persona {pid} did not come up: {exc}") from None
+                        await asyncio.sleep(0.2)
+                print(f"persona:{pid} ({status['name']}) is up: session dir {status['session_dir']}",
+                      flush=True)
+        print(
+            f"\npersonad is running on {self.url}. In another terminal:\n"
+            f"  .venv/bin/personad call persona:{persona_ids[0]} persona.status\n"
+            f"  .venv/bin/personad status\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+
+    async def _supervise(self, stop: asyncio.Event) -> int:
+        """Restart children that die; give up on one that dies too often."""
+        while not stop.is_set():
+            waits = {asyncio.ensure_future(c.process.wait()): c for c in self.children if c.process}
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for fut in [*waits, stopper]:
+                if fut not in done:
+                    fut.cancel()
+            if stop.is_set():
+                return 0
+            for fut in done:
+                child = waits.get(fut)  # type: ignore[call-overload]
+                if child is None:
+                    continue
+                now = time.monotonic()
+                child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW] + [now]
+                code = fut.result()
+                if len(child.restarts) > MAX_RESTARTS:
+                    log.error("%s died %d times in %.0fs; stopping everything", child.name,
+                              len(child.restarts), RESTART_WINDOW)
+                    return 1
+                delay = min(30.0, 0.5 * 2 ** (len(child.restarts) - 1))
+                log.warning("%s exited with status %s; restarting in %.1fs", child.name, code, delay)
+                await asyncio.sleep(delay)
+                await child.start()
+        return 0
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return response.read()  # type: ignore[no-any-return]

@@ -1,0 +1,179 @@
+"""Bearer tokens, stored hashed, each with a role, a subject and grants.
+
+The token file (``<state>/tokens.json``, mode 0600) holds only sha256 digests:
+tokens are 256 random bits, so a fast hash is as good as a slow KDF here (no
+dictionary to attack) and lets the bus verify in microseconds. The plaintext
+is shown once when created and, for tokens ``personad`` itself uses, kept in
+``<state>/secrets/`` (0700 folder, 0600 files), never beside persona data.
+
+Grants are ``METHOD@TARGET`` glob patterns (fnmatch), ``METHOD`` alone meaning
+any target; the bus itself is the target ``bus``. A token may call a method on
+a target when any grant matches. ``*`` matches everything, including
+``browser_js``, which is why only the admin role has it by default.
+
+The subject says which client ids a token may claim in its hello:
+``persona:demo`` exactly, ``browser:*`` any browser name, or ``*`` (admin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+TOKEN_PREFIX = "pd_"
+
+#: Default grants by role. A role is a starting point; `--grant` adds more.
+ROLE_GRANTS: dict[str, tuple[str, ...]] = {
+    "admin": ("*",),
+    # Personas talk to the bus, to each other, and to shared services.
+    "persona": ("bus.*", "*@persona:*", "*@cap:inference", "*@inference:*", "screenshot@cap:browser"),
+    # Providers (browser worker, inference service) serve; they call only the bus.
+    "service": ("bus.*",),
+    # Read-only watchers: dashboards, the browser extension's event view.
+    "observer": ("bus.ping", "bus.clients", "bus.subscribe", "bus.unsubscribe", "persona.status@persona:*"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEntry:
+    """One stored token: everything but the secret."""
+
+    id: str
+    name: str
+    role: str
+    subject: str
+    grants: tuple[str, ...]
+    sha256: str
+    created_at: float = field(default_factory=time.time)
+
+    def allows(self, method: str, target: str) -> bool:
+        """Whether this token may call ``method`` on ``target`` (``bus`` for the bus)."""
+        for grant in self.grants:
+            pattern, _, target_pattern = grant.partition("@")
+            if fnmatchcase(method, pattern) and (
+                not target_pattern or fnmatchcase(target, target_pattern)
+            ):
+                return True
+        return False
+
+    def may_claim(self, client_id: str) -> bool:
+        return fnmatchcase(client_id, self.subject)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class TokenStore:
+    """The token file, reloaded when it changes on disk (no bus restart needed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[str, TokenEntry] = {}
+        self._stamp: tuple[int, int] | None = None
+
+    # Reading
+
+    def _reload_if_changed(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._entries, self._stamp = {}, None
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            self._entries = {e.sha256: e for e in self._read()}
+            self._stamp = stamp
+
+    def _read(self) -> list[TokenEntry]:
+        try:
+            doc = json.loads(self.path.read_text("utf-8"))
+            return [
+                TokenEntry(**{**raw, "grants": tuple(raw["grants"])}) for raw in doc["tokens"]
+            ]
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{self.path}: not a valid token file ({exc})") from exc
+
+    def verify(self, token: str) -> TokenEntry | None:
+        """The entry for a presented token, or None. Constant-time on the digest."""
+        self._reload_if_changed()
+        digest = hash_token(token)
+        entry = self._entries.get(digest)
+        # The dict lookup already matched; compare_digest keeps the final
+        # equality check free of early exits should the lookup ever change.
+        if entry is not None and hmac.compare_digest(entry.sha256, digest):
+            return entry
+        return None
+
+    def entries(self) -> list[TokenEntry]:
+        self._reload_if_changed()
+        return sorted(self._entries.values(), key=lambda e: e.created_at)
+
+    # Writing (CLI side)
+
+    def add(
+        self, *, name: str, role: str, subject: str, extra_grants: tuple[str, ...] = ()
+    ) -> tuple[str, TokenEntry]:
+        """Create a token; returns (plaintext, entry). The plaintext is not stored."""
+        if role not in ROLE_GRANTS:
+            raise ConfigError(f"unknown role {role!r}; choose one of {', '.join(ROLE_GRANTS)}")
+        token = new_token()
+        entry = TokenEntry(
+            id=secrets.token_hex(4),
+            name=name,
+            role=role,
+            subject=subject,
+            grants=ROLE_GRANTS[role] + tuple(extra_grants),
+            sha256=hash_token(token),
+        )
+        self._write([*self._read(), entry])
+        return token, entry
+
+    def revoke(self, token_id_or_name: str) -> int:
+        entries = self._read()
+        kept = [e for e in entries if token_id_or_name not in (e.id, e.name)]
+        self._write(kept)
+        return len(entries) - len(kept)
+
+    def _write(self, entries: list[TokenEntry]) -> None:
+        doc: dict[str, Any] = {"version": 1, "tokens": [asdict(e) for e in entries]}
+        atomic_write(self.path, json.dumps(doc, indent=2).encode("utf-8"), mode=0o600)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write a file so readers see the old or the new content, never a mix."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

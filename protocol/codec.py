@@ -1,0 +1,257 @@
+"""Codecs: the only place msgpack and json are imported.
+
+Two codecs, chosen per connection by WebSocket subprotocol (RFC 6455 §1.9):
+
+=====================  ============  ==========================================
+subprotocol            frames        bytes values
+=====================  ============  ==========================================
+``personad.v1.msgpack`` binary        msgpack ``bin`` type, raw
+``personad.v1.json``    text          ``{"$bytes": "<base64>"}``
+=====================  ============  ==========================================
+
+Daemons use msgpack (PNG screenshots and adapter chunks travel as raw bytes);
+browsers, people and tools such as websocat use JSON.
+
+Decoding only ever raises the :class:`~protocol.errors.DecodeError` family,
+whatever the input: the hypothesis fuzz test in tests/protocol holds us to it.
+The data model on the wire is JSON's plus bytes: maps with string keys, no
+msgpack extension types, no NaN/Infinity, so any message can be relayed
+between a msgpack peer and a JSON peer unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Any, Final
+
+import msgpack
+from pydantic import ValidationError
+
+from .errors import EncodeError, FrameTooLarge, InvalidMessage, MalformedFrame
+from .messages import Notification, Request, Response, message_adapter, to_wire
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "JSON",
+    "MSGPACK",
+    "SUBPROTOCOLS",
+    "Codec",
+    "codec_for",
+]
+
+#: 16 MiB: a full-page PNG screenshot fits; a runaway client does not.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
+AnyMessage = Request | Notification | Response
+
+
+class Codec:
+    """Turns messages into frame payloads and back. Stateless; share freely."""
+
+    name: str
+    subprotocol: str
+    #: True when messages travel in binary frames, False for text frames.
+    binary: bool
+
+    def dumps(self, data: dict[str, Any]) -> bytes | str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loads(self, frame: bytes | str) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode(self, message: AnyMessage) -> bytes | str:
+        """The frame payload for ``message``. Raises EncodeError."""
+        return self.encode_wire(to_wire(message))
+
+    def encode_wire(self, data: dict[str, Any]) -> bytes | str:
+        """Encode an already-built wire dict (the bus's relay path)."""
+        try:
+            return self.dumps(data)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise EncodeError(f"cannot encode message with {self.name}: {exc}") from exc
+
+    def decode_data(
+        self, frame: bytes | str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> Any:
+        """Frame payload to plain data, checking frame type and size."""
+        if isinstance(frame, str) == self.binary:
+            kind = "text" if isinstance(frame, str) else "binary"
+            raise MalformedFrame(f"{kind} frame on a {self.name} connection")
+        size = len(frame) if isinstance(frame, bytes) else len(frame.encode("utf-8", "replace"))
+        if size > max_bytes:
+            raise FrameTooLarge(size, max_bytes)
+        try:
+            return self.loads(frame)
+        except RecursionError as exc:
+            raise MalformedFrame(f"{self.name} nesting too deep") from exc
+        except MalformedFrame:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the decoders raise a zoo; all mean "garbage"
+            raise MalformedFrame(f"not valid {self.name}: {_short(exc)}") from exc
+
+    def decode(
+        self, frame: bytes | str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> AnyMessage:
+        """Frame payload to a validated message. Raises only DecodeError subclasses."""
+        return validate(self.decode_data(frame, max_bytes=max_bytes))
+
+
+def validate(data: Any) -> AnyMessage:
+    """Plain data to a validated message; raises InvalidMessage."""
+    try:
+        return message_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise InvalidMessage(_summarise(exc), request_id=_salvage_id(data)) from None
+    except RecursionError:
+        raise InvalidMessage("message nesting too deep", request_id=_salvage_id(data)) from None
+
+
+class _JsonCodec(Codec):
+    name = "json"
+    subprotocol = "personad.v1.json"
+    binary = False
+
+    def __init__(self) -> None:
+        # Compact separators: smaller frames; allow_nan=False: NaN is not JSON.
+        self._encoder = json.JSONEncoder(
+            separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
+        )
+        self._decoder = json.JSONDecoder(object_hook=_json_object_hook, parse_constant=_no_constant)
+
+    def dumps(self, data: dict[str, Any]) -> str:
+        return self._encoder.encode(data)
+
+    def loads(self, frame: bytes | str) -> Any:
+        assert isinstance(frame, str)
+        value, end = self._decoder.raw_decode(frame, _skip_ws(frame, 0))
+        if _skip_ws(frame, end) != len(frame):
+            raise MalformedFrame("trailing data after the JSON value")
+        return value
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\n\r":
+        pos += 1
+    return pos
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _json_object_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$bytes" in obj:
+        raw = obj["$bytes"]
+        if not isinstance(raw, str):
+            raise MalformedFrame("$bytes must be a base64 string")
+        try:
+            return base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise MalformedFrame("$bytes is not valid base64") from exc
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise MalformedFrame(f"{name} is not valid JSON")
+
+
+class _MsgpackCodec(Codec):
+    name = "msgpack"
+    subprotocol = "personad.v1.msgpack"
+    binary = True
+
+    def dumps(self, data: dict[str, Any]) -> bytes:
+        # packb rather than a shared Packer: Packer instances are not reentrant.
+        return msgpack.packb(data, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+
+    def loads(self, frame: bytes | str) -> Any:
+        assert isinstance(frame, bytes)
+        return msgpack.unpackb(
+            frame,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_no_ext,
+            timestamp=0,
+            object_pairs_hook=_str_keys_only,
+            list_hook=_json_safe_list,
+        )
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise MalformedFrame(f"msgpack extension type {code} is not allowed")
+
+
+def _str_keys_only(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if not isinstance(key, str):
+            raise MalformedFrame("map keys must be strings")
+        _check_scalar(value)
+        out[key] = value
+    return out
+
+
+def _json_safe_list(items: list[Any]) -> list[Any]:
+    for value in items:
+        _check_scalar(value)
+    return items
+
+
+def _check_scalar(value: Any) -> None:
+    # What JSON cannot carry must not enter: a msgpack peer's message may be
+    # relayed to a JSON peer unchanged. (Timestamps bypass ext_hook.)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise MalformedFrame("NaN and Infinity are not allowed")
+    elif isinstance(value, msgpack.Timestamp):
+        raise MalformedFrame("msgpack timestamps are not allowed")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(p) for p in error["loc"] if p not in {"request", "notification", "response"})
+        parts.append(f"{loc or 'message'}: {error['msg']}")
+    more = exc.error_count() - len(parts)
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "invalid message: " + "; ".join(parts)
+
+
+def _salvage_id(data: Any) -> int | str | None:
+    if isinstance(data, dict):
+        rid = data.get("id")
+        if isinstance(rid, str) and len(rid) <= 128:
+            return rid
+        if isinstance(rid, int) and not isinstance(rid, bool) and abs(rid) <= 2**53:
+            return rid
+    return None
+
+
+JSON: Final[Codec] = _JsonCodec()
+MSGPACK: Final[Codec] = _MsgpackCodec()
+
+#: Subprotocol name to codec, in the server's order of preference.
+SUBPROTOCOLS: Final[dict[str, Codec]] = {MSGPACK.subprotocol: MSGPACK, JSON.subprotocol: JSON}
+
+
+def codec_for(subprotocol: str | None) -> Codec:
+    """The codec for a negotiated subprotocol. Raised ValueError when unknown."""
+    if subprotocol is None:
+        raise ValueError(
+            f"no subprotocol negotiated; offer one of {', '.join(SUBPROTOCOLS)}"
+        )
+    try:
+        return SUBPROTOCOLS[subprotocol]
+    except KeyError:
+        raise ValueError(f"unknown subprotocol {subprotocol!r}") from None

@@ -1,0 +1,9 @@
+"""Every method of the protocol, with its params and result models.
+
+Importing this package registers them all in :data:`REGISTRY`.
+"""
+
+from . import bus, persona  # noqa: F401  (imported to register their commands)
+from .registry import REGISTRY, Command, StrictModel, get, register
+
+__all__ = ["REGISTRY", "Command", "StrictModel", "get", "register"]

@@ -1,0 +1,266 @@
+"""Methods the bus serves itself (requests with no ``to``), and what it sends.
+
+Topics are dotted names (``persona.patent-expert.notice``). A subscription
+pattern is a topic, a prefix ending in ``.*`` (``persona.*`` matches
+``persona.a`` and ``persona.a.b``), or ``*`` for everything.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from ..messages import CLIENT_ID_PATTERN, RequestId
+from .registry import StrictModel, register
+
+TOPIC_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+SUBSCRIPTION_PATTERN = r"^(\*|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?)$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+KIND_PATTERN = r"^[a-z][a-z0-9_]{0,15}$"
+CAPABILITY_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+
+Topic = Annotated[str, Field(pattern=TOPIC_PATTERN, max_length=256)]
+Subscription = Annotated[str, Field(pattern=SUBSCRIPTION_PATTERN, max_length=256)]
+Room = Annotated[str, Field(pattern=NAME_PATTERN)]
+ClientId = Annotated[str, Field(pattern=CLIENT_ID_PATTERN)]
+
+# Kinds that are not client kinds, so that `to` stays unambiguous.
+RESERVED_KINDS = frozenset({"cap", "room", "bus"})
+
+
+class Empty(StrictModel):
+    """No members."""
+
+
+# -- hello ----------------------------------------------------------------------
+
+
+class HelloParams(StrictModel):
+    protocol: Annotated[int, Field(ge=1, description="protocol version; this is 1")]
+    kind: Annotated[str, Field(pattern=KIND_PATTERN, description="persona, cli, browser, …")]
+    name: Annotated[
+        str | None,
+        Field(pattern=NAME_PATTERN, description="the id part; omitted: the bus picks one"),
+    ] = None
+    capabilities: Annotated[
+        list[Annotated[str, Field(pattern=CAPABILITY_PATTERN)]], Field(max_length=32)
+    ] = []
+    token: Annotated[
+        str | None,
+        Field(max_length=256, description="for clients that cannot set HTTP headers"),
+    ] = None
+    agent: Annotated[str | None, Field(max_length=128, description="software and version")] = None
+
+
+class Limits(StrictModel):
+    max_message_bytes: int
+    max_inflight: int
+    default_deadline_ms: int
+    max_deadline_ms: int
+
+
+class HelloResult(StrictModel):
+    client_id: ClientId
+    bus_version: str
+    protocol: int
+    limits: Limits
+    #: Methods and targets the token may call, as ``method@target`` patterns.
+    grants: list[str]
+
+
+register(
+    "hello",
+    params=HelloParams,
+    result=HelloResult,
+    summary="The handshake; must be the first message on a connection.",
+    served_by="bus",
+)
+
+
+# -- bus.* ----------------------------------------------------------------------
+
+
+class PingResult(StrictModel):
+    time: float = Field(description="the bus's clock, seconds since the epoch")
+
+
+register("bus.ping", params=Empty, result=PingResult, summary="Liveness check.", served_by="bus")
+
+
+class ClientsParams(StrictModel):
+    kind: Annotated[str | None, Field(pattern=KIND_PATTERN)] = None
+    capability: Annotated[str | None, Field(pattern=CAPABILITY_PATTERN)] = None
+
+
+class ClientInfo(StrictModel):
+    id: ClientId
+    kind: str
+    capabilities: list[str]
+    connected_at: float
+    inflight: int
+    codec: str
+
+
+class ClientsResult(StrictModel):
+    clients: list[ClientInfo]
+
+
+register(
+    "bus.clients",
+    params=ClientsParams,
+    result=ClientsResult,
+    summary="Connected clients, optionally filtered by kind or capability.",
+    served_by="bus",
+)
+
+
+class SubscribeParams(StrictModel):
+    topics: Annotated[list[Subscription], Field(min_length=1, max_length=64)]
+
+
+class SubscriptionsResult(StrictModel):
+    topics: list[str] = Field(description="all of this connection's subscriptions now")
+
+
+register(
+    "bus.subscribe",
+    params=SubscribeParams,
+    result=SubscriptionsResult,
+    summary="Receive `event` notifications for topics matching these patterns.",
+    served_by="bus",
+)
+register(
+    "bus.unsubscribe",
+    params=SubscribeParams,
+    result=SubscriptionsResult,
+    summary="Stop receiving events for these patterns.",
+    served_by="bus",
+)
+
+
+class PublishParams(StrictModel):
+    topic: Topic
+    data: Any = None
+
+
+class DeliveredResult(StrictModel):
+    delivered: int = Field(description="how many connections it was sent to")
+
+
+register(
+    "bus.publish",
+    params=PublishParams,
+    result=DeliveredResult,
+    summary="Publish an event; subscribers receive an `event` notification.",
+    served_by="bus",
+)
+
+
+class EventParams(StrictModel):
+    topic: Topic
+    data: Any = None
+    publisher: ClientId
+
+
+register(
+    "event",
+    params=EventParams,
+    result=Empty,
+    summary="Sent by the bus to subscribers of a matching topic.",
+    served_by="client",
+    notification=True,
+)
+
+
+class RoomParams(StrictModel):
+    room: Room
+
+
+class RoomResult(StrictModel):
+    room: Room
+    members: list[ClientId]
+
+
+register(
+    "bus.room.join",
+    params=RoomParams,
+    result=RoomResult,
+    summary="Join a room (created on first join); members get room.joined.",
+    served_by="bus",
+)
+register(
+    "bus.room.leave",
+    params=RoomParams,
+    result=RoomResult,
+    summary="Leave a room (removed when empty); members get room.left.",
+    served_by="bus",
+)
+register(
+    "bus.room.members",
+    params=RoomParams,
+    result=RoomResult,
+    summary="The members of a room.",
+    served_by="bus",
+)
+
+
+class RoomSendParams(StrictModel):
+    room: Room
+    data: Any = None
+
+
+register(
+    "bus.room.send",
+    params=RoomSendParams,
+    result=DeliveredResult,
+    summary="Send to every other member of a room you are in (room.message).",
+    served_by="bus",
+)
+
+
+class RoomMessageParams(StrictModel):
+    room: Room
+    sender: ClientId
+    data: Any = None
+
+
+register(
+    "room.message",
+    params=RoomMessageParams,
+    result=Empty,
+    summary="Sent by the bus to room members for bus.room.send.",
+    served_by="client",
+    notification=True,
+)
+
+
+class RoomPresenceParams(StrictModel):
+    room: Room
+    member: ClientId
+    change: Literal["joined", "left"]
+
+
+register(
+    "room.presence",
+    params=RoomPresenceParams,
+    result=Empty,
+    summary="Sent by the bus to room members when someone joins or leaves.",
+    served_by="client",
+    notification=True,
+)
+
+
+class CancelParams(StrictModel):
+    id: RequestId
+
+
+register(
+    "bus.cancel",
+    params=CancelParams,
+    result=Empty,
+    summary="Caller to bus: cancel my request `id` (answered CANCELLED). "
+    "Bus to target: stop working on request `id`; no answer is expected.",
+    served_by="bus",
+    notification=True,
+)
