@@ -507,7 +507,10 @@ class BusClient:
         except ConnectionClosed:
             raise RpcError(ErrorCode.CONNECTION_LOST, "connection to the bus lost") from None
         except asyncio.CancelledError:
-            if not future.done() and self._link is link:
+            # Cancelling this task cancels the awaited future too, so "no answer
+            # yet" shows as cancelled() here, not as not done().
+            answered = future.done() and not future.cancelled()
+            if not answered and self._link is link:
                 with contextlib.suppress(ConnectionClosed, ProtocolError):
                     await link.ws.send(link.conn.send_wire(
                         {"jsonrpc": "2.0", "method": "bus.cancel", "params": {"id": rid}}

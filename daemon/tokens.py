@@ -86,7 +86,7 @@ class TokenStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._entries: dict[str, TokenEntry] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
 
     # Reading
 
@@ -96,7 +96,8 @@ class TokenStore:
         except FileNotFoundError:
             self._entries, self._stamp = {}, None
             return
-        stamp = (st.st_mtime_ns, st.st_size)
+        # The inode changes on every atomic rewrite, even within one mtime tick.
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
             self._entries = {e.sha256: e for e in self._read()}
             self._stamp = stamp

@@ -119,7 +119,9 @@ class _JsonCodec(Codec):
         self._encoder = json.JSONEncoder(
             separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
         )
-        self._decoder = json.JSONDecoder(object_hook=_json_object_hook, parse_constant=_no_constant)
+        self._decoder = json.JSONDecoder(
+            object_hook=_json_object_hook, parse_constant=_no_constant, parse_int=_msgpack_int
+        )
 
     def dumps(self, data: dict[str, Any]) -> str:
         return self._encoder.encode(data)
@@ -154,6 +156,16 @@ def _json_object_hook(obj: dict[str, Any]) -> Any:
         except (binascii.Error, ValueError) as exc:
             raise MalformedFrame("$bytes is not valid base64") from exc
     return obj
+
+
+def _msgpack_int(text: str) -> int:
+    # msgpack carries -2**63 .. 2**64-1; refuse larger integers at the door so
+    # a JSON peer's message can always be relayed to a msgpack peer. (Python's
+    # own 4300-digit cap, CVE-2020-10735, also surfaces here as ValueError.)
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise MalformedFrame("integer out of the 64-bit range")
+    return value
 
 
 def _no_constant(name: str) -> Any:

@@ -1,0 +1,160 @@
+"""Shared fixtures: real buses, real clients, real processes, on loopback.
+
+Nothing here is a mock. ``bus`` runs the bus in the test's own event loop on
+127.0.0.1:0; ``spawn`` starts real ``python -m daemon ...`` processes (the
+same entry point as the ``personad`` script) and always stops them.
+
+Time: every wait in the tests is bounded by ``WAIT`` (seconds), the one
+constant to raise on a slow machine (env PERSONAD_TEST_WAIT). No test sleeps
+to "let things settle": each waits for the condition it needs, within WAIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.bus import Bus, BusConfig
+from daemon.client import BusClient
+from daemon.state import StateDir
+
+WAIT = float(os.environ.get("PERSONAD_TEST_WAIT", "15"))
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> StateDir:
+    """An initialised state directory; the admin token is in state.admin_token."""
+    sd = StateDir(tmp_path / "state")
+    token = sd.init()
+    assert token is not None
+    object.__setattr__(sd, "admin_token", token)
+    return sd
+
+
+@pytest.fixture
+def bus_config() -> BusConfig:
+    """Bus settings for tests; override the fixture to change limits."""
+    return BusConfig(port=0)
+
+
+@pytest.fixture
+async def bus(state: StateDir, bus_config: BusConfig) -> AsyncIterator[Bus]:
+    """A real bus on 127.0.0.1:0 in this event loop."""
+    async with Bus(bus_config, state.tokens()) as running:
+        yield running
+
+
+@pytest.fixture
+async def connect(bus: Bus, state: StateDir) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: ``await connect(kind=..., name=..., **kw)`` gives a connected BusClient."""
+    clients: list[BusClient] = []
+
+    async def factory(**kwargs: Any) -> BusClient:
+        kwargs.setdefault("token", state.admin_token)  # type: ignore[attr-defined]
+        kwargs.setdefault("kind", "cli")
+        client = BusClient(bus.url, **kwargs)
+        await client.start()
+        if kwargs.get("reconnect"):
+            await client.wait_connected(WAIT)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        await client.close()
+
+
+async def eventually(predicate: Callable[[], Any], *, timeout: float = WAIT, what: str = "") -> Any:
+    """Poll ``predicate`` (sync or async) until truthy, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.02)
+
+
+# -- real processes ------------------------------------------------------------------
+
+
+class Proc:
+    """A personad process started by a test."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.argv = argv
+        self.popen = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.lines: list[str] = []
+
+    def wait_for_line(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+        """Read output until a line matches ``pattern`` (regex)."""
+        assert self.popen.stdout is not None
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if m := regex.search(line):
+                return m
+        while time.monotonic() < deadline:
+            line = self.popen.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if m := regex.search(line):
+                return m
+        raise AssertionError(f"{self.argv[3:]} never printed {pattern!r}; output:\n{''.join(self.lines)}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait(timeout)
+
+    def output(self) -> str:
+        assert self.popen.stdout is not None
+        if self.popen.poll() is not None:
+            self.lines.append(self.popen.stdout.read())
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def spawn(state: StateDir) -> Iterator[Callable[..., Proc]]:
+    """Factory: ``spawn("bus", "--port", "0")`` runs ``python -m daemon <args>`` for real."""
+    procs: list[Proc] = []
+
+    def factory(*args: str, env: dict[str, str] | None = None) -> Proc:
+        full_env = {**os.environ, "PERSONAD_STATE_DIR": str(state.root), "PYTHONUNBUFFERED": "1",
+                    "PERSONAD_CONFIG_DIR": str(REPO / "config"), **(env or {})}
+        full_env.pop("NOTIFY_SOCKET", None)
+        proc = Proc([sys.executable, "-m", "daemon", *args], full_env, REPO)
+        procs.append(proc)
+        return proc
+
+    yield factory
+    for proc in procs:
+        proc.stop(signal.SIGKILL if proc.popen.poll() is None else signal.SIGTERM)
+
+
+def start_bus_process(spawn: Callable[..., Proc], port: int = 0) -> tuple[Proc, str]:
+    """Start ``personad bus`` and return it with its ws:// URL once it listens."""
+    proc = spawn("bus", "--port", str(port))
+    match = proc.wait_for_line(r"listening on (ws://\S+)")
+    return proc, match.group(1)

@@ -1,0 +1,102 @@
+"""The codecs, without an event loop."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import msgpack
+import pytest
+
+from protocol import JSON, MSGPACK, Notification, Request, Response, codec_for
+from protocol.errors import FrameTooLarge, InvalidMessage, MalformedFrame
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=lambda c: c.name)
+def test_round_trip_of_every_message_type(codec) -> None:
+    """Each message type survives encode/decode unchanged, bytes included."""
+    messages = [
+        Request(id=7, method="persona.status", to="persona:demo", meta={"deadline_ms": 500}),
+        Request(id="a-b", method="bus.publish", params={"topic": "t", "data": b"\x00\xffpng"}),
+        Notification(method="event", params={"topic": "x", "data": [1, 2.5, None, True]}),
+        Notification(method="chat.token", params={"t": "hi"}, meta={"reply_to": 3}),
+        Response(id=1, result=None),
+        Response(id=2, error={"code": -32001, "message": "gone", "data": {"why": "left"}}),
+    ]
+    for message in messages:
+        assert message == codec.decode(codec.encode(message))
+
+
+def test_json_bytes_convention() -> None:
+    """Bytes travel in JSON as {"$bytes": base64} and come back as bytes."""
+    frame = JSON.encode(Response(id=1, result={"png": b"\x89PNG"}))
+    assert json.loads(frame)["result"] == {"png": {"$bytes": "iVBORw=="}}
+    assert JSON.decode(frame).result == {"png": b"\x89PNG"}
+
+
+def test_null_result_is_sent() -> None:
+    """A null result is a result, not an absent one."""
+    assert json.loads(JSON.encode(Response(id=1, result=None))) == {"jsonrpc": "2.0", "id": 1, "result": None}
+
+
+def test_frame_type_must_match_codec() -> None:
+    """Text frames on a msgpack connection and binary on a JSON one are malformed."""
+    with pytest.raises(MalformedFrame):
+        MSGPACK.decode('{"id":1}')
+    with pytest.raises(MalformedFrame):
+        JSON.decode(b'{"id":1}')
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=lambda c: c.name)
+def test_size_limit(codec) -> None:
+    """A frame over the limit raises FrameTooLarge with both numbers."""
+    frame = codec.encode(Notification(method="x", params={"blob": "a" * 2000}))
+    with pytest.raises(FrameTooLarge) as info:
+        codec.decode(frame, max_bytes=1000)
+    assert (info.value.limit, info.value.size > 1000) == (1000, True)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ["", "{", "[1,2]x", '{"id":1,"result":NaN}', '{"id":1,"result":Infinity}', "[" * 100_000,
+     '{"id":1,"result":{"$bytes":"***"}}'],
+)
+def test_json_garbage_is_malformed(frame: str) -> None:
+    """Invalid JSON, NaN, runaway nesting and bad base64 are MalformedFrame."""
+    with pytest.raises(MalformedFrame):
+        JSON.decode(frame)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"\xc1", msgpack.packb({1: 2}), msgpack.packb({"a": msgpack.ExtType(5, b"x")}),
+     msgpack.packb({"a": [math.nan]}), msgpack.packb({"a": msgpack.Timestamp(1, 0)}),
+     msgpack.packb({"id": 1}) + b"\x00"],
+)
+def test_msgpack_garbage_is_malformed(frame: bytes) -> None:
+    """What JSON could not carry (int keys, ext types, NaN) is refused at the door."""
+    with pytest.raises(MalformedFrame):
+        MSGPACK.decode(frame)
+
+
+@pytest.mark.parametrize(
+    ("data", "salvaged_id"),
+    [({"id": 5}, 5), ({"id": "x", "method": "Bad-Name"}, "x"), ([1, 2], None),
+     ({"method": "ok", "id": 1.5}, None), ({"id": 3, "result": 1, "error": {"code": 1, "message": "m"}}, 3),
+     ({"id": 4, "method": "m", "to": "nobody"}, 4), ({"id": 9, "method": "m", "surprise": 1}, 9)],
+)
+def test_invalid_envelopes_keep_the_id(data, salvaged_id) -> None:
+    """An invalid envelope raises InvalidMessage carrying the id, when one can be read."""
+    with pytest.raises(InvalidMessage) as info:
+        JSON.decode(json.dumps(data))
+    assert salvaged_id == info.value.request_id
+
+
+def test_codec_for_subprotocols() -> None:
+    """Subprotocol names select codecs; unknown or missing ones are a clear error."""
+    assert codec_for("personad.v1.msgpack") is MSGPACK
+    assert codec_for("personad.v1.json") is JSON
+    with pytest.raises(ValueError, match="no subprotocol"):
+        codec_for(None)
+    with pytest.raises(ValueError, match="unknown subprotocol"):
+        codec_for("graphql-ws")
