@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -43,9 +44,24 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     restarts: list[float] = field(default_factory=list)
 
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
+    async def start(self, *, capture_stdout: bool = False) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, env=self.env, stdout=asyncio.subprocess.PIPE if capture_stdout else None
+        )
         log.info("started %s pid=%d", self.name, self.process.pid)
+
+    async def read_url(self, timeout: float = 20.0) -> str:
+        """The ws:// URL the bus prints once it listens (its port may have been 0)."""
+        assert self.process is not None and self.process.stdout is not None
+        async with asyncio.timeout(timeout):
+            while line := (await self.process.stdout.readline()).decode():
+                sys.stdout.write(line)
+                if match := re.search(r"listening on (ws://\S+)", line):
+                    asyncio.get_running_loop().create_task(_forward(self.process.stdout))
+                    return match.group(1)
+        raise BusUnavailable(
+            f"the bus exited with status {await self.process.wait()} before listening"
+        )
 
     async def stop(self) -> None:
         proc = self.process
@@ -94,7 +110,15 @@ class Supervisor:
         bus = Child("bus", self._argv("bus", "--host", self.host, "--port", str(self.port)), base_env)
         self.children.append(bus)
         try:
-            await bus.start()
+            await bus.start(capture_stdout=True)
+            try:
+                self.url = await bus.read_url()
+            except TimeoutError:
+                raise BusUnavailable("the bus did not start listening within 20s") from None
+            # From now on the port is fixed, also for restarts.
+            self.port = int(self.url.rsplit(":", 1)[1])
+            bus.argv = self._argv("bus", "--host", self.host, "--port", str(self.port))
+            base_env["PERSONAD_URL"] = self.url
             await self._wait_healthy(bus)
             for pid in persona_ids:
                 env = {**base_env, "PERSONAD_TOKEN": self.state.persona_token(pid, create=True),
@@ -177,6 +201,12 @@ class Supervisor:
                 await asyncio.sleep(delay)
                 await child.start()
         return 0
+
+
+async def _forward(stream: asyncio.StreamReader) -> None:
+    while line := await stream.readline():
+        sys.stdout.write(line.decode(errors="replace"))
+        sys.stdout.flush()
 
 
 def _get(url: str) -> bytes:

@@ -151,6 +151,8 @@ def spawn(state: StateDir) -> Iterator[Callable[..., Proc]]:
     yield factory
     for proc in procs:
         proc.stop(signal.SIGKILL if proc.popen.poll() is None else signal.SIGTERM)
+        if proc.popen.stdout is not None:
+            proc.popen.stdout.close()
 
 
 def start_bus_process(spawn: Callable[..., Proc], port: int = 0) -> tuple[Proc, str]:

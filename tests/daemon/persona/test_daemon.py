@@ -1,0 +1,100 @@
+"""The persona daemon in-process, against a real bus and a real notify socket."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from daemon.bus import Bus, BusConfig
+from daemon.persona.config import PersonaConfig
+from daemon.persona.daemon import PersonaDaemon
+from daemon.persona.session_dir import prepare_session_dir
+from daemon.systemd_notify import Notifier
+from protocol import ErrorCode, RpcError
+from tests.conftest import WAIT, eventually
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    yield path, sock
+    sock.close()
+
+
+def drain(sock) -> list[str]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return out
+
+
+async def test_status_over_the_bus_and_notify_protocol(bus, state, connect, notify_socket, tmp_path) -> None:
+    """The persona answers persona.status over the bus and tells systemd READY then STOPPING."""
+    path, sock = notify_socket
+    config = PersonaConfig(id="ada", name="Ada", capabilities=["chat"])
+    daemon = PersonaDaemon(
+        config, prepare_session_dir(state.root, "ada"), url=bus.url,
+        token=state.persona_token("ada", create=True),
+        notifier=Notifier.from_env({"NOTIFY_SOCKET": str(path)}),
+    )
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(daemon.run(stop))
+    caller = await connect()
+    await eventually(lambda: "persona:ada" in bus.router.clients, what="persona connected")
+    status = await caller.call("persona.status", to="persona:ada")
+    assert ("ada", "Ada", ["chat"], "connected") == (
+        status["id"], status["name"], status["capabilities"], status["bus"]["state"])
+    assert str(state.root / "personas" / "ada") == status["session_dir"]
+    with pytest.raises(RpcError) as info:
+        await caller.call("persona.status", {"unexpected": 1}, to="persona:ada")
+    assert ErrorCode.INVALID_PARAMS == info.value.code
+    with pytest.raises(RpcError) as info:
+        await caller.call("memory.nothing", to="persona:ada")
+    assert ErrorCode.METHOD_NOT_FOUND == info.value.code
+    stop.set()
+    await asyncio.wait_for(task, WAIT)
+    messages = "\n".join(drain(sock))
+    assert "READY=1" in messages and "STOPPING=1" in messages
+    assert messages.index("READY=1") < messages.index("STOPPING=1")
+
+
+async def test_persona_reconnects_after_the_bus_restarts(state) -> None:
+    """When the bus goes away and comes back on the same port, the persona rejoins by itself."""
+    first = Bus(BusConfig(port=0), state.tokens())
+    await first.start()
+    port = first.port
+    config = PersonaConfig(id="ada", name="Ada")
+    daemon = PersonaDaemon(config, prepare_session_dir(state.root, "ada"), url=first.url,
+                           token=state.persona_token("ada", create=True),
+                           notifier=Notifier.from_env({}))
+    daemon.client._backoff_max = 0.5
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(daemon.run(stop))
+    await eventually(lambda: "persona:ada" in first.router.clients)
+    await first.close()
+    await eventually(lambda: daemon.client.state == "reconnecting")
+    async with Bus(BusConfig(port=port), state.tokens()) as second:
+        await eventually(lambda: "persona:ada" in second.router.clients, what="persona rejoined")
+        assert 1 == daemon.client.reconnects
+        stop.set()
+        await asyncio.wait_for(task, WAIT)
+
+
+async def test_refused_token_stops_the_daemon_with_a_clear_error(bus, state) -> None:
+    """A revoked persona token ends the daemon with an AuthError, not an endless retry."""
+    from daemon.errors import AuthError
+
+    token = state.persona_token("ada", create=True)
+    state.tokens().revoke("persona:ada")
+    daemon = PersonaDaemon(PersonaConfig(id="ada", name="Ada"), prepare_session_dir(state.root, "ada"),
+                           url=bus.url, token=token, notifier=Notifier.from_env({}))
+    with pytest.raises(AuthError, match="refused the token"):
+        await asyncio.wait_for(daemon.run(asyncio.Event()), WAIT)
