@@ -9,7 +9,6 @@ command line or configuration.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import os
@@ -31,19 +30,27 @@ DEFAULT_URL = "ws://127.0.0.1:8765"
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("common options")
-    group.add_argument("--state-dir", default=argparse.SUPPRESS,
-                       help="state directory (env PERSONAD_STATE_DIR; default ./.personad)")
-    group.add_argument("--url", default=argparse.SUPPRESS,
-                       help=f"bus URL (env PERSONAD_URL; default {DEFAULT_URL})")
-    group.add_argument("--log-level", default=argparse.SUPPRESS,
-                       help="DEBUG, INFO, WARNING or ERROR (env PERSONAD_LOG_LEVEL)")
+    group.add_argument(
+        "--state-dir",
+        default=argparse.SUPPRESS,
+        help="state directory (env PERSONAD_STATE_DIR; default ./.personad)",
+    )
+    group.add_argument(
+        "--url", default=argparse.SUPPRESS, help=f"bus URL (env PERSONAD_URL; default {DEFAULT_URL})"
+    )
+    group.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        help="DEBUG, INFO, WARNING or ERROR (env PERSONAD_LOG_LEVEL)",
+    )
     return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
-        prog="personad", parents=[common],
+        prog="personad",
+        parents=[common],
         description="AI personas as daemons on a shared WebSocket command bus.",
     )
     parser.add_argument("--version", action="version", version=f"personad {__version__}")
@@ -57,20 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     bus = verb("bus", "run the bus")
     bus.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     bus.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
-    bus.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                     help="an Origin browsers may connect from (repeatable)")
+    bus.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an Origin browsers may connect from (repeatable)",
+    )
 
     persona = verb("persona", "run one persona daemon")
     persona.add_argument("id", help="persona id; its config is <config-dir>/personas/<id>.toml")
-    persona.add_argument("--config-dir", default=None,
-                         help="config directory (env PERSONAD_CONFIG_DIR; default ./config)")
+    persona.add_argument(
+        "--config-dir", default=None, help="config directory (env PERSONAD_CONFIG_DIR; default ./config)"
+    )
 
     call = verb("call", "call a method, as a person on the bus")
     call.add_argument("target", help="'bus', a client id (persona:demo) or a capability (cap:browser)")
     call.add_argument("method", help="method name, e.g. persona.status")
     call.add_argument("params", nargs="?", default=None, help="params as a JSON object")
     call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
-    call.add_argument("--token", default=None, help="token (default: env PERSONAD_TOKEN, then the admin token)")
+    call.add_argument(
+        "--token", default=None, help="token (default: env PERSONAD_TOKEN, then the admin token)"
+    )
     call.add_argument("--json-codec", action="store_true", help="speak JSON instead of msgpack")
 
     verb("status", "show the bus's health and who is connected")
@@ -87,10 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     add = token_verbs.add_parser("add", parents=[common], help="create a token (printed once)")
     add.add_argument("--name", required=True)
     add.add_argument("--role", default="observer", help="admin, persona, service or observer")
-    add.add_argument("--subject", default=None,
-                     help="client ids it may claim, e.g. persona:demo or browser:* (default by role)")
-    add.add_argument("--grant", action="append", default=[], metavar="METHOD[@TARGET]",
-                     help="extra grant, e.g. browser_js@cap:browser (repeatable)")
+    add.add_argument(
+        "--subject",
+        default=None,
+        help="client ids it may claim, e.g. persona:demo or browser:* (default by role)",
+    )
+    add.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="METHOD[@TARGET]",
+        help="extra grant, e.g. browser_js@cap:browser (repeatable)",
+    )
     token_verbs.add_parser("list", parents=[common], help="list tokens (never their secrets)")
     revoke = token_verbs.add_parser("revoke", parents=[common], help="revoke by id or name")
     revoke.add_argument("token_id")
@@ -182,8 +205,11 @@ def _call(args: argparse.Namespace, state: StateDir, url: str) -> int:
     token = find_token(state, args.token)
     to = None if args.target == "bus" else args.target
     try:
-        result = runtime.run(_call_once(url, token, to, args.method, params, args.timeout,
-                                        JSON if args.json_codec else MSGPACK))
+        result = runtime.run(
+            _call_once(
+                url, token, to, args.method, params, args.timeout, JSON if args.json_codec else MSGPACK
+            )
+        )
     except RpcError as exc:
         print(f"error {exc.code}: {exc.message}", file=sys.stderr)
         if exc.data is not None:
@@ -196,16 +222,16 @@ def _call(args: argparse.Namespace, state: StateDir, url: str) -> int:
     return 0
 
 
-async def _call_once(url: str, token: str, to: str | None, method: str, params: Any,
-                     timeout: float, codec: Any) -> Any:
+async def _call_once(
+    url: str, token: str, to: str | None, method: str, params: Any, timeout: float, codec: Any
+) -> Any:
     from .client import BusClient
 
     def show(note: Any) -> None:
         print(f"~ {note.method} {_dumps(note.params)}", file=sys.stderr, flush=True)
 
     async with BusClient(url, token=token, kind="cli", codec=codec) as client:
-        return await client.call(method, params, to=to, deadline_ms=int(timeout * 1000),
-                                 on_progress=show)
+        return await client.call(method, params, to=to, deadline_ms=int(timeout * 1000), on_progress=show)
 
 
 def _status(args: argparse.Namespace, state: StateDir, url: str) -> int:
@@ -215,9 +241,11 @@ def _status(args: argparse.Namespace, state: StateDir, url: str) -> int:
             health = json.load(response)
     except (urllib.error.URLError, OSError) as exc:
         raise BusUnavailable(f"no bus at {url}: {exc}") from None
-    print(f"bus {url}: {health['status']}, version {health['version']}, "
-          f"up {health['uptime_s']:.0f}s, {health['connections']} connections, "
-          f"{health['inflight']} requests in flight")
+    print(
+        f"bus {url}: {health['status']}, version {health['version']}, "
+        f"up {health['uptime_s']:.0f}s, {health['connections']} connections, "
+        f"{health['inflight']} requests in flight"
+    )
     try:
         token = find_token(state)
         result = runtime.run(_call_once(url, token, None, "bus.clients", None, 10.0, MSGPACK))
@@ -248,18 +276,21 @@ def _token(args: argparse.Namespace, state: StateDir, url: str) -> int:
     store = state.tokens()
     if args.token_verb == "add":
         state.ensure()
-        subject = args.subject or {"admin": "*", "persona": None, "service": "*",
-                                   "observer": "*"}.get(args.role)
+        subject = args.subject or {"admin": "*", "persona": None, "service": "*", "observer": "*"}.get(
+            args.role
+        )
         if subject is None:
             raise ConfigError("--subject is required for this role (e.g. persona:demo)")
-        token, entry = store.add(name=args.name, role=args.role, subject=subject,
-                                 extra_grants=tuple(args.grant))
+        token, entry = store.add(
+            name=args.name, role=args.role, subject=subject, extra_grants=tuple(args.grant)
+        )
         print(f"token {entry.id} ({entry.name}, role {entry.role}, subject {entry.subject}):")
         print(f"PERSONAD_TOKEN={token}")
     elif args.token_verb == "list":
         for e in store.entries():
-            print(f"{e.id}  {e.name:<24} role={e.role:<9} subject={e.subject:<20} "
-                  f"grants={','.join(e.grants)}")
+            print(
+                f"{e.id}  {e.name:<24} role={e.role:<9} subject={e.subject:<20} grants={','.join(e.grants)}"
+            )
     else:
         removed = store.revoke(args.token_id)
         if not removed:
@@ -269,8 +300,14 @@ def _token(args: argparse.Namespace, state: StateDir, url: str) -> int:
 
 
 _VERBS = {
-    "init": _init, "bus": _bus, "persona": _persona, "call": _call, "status": _status,
-    "up": _up, "schema": _schema, "token": _token,
+    "init": _init,
+    "bus": _bus,
+    "persona": _persona,
+    "call": _call,
+    "status": _status,
+    "up": _up,
+    "schema": _schema,
+    "token": _token,
 }
 
 

@@ -353,7 +353,7 @@ class BusClient:
     def _backoff(self, attempt: int) -> float:
         # Exponential with "equal jitter": at least half the step, so retries
         # stay spread out but never hammer (AWS architecture blog, 2015).
-        step = min(self._backoff_max, self._backoff_base * (2**attempt))
+        step = min(self._backoff_max, self._backoff_base * 2.0**attempt)
         return step / 2 + random.uniform(0, step / 2)
 
     # -- receiving ---------------------------------------------------------------
@@ -449,7 +449,9 @@ class BusClient:
         except ProtocolError as exc:
             log.error("cannot encode answer to %s: %s", request.method, exc.reason)
             error = {"code": ErrorCode.INTERNAL_ERROR, "message": "result could not be encoded"}
-            await current.ws.send(current.conn.send_wire({"jsonrpc": "2.0", "id": request.id, "error": error}))
+            await current.ws.send(
+                current.conn.send_wire({"jsonrpc": "2.0", "id": request.id, "error": error})
+            )
         except ConnectionClosed:
             pass
 
@@ -512,9 +514,9 @@ class BusClient:
             answered = future.done() and not future.cancelled()
             if not answered and self._link is link:
                 with contextlib.suppress(ConnectionClosed, ProtocolError):
-                    await link.ws.send(link.conn.send_wire(
-                        {"jsonrpc": "2.0", "method": "bus.cancel", "params": {"id": rid}}
-                    ))
+                    await link.ws.send(
+                        link.conn.send_wire({"jsonrpc": "2.0", "method": "bus.cancel", "params": {"id": rid}})
+                    )
             raise
         finally:
             pending.timer.cancel()
@@ -554,7 +556,9 @@ class BusClient:
         if link is None or link.generation != ctx.generation:
             return
         message: dict[str, Any] = {
-            "jsonrpc": "2.0", "method": method, "meta": {"reply_to": ctx.request.id},
+            "jsonrpc": "2.0",
+            "method": method,
+            "meta": {"reply_to": ctx.request.id},
         }
         if params is not None:
             message["params"] = params

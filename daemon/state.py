@@ -137,7 +137,5 @@ def find_token(state: StateDir, explicit: str | None = None) -> str:
     """The token a CLI command uses: --token, $PERSONAD_TOKEN, then the state dir's admin token."""
     token = explicit or os.environ.get("PERSONAD_TOKEN") or state.read_secret(ADMIN_TOKEN_FILE)
     if not token:
-        raise AuthError(
-            f"no token: set PERSONAD_TOKEN or run `personad init` (state dir {state.root})"
-        )
+        raise AuthError(f"no token: set PERSONAD_TOKEN or run `personad init` (state dir {state.root})")
     return token

@@ -10,6 +10,7 @@ SIGTERM and a grace period before SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -43,6 +44,8 @@ class Child:
     env: dict[str, str]
     process: asyncio.subprocess.Process | None = None
     restarts: list[float] = field(default_factory=list)
+    #: Copies the child's stdout to ours once its URL was read; ends with the child.
+    forwarder: asyncio.Task[None] | None = None
 
     async def start(self, *, capture_stdout: bool = False) -> None:
         self.process = await asyncio.create_subprocess_exec(
@@ -52,20 +55,20 @@ class Child:
 
     async def read_url(self, timeout: float = 20.0) -> str:
         """The ws:// URL the bus prints once it listens (its port may have been 0)."""
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         async with asyncio.timeout(timeout):
             while line := (await self.process.stdout.readline()).decode():
                 sys.stdout.write(line)
                 if match := re.search(r"listening on (ws://\S+)", line):
-                    asyncio.get_running_loop().create_task(_forward(self.process.stdout))
+                    self.forwarder = asyncio.get_running_loop().create_task(_forward(self.process.stdout))
                     return match.group(1)
-        raise BusUnavailable(
-            f"the bus exited with status {await self.process.wait()} before listening"
-        )
+        raise BusUnavailable(f"the bus exited with status {await self.process.wait()} before listening")
 
     async def stop(self) -> None:
         proc = self.process
         if proc is None or proc.returncode is not None:
+            await self._end_forwarder()
             return
         proc.send_signal(signal.SIGTERM)
         try:
@@ -75,6 +78,14 @@ class Child:
             log.warning("%s did not stop in %.0fs; killing it", self.name, GRACE_SECONDS)
             proc.kill()
             await proc.wait()
+        await self._end_forwarder()
+
+    async def _end_forwarder(self) -> None:
+        if self.forwarder is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):  # the pipe closes with the child
+                    await self.forwarder
+            self.forwarder.cancel()
 
 
 class Supervisor:
@@ -104,8 +115,7 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
 
-        base_env = {**os.environ, "PERSONAD_URL": self.url,
-                    "PERSONAD_STATE_DIR": str(self.state.root)}
+        base_env = {**os.environ, "PERSONAD_URL": self.url, "PERSONAD_STATE_DIR": str(self.state.root)}
         base_env.pop("NOTIFY_SOCKET", None)  # the children are ours, not systemd's
         bus = Child("bus", self._argv("bus", "--host", self.host, "--port", str(self.port)), base_env)
         self.children.append(bus)
@@ -121,8 +131,11 @@ class Supervisor:
             base_env["PERSONAD_URL"] = self.url
             await self._wait_healthy(bus)
             for pid in persona_ids:
-                env = {**base_env, "PERSONAD_TOKEN": self.state.persona_token(pid, create=True),
-                       "PERSONAD_CONFIG_DIR": str(self.config_dir)}
+                env = {
+                    **base_env,
+                    "PERSONAD_TOKEN": self.state.persona_token(pid, create=True),
+                    "PERSONAD_CONFIG_DIR": str(self.config_dir),
+                }
                 child = Child(f"persona:{pid}", self._argv("persona", pid), env)
                 self.children.append(child)
                 await child.start()
@@ -139,8 +152,10 @@ class Supervisor:
         while time.monotonic() < deadline:
             assert bus.process is not None
             if bus.process.returncode is not None:
-                raise BusUnavailable(f"the bus exited with status {bus.process.returncode} "
-                                     f"(is port {self.port} already in use?)")
+                raise BusUnavailable(
+                    f"the bus exited with status {bus.process.returncode} "
+                    f"(is port {self.port} already in use?)"
+                )
             try:
                 body = await asyncio.to_thread(_get, http)
                 if json.loads(body).get("status") == "ok":
@@ -157,15 +172,15 @@ class Supervisor:
             for pid in persona_ids:
                 while True:
                     try:
-                        status = await client.call("persona.status", to=f"persona:{pid}",
-                                                   deadline_ms=2000)
+                        status = await client.call("persona.status", to=f"persona:{pid}", deadline_ms=2000)
                         break
                     except RpcError as exc:
                         if time.monotonic() > deadline:
                             raise BusUnavailable(f"persona {pid} did not come up: {exc}") from None
                         await asyncio.sleep(0.2)
-                print(f"persona:{pid} ({status['name']}) is up: session dir {status['session_dir']}",
-                      flush=True)
+                print(
+                    f"persona:{pid} ({status['name']}) is up: session dir {status['session_dir']}", flush=True
+                )
         print(
             f"\npersonad is running on {self.url}. In another terminal:\n"
             f"  .venv/bin/personad call persona:{persona_ids[0]} persona.status\n"
@@ -186,15 +201,19 @@ class Supervisor:
             if stop.is_set():
                 return 0
             for fut in done:
-                child = waits.get(fut)  # type: ignore[call-overload]
+                child = waits.get(fut)
                 if child is None:
                     continue
                 now = time.monotonic()
                 child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW] + [now]
                 code = fut.result()
                 if len(child.restarts) > MAX_RESTARTS:
-                    log.error("%s died %d times in %.0fs; stopping everything", child.name,
-                              len(child.restarts), RESTART_WINDOW)
+                    log.error(
+                        "%s died %d times in %.0fs; stopping everything",
+                        child.name,
+                        len(child.restarts),
+                        RESTART_WINDOW,
+                    )
                     return 1
                 delay = min(30.0, 0.5 * 2 ** (len(child.restarts) - 1))
                 log.warning("%s exited with status %s; restarting in %.1fs", child.name, code, delay)

@@ -62,9 +62,7 @@ class TokenEntry:
         """Whether this token may call ``method`` on ``target`` (``bus`` for the bus)."""
         for grant in self.grants:
             pattern, _, target_pattern = grant.partition("@")
-            if fnmatchcase(method, pattern) and (
-                not target_pattern or fnmatchcase(target, target_pattern)
-            ):
+            if fnmatchcase(method, pattern) and (not target_pattern or fnmatchcase(target, target_pattern)):
                 return True
         return False
 
@@ -105,9 +103,7 @@ class TokenStore:
     def _read(self) -> list[TokenEntry]:
         try:
             doc = json.loads(self.path.read_text("utf-8"))
-            return [
-                TokenEntry(**{**raw, "grants": tuple(raw["grants"])}) for raw in doc["tokens"]
-            ]
+            return [TokenEntry(**{**raw, "grants": tuple(raw["grants"])}) for raw in doc["tokens"]]
         except FileNotFoundError:
             return []
         except (ValueError, KeyError, TypeError) as exc:

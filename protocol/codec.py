@@ -73,9 +73,7 @@ class Codec:
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise EncodeError(f"cannot encode message with {self.name}: {exc}") from exc
 
-    def decode_data(
-        self, frame: bytes | str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    ) -> Any:
+    def decode_data(self, frame: bytes | str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
         """Frame payload to plain data, checking frame type and size."""
         if isinstance(frame, str) == self.binary:
             kind = "text" if isinstance(frame, str) else "binary"
@@ -89,12 +87,10 @@ class Codec:
             raise MalformedFrame(f"{self.name} nesting too deep") from exc
         except MalformedFrame:
             raise
-        except Exception as exc:  # noqa: BLE001 - the decoders raise a zoo; all mean "garbage"
+        except Exception as exc:
             raise MalformedFrame(f"not valid {self.name}: {_short(exc)}") from exc
 
-    def decode(
-        self, frame: bytes | str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    ) -> AnyMessage:
+    def decode(self, frame: bytes | str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> AnyMessage:
         """Frame payload to a validated message. Raises only DecodeError subclasses."""
         return validate(self.decode_data(frame, max_bytes=max_bytes))
 
@@ -260,9 +256,7 @@ SUBPROTOCOLS: Final[dict[str, Codec]] = {MSGPACK.subprotocol: MSGPACK, JSON.subp
 def codec_for(subprotocol: str | None) -> Codec:
     """The codec for a negotiated subprotocol. Raised ValueError when unknown."""
     if subprotocol is None:
-        raise ValueError(
-            f"no subprotocol negotiated; offer one of {', '.join(SUBPROTOCOLS)}"
-        )
+        raise ValueError(f"no subprotocol negotiated; offer one of {', '.join(SUBPROTOCOLS)}")
     try:
         return SUBPROTOCOLS[subprotocol]
     except KeyError:

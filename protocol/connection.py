@@ -51,10 +51,10 @@ class State(Enum):
 
 
 class Event(Enum):
-    SEND_HELLO = "send_hello"          # client sent its hello
+    SEND_HELLO = "send_hello"  # client sent its hello
     HELLO_ACCEPTED = "hello_accepted"  # server accepted / client got a result
     HELLO_REJECTED = "hello_rejected"  # server refused / client got an error
-    CLOSE = "close"                    # either side starts closing
+    CLOSE = "close"  # either side starts closing
     CONNECTION_LOST = "connection_lost"
 
 
@@ -141,8 +141,9 @@ class Connection:
             self.hello_id = message.id
             self._fire(Event.SEND_HELLO)
         elif self.state is State.AWAITING_HELLO:
-            if not (self.role is Role.SERVER and isinstance(message, Response)
-                    and message.id == self.hello_id):
+            if not (
+                self.role is Role.SERVER and isinstance(message, Response) and message.id == self.hello_id
+            ):
                 raise StateError("only the answer to hello may be sent before the handshake")
         elif self.state is State.CLOSING:
             if not isinstance(message, Response):
@@ -157,8 +158,6 @@ class Connection:
         Skips pydantic construction: the caller built ``data`` from a message
         that was validated on the way in, so only the state needs checking.
         """
-        if self.state is not State.READY and not (
-            self.state is State.CLOSING and "method" not in data
-        ):
+        if self.state is not State.READY and not (self.state is State.CLOSING and "method" not in data):
             raise StateError(f"cannot send in state {self.state.value}")
         return self.codec.encode_wire(data)

@@ -154,8 +154,7 @@ Message = Annotated[
     Discriminator(
         _kind,
         custom_error_type="invalid_envelope",
-        custom_error_message="not a request, notification or response "
-        "(needs 'method', or 'result'/'error')",
+        custom_error_message="not a request, notification or response (needs 'method', or 'result'/'error')",
     ),
 ]
 

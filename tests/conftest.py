@@ -98,7 +98,12 @@ class Proc:
     def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
         self.argv = argv
         self.popen = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: list[str] = []
 
@@ -141,8 +146,13 @@ def spawn(state: StateDir) -> Iterator[Callable[..., Proc]]:
     procs: list[Proc] = []
 
     def factory(*args: str, env: dict[str, str] | None = None) -> Proc:
-        full_env = {**os.environ, "PERSONAD_STATE_DIR": str(state.root), "PYTHONUNBUFFERED": "1",
-                    "PERSONAD_CONFIG_DIR": str(REPO / "config"), **(env or {})}
+        full_env = {
+            **os.environ,
+            "PERSONAD_STATE_DIR": str(state.root),
+            "PYTHONUNBUFFERED": "1",
+            "PERSONAD_CONFIG_DIR": str(REPO / "config"),
+            **(env or {}),
+        }
         full_env.pop("NOTIFY_SOCKET", None)
         proc = Proc([sys.executable, "-m", "daemon", *args], full_env, REPO)
         procs.append(proc)

@@ -19,9 +19,9 @@ class Metrics:
         self.bytes_in = 0
         self.bytes_out = 0
         self.connections_total = 0
-        self.requests = Counter[str]()      # by outcome: ok / error
-        self.errors = Counter[str]()        # by error code name
-        self.closed = Counter[str]()        # by close reason
+        self.requests = Counter[str]()  # by outcome: ok / error
+        self.errors = Counter[str]()  # by error code name
+        self.closed = Counter[str]()  # by close reason
         self.events_delivered = 0
 
     def render(
@@ -52,26 +52,52 @@ class Metrics:
             "Authenticated connections by client kind.",
             [(label("kind", k), v) for k, v in sorted(clients_by_kind.items())] or [("", 0)],
         )
-        metric("personad_bus_connections_total", "counter", "Connections accepted.",
-               [("", self.connections_total)])
-        metric("personad_bus_inflight_requests", "gauge", "Routed requests awaiting an answer.",
-               [("", inflight)])
+        metric(
+            "personad_bus_connections_total",
+            "counter",
+            "Connections accepted.",
+            [("", self.connections_total)],
+        )
+        metric(
+            "personad_bus_inflight_requests", "gauge", "Routed requests awaiting an answer.", [("", inflight)]
+        )
         metric("personad_bus_frames_received_total", "counter", "Frames received.", [("", self.frames_in)])
         metric("personad_bus_frames_sent_total", "counter", "Frames sent.", [("", self.frames_out)])
-        metric("personad_bus_received_bytes_total", "counter", "Payload bytes received.",
-               [("", self.bytes_in)])
+        metric(
+            "personad_bus_received_bytes_total", "counter", "Payload bytes received.", [("", self.bytes_in)]
+        )
         metric("personad_bus_sent_bytes_total", "counter", "Payload bytes sent.", [("", self.bytes_out)])
-        metric("personad_bus_requests_total", "counter", "Requests answered, by outcome.",
-               [(label("outcome", k), v) for k, v in sorted(self.requests.items())] or [("", 0)])
-        metric("personad_bus_errors_total", "counter", "Error answers, by code.",
-               [(label("code", k), v) for k, v in sorted(self.errors.items())] or [("", 0)])
-        metric("personad_bus_disconnects_total", "counter", "Connections closed, by reason.",
-               [(label("reason", k), v) for k, v in sorted(self.closed.items())] or [("", 0)])
-        metric("personad_bus_events_delivered_total", "counter", "Event notifications delivered.",
-               [("", self.events_delivered)])
+        metric(
+            "personad_bus_requests_total",
+            "counter",
+            "Requests answered, by outcome.",
+            [(label("outcome", k), v) for k, v in sorted(self.requests.items())] or [("", 0)],
+        )
+        metric(
+            "personad_bus_errors_total",
+            "counter",
+            "Error answers, by code.",
+            [(label("code", k), v) for k, v in sorted(self.errors.items())] or [("", 0)],
+        )
+        metric(
+            "personad_bus_disconnects_total",
+            "counter",
+            "Connections closed, by reason.",
+            [(label("reason", k), v) for k, v in sorted(self.closed.items())] or [("", 0)],
+        )
+        metric(
+            "personad_bus_events_delivered_total",
+            "counter",
+            "Event notifications delivered.",
+            [("", self.events_delivered)],
+        )
         metric("process_resident_memory_bytes", "gauge", "Resident memory.", [("", _rss_bytes())])
-        metric("process_max_resident_memory_bytes", "gauge", "Peak resident memory.",
-               [("", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)])
+        metric(
+            "process_max_resident_memory_bytes",
+            "gauge",
+            "Peak resident memory.",
+            [("", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)],
+        )
         return "\n".join(lines) + "\n"
 
 

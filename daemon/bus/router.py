@@ -111,7 +111,8 @@ class Router:
             pending = self._settle(bus_id)
             if pending is not None:
                 self._answer_error(
-                    pending, ErrorCode.TARGET_OFFLINE,
+                    pending,
+                    ErrorCode.TARGET_OFFLINE,
                     f"{pending.target.client_id} disconnected before answering",
                 )
 
@@ -137,7 +138,9 @@ class Router:
         assert session.token is not None
         if not session.token.allows(request.method, target):
             self._reply_error(
-                session, request.id, ErrorCode.FORBIDDEN,
+                session,
+                request.id,
+                ErrorCode.FORBIDDEN,
                 f"token {session.token.name!r} may not call {request.method} on {target}",
             )
             return
@@ -146,24 +149,31 @@ class Router:
             return
         if request.to.startswith("room:"):
             self._reply_error(
-                session, request.id, ErrorCode.INVALID_REQUEST,
+                session,
+                request.id,
+                ErrorCode.INVALID_REQUEST,
                 "requests cannot go to a room: use bus.room.send or a notification",
             )
             return
         if request.id in session.outbound:
-            self._reply_error(session, request.id, ErrorCode.INVALID_REQUEST,
-                              f"request id {request.id!r} is already in flight")
+            self._reply_error(
+                session,
+                request.id,
+                ErrorCode.INVALID_REQUEST,
+                f"request id {request.id!r} is already in flight",
+            )
             return
         if len(session.outbound) >= self.config.max_inflight_per_client:
             self._reply_error(
-                session, request.id, ErrorCode.OVERLOADED,
+                session,
+                request.id,
+                ErrorCode.OVERLOADED,
                 f"more than {self.config.max_inflight_per_client} requests in flight",
             )
             return
         dest = self.resolve(request.to)
         if dest is None:
-            self._reply_error(session, request.id, ErrorCode.TARGET_OFFLINE,
-                              f"{request.to} is not connected")
+            self._reply_error(session, request.id, ErrorCode.TARGET_OFFLINE, f"{request.to} is not connected")
             return
         deadline_ms = min(
             (request.meta.deadline_ms if request.meta else None) or self.config.default_deadline_ms,
@@ -174,18 +184,21 @@ class Router:
         if request.meta is not None and request.meta.trace is not None:
             meta["trace"] = request.meta.trace
         wire: dict[str, Any] = {
-            "jsonrpc": "2.0", "id": bus_id, "method": request.method,
-            "from": session.client_id, "meta": meta,
+            "jsonrpc": "2.0",
+            "id": bus_id,
+            "method": request.method,
+            "from": session.client_id,
+            "meta": meta,
         }
         if request.params is not None:
             wire["params"] = request.params
         if not dest.send(wire):
-            self._reply_error(session, request.id, ErrorCode.TARGET_OFFLINE,
-                              f"{dest.client_id} could not take the request")
+            self._reply_error(
+                session, request.id, ErrorCode.TARGET_OFFLINE, f"{dest.client_id} could not take the request"
+            )
             return
         timer = asyncio.get_running_loop().call_later(deadline_ms / 1000, self._expire, bus_id)
-        self.pending[bus_id] = Pending(bus_id, session, request.id, dest, request.method,
-                                       deadline_ms, timer)
+        self.pending[bus_id] = Pending(bus_id, session, request.id, dest, request.method, deadline_ms, timer)
         session.outbound[request.id] = bus_id
         dest.inbound.add(bus_id)
 
@@ -209,15 +222,21 @@ class Router:
             self.metrics.requests["error"] += 1
             self.metrics.errors[_code_name(response.error.code)] += 1
         if not pending.caller.send(wire) and not pending.caller.closed:
-            pending.caller.send(_error(pending.caller_id, ErrorCode.INTERNAL_ERROR,
-                                       "the answer could not be relayed in this codec"))
+            pending.caller.send(
+                _error(
+                    pending.caller_id,
+                    ErrorCode.INTERNAL_ERROR,
+                    "the answer could not be relayed in this codec",
+                )
+            )
 
     def _expire(self, bus_id: int) -> None:
         pending = self._settle(bus_id)
         if pending is None:
             return
         self._answer_error(
-            pending, ErrorCode.TIMEOUT,
+            pending,
+            ErrorCode.TIMEOUT,
             f"no answer from {pending.target.client_id} within {pending.deadline_ms} ms",
         )
         self._cancel_at_target(pending)
@@ -235,16 +254,15 @@ class Router:
     def _answer_error(self, pending: Pending, code: ErrorCode, message: str) -> None:
         self._reply_error(pending.caller, pending.caller_id, code, message)
 
-    def _reply_error(self, session: Session, rid: int | str | None, code: ErrorCode, message: str,
-                     data: Any = None) -> None:
+    def _reply_error(
+        self, session: Session, rid: int | str | None, code: ErrorCode, message: str, data: Any = None
+    ) -> None:
         self.metrics.requests["error"] += 1
         self.metrics.errors[code.name] += 1
         session.send(_error(rid, code, message, data))
 
     def _cancel_at_target(self, pending: Pending) -> None:
-        pending.target.send(
-            {"jsonrpc": "2.0", "method": "bus.cancel", "params": {"id": pending.bus_id}}
-        )
+        pending.target.send({"jsonrpc": "2.0", "method": "bus.cancel", "params": {"id": pending.bus_id}})
 
     def fail_all(self, code: ErrorCode, message: str) -> int:
         """Answer every request in flight with an error (shutdown)."""
@@ -265,7 +283,9 @@ class Router:
             if pending is None or pending.target is not session:
                 return  # progress for a request that is over, or not the sender's
             wire: dict[str, Any] = {
-                "jsonrpc": "2.0", "method": note.method, "from": session.client_id,
+                "jsonrpc": "2.0",
+                "method": note.method,
+                "from": session.client_id,
                 "meta": {"reply_to": pending.caller_id},
             }
             if note.params is not None:
@@ -280,8 +300,7 @@ class Router:
             return
         assert session.token is not None
         if not session.token.allows(note.method, note.to):
-            log.warning("forbidden notification %s to %s from %s", note.method, note.to,
-                        session.client_id)
+            log.warning("forbidden notification %s to %s from %s", note.method, note.to, session.client_id)
             self.metrics.errors["FORBIDDEN"] += 1
             return
         wire = {"jsonrpc": "2.0", "method": note.method, "from": session.client_id}
@@ -317,12 +336,14 @@ class Router:
         method = self._methods.get(request.method)
         command = registry.get(request.method)
         if method is None or command is None:
-            self._reply_error(session, request.id, ErrorCode.METHOD_NOT_FOUND,
-                              f"the bus has no method {request.method}")
+            self._reply_error(
+                session, request.id, ErrorCode.METHOD_NOT_FOUND, f"the bus has no method {request.method}"
+            )
             return
         if isinstance(request.params, list):
-            self._reply_error(session, request.id, ErrorCode.INVALID_PARAMS,
-                              "params must be an object (named members)")
+            self._reply_error(
+                session, request.id, ErrorCode.INVALID_PARAMS, "params must be an object (named members)"
+            )
             return
         try:
             params = command.params.model_validate(request.params or {})
@@ -344,8 +365,12 @@ class Router:
     def _clients(self, session: Session, params: Any) -> dict[str, Any]:
         clients = [
             {
-                "id": s.client_id, "kind": s.kind, "capabilities": list(s.capabilities),
-                "connected_at": s.connected_at, "inflight": len(s.inbound), "codec": s.codec.name,
+                "id": s.client_id,
+                "kind": s.kind,
+                "capabilities": list(s.capabilities),
+                "connected_at": s.connected_at,
+                "inflight": len(s.inbound),
+                "codec": s.codec.name,
             }
             for s in self.clients.values()
             if (params.kind is None or s.kind == params.kind)
@@ -361,7 +386,8 @@ class Router:
 
     def _publish(self, session: Session, params: Any) -> dict[str, Any]:
         wire = {
-            "jsonrpc": "2.0", "method": "event",
+            "jsonrpc": "2.0",
+            "method": "event",
             "params": {"topic": params.topic, "data": params.data, "publisher": session.client_id},
         }
         delivered = self._fanout(list(self.topics.match(params.topic)), wire)
@@ -378,7 +404,7 @@ class Router:
         for codec, targets in by_codec.items():
             try:
                 frame = codec.encode_wire(wire)
-            except Exception as exc:  # noqa: BLE001 - EncodeError; logged, not fatal
+            except Exception as exc:
                 log.error("cannot encode %s for %s clients: %s", wire.get("method"), codec.name, exc)
                 continue
             for s in targets:
@@ -407,14 +433,16 @@ class Router:
         if session not in members:
             raise RpcError(ErrorCode.FORBIDDEN, f"join room {params.room!r} before sending to it")
         wire = {
-            "jsonrpc": "2.0", "method": "room.message",
+            "jsonrpc": "2.0",
+            "method": "room.message",
             "params": {"room": params.room, "sender": session.client_id, "data": params.data},
         }
         return {"delivered": self._fanout([m for m in members if m is not session], wire)}
 
     def _presence(self, room: str, who: Session, change: str, members: set[Session]) -> None:
         wire = {
-            "jsonrpc": "2.0", "method": "room.presence",
+            "jsonrpc": "2.0",
+            "method": "room.presence",
             "params": {"room": room, "member": who.client_id, "change": change},
         }
         self._fanout(list(members), wire)

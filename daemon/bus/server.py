@@ -129,15 +129,21 @@ class Bus:
     def _process_request(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
         path = request.path.partition("?")[0]
         if path == "/healthz":
-            return _json_response(connection, HTTPStatus.OK if not self.shutting_down
-                                  else HTTPStatus.SERVICE_UNAVAILABLE, self.health())
+            return _json_response(
+                connection,
+                HTTPStatus.OK if not self.shutting_down else HTTPStatus.SERVICE_UNAVAILABLE,
+                self.health(),
+            )
         if path == "/metrics":
-            response = connection.respond(HTTPStatus.OK, self.metrics.render(
-                uptime=time.time() - self.started,
-                clients_by_kind=self.clients_by_kind(),
-                inflight=len(self.router.pending),
-                version=__version__,
-            ))
+            response = connection.respond(
+                HTTPStatus.OK,
+                self.metrics.render(
+                    uptime=time.time() - self.started,
+                    clients_by_kind=self.clients_by_kind(),
+                    inflight=len(self.router.pending),
+                    version=__version__,
+                ),
+            )
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response
@@ -151,8 +157,7 @@ class Bus:
             entry = self.tokens.verify(token.strip()) if scheme.lower() == "bearer" else None
             if entry is None:
                 self.metrics.closed["unauthenticated"] += 1
-                log.warning("refused connection from %s: invalid bearer token",
-                            connection.remote_address)
+                log.warning("refused connection from %s: invalid bearer token", connection.remote_address)
                 return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid bearer token\n")
             self._header_auth[connection.id] = entry
         return None
@@ -254,14 +259,14 @@ class Bus:
             return False
 
         if isinstance(hello.params, list):
-            return await refuse(ErrorCode.INVALID_PARAMS, "hello params must be an object",
-                                CloseCode.BAD_HELLO)
+            return await refuse(
+                ErrorCode.INVALID_PARAMS, "hello params must be an object", CloseCode.BAD_HELLO
+            )
         try:
             params = HelloParams.model_validate(hello.params or {})
         except ValidationError as exc:
             error = invalid_params(exc)
-            return await refuse(ErrorCode.INVALID_PARAMS, error.message, CloseCode.BAD_HELLO,
-                                error.data)
+            return await refuse(ErrorCode.INVALID_PARAMS, error.message, CloseCode.BAD_HELLO, error.data)
         if params.protocol != PROTOCOL_VERSION:
             return await refuse(
                 ErrorCode.UNSUPPORTED_VERSION,
@@ -272,17 +277,23 @@ class Bus:
         if token is None and params.token is not None:
             token = self.tokens.verify(params.token)
         if token is None:
-            reason = "invalid token" if params.token else (
-                "no token: send 'Authorization: Bearer <token>' or hello.params.token")
+            reason = (
+                "invalid token"
+                if params.token
+                else ("no token: send 'Authorization: Bearer <token>' or hello.params.token")
+            )
             return await refuse(ErrorCode.UNAUTHENTICATED, reason, CloseCode.UNAUTHENTICATED)
         if params.kind in RESERVED_KINDS:
-            return await refuse(ErrorCode.INVALID_PARAMS, f"kind {params.kind!r} is reserved",
-                                CloseCode.BAD_HELLO)
+            return await refuse(
+                ErrorCode.INVALID_PARAMS, f"kind {params.kind!r} is reserved", CloseCode.BAD_HELLO
+            )
         client_id = f"{params.kind}:{params.name or secrets.token_hex(4)}"
         if not token.may_claim(client_id):
-            return await refuse(ErrorCode.FORBIDDEN,
-                                f"token {token.name!r} may not connect as {client_id}",
-                                CloseCode.POLICY_VIOLATION)
+            return await refuse(
+                ErrorCode.FORBIDDEN,
+                f"token {token.name!r} may not connect as {client_id}",
+                CloseCode.POLICY_VIOLATION,
+            )
         session.token = token
         session.client_id = client_id
         session.kind = params.kind

@@ -117,7 +117,9 @@ class Session:
         self.bus.metrics.closed[reason] += 1
         log.warning(
             "dropping client=%s reason=%s buffered=%d",
-            self.client_id or "-", reason, self.ws.transport.get_write_buffer_size(),
+            self.client_id or "-",
+            reason,
+            self.ws.transport.get_write_buffer_size(),
         )
         self.ws.transport.abort()
 

@@ -62,8 +62,7 @@ def load_persona_config(config_dir: Path, persona_id: str) -> PersonaConfig:
         config = PersonaConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
-            for e in exc.errors(include_url=False)
+            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors(include_url=False)
         )
         raise ConfigError(f"{path}: {problems}") from None
     if config.id != persona_id:

@@ -103,7 +103,7 @@ class PersonaDaemon:
             session_dir=str(self.session_dir.root),
             capabilities=list(self.config.capabilities),
             bus=BusState(
-                state=client.state,  # type: ignore[arg-type]
+                state=client.state,
                 url=self.url,
                 connected_since=client.connected_since,
                 reconnects=client.reconnects,

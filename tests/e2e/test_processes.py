@@ -19,16 +19,23 @@ from websockets.asyncio.client import connect as ws_connect
 from tests.conftest import REPO, WAIT, start_bus_process
 
 
-def cli(state, *args: str, token: str | None = None, url: str | None = None,
-        timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
+def cli(
+    state, *args: str, token: str | None = None, url: str | None = None, timeout: float = WAIT
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PERSONAD_STATE_DIR": str(state.root)}
     env.pop("PERSONAD_TOKEN", None)
     if token is not None:
         env["PERSONAD_TOKEN"] = token
     if url is not None:
         env["PERSONAD_URL"] = url
-    return subprocess.run([sys.executable, "-m", "daemon", *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def call_until_ok(state, url: str, *args: str) -> dict:
@@ -45,21 +52,24 @@ def call_until_ok(state, url: str, *args: str) -> dict:
 def test_init_prints_token_once_and_stores_it_private(tmp_path) -> None:
     """init prints PERSONAD_TOKEN=… once, stores it 0600, and does not clobber on a re-run."""
     env = {**os.environ, "PERSONAD_STATE_DIR": str(tmp_path / "s")}
-    first = subprocess.run([sys.executable, "-m", "daemon", "init"], env=env, capture_output=True,
-                           text=True, check=True)
+    first = subprocess.run(
+        [sys.executable, "-m", "daemon", "init"], env=env, capture_output=True, text=True, check=True
+    )
     token = next(line for line in first.stdout.splitlines() if line.startswith("PERSONAD_TOKEN="))
     stored = tmp_path / "s" / "secrets" / "admin.token"
     assert token.split("=", 1)[1] == stored.read_text().strip()
     assert 0o600 == stat.S_IMODE(stored.stat().st_mode)
     assert token.split("=", 1)[1] not in (tmp_path / "s" / "tokens.json").read_text()
-    again = subprocess.run([sys.executable, "-m", "daemon", "init"], env=env, capture_output=True,
-                           text=True, check=True)
-    assert "already initialised" in again.stdout and "PERSONAD_TOKEN=" not in again.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "daemon", "init"], env=env, capture_output=True, text=True, check=True
+    )
+    assert "already initialised" in again.stdout
+    assert "PERSONAD_TOKEN=" not in again.stdout
 
 
 def test_bus_persona_and_cli(state, spawn) -> None:
     """init, bus, persona; call persona.status; offline, no-token and bad-token errors; healthz."""
-    bus, url = start_bus_process(spawn)
+    _bus, url = start_bus_process(spawn)
     spawn("persona", "demo", env={"PERSONAD_URL": url})
     status = call_until_ok(state, url, "persona:demo", "persona.status")
     assert ("demo", "connected") == (status["id"], status["bus"]["state"])
@@ -70,20 +80,27 @@ def test_bus_persona_and_cli(state, spawn) -> None:
     assert time.monotonic() - started < WAIT  # answered, not timed out after the 30 s deadline
 
     wrong = cli(state, "call", "bus", "bus.ping", token="pd_not-a-token", url=url)
-    assert 1 == wrong.returncode and wrong.stderr.startswith("error -32006:")
+    assert 1 == wrong.returncode
+    assert wrong.stderr.startswith("error -32006:")
     assert "refused the token" in wrong.stderr
 
     empty = tmp_state_without_token(state)
-    missing = subprocess.run([sys.executable, "-m", "daemon", "call", "bus", "bus.ping"],
-                             env={**os.environ, "PERSONAD_STATE_DIR": str(empty), "PERSONAD_URL": url},
-                             capture_output=True, text=True, timeout=WAIT)
-    assert 2 == missing.returncode and "no token" in missing.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "daemon", "call", "bus", "bus.ping"],
+        env={**os.environ, "PERSONAD_STATE_DIR": str(empty), "PERSONAD_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert 2 == missing.returncode
+    assert "no token" in missing.stderr
 
     health = json.load(urllib.request.urlopen(url.replace("ws://", "http://") + "/healthz", timeout=WAIT))
     assert ("ok", 1) == (health["status"], health["clients"].get("persona"))
 
     status_out = cli(state, "status", url=url)
-    assert 0 == status_out.returncode and "persona:demo" in status_out.stdout
+    assert 0 == status_out.returncode
+    assert "persona:demo" in status_out.stdout
 
 
 def tmp_state_without_token(state):
@@ -111,10 +128,16 @@ def test_sigterm_stops_cleanly(state, spawn) -> None:
     call_until_ok(state, url, "persona:demo", "persona.ping")
 
     async def watch_close() -> int | None:
-        async with ws_connect(url, subprotocols=["personad.v1.msgpack"],
-                              additional_headers={"Authorization": f"Bearer {state.admin_token}"}) as ws:
-            await ws.send(msgpack.packb({"jsonrpc": "2.0", "id": 0, "method": "hello",
-                                         "params": {"protocol": 1, "kind": "cli"}}))
+        async with ws_connect(
+            url,
+            subprotocols=["personad.v1.msgpack"],
+            additional_headers={"Authorization": f"Bearer {state.admin_token}"},
+        ) as ws:
+            await ws.send(
+                msgpack.packb(
+                    {"jsonrpc": "2.0", "id": 0, "method": "hello", "params": {"protocol": 1, "kind": "cli"}}
+                )
+            )
             await ws.recv()
             assert 0 == persona.stop(signal.SIGTERM)
             bus.popen.send_signal(signal.SIGTERM)
@@ -137,24 +160,45 @@ def test_slow_reader_is_dropped_before_bus_memory_grows(state, spawn) -> None:
         proto = ["personad.v1.msgpack"]
 
         async def hello(ws, name: str) -> None:
-            await ws.send(msgpack.packb({"jsonrpc": "2.0", "id": 0, "method": "hello",
-                                         "params": {"protocol": 1, "kind": "cli", "name": name}}))
+            await ws.send(
+                msgpack.packb(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 0,
+                        "method": "hello",
+                        "params": {"protocol": 1, "kind": "cli", "name": name},
+                    }
+                )
+            )
             await ws.recv()
 
         proc = psutil.Process(bus.popen.pid)
-        async with ws_connect(url, subprotocols=proto, additional_headers=headers, max_queue=1) as sleeper, \
-                ws_connect(url, subprotocols=proto, additional_headers=headers) as pub:
+        async with (
+            ws_connect(url, subprotocols=proto, additional_headers=headers, max_queue=1) as sleeper,
+            ws_connect(url, subprotocols=proto, additional_headers=headers) as pub,
+        ):
             await hello(sleeper, "sleeper")
             await hello(pub, "pub")
-            await sleeper.send(msgpack.packb({"jsonrpc": "2.0", "id": 1, "method": "bus.subscribe",
-                                              "params": {"topics": ["flood"]}}))
+            await sleeper.send(
+                msgpack.packb(
+                    {"jsonrpc": "2.0", "id": 1, "method": "bus.subscribe", "params": {"topics": ["flood"]}}
+                )
+            )
             await sleeper.recv()  # and never again
             before = proc.memory_info().rss
             payload = b"z" * (64 * 1024)
             peak = before
             for i in range(flood_bytes // len(payload)):
-                await pub.send(msgpack.packb({"jsonrpc": "2.0", "id": 10 + i, "method": "bus.publish",
-                                              "params": {"topic": "flood", "data": payload}}))
+                await pub.send(
+                    msgpack.packb(
+                        {
+                            "jsonrpc": "2.0",
+                            "id": 10 + i,
+                            "method": "bus.publish",
+                            "params": {"topic": "flood", "data": payload},
+                        }
+                    )
+                )
                 reply = msgpack.unpackb(await pub.recv())
                 peak = max(peak, proc.memory_info().rss)
                 if reply["result"]["delivered"] == 0:
@@ -177,5 +221,5 @@ def test_up_runs_everything_and_ctrl_c_stops_it(state, spawn) -> None:
     assert len(children) >= 2
     assert 0 == up.stop(signal.SIGINT)
     assert "all stopped" in up.output()
-    gone, alive = psutil.wait_procs(children, timeout=WAIT)
+    _gone, alive = psutil.wait_procs(children, timeout=WAIT)
     assert [] == alive

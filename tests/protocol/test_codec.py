@@ -58,8 +58,15 @@ def test_size_limit(codec) -> None:
 
 @pytest.mark.parametrize(
     "frame",
-    ["", "{", "[1,2]x", '{"id":1,"result":NaN}', '{"id":1,"result":Infinity}', "[" * 100_000,
-     '{"id":1,"result":{"$bytes":"***"}}'],
+    [
+        "",
+        "{",
+        "[1,2]x",
+        '{"id":1,"result":NaN}',
+        '{"id":1,"result":Infinity}',
+        "[" * 100_000,
+        '{"id":1,"result":{"$bytes":"***"}}',
+    ],
 )
 def test_json_garbage_is_malformed(frame: str) -> None:
     """Invalid JSON, NaN, runaway nesting and bad base64 are MalformedFrame."""
@@ -69,9 +76,14 @@ def test_json_garbage_is_malformed(frame: str) -> None:
 
 @pytest.mark.parametrize(
     "frame",
-    [b"\xc1", msgpack.packb({1: 2}), msgpack.packb({"a": msgpack.ExtType(5, b"x")}),
-     msgpack.packb({"a": [math.nan]}), msgpack.packb({"a": msgpack.Timestamp(1, 0)}),
-     msgpack.packb({"id": 1}) + b"\x00"],
+    [
+        b"\xc1",
+        msgpack.packb({1: 2}),
+        msgpack.packb({"a": msgpack.ExtType(5, b"x")}),
+        msgpack.packb({"a": [math.nan]}),
+        msgpack.packb({"a": msgpack.Timestamp(1, 0)}),
+        msgpack.packb({"id": 1}) + b"\x00",
+    ],
 )
 def test_msgpack_garbage_is_malformed(frame: bytes) -> None:
     """What JSON could not carry (int keys, ext types, NaN) is refused at the door."""
@@ -81,9 +93,15 @@ def test_msgpack_garbage_is_malformed(frame: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("data", "salvaged_id"),
-    [({"id": 5}, 5), ({"id": "x", "method": "Bad-Name"}, "x"), ([1, 2], None),
-     ({"method": "ok", "id": 1.5}, None), ({"id": 3, "result": 1, "error": {"code": 1, "message": "m"}}, 3),
-     ({"id": 4, "method": "m", "to": "nobody"}, 4), ({"id": 9, "method": "m", "surprise": 1}, 9)],
+    [
+        ({"id": 5}, 5),
+        ({"id": "x", "method": "Bad-Name"}, "x"),
+        ([1, 2], None),
+        ({"method": "ok", "id": 1.5}, None),
+        ({"id": 3, "result": 1, "error": {"code": 1, "message": "m"}}, 3),
+        ({"id": 4, "method": "m", "to": "nobody"}, 4),
+        ({"id": 9, "method": "m", "surprise": 1}, 9),
+    ],
 )
 def test_invalid_envelopes_keep_the_id(data, salvaged_id) -> None:
     """An invalid envelope raises InvalidMessage carrying the id, when one can be read."""

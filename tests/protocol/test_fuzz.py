@@ -12,12 +12,37 @@ from protocol import JSON, MSGPACK, Notification, Request, Response
 from protocol.errors import DecodeError
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["id", "method", "params", "result", "error", "to", "from",
-                                      "meta", "jsonrpc", "code", "message", "deadline_ms",
-                                      "reply_to", "$bytes"]) | st.text(max_size=8),
-                      children, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "id",
+                    "method",
+                    "params",
+                    "result",
+                    "error",
+                    "to",
+                    "from",
+                    "meta",
+                    "jsonrpc",
+                    "code",
+                    "message",
+                    "deadline_ms",
+                    "reply_to",
+                    "$bytes",
+                ]
+            )
+            | st.text(max_size=8),
+            children,
+            max_size=5,
+        )
+    ),
     max_leaves=20,
 )
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -45,10 +45,18 @@ async def raw():
 
 
 async def _raw(bus: Bus, token: str, *, max_queue: int | None = 16):
-    ws = await ws_connect(bus.url, subprotocols=["personad.v1.msgpack"], compression=None,
-                          additional_headers={"Authorization": f"Bearer {token}"}, max_queue=max_queue)
-    await ws.send(msgpack.packb({"jsonrpc": "2.0", "id": 0, "method": "hello",
-                                 "params": {"protocol": 1, "kind": "cli"}}))
+    ws = await ws_connect(
+        bus.url,
+        subprotocols=["personad.v1.msgpack"],
+        compression=None,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        max_queue=max_queue,
+    )
+    await ws.send(
+        msgpack.packb(
+            {"jsonrpc": "2.0", "id": 0, "method": "hello", "params": {"protocol": 1, "kind": "cli"}}
+        )
+    )
     reply = msgpack.unpackb(await ws.recv())
     assert "result" in reply, reply
     return ws
@@ -107,6 +115,38 @@ async def test_acl_forbids_ungranted_methods(connect, state) -> None:
         await watcher.publish("x", 1)
     assert ErrorCode.FORBIDDEN == info.value.code
     assert [] == list(target._serving)
+
+
+async def test_browser_origin_must_be_allowed(state) -> None:
+    """A connection from an Origin not on the list is refused at the upgrade (403)."""
+    from websockets.exceptions import InvalidStatus
+
+    allowed = "chrome-extension://abcdefghijklmnopabcdefghijklmnop"
+    async with Bus(BusConfig(port=0, origins=(None, allowed)), state.tokens()) as bus:
+        with pytest.raises(InvalidStatus) as info:
+            await ws_connect(bus.url, subprotocols=["personad.v1.json"], origin="https://evil.example")
+        assert 403 == info.value.response.status_code
+        async with ws_connect(bus.url, subprotocols=["personad.v1.json"], origin=allowed) as ws:
+            hello = {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "hello",
+                "params": {"protocol": 1, "kind": "extension", "token": state.admin_token},
+            }
+            await ws.send(json.dumps(hello))
+            assert "extension:" in json.loads(await ws.recv())["result"]["client_id"]
+
+
+async def test_connection_cap_answers_503(state) -> None:
+    """Past max_connections the bus refuses new upgrades with 503 and keeps the others."""
+    from websockets.exceptions import InvalidStatus
+
+    async with Bus(BusConfig(port=0, max_connections=1), state.tokens()) as bus:
+        async with BusClient(bus.url, token=state.admin_token, kind="cli") as first:
+            with pytest.raises(InvalidStatus) as info:
+                await ws_connect(bus.url, subprotocols=["personad.v1.json"])
+            assert 503 == info.value.response.status_code
+            assert (await first.call("bus.ping"))["time"] > 0
 
 
 async def test_revoked_token_stops_working_without_restart(bus, state) -> None:
@@ -219,6 +259,7 @@ async def test_target_disconnect_answers_target_offline(connect) -> None:
 
 async def test_progress_goes_to_the_caller_only(connect) -> None:
     """Streamed notifications reach the caller, tied to its request, and nobody else."""
+
     async def streamer(request: Request, ctx: CallContext) -> str:
         for word in ("one", "two", "three"):
             await ctx.progress("chat.token", {"text": word})
@@ -243,8 +284,10 @@ async def test_inflight_cap_answers_overloaded(state) -> None:
             await release.wait()
             return 1
 
-        async with BusClient(bus.url, token=state.admin_token, kind="persona", name="p", handler=slow), \
-                BusClient(bus.url, token=state.admin_token, kind="cli") as client:
+        async with (
+            BusClient(bus.url, token=state.admin_token, kind="persona", name="p", handler=slow),
+            BusClient(bus.url, token=state.admin_token, kind="cli") as client,
+        ):
             calls = [asyncio.ensure_future(client.call("x.y", to="persona:p")) for _ in range(3)]
             done, _ = await asyncio.wait(calls, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
             with pytest.raises(RpcError) as info:
@@ -260,16 +303,22 @@ async def test_inflight_cap_answers_overloaded(state) -> None:
 async def test_events_reach_matching_subscribers(connect) -> None:
     """Exact, prefix and wildcard subscriptions each get the events they match."""
     got: dict[str, list] = {"exact": [], "prefix": [], "all": [], "other": []}
-    for name, pattern in [("exact", "persona.demo.notice"), ("prefix", "persona.*"), ("all", "*"),
-                          ("other", "weather.*")]:
+    for name, pattern in [
+        ("exact", "persona.demo.notice"),
+        ("prefix", "persona.*"),
+        ("all", "*"),
+        ("other", "weather.*"),
+    ]:
         client = await connect(name=name, on_notification=got[name].append)
         await client.subscribe(pattern)
     publisher = await connect(name="pub")
     assert 3 == await publisher.publish("persona.demo.notice", {"png": b"\x89PNG"})
     await eventually(lambda: all(got[k] for k in ("exact", "prefix", "all")))
     event = got["exact"][0]
-    assert ("event", {"topic": "persona.demo.notice", "data": {"png": b"\x89PNG"}, "publisher": "cli:pub"}) \
-        == (event.method, event.params)
+    assert (
+        "event",
+        {"topic": "persona.demo.notice", "data": {"png": b"\x89PNG"}, "publisher": "cli:pub"},
+    ) == (event.method, event.params)
     assert [] == got["other"]
 
 
@@ -337,8 +386,11 @@ async def test_slow_consumer_is_dropped_within_the_cap(state, raw) -> None:
     cap = 256 * 1024
     async with Bus(BusConfig(port=0, max_send_buffer=cap), state.tokens()) as bus:
         sleeper = await raw(bus, state.admin_token, max_queue=1)
-        await sleeper.send(msgpack.packb({"jsonrpc": "2.0", "id": 1, "method": "bus.subscribe",
-                                          "params": {"topics": ["flood"]}}))
+        await sleeper.send(
+            msgpack.packb(
+                {"jsonrpc": "2.0", "id": 1, "method": "bus.subscribe", "params": {"topics": ["flood"]}}
+            )
+        )
         await asyncio.wait_for(sleeper.recv(), WAIT)  # then never read again
         session = bus.router.clients[next(c for c in bus.router.clients if c.startswith("cli:"))]
         async with BusClient(bus.url, token=state.admin_token, kind="cli", name="pub") as pub:
@@ -359,8 +411,9 @@ async def test_stalled_buffer_is_dropped(state, raw) -> None:
     """A client whose send buffer stops draining is dropped after stall_timeout."""
     async with Bus(BusConfig(port=0, stall_timeout=0.3), state.tokens()) as bus:
         sleeper = await raw(bus, state.admin_token, max_queue=1)
-        await sleeper.send(msgpack.packb({"jsonrpc": "2.0", "id": 1, "method": "bus.subscribe",
-                                          "params": {"topics": ["t"]}}))
+        await sleeper.send(
+            msgpack.packb({"jsonrpc": "2.0", "id": 1, "method": "bus.subscribe", "params": {"topics": ["t"]}})
+        )
         await asyncio.wait_for(sleeper.recv(), WAIT)
         session = next(s for s in bus.router.clients.values())
         async with BusClient(bus.url, token=state.admin_token, kind="cli", name="pub") as pub:
@@ -393,10 +446,15 @@ async def test_healthz_and_metrics(bus, connect) -> None:
     http = bus.url.replace("ws://", "http://")
     status, ctype, body = await asyncio.to_thread(_get, http + "/healthz")
     health = json.loads(body)
-    assert (200, "application/json", "ok", {"persona": 1}) == (status, ctype, health["status"],
-                                                               health["clients"])
+    assert (200, "application/json", "ok", {"persona": 1}) == (
+        status,
+        ctype,
+        health["status"],
+        health["clients"],
+    )
     status, ctype, body = await asyncio.to_thread(_get, http + "/metrics")
-    assert 200 == status and ctype.startswith("text/plain; version=0.0.4")
+    assert 200 == status
+    assert ctype.startswith("text/plain; version=0.0.4")
     assert 'personad_bus_clients{kind="persona"} 1' in body
 
 

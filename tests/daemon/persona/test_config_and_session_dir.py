@@ -20,7 +20,9 @@ def write(tmp_path, name: str, text: str):
 
 def test_valid_config_loads(tmp_path) -> None:
     """A well-formed file gives a typed config."""
-    cfg = load_persona_config(write(tmp_path, "ada", 'id = "ada"\nname = "Ada"\ncapabilities=["chat"]\n'), "ada")
+    cfg = load_persona_config(
+        write(tmp_path, "ada", 'id = "ada"\nname = "Ada"\ncapabilities=["chat"]\n'), "ada"
+    )
     assert ("ada", "Ada", ["chat"]) == (cfg.id, cfg.name, cfg.capabilities)
     assert ["ada"] == list_persona_ids(tmp_path)
 
@@ -56,8 +58,12 @@ def test_missing_config_and_bad_id(tmp_path) -> None:
 def test_session_dir_layout_is_private(tmp_path) -> None:
     """Every level of the session directory is created 0700."""
     sd = prepare_session_dir(tmp_path / "state", "ada")
-    for path in [tmp_path / "state", tmp_path / "state" / "personas", sd.root,
-                 *(sd.root / d for d in SUBDIRS)]:
+    for path in [
+        tmp_path / "state",
+        tmp_path / "state" / "personas",
+        sd.root,
+        *(sd.root / d for d in SUBDIRS),
+    ]:
         assert 0o700 == stat.S_IMODE(os.stat(path).st_mode), path
 
 

@@ -41,7 +41,9 @@ async def test_status_over_the_bus_and_notify_protocol(bus, state, connect, noti
     path, sock = notify_socket
     config = PersonaConfig(id="ada", name="Ada", capabilities=["chat"])
     daemon = PersonaDaemon(
-        config, prepare_session_dir(state.root, "ada"), url=bus.url,
+        config,
+        prepare_session_dir(state.root, "ada"),
+        url=bus.url,
         token=state.persona_token("ada", create=True),
         notifier=Notifier.from_env({"NOTIFY_SOCKET": str(path)}),
     )
@@ -51,7 +53,11 @@ async def test_status_over_the_bus_and_notify_protocol(bus, state, connect, noti
     await eventually(lambda: "persona:ada" in bus.router.clients, what="persona connected")
     status = await caller.call("persona.status", to="persona:ada")
     assert ("ada", "Ada", ["chat"], "connected") == (
-        status["id"], status["name"], status["capabilities"], status["bus"]["state"])
+        status["id"],
+        status["name"],
+        status["capabilities"],
+        status["bus"]["state"],
+    )
     assert str(state.root / "personas" / "ada") == status["session_dir"]
     with pytest.raises(RpcError) as info:
         await caller.call("persona.status", {"unexpected": 1}, to="persona:ada")
@@ -62,7 +68,8 @@ async def test_status_over_the_bus_and_notify_protocol(bus, state, connect, noti
     stop.set()
     await asyncio.wait_for(task, WAIT)
     messages = "\n".join(drain(sock))
-    assert "READY=1" in messages and "STOPPING=1" in messages
+    assert "READY=1" in messages
+    assert "STOPPING=1" in messages
     assert messages.index("READY=1") < messages.index("STOPPING=1")
 
 
@@ -72,9 +79,13 @@ async def test_persona_reconnects_after_the_bus_restarts(state) -> None:
     await first.start()
     port = first.port
     config = PersonaConfig(id="ada", name="Ada")
-    daemon = PersonaDaemon(config, prepare_session_dir(state.root, "ada"), url=first.url,
-                           token=state.persona_token("ada", create=True),
-                           notifier=Notifier.from_env({}))
+    daemon = PersonaDaemon(
+        config,
+        prepare_session_dir(state.root, "ada"),
+        url=first.url,
+        token=state.persona_token("ada", create=True),
+        notifier=Notifier.from_env({}),
+    )
     daemon.client._backoff_max = 0.5
     stop = asyncio.Event()
     task = asyncio.ensure_future(daemon.run(stop))
@@ -94,7 +105,12 @@ async def test_refused_token_stops_the_daemon_with_a_clear_error(bus, state) -> 
 
     token = state.persona_token("ada", create=True)
     state.tokens().revoke("persona:ada")
-    daemon = PersonaDaemon(PersonaConfig(id="ada", name="Ada"), prepare_session_dir(state.root, "ada"),
-                           url=bus.url, token=token, notifier=Notifier.from_env({}))
+    daemon = PersonaDaemon(
+        PersonaConfig(id="ada", name="Ada"),
+        prepare_session_dir(state.root, "ada"),
+        url=bus.url,
+        token=token,
+        notifier=Notifier.from_env({}),
+    )
     with pytest.raises(AuthError, match="refused the token"):
         await asyncio.wait_for(daemon.run(asyncio.Event()), WAIT)
