@@ -117,13 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
     token_verbs.add_parser("list", parents=[common], help="list tokens (never their secrets)")
     revoke = token_verbs.add_parser("revoke", parents=[common], help="revoke by id or name")
     revoke.add_argument("token_id")
+    for module in _role_cli_modules():
+        for name, handler in module.add_verbs(verb).items():
+            _VERBS[name] = handler
     return parser
+
+
+# Subsystems that bring their own verbs (``personad browser``, ``personad adapter`` …).
+# Each module has ``add_verbs(verb) -> {name: handler}``, where ``verb(name, help)``
+# returns an argparse parser with the common options, and each handler is
+# ``handler(args, state, url) -> exit status``. Listed here, explicitly, so a
+# broken subsystem fails loudly instead of silently losing its verbs.
+ROLE_CLI_MODULES: tuple[str, ...] = ()
+#: Verbs that run a daemon and so log their lifecycle at INFO by default.
+LONG_RUNNING_VERBS: set[str] = set()
+
+
+def _role_cli_modules() -> list[Any]:
+    import importlib
+
+    return [importlib.import_module(name) for name in ROLE_CLI_MODULES]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Long-running verbs log their lifecycle; one-shot verbs stay quiet but for problems.
-    quiet = args.verb not in {"bus", "persona", "up"}
+    quiet = args.verb not in {"bus", "persona", "up", *LONG_RUNNING_VERBS}
     logs.configure(getattr(args, "log_level", None), default="WARNING" if quiet else "INFO")
     state = StateDir(resolve_state_dir(getattr(args, "state_dir", None)))
     url = getattr(args, "url", None) or os.environ.get("PERSONAD_URL") or DEFAULT_URL
@@ -299,7 +318,7 @@ def _token(args: argparse.Namespace, state: StateDir, url: str) -> int:
     return 0
 
 
-_VERBS = {
+_VERBS: dict[str, Any] = {
     "init": _init,
     "bus": _bus,
     "persona": _persona,
