@@ -62,8 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     verb("init", "create the state directory and an admin token (printed once)")
 
     bus = verb("bus", "run the bus")
-    bus.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    bus.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    bus.add_argument(
+        "--host",
+        default=os.environ.get("PERSONAD_BUS_HOST", "127.0.0.1"),
+        help="address to bind (env PERSONAD_BUS_HOST; default loopback)",
+    )
+    bus.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PERSONAD_BUS_PORT", "8765")),
+        help="port (env PERSONAD_BUS_PORT; default 8765; 0: any free port)",
+    )
     bus.add_argument(
         "--allow-origin",
         action="append",
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     state = StateDir(resolve_state_dir(getattr(args, "state_dir", None)))
     url = getattr(args, "url", None) or os.environ.get("PERSONAD_URL") or DEFAULT_URL
     try:
-        return _VERBS[args.verb](args, state, url)
+        return int(_VERBS[args.verb](args, state, url))
     except (ConfigError, AuthError) as exc:
         print(f"personad: {exc}", file=sys.stderr)
         return 2
@@ -295,11 +304,13 @@ def _token(args: argparse.Namespace, state: StateDir, url: str) -> int:
     store = state.tokens()
     if args.token_verb == "add":
         state.ensure()
-        subject = args.subject or {"admin": "*", "persona": None, "service": "*", "observer": "*"}.get(
-            args.role
-        )
+        # Only admin defaults to any identity: anything else could otherwise
+        # connect as persona:<id> and take over its traffic.
+        subject = args.subject or {"admin": "*", "observer": "cli:*"}.get(args.role)
         if subject is None:
-            raise ConfigError("--subject is required for this role (e.g. persona:demo)")
+            raise ConfigError(
+                f"--subject is required for role {args.role} (e.g. persona:demo, browser:*, inference:*)"
+            )
         token, entry = store.add(
             name=args.name, role=args.role, subject=subject, extra_grants=tuple(args.grant)
         )

@@ -125,6 +125,7 @@ class BusClient:
         codec: Codec = MSGPACK,
         handler: Handler | None = None,
         on_notification: NotificationCallback | None = None,
+        on_state: Callable[[str], None] | None = None,
         reconnect: bool = False,
         token_in_hello: bool = False,
         # Timeouts
@@ -159,6 +160,7 @@ class BusClient:
         self._max_message_bytes = max_message_bytes
 
         self.hello: HelloResult | None = None
+        self._on_state = on_state
         self.state = "connecting"
         self.connected_since: float | None = None
         self.reconnects = 0
@@ -177,6 +179,13 @@ class BusClient:
         self._failed: asyncio.Future[BaseException] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        """connecting → connected ⇄ reconnecting → closed; tells ``on_state`` of changes."""
+        if state != self.state:
+            self.state = state
+            if self._on_state is not None:
+                self._on_state(state)
 
     @property
     def client_id(self) -> str | None:
@@ -210,7 +219,7 @@ class BusClient:
         client owns them, and none outlives it.
         """
         self._closing = True
-        self.state = "closed"
+        self._set_state("closed")
         if self._maintainer is not None:
             self._maintainer.cancel()
         for task in list(self._serving.values()):
@@ -309,7 +318,7 @@ class BusClient:
             raise BusUnavailable(f"the bus sent an invalid hello result: {exc}") from None
         link = _Link(next(self._generations), ws, conn)
         self._link = link
-        self.state = "connected"
+        self._set_state("connected")
         self.connected_since = time.time()
         self._connected.set()
         self._flush_outbox(link)
@@ -330,7 +339,7 @@ class BusClient:
                     continue
                 self._fatal = exc
                 self._connected.set()
-                self.state = "closed"
+                self._set_state("closed")
                 log.error("giving up on the bus: %s", exc)
                 if self._failed is not None and not self._failed.done():
                     self._failed.set_result(exc)
@@ -339,7 +348,7 @@ class BusClient:
                 delay = self._backoff(attempt)
                 attempt += 1
                 log.warning("bus unavailable, retrying in %.2fs: %s", delay, exc)
-                self.state = "connecting" if first else "reconnecting"
+                self._set_state("connecting" if first else "reconnecting")
                 await asyncio.sleep(delay)
                 continue
             if not first:
@@ -348,7 +357,7 @@ class BusClient:
             attempt = 0
             await self._read_loop(link)
             if not self._closing:
-                self.state = "reconnecting"
+                self._set_state("reconnecting")
 
     def _backoff(self, attempt: int) -> float:
         # Exponential with "equal jitter": at least half the step, so retries
@@ -401,7 +410,10 @@ class BusClient:
                 call = self._pending.get(reply_to) if isinstance(reply_to, int) else None
                 if call is not None and call.on_progress is not None:
                     self._run_callback(call.on_progress, message)
-            elif message.method == "bus.cancel" and isinstance(message.params, dict):
+            elif (
+                message.method == "bus.cancel" and message.from_ is None and isinstance(message.params, dict)
+            ):
+                # Only the bus (no `from`) may cancel what we serve.
                 task = self._serving.get((link.generation, message.params.get("id")))  # type: ignore[arg-type]
                 if task is not None:
                     task.cancel()

@@ -123,8 +123,8 @@ class StateDir:
             if not create:
                 raise AuthError(
                     f"no token for persona {persona_id!r}: set PERSONAD_TOKEN, provide a "
-                    f"systemd credential 'token', or run `personad token add --role persona "
-                    f"--subject persona:{persona_id} --save`"
+                    f"systemd credential 'token' (see systemd/personad@.service), or create one with "
+                    f"`personad token add --name {persona_id} --role persona --subject persona:{persona_id}`"
                 )
             token, _ = self.tokens().add(
                 name=f"persona:{persona_id}", role="persona", subject=f"persona:{persona_id}"

@@ -25,12 +25,13 @@ import base64
 import binascii
 import json
 import math
+import re
 from typing import Any, Final
 
 import msgpack
 from pydantic import ValidationError
 
-from .errors import EncodeError, FrameTooLarge, InvalidMessage, MalformedFrame
+from .errors import EncodeError, FrameTooLarge, InvalidMessage, MalformedFrame, WrongFrameType
 from .messages import Notification, Request, Response, message_adapter, to_wire
 
 __all__ = [
@@ -77,7 +78,7 @@ class Codec:
         """Frame payload to plain data, checking frame type and size."""
         if isinstance(frame, str) == self.binary:
             kind = "text" if isinstance(frame, str) else "binary"
-            raise MalformedFrame(f"{kind} frame on a {self.name} connection")
+            raise WrongFrameType(f"{kind} frame on a {self.name} connection")
         size = len(frame) if isinstance(frame, bytes) else len(frame.encode("utf-8", "replace"))
         if size > max_bytes:
             raise FrameTooLarge(size, max_bytes)
@@ -116,7 +117,10 @@ class _JsonCodec(Codec):
             separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
         )
         self._decoder = json.JSONDecoder(
-            object_hook=_json_object_hook, parse_constant=_no_constant, parse_int=_msgpack_int
+            object_hook=_json_object_hook,
+            parse_constant=_no_constant,
+            parse_int=_msgpack_int,
+            parse_float=_finite_float,
         )
 
     def dumps(self, data: dict[str, Any]) -> str:
@@ -127,6 +131,11 @@ class _JsonCodec(Codec):
         value, end = self._decoder.raw_decode(frame, _skip_ws(frame, 0))
         if _skip_ws(frame, end) != len(frame):
             raise MalformedFrame("trailing data after the JSON value")
+        # A "\ud800" escape decodes to a lone surrogate, which no UTF-8 frame
+        # (and no msgpack peer) can carry. Only frames with such escapes pay
+        # for the walk.
+        if _SURROGATE_ESCAPE.search(frame):
+            _check_utf8(value)
         return value
 
 
@@ -162,6 +171,32 @@ def _msgpack_int(text: str) -> int:
     if not -(2**63) <= value < 2**64:
         raise MalformedFrame("integer out of the 64-bit range")
     return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to inf
+        raise MalformedFrame("number out of the float range")
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_utf8(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise MalformedFrame("lone surrogate in a string") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _no_constant(name: str) -> Any:

@@ -5,7 +5,8 @@ Exception tree (everything the protocol package raises on bad input)::
     ProtocolError                 base: the peer broke the protocol
     ├── DecodeError               a frame could not become a message
     │   ├── FrameTooLarge         over the negotiated size limit
-    │   ├── MalformedFrame        not JSON / msgpack, wrong frame type, too deep
+    │   ├── MalformedFrame        not JSON / msgpack, too deep, not JSON-safe
+    │   │   └── WrongFrameType    text on a msgpack connection, binary on JSON
     │   └── InvalidMessage        well-formed data, but not a valid envelope
     ├── EncodeError               *we* tried to send something unencodable
     └── StateError                a message not allowed in the connection's state
@@ -40,6 +41,7 @@ __all__ = [
     "ProtocolError",
     "RpcError",
     "StateError",
+    "WrongFrameType",
 ]
 
 
@@ -97,13 +99,14 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013
     # Private range (4000-4999)
     UNAUTHENTICATED = 4001
     HELLO_TIMEOUT = 4002
-    SLOW_CONSUMER = 4003
+    # 4003 is not used: a client that stops reading is dropped by aborting
+    # the TCP connection (it would never read a close frame); it sees 1006.
     REPLACED = 4004
     BAD_HELLO = 4005
+    TOKEN_REVOKED = 4006
 
 
 class ProtocolError(Exception):
@@ -135,6 +138,12 @@ class FrameTooLarge(DecodeError):
 
 class MalformedFrame(DecodeError):
     """Raised when a frame is not valid data for the connection's codec."""
+
+
+class WrongFrameType(MalformedFrame):
+    """Raised when a text frame arrives on a msgpack connection, or binary on JSON."""
+
+    close_code = CloseCode.UNSUPPORTED_DATA
 
 
 class InvalidMessage(DecodeError):

@@ -3,7 +3,8 @@
 ``server.py`` accepts connections and runs the handshake; ``session.py`` is
 one authenticated connection and its non-blocking, bounded send path;
 ``router.py`` routes requests and correlates replies; ``pubsub.py`` holds
-topics and rooms; ``http.py`` answers /healthz and /metrics.
+topics and rooms; ``metrics.py`` renders /metrics (served, with /healthz, by
+``server.py`` on the WebSocket port).
 """
 
 from .config import BusConfig

@@ -38,7 +38,9 @@ class Metrics:
             lines.append(f"# HELP {name} {help_}")
             lines.append(f"# TYPE {name} {kind}")
             for labels, value in samples:
-                lines.append(f"{name}{labels} {value:g}")
+                # Integers exactly (no 4.1e+07 rounding), floats round-trip via repr.
+                text = str(value) if isinstance(value, int) else repr(float(value))
+                lines.append(f"{name}{labels} {text}")
 
         def label(key: str, value: str) -> str:
             escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -298,6 +298,12 @@ class Router:
             else:
                 log.info("ignoring notification %s to the bus from %s", note.method, session.client_id)
             return
+        if note.method.startswith("bus."):
+            # bus.cancel and friends come only from the bus: a client relaying
+            # one could cancel someone else's request.
+            log.warning("refusing to relay %s from %s", note.method, session.client_id)
+            self.metrics.errors["FORBIDDEN"] += 1
+            return
         assert session.token is not None
         if not session.token.allows(note.method, note.to):
             log.warning("forbidden notification %s to %s from %s", note.method, note.to, session.client_id)

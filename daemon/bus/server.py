@@ -60,9 +60,10 @@ class Bus:
         self.started = time.time()
         self.shutting_down = False
         self._server: Server | None = None
-        self._header_auth: dict[Any, TokenEntry] = {}
         self._connections = 0
         self._sweeper: asyncio.Task[None] | None = None
+        #: Closing handshakes started from synchronous code; owned here, awaited on close().
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -103,11 +104,18 @@ class Bus:
         log.info("shutting down: answered %d requests in flight", failed)
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         if self._server is not None:
             self._server.close(close_connections=True)  # 1001 going away
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.shutdown_timeout + 1):
                     await self._server.wait_closed()
+
+    def close_later(self, session: Session, code: CloseCode, reason: str) -> None:
+        """Start a closing handshake without waiting for it (routing never waits)."""
+        task = asyncio.get_running_loop().create_task(session.ws.close(code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def __aenter__(self) -> Bus:
         await self.start()
@@ -117,12 +125,19 @@ class Bus:
         await self.close()
 
     async def _sweep(self) -> None:
-        """Drop clients whose send buffer stopped draining (see session.py)."""
+        """Once a second: drop clients whose send buffer stopped draining (see
+        session.py), and close connections whose token was revoked since."""
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            valid = {e.sha256 for e in self.tokens.entries()}
             for session in list(self.router.clients.values()):
                 session.check_stall(now)
+                if session.token is not None and session.token.sha256 not in valid and not session.closed:
+                    log.warning("closing %s: its token was revoked", session.client_id)
+                    session.closed = True
+                    self.metrics.closed["token_revoked"] += 1
+                    self.close_later(session, CloseCode.TOKEN_REVOKED, "token revoked")
 
     # -- HTTP on the same port ---------------------------------------------------
 
@@ -151,16 +166,24 @@ class Bus:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "the bus is shutting down\n")
         if self._connections >= self.config.max_connections:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
-        header = request.headers.get("Authorization")
-        if header is not None:
-            scheme, _, token = header.partition(" ")
-            entry = self.tokens.verify(token.strip()) if scheme.lower() == "bearer" else None
-            if entry is None:
-                self.metrics.closed["unauthenticated"] += 1
-                log.warning("refused connection from %s: invalid bearer token", connection.remote_address)
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid bearer token\n")
-            self._header_auth[connection.id] = entry
+        if request.headers.get("Authorization") is not None and self._header_token(request) is None:
+            self.metrics.closed["unauthenticated"] += 1
+            log.warning("refused connection from %s: invalid bearer token", connection.remote_address)
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid bearer token\n")
         return None
+
+    def _header_token(self, request: HttpRequest | None) -> TokenEntry | None:
+        """The token of an ``Authorization: Bearer`` header, if present and valid.
+
+        Checked in process_request (to answer 401 before the upgrade) and again
+        when the connection is handled: nothing is kept in between, so an
+        upgrade that fails later (Origin, subprotocol) leaves nothing behind.
+        """
+        header = request.headers.get("Authorization") if request is not None else None
+        if header is None:
+            return None
+        scheme, _, token = header.partition(" ")
+        return self.tokens.verify(token.strip()) if scheme.lower() == "bearer" else None
 
     def health(self) -> dict[str, Any]:
         return {
@@ -179,7 +202,7 @@ class Bus:
     # -- connections ---------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        token = self._header_auth.pop(ws.id, None)
+        token = self._header_token(ws.request)
         codec = SUBPROTOCOLS.get(ws.subprotocol or "")
         if codec is None:  # websockets already refuses a missing one; belt and braces
             await ws.close(CloseCode.PROTOCOL_ERROR, "negotiate a personad subprotocol")
@@ -193,9 +216,7 @@ class Bus:
             replaced = self.router.add(session)
             if replaced is not None:
                 replaced.closed = True
-                asyncio.get_running_loop().create_task(
-                    replaced.ws.close(CloseCode.REPLACED, "replaced by a newer connection")
-                )
+                self.close_later(replaced, CloseCode.REPLACED, "replaced by a newer connection")
             await self._serve(session)
         except ConnectionClosed:
             pass

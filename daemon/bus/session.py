@@ -81,7 +81,12 @@ class Session:
             return False
         # broadcast() to one connection is websockets' public non-blocking send.
         if isinstance(frame, str):
-            broadcast((self.ws,), frame.encode("utf-8"), text=True)
+            try:
+                data = frame.encode("utf-8")
+            except UnicodeEncodeError:  # the codec's door checks should make this unreachable
+                log.error("unencodable text frame for %s dropped", self.client_id)
+                return False
+            broadcast((self.ws,), data, text=True)
         else:
             broadcast((self.ws,), frame)
         metrics = self.bus.metrics

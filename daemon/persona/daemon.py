@@ -55,18 +55,19 @@ class PersonaDaemon:
             capabilities=config.capabilities,
             handler=self.dispatcher,
             reconnect=True,
+            on_state=self._on_bus_state,
         )
+        self._ready = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, or the bus refuses us for good."""
         failure: BaseException | None = None
         async with self.client, asyncio.TaskGroup() as tg:
-            self.notifier.ready(f"persona {self.config.id}: connecting to {self.url}")
+            self.notifier.status(f"persona {self.config.id}: connecting to {self.url}")
             stopped = tg.create_task(stop.wait(), name="stop")
             failed = tg.create_task(self.client.wait_failed(), name="bus-failure")
             background = [
                 tg.create_task(self.notifier.run_watchdog(), name="watchdog"),
-                tg.create_task(self._report_status(), name="status"),
             ]
             await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
             if failed.done():
@@ -78,15 +79,17 @@ class PersonaDaemon:
             raise AuthError(f"persona {self.config.id}: {failure}")
         log.info("persona %s stopped", self.config.id)
 
-    async def _report_status(self) -> None:
-        """Keep systemd's STATUS= in step with the bus connection."""
-        last = ""
-        while True:
-            state = self.client.state
-            if state != last:
-                self.notifier.status(f"persona {self.config.id}: bus {state}")
-                last = state
-            await asyncio.sleep(0.5)
+    def _on_bus_state(self, state: str) -> None:
+        """Keep systemd's STATUS= in step with the bus connection; READY=1 on the first connect.
+
+        READY waits for the bus: a persona that cannot reach it is not of
+        service yet, and systemd's start timeout then applies.
+        """
+        if state == "connected" and not self._ready:
+            self._ready = True
+            self.notifier.ready(f"persona {self.config.id}: bus connected")
+        else:
+            self.notifier.status(f"persona {self.config.id}: bus {state}")
 
     # -- handlers ------------------------------------------------------------------
 

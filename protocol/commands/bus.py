@@ -186,14 +186,14 @@ register(
     "bus.room.join",
     params=RoomParams,
     result=RoomResult,
-    summary="Join a room (created on first join); members get room.joined.",
+    summary="Join a room (created on first join); the other members get room.presence.",
     served_by="bus",
 )
 register(
     "bus.room.leave",
     params=RoomParams,
     result=RoomResult,
-    summary="Leave a room (removed when empty); members get room.left.",
+    summary="Leave a room (removed when empty); the other members get room.presence.",
     served_by="bus",
 )
 register(

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from protocol import JSON, MSGPACK, Notification, Request, Response, codec_for
-from protocol.errors import FrameTooLarge, InvalidMessage, MalformedFrame
+from protocol.errors import FrameTooLarge, InvalidMessage, MalformedFrame, WrongFrameType
 
 
 @pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=lambda c: c.name)
@@ -40,11 +40,17 @@ def test_null_result_is_sent() -> None:
 
 
 def test_frame_type_must_match_codec() -> None:
-    """Text frames on a msgpack connection and binary on a JSON one are malformed."""
-    with pytest.raises(MalformedFrame):
+    """Text frames on a msgpack connection and binary on a JSON one close with 1003."""
+    with pytest.raises(WrongFrameType) as info:
         MSGPACK.decode('{"id":1}')
-    with pytest.raises(MalformedFrame):
+    assert 1003 == info.value.close_code
+    with pytest.raises(WrongFrameType):
         JSON.decode(b'{"id":1}')
+
+
+def test_valid_surrogate_pairs_pass() -> None:
+    """An escaped surrogate *pair* is one real character and is accepted."""
+    assert "\U0001f600" == JSON.decode('{"id":1,"result":"\\ud83d\\ude00"}').result
 
 
 @pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=lambda c: c.name)

@@ -297,6 +297,35 @@ async def test_inflight_cap_answers_overloaded(state) -> None:
             assert [1, 1] == [await c for c in calls if not c.done() or not c.exception()]
 
 
+async def test_clients_cannot_relay_bus_cancel(connect, state) -> None:
+    """A client cannot cancel someone else's request by sending bus.cancel to the target."""
+    release = asyncio.Event()
+
+    async def slow(request: Request, ctx: CallContext) -> str:
+        await release.wait()
+        return "finished"
+
+    target = await connect(kind="persona", name="p", handler=slow)
+    caller = await connect(name="caller")
+    mallory = await connect(kind="persona", name="mallory", token=persona_token(state, "mallory"))
+    call = asyncio.ensure_future(caller.call("persona.status", to="persona:p"))
+    await eventually(lambda: target._serving, what="request being served")
+    for guess in range(1, 20):
+        await mallory.notify("bus.cancel", {"id": guess}, to="persona:p")
+    assert (await mallory.call("bus.ping"))["time"] > 0  # the notifications were processed
+    release.set()
+    assert "finished" == await call
+
+
+async def test_revoked_token_closes_live_connections(bus, state, connect) -> None:
+    """Revoking a token closes the connections already using it (close 4006)."""
+    client = await connect(kind="persona", name="alice", token=persona_token(state, "alice"))
+    link = client._link
+    assert 1 == state.tokens().revoke("alice")
+    await eventually(lambda: link.ws.close_code is not None, what="revoked connection closed")
+    assert 4006 == link.ws.close_code
+
+
 # -- events and rooms ------------------------------------------------------------------
 
 
