@@ -21,7 +21,7 @@ from typing import Any
 from protocol import JSON, MSGPACK, ErrorCode, RpcError
 
 from . import __version__, logs, runtime
-from .errors import AuthError, BusUnavailable, ConfigError, PersonadError
+from .errors import AuthError, BusUnavailable, ConfigError, PersonadError, StateDirError
 from .state import StateDir, find_token, resolve_state_dir
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
@@ -199,6 +199,7 @@ def _config_dir(args: argparse.Namespace) -> Path:
 
 
 def _persona(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    from .brain import BrainError, load_or_create_key
     from .persona.config import load_persona_config
     from .persona.daemon import PersonaDaemon, run_persona
     from .persona.session_dir import prepare_session_dir
@@ -206,8 +207,14 @@ def _persona(args: argparse.Namespace, state: StateDir, url: str) -> int:
     config = load_persona_config(_config_dir(args), args.id)
     session_dir = prepare_session_dir(state.root, config.id)
     token = _persona_token(state, config.id)
-    daemon = PersonaDaemon(config, session_dir, url=url, token=token)
-    runtime.run(run_persona(daemon))
+    try:
+        key = load_or_create_key(state.root, config.id)
+        daemon = PersonaDaemon(config, session_dir, url=url, token=token, brain_key=key)
+        runtime.run(run_persona(daemon))
+    except BrainError as exc:
+        # Wrong or missing key, a schema from a newer version: stop loudly,
+        # touch nothing (the brain refuses before writing).
+        raise StateDirError(f"persona {config.id}: brain {session_dir.brain}: {exc}") from None
     return 0
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import date, datetime
+from pathlib import PurePath
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -51,6 +53,24 @@ class Dispatcher:
         except ValidationError as exc:
             raise invalid_params(exc) from None
         result = await handler(params, ctx)
-        if isinstance(result, BaseModel):
-            return result.model_dump(mode="python")
-        return command.result.model_validate(result).model_dump(mode="python")
+        if not isinstance(result, BaseModel):
+            result = command.result.model_validate(result)
+        return wire_safe(result.model_dump(mode="python"))
+
+
+def wire_safe(value: Any) -> Any:
+    """Python values to the wire's data model: times as RFC 3339 strings.
+
+    ``model_dump(mode="json")`` would do that too, but would also turn bytes
+    into text, and bytes (screenshots, adapter chunks) must stay bytes for
+    msgpack peers.
+    """
+    if isinstance(value, dict):
+        return {k: wire_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [wire_safe(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, PurePath):
+        return str(value)
+    return value

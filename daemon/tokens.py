@@ -37,8 +37,18 @@ TOKEN_PREFIX = "pd_"
 #: Default grants by role. A role is a starting point; `--grant` adds more.
 ROLE_GRANTS: dict[str, tuple[str, ...]] = {
     "admin": ("*",),
-    # Personas talk to the bus, to each other, and to shared services.
-    "persona": ("bus.*", "*@persona:*", "*@cap:inference", "*@inference:*", "screenshot@cap:browser"),
+    # Personas talk to the bus, chat with each other, and use shared services.
+    # Not another persona's memory: memory.*, brain.* (brain.query above all)
+    # need an explicit grant.
+    "persona": (
+        "bus.*",
+        "persona.status@persona:*",
+        "persona.ping@persona:*",
+        "chat@persona:*",
+        "*@cap:inference",
+        "*@inference:*",
+        "screenshot@cap:browser",
+    ),
     # Providers (browser worker, inference service) serve; they call only the bus.
     "service": ("bus.*",),
     # Read-only watchers: dashboards, the browser extension's event view.

@@ -7,6 +7,11 @@ Example::
     description = "A patient explainer of patents."
     capabilities = ["chat"]
 
+    [memory]                       # optional; these are the defaults
+    max_memories = 100000
+    max_bytes = 268435456
+    retention_interval_s = 600
+
 Validated strictly: unknown keys are errors (a misspelt key would otherwise be
 silently ignored), and the error names the file and the field.
 """
@@ -26,6 +31,19 @@ from ..errors import ConfigError
 PERSONA_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
+class MemoryConfig(BaseModel):
+    """``[memory]``: how large the brain may grow (a peer project's grew to 230 MB unbounded)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Most memories kept; the least relevant/oldest unpinned go first.
+    max_memories: Annotated[int, Field(ge=1)] | None = 100_000
+    #: Most bytes of live database pages.
+    max_bytes: Annotated[int, Field(ge=1 << 20)] | None = 256 << 20
+    #: How often retention runs, in seconds.
+    retention_interval_s: Annotated[float, Field(ge=1.0, le=86_400.0)] = 600.0
+
+
 class PersonaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -33,6 +51,7 @@ class PersonaConfig(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     description: Annotated[str, Field(max_length=4096)] = ""
     capabilities: list[Annotated[str, Field(pattern=CAPABILITY_PATTERN)]] = []
+    memory: MemoryConfig = MemoryConfig()
 
 
 def validate_persona_id(persona_id: str) -> str:

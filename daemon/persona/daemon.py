@@ -1,7 +1,8 @@
 """The persona daemon's main loop.
 
 Start-up order: config (validated) → session directory (strict order) →
-bus connection (reconnecting) → READY to systemd. Every task it runs (the bus
+brain (opened with the persona's key; a wrong key stops here) → bus
+connection (reconnecting) → READY to systemd once connected. Every task it runs (the bus
 client's reader, request handlers, the watchdog) is owned by one TaskGroup.
 This module must never import torch: the heavy model lives in the inference
 service; tests check it.
@@ -18,11 +19,13 @@ import time
 from protocol.commands.persona import BusState, PingResult, StatusResult
 
 from .. import __version__
+from ..brain import Brain, RetentionPolicy
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
 from ..errors import AuthError
 from ..systemd_notify import Notifier
 from .config import PersonaConfig
+from .memory import register_memory_commands
 from .session_dir import SessionDir
 
 log = logging.getLogger("personad.persona")
@@ -36,9 +39,12 @@ class PersonaDaemon:
         *,
         url: str,
         token: str,
+        brain_key: bytes,
         notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self._brain_key = brain_key
+        self.brain: Brain | None = None
         self.session_dir = session_dir
         self.url = url
         self.notifier = notifier or Notifier.from_env()
@@ -62,12 +68,32 @@ class PersonaDaemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, or the bus refuses us for good."""
         failure: BaseException | None = None
+        memory = self.config.memory
+        retention = RetentionPolicy(
+            max_memories=memory.max_memories,
+            max_bytes=memory.max_bytes,
+            interval_s=memory.retention_interval_s,
+        )
+        # The brain opens before we join the bus: a wrong key or a too-new
+        # schema stops the daemon here, before it answers anyone.
+        async with await Brain.open(self.session_dir.brain, self._brain_key, retention=retention) as brain:
+            self.brain = brain
+            register_memory_commands(self.dispatcher, brain, self.session_dir)
+            failure = await self._serve(stop, brain)
+        self.brain = None
+        if failure is not None:
+            raise AuthError(f"persona {self.config.id}: {failure}")
+        log.info("persona %s stopped", self.config.id)
+
+    async def _serve(self, stop: asyncio.Event, brain: Brain) -> BaseException | None:
+        failure: BaseException | None = None
         async with self.client, asyncio.TaskGroup() as tg:
             self.notifier.status(f"persona {self.config.id}: connecting to {self.url}")
             stopped = tg.create_task(stop.wait(), name="stop")
             failed = tg.create_task(self.client.wait_failed(), name="bus-failure")
             background = [
                 tg.create_task(self.notifier.run_watchdog(), name="watchdog"),
+                tg.create_task(brain.run_retention(), name="retention"),
             ]
             await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
             if failed.done():
@@ -75,9 +101,7 @@ class PersonaDaemon:
             self.notifier.stopping(f"persona {self.config.id}: stopping")
             for task in [*background, stopped, failed]:
                 task.cancel()
-        if failure is not None:
-            raise AuthError(f"persona {self.config.id}: {failure}")
-        log.info("persona %s stopped", self.config.id)
+        return failure
 
     def _on_bus_state(self, state: str) -> None:
         """Keep systemd's STATUS= in step with the bus connection; READY=1 on the first connect.

@@ -117,6 +117,17 @@ async def test_acl_forbids_ungranted_methods(connect, state) -> None:
     assert [] == list(target._serving)
 
 
+async def test_personas_cannot_read_each_others_memory(connect, state) -> None:
+    """A persona token may chat with another persona but not recall or query its brain."""
+    await connect(kind="persona", name="bob", handler=echo)
+    alice = await connect(kind="persona", name="alice", token=persona_token(state, "alice"))
+    assert "persona:alice" == (await alice.call("chat", {"message": "hi"}, to="persona:bob"))["caller"]
+    for method in ("memory.recall", "brain.query", "brain.erase"):
+        with pytest.raises(RpcError) as info:
+            await alice.call(method, {}, to="persona:bob")
+        assert ErrorCode.FORBIDDEN == info.value.code, method
+
+
 async def test_browser_origin_must_be_allowed(state) -> None:
     """A connection from an Origin not on the list is refused at the upgrade (403)."""
     from websockets.exceptions import InvalidStatus

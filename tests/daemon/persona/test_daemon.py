@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from daemon.brain import load_or_create_key
 from daemon.bus import Bus, BusConfig
 from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
@@ -45,6 +46,7 @@ async def test_status_over_the_bus_and_notify_protocol(bus, state, connect, noti
         prepare_session_dir(state.root, "ada"),
         url=bus.url,
         token=state.persona_token("ada", create=True),
+        brain_key=load_or_create_key(state.root, "ada"),
         notifier=Notifier.from_env({"NOTIFY_SOCKET": str(path)}),
     )
     stop = asyncio.Event()
@@ -84,6 +86,7 @@ async def test_persona_reconnects_after_the_bus_restarts(state) -> None:
         prepare_session_dir(state.root, "ada"),
         url=first.url,
         token=state.persona_token("ada", create=True),
+        brain_key=load_or_create_key(state.root, "ada"),
         notifier=Notifier.from_env({}),
     )
     daemon.client._backoff_max = 0.5
@@ -110,7 +113,82 @@ async def test_refused_token_stops_the_daemon_with_a_clear_error(bus, state) -> 
         prepare_session_dir(state.root, "ada"),
         url=bus.url,
         token=token,
+        brain_key=load_or_create_key(state.root, "ada"),
         notifier=Notifier.from_env({}),
     )
     with pytest.raises(AuthError, match="refused the token"):
         await asyncio.wait_for(daemon.run(asyncio.Event()), WAIT)
+
+
+async def test_memory_over_the_bus_survives_a_restart(bus, state, connect) -> None:
+    """memory.remember then memory.recall through the bus; the memory is there after a restart."""
+    key = load_or_create_key(state.root, "ada")
+
+    async def run_once(action):
+        daemon = PersonaDaemon(
+            PersonaConfig(id="ada", name="Ada"),
+            prepare_session_dir(state.root, "ada"),
+            url=bus.url,
+            token=state.persona_token("ada", create=True),
+            brain_key=key,
+            notifier=Notifier.from_env({}),
+        )
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(daemon.run(stop))
+        await eventually(lambda: "persona:ada" in bus.router.clients, what="persona connected")
+        try:
+            return await action()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, WAIT)
+            await eventually(lambda: "persona:ada" not in bus.router.clients)
+
+    caller = await connect()
+    remembered = await run_once(
+        lambda: caller.call(
+            "memory.remember",
+            {"content": "The launch moved to Tuesday", "subject": "launch"},
+            to="persona:ada",
+        )
+    )
+    hits = await run_once(lambda: caller.call("memory.recall", {"query": "launch"}, to="persona:ada"))
+    assert [remembered["id"]] == [h["id"] for h in hits["hits"]]
+    assert "The launch moved to Tuesday" == hits["hits"][0]["content"]
+    assert isinstance(hits["hits"][0]["created_at"], str)  # times travel as RFC 3339 text
+    with pytest.raises(RpcError) as info:
+        await run_once(lambda: caller.call("memory.recall", {"query": "x", "limit": "ten"}, to="persona:ada"))
+    assert ErrorCode.INVALID_PARAMS == info.value.code
+
+
+async def test_wrong_brain_key_stops_the_daemon_and_keeps_the_file(bus, state) -> None:
+    """A persona started with the wrong brain key refuses to run and leaves the file byte-identical."""
+    import hashlib
+    import os
+
+    from daemon.brain import WrongKey
+
+    session = prepare_session_dir(state.root, "ada")
+    good = load_or_create_key(state.root, "ada")
+    daemon = PersonaDaemon(
+        PersonaConfig(id="ada", name="Ada"),
+        session,
+        url=bus.url,
+        token=state.persona_token("ada", create=True),
+        brain_key=good,
+        notifier=Notifier.from_env({}),
+    )
+    stop = asyncio.Event()
+    stop.set()
+    await daemon.run(stop)
+    before = hashlib.sha256(session.brain.read_bytes()).hexdigest()
+    bad = PersonaDaemon(
+        PersonaConfig(id="ada", name="Ada"),
+        session,
+        url=bus.url,
+        token=state.persona_token("ada", create=True),
+        brain_key=os.urandom(32),
+        notifier=Notifier.from_env({}),
+    )
+    with pytest.raises(WrongKey):
+        await bad.run(asyncio.Event())
+    assert before == hashlib.sha256(session.brain.read_bytes()).hexdigest()
