@@ -64,13 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     bus = verb("bus", "run the bus")
     bus.add_argument(
         "--host",
-        default=os.environ.get("PERSONAD_BUS_HOST", "127.0.0.1"),
+        default=None,
         help="address to bind (env PERSONAD_BUS_HOST; default loopback)",
     )
     bus.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("PERSONAD_BUS_PORT", "8765")),
+        default=None,
         help="port (env PERSONAD_BUS_PORT; default 8765; 0: any free port)",
     )
     bus.add_argument(
@@ -137,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 # returns an argparse parser with the common options, and each handler is
 # ``handler(args, state, url) -> exit status``. Listed here, explicitly, so a
 # broken subsystem fails loudly instead of silently losing its verbs.
-ROLE_CLI_MODULES: tuple[str, ...] = ()
+ROLE_CLI_MODULES: tuple[str, ...] = ("daemon.browser.cli",)
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
-LONG_RUNNING_VERBS: set[str] = set()
+LONG_RUNNING_VERBS: set[str] = {"browser"}
 
 
 def _role_cli_modules() -> list[Any]:
@@ -185,12 +185,18 @@ def _bus(args: argparse.Namespace, state: StateDir, url: str) -> int:
     from .bus import BusConfig, run_bus
 
     state.ensure()
+    host = args.host or os.environ.get("PERSONAD_BUS_HOST") or "127.0.0.1"
+    port_text = str(args.port) if args.port is not None else os.environ.get("PERSONAD_BUS_PORT", "8765")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"PERSONAD_BUS_PORT must be a port number, not {port_text!r}") from None
     origins: tuple[str | None, ...] = (None, *args.allow_origin)
-    config = BusConfig(host=args.host, port=args.port, origins=origins)
+    config = BusConfig(host=host, port=port, origins=origins)
     try:
         runtime.run(run_bus(config, state.tokens()))
     except OSError as exc:
-        raise BusUnavailable(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+        raise BusUnavailable(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return 0
 
 

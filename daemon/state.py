@@ -124,7 +124,8 @@ class StateDir:
                 raise AuthError(
                     f"no token for persona {persona_id!r}: set PERSONAD_TOKEN, provide a "
                     f"systemd credential 'token' (see systemd/personad@.service), or create one with "
-                    f"`personad token add --name {persona_id} --role persona --subject persona:{persona_id}`"
+                    f"`personad token add --name persona:{persona_id} --role persona "
+                    f"--subject persona:{persona_id}` and pass it as PERSONAD_TOKEN"
                 )
             token, _ = self.tokens().add(
                 name=f"persona:{persona_id}", role="persona", subject=f"persona:{persona_id}"

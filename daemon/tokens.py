@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+
+log = logging.getLogger("personad.tokens")
 
 TOKEN_PREFIX = "pd_"
 
@@ -107,7 +110,14 @@ class TokenStore:
         # The inode changes on every atomic rewrite, even within one mtime tick.
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
-            self._entries = {e.sha256: e for e in self._read()}
+            try:
+                self._entries = {e.sha256: e for e in self._read()}
+            except ConfigError as exc:
+                # A hand-edit gone wrong or a root-owned rewrite must not take
+                # the bus down: keep the last good tokens and say so loudly.
+                # The file is retried on every check, so fixing it is enough.
+                log.error("%s; keeping the %d tokens read before", exc, len(self._entries))
+                return
             self._stamp = stamp
 
     def _read(self) -> list[TokenEntry]:
@@ -116,6 +126,8 @@ class TokenStore:
             return [TokenEntry(**{**raw, "grants": tuple(raw["grants"])}) for raw in doc["tokens"]]
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot read the token file: {exc.strerror}") from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{self.path}: not a valid token file ({exc})") from exc
 
@@ -157,7 +169,8 @@ class TokenStore:
     def revoke(self, token_id_or_name: str) -> int:
         entries = self._read()
         kept = [e for e in entries if token_id_or_name not in (e.id, e.name)]
-        self._write(kept)
+        if len(kept) != len(entries):
+            self._write(kept)
         return len(entries) - len(kept)
 
     def _write(self, entries: list[TokenEntry]) -> None:

@@ -277,6 +277,13 @@ class Router:
     # -- notifications -----------------------------------------------------------
 
     def on_notification(self, session: Session, note: Notification) -> None:
+        if note.method.startswith("bus.") and (note.to is not None or note.meta is not None):
+            # bus.cancel and friends come only from the bus: a client relaying
+            # one (to a target, or as "progress") could cancel someone else's
+            # request. To the bus itself, bus.cancel is the caller's own cancel.
+            log.warning("refusing to relay %s from %s", note.method, session.client_id)
+            self.metrics.errors["FORBIDDEN"] += 1
+            return
         reply_to = note.meta.reply_to if note.meta is not None else None
         if reply_to is not None:
             pending = self.pending.get(reply_to) if isinstance(reply_to, int) else None
@@ -297,12 +304,6 @@ class Router:
                 self._cancel(session, note.params)
             else:
                 log.info("ignoring notification %s to the bus from %s", note.method, session.client_id)
-            return
-        if note.method.startswith("bus."):
-            # bus.cancel and friends come only from the bus: a client relaying
-            # one could cancel someone else's request.
-            log.warning("refusing to relay %s from %s", note.method, session.client_id)
-            self.metrics.errors["FORBIDDEN"] += 1
             return
         assert session.token is not None
         if not session.token.allows(note.method, note.to):

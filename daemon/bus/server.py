@@ -129,15 +129,20 @@ class Bus:
         session.py), and close connections whose token was revoked since."""
         while True:
             await asyncio.sleep(1.0)
-            now = time.monotonic()
-            valid = {e.sha256 for e in self.tokens.entries()}
-            for session in list(self.router.clients.values()):
-                session.check_stall(now)
-                if session.token is not None and session.token.sha256 not in valid and not session.closed:
-                    log.warning("closing %s: its token was revoked", session.client_id)
-                    session.closed = True
-                    self.metrics.closed["token_revoked"] += 1
-                    self.close_later(session, CloseCode.TOKEN_REVOKED, "token revoked")
+            try:
+                self._sweep_once(time.monotonic())
+            except Exception:  # noqa: BLE001 - the sweeper must outlive any one bad round
+                log.exception("sweeper round failed")
+
+    def _sweep_once(self, now: float) -> None:
+        valid = {e.sha256 for e in self.tokens.entries()}
+        for session in list(self.router.clients.values()):
+            session.check_stall(now)
+            if session.token is not None and session.token.sha256 not in valid and not session.closed:
+                log.warning("closing %s: its token was revoked", session.client_id)
+                session.closed = True
+                self.metrics.closed["token_revoked"] += 1
+                self.close_later(session, CloseCode.TOKEN_REVOKED, "token revoked")
 
     # -- HTTP on the same port ---------------------------------------------------
 

@@ -328,6 +328,15 @@ async def test_clients_cannot_relay_bus_cancel(connect, state) -> None:
     assert "finished" == await call
 
 
+async def test_broken_token_file_keeps_the_last_good_tokens(bus, state, connect) -> None:
+    """A garbled tokens.json neither takes the bus down nor logs everyone out."""
+    client = await connect(name="before")
+    state.tokens_path.write_text("{ not json")
+    late = await connect(name="after")  # verified against the tokens read before
+    assert (await late.call("bus.ping"))["time"] > 0
+    assert (await client.call("bus.ping"))["time"] > 0
+
+
 async def test_revoked_token_closes_live_connections(bus, state, connect) -> None:
     """Revoking a token closes the connections already using it (close 4006)."""
     client = await connect(kind="persona", name="alice", token=persona_token(state, "alice"))
