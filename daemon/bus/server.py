@@ -131,7 +131,7 @@ class Bus:
             await asyncio.sleep(1.0)
             try:
                 self._sweep_once(time.monotonic())
-            except Exception:  # noqa: BLE001 - the sweeper must outlive any one bad round
+            except Exception:  # the sweeper must outlive any one bad round
                 log.exception("sweeper round failed")
 
     def _sweep_once(self, now: float) -> None:
