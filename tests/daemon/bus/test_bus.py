@@ -152,12 +152,14 @@ async def test_connection_cap_answers_503(state) -> None:
     """Past max_connections the bus refuses new upgrades with 503 and keeps the others."""
     from websockets.exceptions import InvalidStatus
 
-    async with Bus(BusConfig(port=0, max_connections=1), state.tokens()) as bus:
-        async with BusClient(bus.url, token=state.admin_token, kind="cli") as first:
-            with pytest.raises(InvalidStatus) as info:
-                await ws_connect(bus.url, subprotocols=["personad.v1.json"])
-            assert 503 == info.value.response.status_code
-            assert (await first.call("bus.ping"))["time"] > 0
+    async with (
+        Bus(BusConfig(port=0, max_connections=1), state.tokens()) as bus,
+        BusClient(bus.url, token=state.admin_token, kind="cli") as first,
+    ):
+        with pytest.raises(InvalidStatus) as info:
+            await ws_connect(bus.url, subprotocols=["personad.v1.json"])
+        assert 503 == info.value.response.status_code
+        assert (await first.call("bus.ping"))["time"] > 0
 
 
 async def test_revoked_token_stops_working_without_restart(bus, state) -> None:
