@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from ._db import sqlcipher
-from .errors import QueryRefused, QueryTimeout
+from .errors import InvalidInput, QueryRefused, QueryTimeout
 from .records import QueryResult
 
 __all__ = ["PROGRESS_STEPS", "query_sync"]
@@ -103,7 +103,9 @@ def query_sync(
         except (sqlcipher.Error, sqlcipher.Warning) as exc:
             if timed_out:
                 raise QueryTimeout(time_limit_s) from None
-            raise QueryRefused(str(exc)) from None
+            if "not authorized" in str(exc) or "authorization denied" in str(exc):  # the authorizer said no
+                raise QueryRefused(str(exc)) from None
+            raise InvalidInput("sql", str(exc)) from None
     finally:
         if cursor is not None:
             # Finalise the statement so it holds no read snapshot open.

@@ -75,7 +75,13 @@ def register_memory_commands(dispatcher: Dispatcher, brain: Brain, session_dir: 
         )
 
     async def skills_record_use(p: m.SkillsRecordUseParams, ctx: CallContext) -> m.SkillsRecordUseResult:
-        skill = await brain.skill_record_use(p.skill_id, p.effectiveness)
+        try:
+            skill = await brain.skill_record_use(p.skill_id, p.effectiveness)
+        except NotFound:
+            # A skill is acquired by using it (the Academy will also register
+            # the ones it trains, with their adapter's hash).
+            await brain.skill_upsert(p.skill_id)
+            skill = await brain.skill_record_use(p.skill_id, p.effectiveness)
         return m.SkillsRecordUseResult(skill=m.SkillModel.model_validate(skill, from_attributes=True))
 
     async def interactions_log(p: m.InteractionsLogParams, ctx: CallContext) -> m.IdResult:

@@ -21,7 +21,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, Strict, model_validator
 
 from .bus import Empty
 from .registry import StrictModel, register
@@ -112,6 +112,9 @@ Unit = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Kind = Annotated[str, Field(pattern=KIND_PATTERN)]
 SkillId = Annotated[str, Field(pattern=SKILL_ID_PATTERN)]
 RowId = Annotated[int, Field(ge=1)]
+#: RFC 3339 text on the wire; strict mode would accept only datetime objects,
+#: which no decoded message contains.
+Timestamp = Annotated[datetime, Strict(False)]
 
 
 class StrictParams(StrictModel):
@@ -161,8 +164,8 @@ class MemoryRecallParams(StrictParams):
     kinds: Annotated[list[Kind], Field(min_length=1, max_length=16)] | None = None
     source: Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | None = None
     subject: Label | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_RECALL_LIMIT)] = 10
 
 
@@ -287,7 +290,7 @@ class GoalsSetParams(StrictParams):
     status: GoalStatus = "active"
     priority: Unit = 0.5
     progress: Unit = 0.0
-    due_at: datetime | None = None
+    due_at: Timestamp | None = None
 
 
 class GoalModel(StrictModel):

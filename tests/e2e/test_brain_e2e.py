@@ -21,7 +21,7 @@ async def _wait_for_persona(client: BusClient) -> None:
 
 def test_sigkill_during_remember_stream_loses_and_duplicates_nothing(state, spawn) -> None:
     """Every acknowledged memory survives kill -9 of the persona, and none is stored twice."""
-    bus, url = start_bus_process(spawn)
+    _bus, url = start_bus_process(spawn)
     persona = spawn("persona", "demo", env={"PERSONAD_URL": url})
     acked: list[tuple[int, str]] = []
 

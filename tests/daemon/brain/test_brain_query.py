@@ -43,13 +43,11 @@ async def test_select_works_with_params_and_fts(brain: Brain) -> None:
         "BEGIN",
         "VACUUM",
         "SELECT load_extension('x')",
-        "SELECT 1; DELETE FROM memories",
-        "SELEC 1",
         "INSERT INTO memories_fts (memories_fts) VALUES ('delete-all')",
     ],
 )
 async def test_anything_but_reading_is_refused(brain: Brain, db_path: Path, sql: str) -> None:
-    """Writes, DDL, ATTACH, PRAGMA, transactions, several statements and bad SQL are refused."""
+    """Writes, DDL, ATTACH, PRAGMA, transactions and extensions are refused by the fences."""
     await brain.remember("still here")
     with pytest.raises(QueryRefused):
         await brain.query(sql)
@@ -58,6 +56,15 @@ async def test_anything_but_reading_is_refused(brain: Brain, db_path: Path, sql:
     assert [[1]] == (
         await brain.query("SELECT count(*) FROM memories_fts WHERE memories_fts MATCH 'still'")
     ).rows
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1; DELETE FROM memories", "SELEC 1"])
+async def test_malformed_sql_is_invalid_input_and_runs_nothing(brain: Brain, sql: str) -> None:
+    """Several statements or a syntax error are the caller's mistake (INVALID_PARAMS), and run nothing."""
+    await brain.remember("still here")
+    with pytest.raises(InvalidInput):
+        await brain.query(sql)
+    assert 1 == (await brain.stats()).counts["memories"]
 
 
 async def test_row_limit_truncates(brain: Brain) -> None:
