@@ -9,6 +9,8 @@ result that does not match the published schema is our bug, not the caller's.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
@@ -55,7 +57,19 @@ class Dispatcher:
         result = await handler(params, ctx)
         if not isinstance(result, BaseModel):
             result = command.result.model_validate(result)
-        return wire_safe(result.model_dump(mode="python"))
+        data = result.model_dump(mode="python")
+        return wire_safe(data) if _has_times(type(result)) else data
+
+
+@functools.cache
+def _has_times(model: type[BaseModel]) -> bool:
+    """Whether a result model can hold dates or paths (then wire_safe must walk it).
+
+    Decided once per model from its JSON Schema, so plain results (most of
+    the hot path: status, ping, chat tokens) skip the walk.
+    """
+    schema = json.dumps(model.model_json_schema())
+    return any(f'"format": "{fmt}"' in schema for fmt in ("date-time", "date", "path", "time"))
 
 
 def wire_safe(value: Any) -> Any:

@@ -64,6 +64,8 @@ class Bus:
         self._sweeper: asyncio.Task[None] | None = None
         #: Closing handshakes started from synchronous code; owned here, awaited on close().
         self._closing: set[asyncio.Task[None]] = set()
+        #: Sessions with frames queued this loop iteration (see Session.push).
+        self._to_flush: list[Session] = []
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -110,6 +112,16 @@ class Bus:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.shutdown_timeout + 1):
                     await self._server.wait_closed()
+
+    def schedule_flush(self, session: Session) -> None:
+        if not self._to_flush:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._to_flush.append(session)
+
+    def _flush(self) -> None:
+        sessions, self._to_flush = self._to_flush, []
+        for session in sessions:
+            session.flush()
 
     def close_later(self, session: Session, code: CloseCode, reason: str) -> None:
         """Start a closing handshake without waiting for it (routing never waits)."""
