@@ -137,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 # returns an argparse parser with the common options, and each handler is
 # ``handler(args, state, url) -> exit status``. Listed here, explicitly, so a
 # broken subsystem fails loudly instead of silently losing its verbs.
-ROLE_CLI_MODULES: tuple[str, ...] = ()
+ROLE_CLI_MODULES: tuple[str, ...] = ("daemon.inference.cli",)
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
-LONG_RUNNING_VERBS: set[str] = set()
+LONG_RUNNING_VERBS: set[str] = {"inference"}
 
 
 def _role_cli_modules() -> list[Any]:

@@ -167,7 +167,7 @@ class PersonaChat:
             self.config, params.message, memories=remembered, context=params.context, caller=ctx.caller
         )
         request = GenerateParams(
-            messages=messages,  # type: ignore[arg-type]
+            messages=messages,
             stack=self.entries,
             mode=self.mode,
             max_tokens=params.max_tokens,
@@ -277,7 +277,7 @@ class PersonaChat:
             persona=self.owner,
             stack=self.stack,
             mode=self.mode,
-            backend=self._mode_name,  # type: ignore[arg-type]
+            backend=self._mode_name,
             engine=engine,
             engine_error=error,
         )

@@ -159,7 +159,7 @@ def register_memory_commands(dispatcher: Dispatcher, brain: Brain, session_dir: 
         result = await brain.query(p.sql, p.params, row_limit=p.row_limit, time_limit=p.time_limit_s)
         return m.BrainQueryResult.model_validate(result, from_attributes=True)
 
-    for method, handler in {
+    handlers: dict[str, Callable[..., Awaitable[Any]]] = {
         "memory.remember": remember,
         "memory.recall": recall,
         "memory.forget": forget,
@@ -173,5 +173,6 @@ def register_memory_commands(dispatcher: Dispatcher, brain: Brain, session_dir: 
         "brain.export": export,
         "brain.erase": erase,
         "brain.query": query,
-    }.items():
+    }
+    for method, handler in handlers.items():
         dispatcher.register(method, _translate(handler))

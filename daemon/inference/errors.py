@@ -1,0 +1,83 @@
+"""Errors of the inference subsystem.
+
+    InferenceError              base: a clear, user-facing inference failure
+    ├── ModelUnavailable        the base model is missing or cannot be loaded
+    ├── AdapterNotFound         no adapter by that name / hash in the store
+    ├── AdapterIncompatible     the adapter was made for another base model
+    ├── AdapterCorrupt          the stored adapter is damaged
+    ├── InvalidAdapterName      a name that is not a dotted adapter path
+    ├── TrainingDataError       a training file is not chat-format JSONL
+    ├── Unsupported             the request cannot be served as asked
+    └── EngineClosed            the engine stopped (shutting down)
+
+Each class carries the JSON-RPC ``error.code`` it becomes on the wire
+(:func:`to_rpc`), so the service and a persona translate at their boundary in
+one place (the httpx ``_exceptions`` pattern). Messages name the adapter,
+file or module at fault and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+from protocol import ErrorCode, RpcError
+from protocol.commands.inference import InferenceErrorCode
+
+from ..errors import PersonadError
+
+
+class InferenceError(PersonadError):
+    """Raised for inference failures an operator or caller should read."""
+
+    code: int = ErrorCode.INTERNAL_ERROR
+
+
+class ModelUnavailable(InferenceError):
+    """Raised when the base model is not installed or cannot be loaded."""
+
+    code = InferenceErrorCode.MODEL_UNAVAILABLE
+
+
+class AdapterNotFound(InferenceError):
+    """Raised when a name (or a pinned hash) is not in the adapter store."""
+
+    code = InferenceErrorCode.ADAPTER_NOT_FOUND
+
+
+class AdapterIncompatible(InferenceError):
+    """Raised when an adapter targets modules or shapes this base model does not have."""
+
+    code = InferenceErrorCode.ADAPTER_INCOMPATIBLE
+
+
+class AdapterCorrupt(InferenceError):
+    """Raised when a stored adapter cannot be read or does not match its hash."""
+
+    code = InferenceErrorCode.ADAPTER_CORRUPT
+
+
+class InvalidAdapterName(InferenceError):
+    """Raised when a name is not a dotted adapter path (``legal.patent``)."""
+
+    code = ErrorCode.INVALID_PARAMS
+
+
+class TrainingDataError(InferenceError):
+    """Raised when a training file is not valid chat-format JSONL (names the line)."""
+
+    code = ErrorCode.INVALID_PARAMS
+
+
+class Unsupported(InferenceError):
+    """Raised when a request cannot be served as asked (prompt too long, mode impossible)."""
+
+    code = InferenceErrorCode.UNSUPPORTED
+
+
+class EngineClosed(InferenceError):
+    """Raised when work is submitted to, or pending in, an engine that has stopped."""
+
+    code = ErrorCode.SHUTTING_DOWN
+
+
+def to_rpc(exc: InferenceError) -> RpcError:
+    """The wire form of an inference error."""
+    return RpcError(int(exc.code), str(exc))
