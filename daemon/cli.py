@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--config-dir", default=None, help="config directory (default ./config)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8765)
+    up.add_argument("--no-inference", action="store_true", help="do not start the inference service")
+    up.add_argument("--no-browser", action="store_true", help="do not start the headless browser worker")
+    up.add_argument("--no-demo", action="store_true", help="skip training and showing the demo")
 
     verb("schema", "print the protocol's JSON Schema")
 
@@ -137,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 # returns an argparse parser with the common options, and each handler is
 # ``handler(args, state, url) -> exit status``. Listed here, explicitly, so a
 # broken subsystem fails loudly instead of silently losing its verbs.
-ROLE_CLI_MODULES: tuple[str, ...] = ("daemon.inference.cli",)
+ROLE_CLI_MODULES: tuple[str, ...] = ("daemon.browser.cli", "daemon.inference.cli")
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
-LONG_RUNNING_VERBS: set[str] = {"inference"}
+LONG_RUNNING_VERBS: set[str] = {"browser", "inference"}
 
 
 def _role_cli_modules() -> list[Any]:
@@ -302,7 +305,15 @@ def _status(args: argparse.Namespace, state: StateDir, url: str) -> int:
 def _up(args: argparse.Namespace, state: StateDir, url: str) -> int:
     from .supervisor import Supervisor
 
-    supervisor = Supervisor(state, _config_dir(args), host=args.host, port=args.port)
+    supervisor = Supervisor(
+        state,
+        _config_dir(args),
+        host=args.host,
+        port=args.port,
+        inference=not args.no_inference,
+        browser=not args.no_browser,
+        demo=not args.no_demo,
+    )
     return runtime.run(supervisor.run())
 
 

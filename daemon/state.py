@@ -115,10 +115,20 @@ class StateDir:
         except FileNotFoundError:
             return None
 
-    def persona_token(self, persona_id: str, *, create: bool) -> str:
-        """The persona's own token: from secrets/, created (role persona) if asked."""
+    def persona_token(self, persona_id: str, *, create: bool, grants: tuple[str, ...] = ()) -> str:
+        """The persona's own token: from secrets/, created (role persona) if asked.
+
+        ``grants`` are extra grants the token must carry (from the persona's
+        config, for development): a stored token without them is revoked and
+        issued anew, so editing the config is enough.
+        """
         name = f"persona-{persona_id}.token"
         token = self.read_secret(name)
+        if token is not None and grants and create:
+            entry = self.tokens().verify(token)
+            if entry is None or not set(grants) <= set(entry.grants):
+                self.tokens().revoke(f"persona:{persona_id}")
+                token = None
         if token is None:
             if not create:
                 raise AuthError(
@@ -128,7 +138,10 @@ class StateDir:
                     f"--subject persona:{persona_id}` and pass it as PERSONAD_TOKEN"
                 )
             token, _ = self.tokens().add(
-                name=f"persona:{persona_id}", role="persona", subject=f"persona:{persona_id}"
+                name=f"persona:{persona_id}",
+                role="persona",
+                subject=f"persona:{persona_id}",
+                extra_grants=grants,
             )
             self.write_secret(name, token)
         return token

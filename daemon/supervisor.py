@@ -1,7 +1,8 @@
 """``personad up``: the embedded default, supervised.
 
-Starts the bus, waits for its /healthz, then starts one persona daemon per
-``<config-dir>/personas/*.toml``, each as its own process with its own token
+Starts the bus, waits for its /healthz, trains the demo adapters once,
+starts the inference service and the headless browser worker, then one
+persona daemon per ``<config-dir>/personas/*.toml``, each as its own process with its own token
 (as under systemd), and restarts any child that dies, with backoff. One
 Ctrl-C (or SIGTERM) stops them all: personas first, then the bus, each with
 SIGTERM and a grace period before SIGKILL.
@@ -11,23 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import logging
 import os
 import re
 import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from protocol import RpcError
 
 from .client import BusClient
 from .errors import BusUnavailable, ConfigError
-from .persona.config import list_persona_ids, load_persona_config
+from .persona.config import PersonaConfig, list_persona_ids, load_persona_config
 from .state import StateDir, find_token
 
 log = logging.getLogger("personad.up")
@@ -88,8 +92,31 @@ class Child:
             self.forwarder.cancel()
 
 
+DEMO_PAGE = """<!doctype html>
+<html><head><title>personad demo</title>
+<style>body{font:20px sans-serif;margin:40px;background:#f4f1ea}#answer{color:#a33;font-size:48px}</style>
+</head><body><h1>Hello from personad</h1>
+<p>The answer is <span id="answer">42</span>.</p></body></html>
+"""
+
+
 class Supervisor:
-    def __init__(self, state: StateDir, config_dir: Path, *, host: str, port: int) -> None:
+    def __init__(
+        self,
+        state: StateDir,
+        config_dir: Path,
+        *,
+        host: str,
+        port: int,
+        inference: bool = True,
+        browser: bool = True,
+        demo: bool = True,
+    ) -> None:
+        self.inference = inference
+        self.browser = browser
+        self.demo = demo
+        self.oneshots: list[Child] = []
+        self._page_server: http.server.ThreadingHTTPServer | None = None
         self.state = state
         self.config_dir = config_dir
         self.host = host
@@ -105,8 +132,7 @@ class Supervisor:
         if token is not None:
             print(f"initialised {self.state.root}; admin token (shown once):\nPERSONAD_TOKEN={token}")
         persona_ids = list_persona_ids(self.config_dir)
-        for pid in persona_ids:  # fail early, with the file and field, before starting anything
-            load_persona_config(self.config_dir, pid)
+        configs = {pid: load_persona_config(self.config_dir, pid) for pid in persona_ids}  # fail early
         if not persona_ids:
             raise ConfigError(f"no personas in {self.config_dir}/personas/*.toml")
 
@@ -114,37 +140,71 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-
-        base_env = {**os.environ, "PERSONAD_URL": self.url, "PERSONAD_STATE_DIR": str(self.state.root)}
-        base_env.pop("NOTIFY_SOCKET", None)  # the children are ours, not systemd's
-        bus = Child("bus", self._argv("bus", "--host", self.host, "--port", str(self.port)), base_env)
-        self.children.append(bus)
         try:
-            await bus.start(capture_stdout=True)
-            try:
-                self.url = await bus.read_url()
-            except TimeoutError:
-                raise BusUnavailable("the bus did not start listening within 20s") from None
-            # From now on the port is fixed, also for restarts.
-            self.port = int(self.url.rsplit(":", 1)[1])
-            bus.argv = self._argv("bus", "--host", self.host, "--port", str(self.port))
-            base_env["PERSONAD_URL"] = self.url
-            await self._wait_healthy(bus)
-            for pid in persona_ids:
-                env = {
-                    **base_env,
-                    "PERSONAD_TOKEN": self.state.persona_token(pid, create=True),
-                    "PERSONAD_CONFIG_DIR": str(self.config_dir),
-                }
-                child = Child(f"persona:{pid}", self._argv("persona", pid), env)
-                self.children.append(child)
-                await child.start()
-            await self._show_ready(persona_ids)
+            # Start-up can take minutes (the demo adapters train once): one
+            # Ctrl-C must be able to stop it too.
+            startup = asyncio.ensure_future(self._start_all(configs))
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([startup, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if not startup.done():
+                startup.cancel()
+                await asyncio.gather(startup, return_exceptions=True)
+                return 0
+            stopper.cancel()
+            startup.result()
             return await self._supervise(stop)
         finally:
-            for child in reversed(self.children):  # personas first, the bus last
+            for child in reversed([*self.children, *self.oneshots]):  # personas first, the bus last
                 await child.stop()
+            if self._page_server is not None:
+                self._page_server.shutdown()
             print("personad: all stopped", flush=True)
+
+    async def _start_all(self, configs: dict[str, PersonaConfig]) -> None:
+        base_env = {**os.environ, "PERSONAD_URL": self.url, "PERSONAD_STATE_DIR": str(self.state.root)}
+        base_env.pop("NOTIFY_SOCKET", None)  # the children are ours, not systemd's
+        base_env.pop("PERSONAD_TOKEN", None)  # each child finds or is given its own
+        bus = Child("bus", self._argv("bus", "--host", self.host, "--port", str(self.port)), base_env)
+        self.children.append(bus)
+        await bus.start(capture_stdout=True)
+        try:
+            self.url = await bus.read_url()
+        except TimeoutError:
+            raise BusUnavailable("the bus did not start listening within 20s") from None
+        # From now on the port is fixed, also for restarts.
+        self.port = int(self.url.rsplit(":", 1)[1])
+        bus.argv = self._argv("bus", "--host", self.host, "--port", str(self.port))
+        base_env["PERSONAD_URL"] = self.url
+        await self._wait_healthy(bus)
+
+        if self.inference and self.demo:
+            # Trains legal → legal.patent → legal.patent.uspto once (cached by
+            # data hash), in a child so this process never loads torch.
+            print("training the demo adapters (once; later starts reuse them)…", flush=True)
+            trainer = Child("adapter demo", self._argv("adapter", "demo"), base_env)
+            self.oneshots.append(trainer)
+            await trainer.start()
+            assert trainer.process is not None
+            if await trainer.process.wait() != 0:
+                raise BusUnavailable("training the demo adapters failed (see above)")
+        services = []
+        if self.inference:
+            services.append(Child("inference", self._argv("inference"), base_env))
+        if self.browser:
+            services.append(Child("browser", self._argv("browser"), base_env))
+        for service in services:
+            self.children.append(service)
+            await service.start()
+        for pid, config in configs.items():
+            env = {
+                **base_env,
+                "PERSONAD_TOKEN": self.state.persona_token(pid, create=True, grants=tuple(config.grants)),
+                "PERSONAD_CONFIG_DIR": str(self.config_dir),
+            }
+            child = Child(f"persona:{pid}", self._argv("persona", pid), env)
+            self.children.append(child)
+            await child.start()
+        await self._show_ready(list(configs))
 
     async def _wait_healthy(self, bus: Child, timeout: float = 20.0) -> None:
         http = f"http://{self.host}:{self.port}/healthz"
@@ -165,10 +225,17 @@ class Supervisor:
             await asyncio.sleep(0.1)
         raise BusUnavailable(f"the bus did not answer {http} within {timeout:.0f}s")
 
-    async def _show_ready(self, persona_ids: list[str], timeout: float = 20.0) -> None:
+    async def _show_ready(self, persona_ids: list[str], timeout: float = 180.0) -> None:
         token = find_token(self.state)
         async with BusClient(self.url, token=token, kind="cli", name="up") as client:
             deadline = time.monotonic() + timeout
+            wanted = [c for c, on in (("inference", self.inference), ("browser", self.browser)) if on]
+            for capability in wanted:  # the model converts once (~20 s) on a fresh state dir
+                while not (await client.call("bus.clients", {"capability": capability}))["clients"]:
+                    if time.monotonic() > deadline:
+                        raise BusUnavailable(f"no provider of cap:{capability} came up")
+                    await asyncio.sleep(0.2)
+                print(f"cap:{capability} is up", flush=True)
             for pid in persona_ids:
                 while True:
                     try:
@@ -181,13 +248,62 @@ class Supervisor:
                 print(
                     f"persona:{pid} ({status['name']}) is up: session dir {status['session_dir']}", flush=True
                 )
+            if self.demo:
+                await self._demo(client, persona_ids[0])
         print(
             f"\npersonad is running on {self.url}. In another terminal:\n"
             f"  .venv/bin/personad call persona:{persona_ids[0]} persona.status\n"
+            f'  .venv/bin/personad call persona:{persona_ids[0]} chat \'{{"message": "Hello!"}}\'\n'
             f"  .venv/bin/personad status\n"
             "Ctrl-C stops everything.",
             flush=True,
         )
+
+    async def _demo(self, client: BusClient, persona_id: str) -> None:
+        """What the embedded default can do, shown once: chat with and without
+        the demo stack, a screenshot and a value read from a local page."""
+        target = f"persona:{persona_id}"
+        if self.inference:
+            from .inference.demo import show_demo  # no torch: the module loads it lazily
+
+            await show_demo(client, persona_id)
+        if self.browser:
+            page = self._serve_demo_page()
+            shot = await client.call(
+                "screenshot", {"url": page, "filename": "demo-page.png"}, to=target, deadline_ms=60_000
+            )
+            value = await client.call(
+                "browser_js",
+                {"url": page, "script": "document.querySelector('#answer').textContent"},
+                to=target,
+                deadline_ms=60_000,
+            )
+            print(f"\n{target} took a screenshot of {page}:")
+            print(
+                f"  saved {shot['abs_path']} ({shot['width']}x{shot['height']}, "
+                f"sha256 {shot['sha256'][:16]}…)"
+            )
+            print(f"  and read #answer with browser_js: {value['value']!r}")
+
+    def _serve_demo_page(self) -> str:
+        """A small local page for the browser demo, on 127.0.0.1, until we stop."""
+        body = DEMO_PAGE.encode("utf-8")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._page_server = server
+        threading.Thread(target=server.serve_forever, name="demo-page", daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}/"
 
     async def _supervise(self, stop: asyncio.Event) -> int:
         """Restart children that die; give up on one that dies too often."""

@@ -11,7 +11,8 @@ target to stop with ``bus.cancel``), so no request ever hangs.
 
 * absent — the bus's own methods (``bus.*``);
 * ``cap:<name>`` — one provider of the capability: the one serving the fewest
-  requests right now, ties broken round-robin;
+  requests right now, ties broken round-robin; providers of kind
+  ``extension`` (a person's own browser) only when no other provider is there;
 * ``room:<name>`` — notifications only: every other member of the room;
 * anything else — the client with that id (``persona:demo``).
 
@@ -123,8 +124,11 @@ class Router:
                 return None
             if len(providers) == 1:
                 return providers[0]
-            least = min(len(p.inbound) for p in providers)
-            idle = [p for p in providers if len(p.inbound) == least]
+            # A browser extension runs in a person's own browser, with their
+            # cookies: it serves cap: requests only when nothing else can.
+            dedicated = [p for p in providers if p.kind != "extension"] or providers
+            least = min(len(p.inbound) for p in dedicated)
+            idle = [p for p in dedicated if len(p.inbound) == least]
             return idle[next(self._round_robin) % len(idle)]
         return self.clients.get(to)
 
@@ -226,7 +230,8 @@ class Router:
                 _error(
                     pending.caller_id,
                     ErrorCode.INTERNAL_ERROR,
-                    "the answer could not be relayed in this codec",
+                    f"the answer from {session.client_id} could not be relayed to a "
+                    f"{pending.caller.codec.name} client (too large once encoded)",
                 )
             )
 

@@ -108,6 +108,11 @@ class Session:
         except ProtocolError as exc:
             log.error("cannot encode for %s: %s", self.client_id, exc.reason)
             return False
+        if len(frame) > self.bus.config.max_message_bytes:
+            # Base64 makes bytes a third larger for JSON clients: a frame the
+            # client would refuse (closing with 1009) is not sent at all.
+            log.warning("not sending %d bytes to %s: over the message limit", len(frame), self.client_id)
+            return False
         return self.push(frame)
 
     def writable(self) -> bool:

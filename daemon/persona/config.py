@@ -51,6 +51,10 @@ class PersonaConfig(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     description: Annotated[str, Field(max_length=4096)] = ""
     capabilities: list[Annotated[str, Field(pattern=CAPABILITY_PATTERN)]] = []
+    #: Extra grants for the token `personad up` issues this persona in
+    #: development (``METHOD@TARGET``, e.g. ``browser_js@cap:browser``).
+    #: Under systemd the operator issues tokens and this is not read.
+    grants: list[Annotated[str, Field(pattern=r"^[a-z0-9_.*$/-]+(@[A-Za-z0-9_.:*-]+)?$")]] = []
     memory: MemoryConfig = MemoryConfig()
 
 

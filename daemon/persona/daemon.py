@@ -24,9 +24,11 @@ from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
 from ..errors import AuthError
 from ..systemd_notify import Notifier
+from .chat import register_chat_commands
 from .config import PersonaConfig
 from .memory import register_memory_commands
 from .session_dir import SessionDir
+from .universal import register_universal_commands
 
 log = logging.getLogger("personad.persona")
 
@@ -79,6 +81,22 @@ class PersonaDaemon:
         async with await Brain.open(self.session_dir.brain, self._brain_key, retention=retention) as brain:
             self.brain = brain
             register_memory_commands(self.dispatcher, brain, self.session_dir)
+
+            async def memories(query: str) -> list[str]:
+                return [hit.content for hit in await brain.recall(query, limit=5)]
+
+            # The universal commands: chat (through cap:inference, or the
+            # in-process engine) and screenshot/browser_js (through
+            # cap:browser, as this persona, artifacts into its own folder).
+            register_chat_commands(
+                self.dispatcher,
+                self.client,
+                self.config,
+                self.session_dir,
+                memories=memories,
+                log_interaction=brain.log_interaction,
+            )
+            register_universal_commands(self.dispatcher, self.client, self.session_dir)
             failure = await self._serve(stop, brain)
         self.brain = None
         if failure is not None:

@@ -197,7 +197,7 @@ class UniversalCommands:
             size=len(shot.data),
             width=width,
             height=height,
-            format=fmt,  # type: ignore[arg-type]
+            format=fmt,
             url=shot.url,
             data=shot.data if params.return_bytes else None,
         )

@@ -11,6 +11,13 @@ the single source of truth for three things:
 
 Command modules (``protocol/commands/bus.py``, ``persona.py`` …) call
 :func:`register` at import time; ``protocol.commands`` imports them all.
+
+A few methods are answered by more than one kind of server with a different
+result: ``screenshot`` sent ``to: cap:browser`` returns the image bytes, the
+same request sent ``to: persona:<id>`` returns where the persona saved it.
+:func:`register_variant` records such a per-server result model; the params
+stay the primary command's, so a caller sends the very same request to
+either, and :func:`get` with ``served_by`` picks the matching variant.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["REGISTRY", "Command", "StrictModel", "get", "register"]
+__all__ = ["REGISTRY", "VARIANTS", "Command", "StrictModel", "get", "register", "register_variant"]
 
 
 class StrictModel(BaseModel):
@@ -49,7 +56,7 @@ class Command:
     notification: bool = False
 
     def json_schema(self) -> dict[str, Any]:
-        return {
+        schema: dict[str, Any] = {
             "summary": self.summary,
             "served_by": self.served_by,
             "streams": self.streams,
@@ -57,9 +64,19 @@ class Command:
             "params": self.params.model_json_schema(),
             "result": self.result.model_json_schema(),
         }
+        variants = {
+            served_by: {"summary": variant.summary, "result": variant.result.model_json_schema()}
+            for (method, served_by), variant in sorted(VARIANTS.items())
+            if method == self.method
+        }
+        if variants:
+            schema["variants"] = variants
+        return schema
 
 
 REGISTRY: dict[str, Command] = {}
+#: (method, served_by) -> the command as that kind of server answers it.
+VARIANTS: dict[tuple[str, str], Command] = {}
 
 
 def register(
@@ -80,6 +97,25 @@ def register(
     return command
 
 
-def get(method: str) -> Command | None:
-    """The command for ``method``, or None when nobody registered it."""
+def register_variant(method: str, *, served_by: str, result: type[BaseModel], summary: str) -> Command:
+    """Record that ``served_by`` answers the registered ``method`` with its own result model.
+
+    Raises ValueError when ``method`` is not registered, or the variant exists.
+    """
+    primary = REGISTRY.get(method)
+    if primary is None:
+        raise ValueError(f"register {method!r} before a variant of it")
+    if served_by == primary.served_by or (method, served_by) in VARIANTS:
+        raise ValueError(f"method {method!r} already has a variant served by {served_by!r}")
+    variant = Command(
+        method, primary.params, result, summary, served_by, primary.streams, primary.notification
+    )
+    VARIANTS[(method, served_by)] = variant
+    return variant
+
+
+def get(method: str, served_by: str | None = None) -> Command | None:
+    """The command for ``method`` (as ``served_by`` answers it, when it has a variant), or None."""
+    if served_by is not None and (variant := VARIANTS.get((method, served_by))) is not None:
+        return variant
     return REGISTRY.get(method)

@@ -205,6 +205,41 @@ async def test_capability_routing_prefers_the_least_busy(connect) -> None:
     assert "slow" == await first
 
 
+async def test_capability_routing_avoids_a_persons_browser(connect) -> None:
+    """cap:browser goes to a dedicated worker before a person's extension, and to the extension alone."""
+
+    async def who(name: str):
+        async def handler(request: Request, ctx: CallContext) -> str:
+            return name
+
+        return handler
+
+    await connect(kind="extension", name="user", capabilities=["browser"], handler=await who("extension"))
+    caller = await connect()
+    assert "extension" == await caller.call("browser.navigate", to="cap:browser")
+    await connect(kind="browser", name="headless", capabilities=["browser"], handler=await who("worker"))
+    assert ["worker"] * 3 == [await caller.call("browser.navigate", to="cap:browser") for _ in range(3)]
+
+
+async def test_answer_too_large_for_a_json_caller_is_an_error(state) -> None:
+    """An answer whose base64 would exceed the JSON caller's frame limit becomes an error, not a 1009."""
+    from protocol import JSON
+
+    async def big(request: Request, ctx: CallContext) -> bytes:
+        return b"\x00" * 900_000
+
+    async with (
+        Bus(BusConfig(port=0, max_message_bytes=1_000_000), state.tokens()) as bus,
+        BusClient(bus.url, token=state.admin_token, kind="persona", name="p", handler=big),
+        BusClient(bus.url, token=state.admin_token, kind="cli", codec=JSON, max_message_bytes=1_000_000) as c,
+    ):
+        with pytest.raises(RpcError) as info:
+            await c.call("persona.status", to="persona:p")
+        assert ErrorCode.INTERNAL_ERROR == info.value.code
+        assert "too large" in info.value.message
+        assert (await c.call("bus.ping"))["time"] > 0
+
+
 async def test_offline_target_fails_fast(connect) -> None:
     """A call to a persona that is not connected gets TARGET_OFFLINE at once."""
     client = await connect()
