@@ -21,20 +21,24 @@ $(STAMP): pyproject.toml
 	touch $@
 
 up: $(STAMP)
+	@scripts/system-deps up
 	$(VENV)/bin/personad up
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/pytest
 
 system-deps:
-	@scripts/system-deps
+	@scripts/system-deps test
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check protocol daemon tests bench
 	$(VENV)/bin/mypy protocol
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(VENV)/bin/python bench/bus.py
+	$(VENV)/bin/python bench/brain.py
+	$(VENV)/bin/python bench/browser.py
+	$(VENV)/bin/python bench/inference.py
 
 clean:
 	rm -rf $(VENV) .personad .pytest_cache .mypy_cache .ruff_cache
