@@ -30,8 +30,8 @@ the worker's own checks). Three measurements:
 
 Target: at most 1.3x. For the last one a ratio mostly measures the bus's
 fixed cost (one no-op round trip through the bus is about 0.15-0.3 ms here),
-not an overhead that grows with the work, so it passes at 1.3x *or* at most
-0.5 ms added; both figures are printed, and the verdict says which held.
+not an overhead that grows with the work; the added milliseconds are printed
+beside the ratio, but the verdict is the ratio's alone.
 The last line is ``browser.py: ok`` when every target holds, else
 ``browser.py: FAIL``.
 """
@@ -65,7 +65,6 @@ from daemon.systemd_notify import Notifier  # noqa: E402
 #: Upper bound on the ratio of medians (bus / direct).
 MAX_RATIO = 1.3
 #: For sub-millisecond calls: the bus's fixed cost, in ms, accepted instead.
-MAX_ADDED_MS = 0.5
 
 # A page with some substance: a table of 300 rows, so a screenshot and a DOM
 # query do real work, as they do on real pages.
@@ -121,17 +120,15 @@ async def interleaved(
     return bus_times, direct_times
 
 
-def report(name: str, bus: list[float], direct: list[float], *, fixed_cost_ok: bool) -> bool:
+def report(name: str, bus: list[float], direct: list[float]) -> bool:
     b50, b99 = percentile(bus, 0.5) * 1000, percentile(bus, 0.99) * 1000
     d50, d99 = percentile(direct, 0.5) * 1000, percentile(direct, 0.99) * 1000
     ratio = statistics.median(bus) / statistics.median(direct)
     added = b50 - d50
-    if ratio <= MAX_RATIO:
-        verdict = f"target <= {MAX_RATIO}x: ok"
-    elif fixed_cost_ok and added <= MAX_ADDED_MS:
-        verdict = f"target {MAX_RATIO}x missed; <= +{MAX_ADDED_MS} ms: ok"
-    else:
-        verdict = f"target <= {MAX_RATIO}x: MISSED"
+    # The issue's target is the ratio; the added milliseconds are printed
+    # beside it (for sub-millisecond scripts the ratio mostly measures the
+    # bus's fixed round trip), but they do not change the verdict.
+    verdict = f"target <= {MAX_RATIO}x: ok" if ratio <= MAX_RATIO else f"target <= {MAX_RATIO}x: FAIL"
     print(
         f"{name:<17} bus p50 {b50:7.2f} ms  p99 {b99:7.2f} ms"
         f" | direct CDP p50 {d50:7.2f} ms  p99 {d99:7.2f} ms"
@@ -198,17 +195,9 @@ async def bench(n_shots: int, n_js: int) -> bool:
                     await shot_bus(), await shot_direct(), await js_bus(), await js_direct()
                     await load_js_bus(), await load_js_direct()
                 results = [
-                    report(
-                        "screenshot", *await interleaved(n_shots, shot_bus, shot_direct), fixed_cost_ok=False
-                    ),
-                    report(
-                        "browser_js (url)",
-                        *await interleaved(n_shots, load_js_bus, load_js_direct),
-                        fixed_cost_ok=False,
-                    ),
-                    report(
-                        "browser_js (page)", *await interleaved(n_js, js_bus, js_direct), fixed_cost_ok=True
-                    ),
+                    report("screenshot", *await interleaved(n_shots, shot_bus, shot_direct)),
+                    report("browser_js (url)", *await interleaved(n_shots, load_js_bus, load_js_direct)),
+                    report("browser_js (page)", *await interleaved(n_js, js_bus, js_direct)),
                 ]
                 return all(results)
     finally:
