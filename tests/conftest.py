@@ -165,6 +165,26 @@ def spawn(state: StateDir) -> Iterator[Callable[..., Proc]]:
             proc.popen.stdout.close()
 
 
+def run_cli(
+    state: StateDir, *args: str, token: str | None = None, url: str | None = None, timeout: float = WAIT
+) -> subprocess.CompletedProcess[str]:
+    """``python -m daemon <args>`` as a person types it; the admin token comes from the state dir."""
+    env = {**os.environ, "PERSONAD_STATE_DIR": str(state.root)}
+    env.pop("PERSONAD_TOKEN", None)
+    if token is not None:
+        env["PERSONAD_TOKEN"] = token
+    if url is not None:
+        env["PERSONAD_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def start_bus_process(spawn: Callable[..., Proc], port: int = 0) -> tuple[Proc, str]:
     """Start ``personad bus`` and return it with its ws:// URL once it listens."""
     proc = spawn("bus", "--port", str(port))

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from daemon.browser.images import image_size
-from tests.conftest import REPO, WAIT, start_bus_process
+from tests.conftest import REPO, WAIT, run_cli, start_bus_process
 from tests.daemon.browser.pages import serve_pages
 
 
@@ -31,16 +31,7 @@ def pages():
 
 def cli(state, url: str, *args: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
     """``python -m daemon call ...`` as a person would type it (admin token from the state dir)."""
-    env = {**os.environ, "PERSONAD_STATE_DIR": str(state.root), "PERSONAD_URL": url}
-    env.pop("PERSONAD_TOKEN", None)
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(state, *args, url=url, timeout=timeout)
 
 
 def call_json(state, url: str, target: str, method: str, params: dict) -> dict:

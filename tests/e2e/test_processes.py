@@ -16,26 +16,8 @@ import msgpack
 import psutil
 from websockets.asyncio.client import connect as ws_connect
 
-from tests.conftest import REPO, WAIT, start_bus_process
-
-
-def cli(
-    state, *args: str, token: str | None = None, url: str | None = None, timeout: float = WAIT
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PERSONAD_STATE_DIR": str(state.root)}
-    env.pop("PERSONAD_TOKEN", None)
-    if token is not None:
-        env["PERSONAD_TOKEN"] = token
-    if url is not None:
-        env["PERSONAD_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.conftest import WAIT, start_bus_process
+from tests.conftest import run_cli as cli
 
 
 def call_until_ok(state, url: str, *args: str) -> dict:
