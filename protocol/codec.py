@@ -26,6 +26,7 @@ import binascii
 import json
 import math
 import re
+from abc import ABC, abstractmethod
 from typing import Any, Final
 
 import msgpack
@@ -49,19 +50,25 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 AnyMessage = Request | Notification | Response
 
 
-class Codec:
-    """Turns messages into frame payloads and back. Stateless; share freely."""
+class Codec(ABC):
+    """Turns messages into frame payloads and back. Stateless; share freely.
+
+    Subclasses supply ``dumps``/``loads`` for one data format; everything
+    else (limits, error translation, validation) is shared here.
+    """
 
     name: str
     subprotocol: str
     #: True when messages travel in binary frames, False for text frames.
     binary: bool
 
-    def dumps(self, data: dict[str, Any]) -> bytes | str:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def dumps(self, data: dict[str, Any]) -> bytes | str:
+        """Plain data to a frame payload."""
 
-    def loads(self, frame: bytes | str) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def loads(self, frame: bytes | str) -> Any:
+        """A frame payload to plain data (any exception means "garbage")."""
 
     def encode(self, message: AnyMessage) -> bytes | str:
         """The frame payload for ``message``. Raises EncodeError."""
