@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AuthError, StateDirError
-from .tokens import TokenStore, atomic_write
+from .files import atomic_write
+from .tokens import TokenStore
 
 DEFAULT_STATE_DIR = ".personad"
 ADMIN_TOKEN_FILE = "admin.token"

@@ -17,14 +17,11 @@ The subject says which client ids a token may claim in its hello:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
@@ -32,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import atomic_write
 
 log = logging.getLogger("personad.tokens")
 
@@ -176,24 +174,3 @@ class TokenStore:
     def _write(self, entries: list[TokenEntry]) -> None:
         doc: dict[str, Any] = {"version": 1, "tokens": [asdict(e) for e in entries]}
         atomic_write(self.path, json.dumps(doc, indent=2).encode("utf-8"), mode=0o600)
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Write a file so readers see the old or the new content, never a mix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

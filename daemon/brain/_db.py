@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
-import sqlcipher3.dbapi2 as sqlcipher  # type: ignore[import-untyped]  # ships no stubs
+import sqlcipher3.dbapi2 as sqlcipher  # ships no stubs: see pyproject.toml [tool.mypy]
 
 from .errors import WrongKey
 
@@ -120,27 +120,15 @@ def probe_readonly(path: Path, key: bytes) -> int | None:
         db.close()
 
 
-def connect_writer(path: Path, key: bytes, functions: Functions) -> Connector:
-    """A connector for aiosqlite: the one read-write connection of a brain."""
+def _connector(
+    path: Path, key: bytes, functions: Functions, prepare: Callable[[RawConnection], None]
+) -> Connector:
+    """A connector for aiosqlite: open and key the file, ``prepare`` it, register functions."""
 
     def connector() -> RawConnection:
         db = _keyed(path, key, readonly=False)
         try:
-            # auto_vacuum only takes effect on a database with no tables yet; it
-            # lets retention hand freed pages back (PRAGMA incremental_vacuum).
-            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise sqlcipher.OperationalError(f"journal_mode stayed {mode}")
-            for pragma in (
-                "PRAGMA synchronous = FULL",
-                "PRAGMA secure_delete = ON",
-                "PRAGMA temp_store = MEMORY",
-                "PRAGMA foreign_keys = ON",
-                f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
-                f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}",
-            ):
-                db.execute(pragma)
+            prepare(db)
             _register(db, functions)
         except BaseException:
             db.close()
@@ -148,28 +136,44 @@ def connect_writer(path: Path, key: bytes, functions: Functions) -> Connector:
         return db
 
     return connector
+
+
+def connect_writer(path: Path, key: bytes, functions: Functions) -> Connector:
+    """The one read-write connection of a brain."""
+
+    def prepare(db: RawConnection) -> None:
+        # auto_vacuum only takes effect on a database with no tables yet; it
+        # lets retention hand freed pages back (PRAGMA incremental_vacuum).
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlcipher.OperationalError(f"journal_mode stayed {mode}")
+        for pragma in (
+            "PRAGMA synchronous = FULL",
+            "PRAGMA secure_delete = ON",
+            "PRAGMA temp_store = MEMORY",
+            "PRAGMA foreign_keys = ON",
+            f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+            f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}",
+        ):
+            db.execute(pragma)
+
+    return _connector(path, key, functions, prepare)
 
 
 def connect_reader(path: Path, key: bytes, functions: Functions) -> Connector:
-    """A connector for aiosqlite: a read-only connection (recall, export, query)."""
+    """A read-only connection (recall, export, query)."""
 
-    def connector() -> RawConnection:
-        db = _keyed(path, key, readonly=False)
-        try:
-            for pragma in (
-                "PRAGMA query_only = ON",
-                "PRAGMA temp_store = MEMORY",
-                f"PRAGMA cache_size = -{READER_CACHE_KIB}",
-                f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
-            ):
-                db.execute(pragma)
-            _register(db, functions)
-        except BaseException:
-            db.close()
-            raise
-        return db
+    def prepare(db: RawConnection) -> None:
+        for pragma in (
+            "PRAGMA query_only = ON",
+            "PRAGMA temp_store = MEMORY",
+            f"PRAGMA cache_size = -{READER_CACHE_KIB}",
+            f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+        ):
+            db.execute(pragma)
 
-    return connector
+    return _connector(path, key, functions, prepare)
 
 
 def _register(db: RawConnection, functions: Functions) -> None:

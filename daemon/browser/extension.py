@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..files import atomic_write
 from ..state import StateDir, ensure_private_dir
-from ..tokens import TokenEntry, atomic_write
+from ..tokens import TokenEntry
 
 #: The repository's extension/ folder (the source of every paired copy).
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "extension"

@@ -27,7 +27,6 @@ them, which catches truncation and garbage before any loader sees the file.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -44,8 +43,8 @@ from typing import Any
 
 from protocol.commands.inference import ADAPTER_NAME_PATTERN, MAX_STACK_DEPTH, AdapterInfo, StackEntry
 
+from ..files import atomic_write, file_lock
 from ..state import ensure_private_dir
-from ..tokens import atomic_write
 from .errors import AdapterCorrupt, AdapterNotFound, InvalidAdapterName, Unsupported
 
 __all__ = [
@@ -424,13 +423,8 @@ class AdapterStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.ensure()
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_lock(self.root / ".lock"):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def import_folder(self, source: Path, name: str, *, meta: dict[str, Any] | None = None) -> AdapterRecord:
         """Store a standard PEFT LoRA folder under ``name``; returns its record.

@@ -22,7 +22,6 @@ imported.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import logging
 import os
@@ -42,6 +41,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch
 
+from ..files import file_lock
 from .errors import ModelUnavailable
 
 log = logging.getLogger("personad.inference.model")
@@ -123,17 +123,6 @@ def _quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 def convert_smollm2(cache: Path, *, package: str = SMOLLM2_PACKAGE) -> Path:
     """Convert the packaged GGUF once into ``<cache>/smollm2-135m-instruct``; returns the folder.
 
@@ -145,7 +134,7 @@ def convert_smollm2(cache: Path, *, package: str = SMOLLM2_PACKAGE) -> Path:
         return target
     gguf = find_smollm2_gguf(package)
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _file_lock(cache / f".{SMOLLM2_CACHE_NAME}.lock"):
+    with file_lock(cache / f".{SMOLLM2_CACHE_NAME}.lock"):
         if (target / "config.json").exists():
             return target
         log.info("converting %s into %s (once; about 20 s)", gguf.name, target)

@@ -54,9 +54,9 @@ from protocol.commands.inference import (
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
 from ..errors import ConfigError
+from ..files import atomic_write
 from ..inference.backend import InferenceBackend, backend_mode, open_backend
 from ..inference.errors import InferenceError, to_rpc
-from ..tokens import atomic_write
 from .config import PersonaConfig
 from .session_dir import SessionDir
 
