@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 ROLE_CLI_MODULES: tuple[str, ...] = ("daemon.browser.cli", "daemon.inference.cli")
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
 LONG_RUNNING_VERBS: set[str] = {"browser", "inference"}
+#: Verbs whose process runs daemons until a stop signal (see runtime.ignore_stop_signals).
+DAEMON_VERBS: frozenset[str] = frozenset({"bus", "persona", "up", *LONG_RUNNING_VERBS})
 
 
 def _role_cli_modules() -> list[Any]:
@@ -154,12 +156,16 @@ def _role_cli_modules() -> list[Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Long-running verbs log their lifecycle; one-shot verbs stay quiet but for problems.
-    quiet = args.verb not in {"bus", "persona", "up", *LONG_RUNNING_VERBS}
+    quiet = args.verb not in DAEMON_VERBS
     logs.configure(getattr(args, "log_level", None), default="WARNING" if quiet else "INFO")
     state = StateDir(resolve_state_dir(getattr(args, "state_dir", None)))
     url = getattr(args, "url", None) or os.environ.get("PERSONAD_URL") or DEFAULT_URL
     try:
-        return int(_VERBS[args.verb](args, state, url))
+        status = int(_VERBS[args.verb](args, state, url))
+        if args.verb in DAEMON_VERBS:
+            # The daemon has stopped on the first signal; the process is exiting.
+            runtime.ignore_stop_signals()
+        return status
     except (ConfigError, AuthError) as exc:
         print(f"personad: {exc}", file=sys.stderr)
         return 2
