@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make up     set up .venv and run the embedded default (bus + personas)
-#   make test   set up .venv (and the Debian packages the tests need) and run the tests
+#   make test   set up .venv (and the Debian packages the tests need), lint, and run the tests
 # Everything else here is what those two need.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -24,7 +24,7 @@ up: $(STAMP)
 	@scripts/system-deps up
 	$(VENV)/bin/personad up
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest
 
 system-deps:
@@ -32,7 +32,7 @@ system-deps:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check protocol daemon tests bench
-	$(VENV)/bin/mypy protocol
+	$(VENV)/bin/mypy protocol daemon
 
 bench: $(STAMP) system-deps
 	$(VENV)/bin/python bench/bus.py
