@@ -22,6 +22,18 @@ Routing members added to JSON-RPC:
 The union is discriminated by which members are present (there is no type
 tag in JSON-RPC): ``method`` + ``id`` is a request, ``method`` alone a
 notification, ``result``/``error`` a response.
+
+Types are strict (pydantic strict mode): nothing is coerced. ``"id": true``
+is not the id 1 (in Python ``bool`` is an ``int``, so the lax default would
+take it), ``"deadline_ms": "700"`` is not 700, a ``$bytes`` value is not a
+string. An optional member is either present with a value of its type or
+absent: an explicit ``null`` is refused wherever docs/protocol.md says
+"absent" (``to``, ``from``, ``meta`` and its members, ``params`` — JSON-RPC
+2.0 §4.2 says params "MAY be omitted", not null — and ``error``). Only
+``result`` (any value, null included), ``error.data`` and a response's ``id``
+(JSON-RPC 2.0 §5) may be null. ``protocol/schema.py`` publishes the same
+rules as JSON Schema, and tests/protocol/test_schema_agreement.py holds the
+two to each other.
 """
 
 from __future__ import annotations
@@ -33,14 +45,21 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    PlainValidator,
     Tag,
     TypeAdapter,
+    WithJsonSchema,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 __all__ = [
     "CLIENT_ID_PATTERN",
     "METHOD_PATTERN",
+    "NOT_NULL",
     "ErrorObject",
     "Message",
     "Meta",
@@ -56,26 +75,104 @@ CLIENT_ID_PATTERN = r"^[a-z][a-z0-9_]{0,15}:[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 #: Dotted lowercase names, optionally ``$/``-prefixed for protocol internals.
 METHOD_PATTERN = r"^(\$/)?[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
 
+#: Request ids travel through doubles in some clients (JavaScript): ±2**53.
+MAX_SAFE_ID = 2**53
+MAX_ID_CHARS = 128
+
+
+def _request_id(value: Any) -> int | str:
+    # One check with one clear message instead of a two-branch union's two
+    # errors. ``bool`` is a subclass of ``int`` in Python: True is not id 1.
+    if isinstance(value, int) and not isinstance(value, bool) and -MAX_SAFE_ID <= value <= MAX_SAFE_ID:
+        return value
+    if isinstance(value, str) and len(value) <= MAX_ID_CHARS:
+        return value
+    raise PydanticCustomError(
+        "request_id",
+        "must be an integer within ±2^53 or a string of at most {n} characters",
+        {"n": MAX_ID_CHARS},
+    )
+
+
+def _params(value: Any) -> dict[str, Any] | list[Any]:
+    if isinstance(value, dict | list):
+        return value
+    raise PydanticCustomError("params_type", "must be an object or an array (or absent)")
+
+
 #: JSON-RPC allows strings and numbers (we refuse fractions: §4 says SHOULD NOT).
-RequestId = Annotated[int, Field(ge=-(2**53), le=2**53)] | Annotated[str, Field(max_length=128)]
+#: Validated the same way inside lax models too (``bus.cancel`` params use it).
+RequestId = Annotated[
+    int | str,
+    PlainValidator(_request_id),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": -MAX_SAFE_ID, "maximum": MAX_SAFE_ID},
+                {"type": "string", "maxLength": MAX_ID_CHARS},
+            ]
+        }
+    ),
+]
 Target = Annotated[str, Field(pattern=CLIENT_ID_PATTERN)]
 Method = Annotated[str, Field(pattern=METHOD_PATTERN, max_length=128)]
-Params = dict[str, Any] | list[Any] | None
+#: JSON-RPC 2.0 §4.2: a structured value, or omitted (never null).
+Params = Annotated[
+    dict[str, Any] | list[Any],
+    PlainValidator(_params),
+    WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "array"}]}),
+]
+
+
+def _refuse_null(value: Any) -> Any:
+    # Runs only when the member is present (defaults are not validated), so
+    # absent stays None and an explicit null is an error.
+    if value is None:
+        raise PydanticCustomError("not_null", "must be absent rather than null")
+    return value
+
+
+class _NotNull:
+    """``Annotated[X | None, NOT_NULL] = None``: optional, but never null on the wire.
+
+    In Python the member is None when absent; on the wire an explicit null
+    is refused, and the JSON Schema shows X alone (no null branch).
+    """
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_before_validator_function(_refuse_null, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        value = handler(schema)
+        if "anyOf" not in value:
+            return value
+        branches = [b for b in value["anyOf"] if b != {"type": "null"}]
+        rest = {k: v for k, v in value.items() if k != "anyOf"}
+        return {**branches[0], **rest} if len(branches) == 1 else {"anyOf": branches, **rest}
+
+
+NOT_NULL = _NotNull()
 
 
 class _Envelope(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 class Meta(_Envelope):
     """Routing metadata; every member optional."""
 
-    #: Milliseconds the sender is willing to wait, counted from when the bus receives it.
-    deadline_ms: Annotated[int, Field(ge=1, le=86_400_000)] | None = None
-    #: An opaque id carried unchanged end to end, for logs.
-    trace: Annotated[str, Field(max_length=64)] | None = None
-    #: On a notification: the id of the request whose progress it streams.
-    reply_to: RequestId | None = None
+    deadline_ms: Annotated[Annotated[int, Field(ge=1, le=86_400_000)] | None, NOT_NULL] = Field(
+        default=None,
+        description="milliseconds the sender is willing to wait, counted from when the bus receives it",
+    )
+    trace: Annotated[Annotated[str, Field(max_length=64)] | None, NOT_NULL] = Field(
+        default=None, description="an opaque id carried unchanged end to end, for logs"
+    )
+    reply_to: Annotated[RequestId | None, NOT_NULL] = Field(
+        default=None, description="on a notification: the id of the request whose progress it streams"
+    )
 
 
 class Request(_Envelope):
@@ -84,10 +181,12 @@ class Request(_Envelope):
     jsonrpc: Literal["2.0"] = "2.0"
     id: RequestId
     method: Method
-    params: Params = None
-    to: Target | None = None
-    from_: Target | None = Field(default=None, alias="from")
-    meta: Meta | None = None
+    params: Annotated[Params | None, NOT_NULL] = None
+    to: Annotated[Target | None, NOT_NULL] = Field(default=None, description="absent: the bus itself")
+    from_: Annotated[Target | None, NOT_NULL] = Field(
+        default=None, alias="from", description="stamped by the bus; a client's value is ignored"
+    )
+    meta: Annotated[Meta | None, NOT_NULL] = None
 
 
 class Notification(_Envelope):
@@ -95,10 +194,12 @@ class Notification(_Envelope):
 
     jsonrpc: Literal["2.0"] = "2.0"
     method: Method
-    params: Params = None
-    to: Target | None = None
-    from_: Target | None = Field(default=None, alias="from")
-    meta: Meta | None = None
+    params: Annotated[Params | None, NOT_NULL] = None
+    to: Annotated[Target | None, NOT_NULL] = Field(default=None, description="absent: the bus itself")
+    from_: Annotated[Target | None, NOT_NULL] = Field(
+        default=None, alias="from", description="stamped by the bus; a client's value is ignored"
+    )
+    meta: Annotated[Meta | None, NOT_NULL] = None
 
 
 class ErrorObject(_Envelope):
@@ -106,7 +207,7 @@ class ErrorObject(_Envelope):
 
     code: int
     message: Annotated[str, Field(max_length=4096)]
-    data: Any = None
+    data: Any = Field(default=None, description="any value; a null data is relayed as absent")
 
 
 class Response(_Envelope):
@@ -116,12 +217,19 @@ class Response(_Envelope):
     (JSON-RPC 2.0 §5).
     """
 
+    # The JSON Schema form of _exactly_one_outcome, for clients validating with it.
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["result"]}, {"required": ["error"]}]}
+    )
+
     jsonrpc: Literal["2.0"] = "2.0"
     id: RequestId | None
-    result: Any = None
-    error: ErrorObject | None = None
-    from_: Target | None = Field(default=None, alias="from")
-    meta: Meta | None = None
+    result: Any = Field(default=None, description="any value, null included")
+    error: Annotated[ErrorObject | None, NOT_NULL] = None
+    from_: Annotated[Target | None, NOT_NULL] = Field(
+        default=None, alias="from", description="stamped by the bus; a client's value is ignored"
+    )
+    meta: Annotated[Meta | None, NOT_NULL] = None
 
     @model_validator(mode="before")
     @classmethod

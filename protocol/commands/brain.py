@@ -21,10 +21,10 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, Strict, model_validator
+from pydantic import AfterValidator, Field, Strict, model_validator
 
 from .bus import Empty
-from .registry import StrictModel, register
+from .registry import StrictModel, StrictParams, register
 
 __all__ = [
     "ERASE_EVERYTHING",
@@ -115,16 +115,6 @@ RowId = Annotated[int, Field(ge=1)]
 #: RFC 3339 text on the wire; strict mode would accept only datetime objects,
 #: which no decoded message contains.
 Timestamp = Annotated[datetime, Strict(False)]
-
-
-class StrictParams(StrictModel):
-    """Params: strict types on top of StrictModel's forbidden extras.
-
-    Strict mode rejects coercions JSON clients get wrong silently (a string
-    for a number, 1 for true); ints are still accepted where floats are.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # -- memory.remember ----------------------------------------------------------

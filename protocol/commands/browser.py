@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from .registry import StrictModel, register, register_variant
+from .registry import StrictModel, StrictParams, register, register_variant
 
 __all__ = [
     "BROWSER_CAPABILITY",
@@ -137,7 +137,7 @@ def _check_url(value: str) -> str:
 Url = Annotated[str, Field(max_length=MAX_URL_CHARS), AfterValidator(_check_url)]
 
 
-class Viewport(StrictModel):
+class Viewport(StrictParams):
     """The page's layout size in CSS pixels; screenshots are this size at scale 1."""
 
     width: Annotated[int, Field(ge=MIN_VIEWPORT, le=MAX_VIEWPORT)]
@@ -156,7 +156,7 @@ LoadTimeout = Annotated[
 # -- screenshot -------------------------------------------------------------------
 
 
-class ScreenshotParams(StrictModel):
+class ScreenshotParams(StrictParams):
     url: Annotated[
         Url | None, Field(description="load this first; omitted: the requester's current page")
     ] = None
@@ -243,7 +243,7 @@ def _script_size(value: str) -> str:
     return value
 
 
-class BrowserJsParams(StrictModel):
+class BrowserJsParams(StrictParams):
     script: Annotated[
         str,
         Field(min_length=1, description="JavaScript evaluated in the page; its completion value is returned"),
@@ -278,7 +278,7 @@ register_variant(
 # -- browser.navigate / browser.close_context ------------------------------------------
 
 
-class NavigateParams(StrictModel):
+class NavigateParams(StrictParams):
     url: Url
     viewport: Viewport | None = None
     load_timeout_ms: LoadTimeout = None
@@ -298,7 +298,7 @@ register(
 )
 
 
-class CloseContextParams(StrictModel):
+class CloseContextParams(StrictParams):
     """No members: a requester closes its own context only."""
 
 

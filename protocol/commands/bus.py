@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from ..messages import CLIENT_ID_PATTERN, RequestId
-from .registry import StrictModel, register
+from .registry import StrictModel, StrictParams, register
 
 TOPIC_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 SUBSCRIPTION_PATTERN = r"^(\*|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?)$"
@@ -36,21 +36,43 @@ class Empty(StrictModel):
 # -- hello ----------------------------------------------------------------------
 
 
-class HelloParams(StrictModel):
-    protocol: Annotated[int, Field(ge=1, description="protocol version; this is 1")]
-    kind: Annotated[str, Field(pattern=KIND_PATTERN, description="persona, cli, browser, …")]
+class HelloParams(StrictParams):
+    """The hello's params: who you are, what you serve, and (for browsers) your token.
+
+    Strict: ``"protocol": true`` or ``"1"`` is not the version 1. Like every
+    optional params member, ``name``, ``token`` and ``agent`` may be null,
+    meaning the same as absent.
+    """
+
+    protocol: Annotated[int, Field(ge=1, description="protocol version; this bus speaks 1")]
+    kind: Annotated[
+        str,
+        Field(
+            pattern=KIND_PATTERN,
+            description="what you are: persona, cli, browser, service, … (cap, room and bus are reserved)",
+        ),
+    ]
     name: Annotated[
         str | None,
-        Field(pattern=NAME_PATTERN, description="the id part; omitted: the bus picks one"),
+        Field(
+            pattern=NAME_PATTERN,
+            description="the second half of your client id <kind>:<name>; omitted: 8 random hex digits",
+        ),
     ] = None
     capabilities: Annotated[
-        list[Annotated[str, Field(pattern=CAPABILITY_PATTERN)]], Field(max_length=32)
+        list[Annotated[str, Field(pattern=CAPABILITY_PATTERN)]],
+        Field(max_length=32, description="capabilities you serve, reachable as cap:<name>"),
     ] = []
     token: Annotated[
         str | None,
-        Field(max_length=256, description="for clients that cannot set HTTP headers"),
+        Field(
+            max_length=256,
+            description="the bearer token, for clients that cannot send an Authorization header",
+        ),
     ] = None
-    agent: Annotated[str | None, Field(max_length=128, description="software and version")] = None
+    agent: Annotated[
+        str | None, Field(max_length=128, description="your software and version, for logs")
+    ] = None
 
 
 class Limits(StrictModel):

@@ -32,7 +32,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from .bus import Empty
-from .registry import StrictModel, register
+from .registry import StrictModel, StrictParams, register
 
 __all__ = [
     "ADAPTER_NAME_PATTERN",
@@ -100,7 +100,7 @@ StackMode = Literal["auto", "merged", "unmerged", "cat"]
 UsedMode = Literal["base", "merged", "unmerged", "cat"]
 
 
-class StackEntry(StrictModel):
+class StackEntry(StrictParams):
     """One level of a stack, pinned by content."""
 
     name: AdapterName
@@ -117,7 +117,7 @@ class AdapterInfo(StrictModel):
     target_modules: list[str]
 
 
-class ChatMessage(StrictModel):
+class ChatMessage(StrictParams):
     role: Literal["system", "user", "assistant"]
     content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
 
@@ -133,7 +133,7 @@ class Timings(StrictModel):
 # -- the service (cap:inference) --------------------------------------------------------
 
 
-class GenerateParams(StrictModel):
+class GenerateParams(StrictParams):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]
     stack: Annotated[list[StackEntry], Field(max_length=MAX_STACK_DEPTH)] = []
     mode: StackMode = "auto"
@@ -156,7 +156,7 @@ class GenerateResult(StrictModel):
     timings: Timings
 
 
-class TokenParams(StrictModel):
+class TokenParams(StrictParams):
     index: int = Field(description="0-based index of this piece in the stream")
     text: str
 
@@ -179,7 +179,7 @@ register(
 )
 
 
-class LoadStackParams(StrictModel):
+class LoadStackParams(StrictParams):
     name: AdapterName = Field(description="the leaf; its parents are loaded with it")
     mode: StackMode = "auto"
 
@@ -199,7 +199,7 @@ register(
 )
 
 
-class UnloadParams(StrictModel):
+class UnloadParams(StrictParams):
     stack: Annotated[list[StackEntry], Field(max_length=MAX_STACK_DEPTH)]
 
 
@@ -262,7 +262,7 @@ register(
 # -- personas ---------------------------------------------------------------------------
 
 
-class ChatParams(StrictModel):
+class ChatParams(StrictParams):
     message: Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]
     context: Annotated[str | None, Field(max_length=MAX_MESSAGE_CHARS)] = None
     max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] = 256

@@ -27,7 +27,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["REGISTRY", "VARIANTS", "Command", "StrictModel", "get", "register", "register_variant"]
+__all__ = [
+    "REGISTRY",
+    "VARIANTS",
+    "Command",
+    "StrictModel",
+    "StrictParams",
+    "get",
+    "register",
+    "register_variant",
+]
 
 
 class StrictModel(BaseModel):
@@ -38,6 +47,20 @@ class StrictModel(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StrictParams(StrictModel):
+    """Base for what arrives from the wire (params, and models nested in them): strict types too.
+
+    Pydantic's lax mode coerces what a JSON client most often gets wrong
+    without a word: ``"700"`` becomes 700, ``true`` becomes 1 (``bool`` is an
+    ``int`` in Python), ``"yes"`` becomes True. Strict mode refuses them with
+    INVALID_PARAMS. Ints are still accepted where floats are (JSON has one
+    number type). Results keep :class:`StrictModel`: they are built inside
+    the daemons from Python objects, where lax conversion is harmless.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 @dataclass(frozen=True, slots=True)
