@@ -23,6 +23,7 @@ from .errors import (
     NotFound,
     QueryRefused,
     QueryTimeout,
+    QueryTooLarge,
     SchemaTooNew,
     WrongKey,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "QueryRefused",
     "QueryResult",
     "QueryTimeout",
+    "QueryTooLarge",
     "RecallHit",
     "RetentionPolicy",
     "RetentionState",

@@ -2,17 +2,19 @@
 
 Exception tree (everything :mod:`daemon.brain` raises on purpose)::
 
-    BrainError                    base of every brain error
-    ├── MissingKey                no key where one must be; never replaced by a new one
-    ├── InsecureKey               key file or its folder readable by others, or malformed
-    ├── WrongKey                  the key does not open the database (or it is not one)
-    ├── SchemaTooNew              the file was written by a newer personad; left untouched
-    ├── MigrationFailed           a migration step failed; its transaction rolled back
-    ├── InvalidInput              an argument is out of range, too large, or malformed
-    ├── NotFound                  the named skill / goal does not exist
-    ├── QueryRefused              brain.query was given something other than one SELECT
-    ├── QueryTimeout              brain.query ran past its time limit and was interrupted
-    └── BrainClosed               the Brain was used after close()
+    PersonadError                 (daemon.errors) the daemon's one error tree
+    └── BrainError                base of every brain error
+        ├── MissingKey            no key where one must be; never replaced by a new one
+        ├── InsecureKey           key file or its folder readable by others, or malformed
+        ├── WrongKey              the key does not open the database (or it is not one)
+        ├── SchemaTooNew          the file was written by a newer personad; left untouched
+        ├── MigrationFailed       a migration step failed; its transaction rolled back
+        ├── InvalidInput          an argument is out of range, too large, or malformed
+        ├── NotFound              the named skill / goal does not exist
+        ├── QueryRefused          brain.query was given something other than one SELECT
+        ├── QueryTimeout          brain.query ran past its time limit and was interrupted
+        ├── QueryTooLarge         brain.query needed more memory or a larger result than allowed
+        └── BrainClosed           the Brain was used after close()
 
 Lower-layer errors (``sqlcipher3.dbapi2.Error``, ``OSError``) are translated at
 the boundary with ``raise … from exc`` where the caller can act on them; the
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import PersonadError
+
 __all__ = [
     "BrainClosed",
     "BrainError",
@@ -35,13 +39,18 @@ __all__ = [
     "NotFound",
     "QueryRefused",
     "QueryTimeout",
+    "QueryTooLarge",
     "SchemaTooNew",
     "WrongKey",
 ]
 
 
-class BrainError(Exception):
-    """Base class of every error the brain raises on purpose."""
+class BrainError(PersonadError):
+    """Base class of every error the brain raises on purpose.
+
+    A PersonadError like every other subsystem's, so the CLI's one handler
+    prints it to the operator as-is.
+    """
 
 
 class MissingKey(BrainError):
@@ -147,6 +156,21 @@ class QueryTimeout(BrainError):
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
         super().__init__(f"query interrupted after its {limit_s:g} s time limit")
+
+
+class QueryTooLarge(BrainError):
+    """Raised when a read-only query needs more than the reader allows.
+
+    A value over the length limit, SQLite's heap growing past the query's
+    headroom, or the rows fetched so far passing the result's byte cap: the
+    query is stopped and nothing of it is returned. ``limit`` is the bound
+    that was hit, in bytes.
+    """
+
+    def __init__(self, reason: str, limit: int) -> None:
+        self.reason = reason
+        self.limit = limit
+        super().__init__(f"query stopped: {reason} (limit {limit} bytes)")
 
 
 class BrainClosed(BrainError):

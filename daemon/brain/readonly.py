@@ -1,20 +1,38 @@
 """``brain.query``: one read-only SELECT over the persona's own brain.
 
-Three fences, each enough alone for writes, together also for the rest:
+Fences against writing, each enough alone, and resource bounds, so that no
+query can take the daemon's memory or time:
 
 * the connection is ``PRAGMA query_only = ON`` (set when it opens);
 * an authorizer (``sqlite3_set_authorizer``, checked when the statement is
   prepared) allows only reading: ``SQLITE_SELECT``, ``SQLITE_READ``,
-  ``SQLITE_FUNCTION`` (minus a few functions that reach outside the
-  database) and ``SQLITE_RECURSIVE`` (``WITH RECURSIVE``). Every other action
-  is denied: writes, DDL, ``ATTACH`` (which could create a plaintext file),
-  ``PRAGMA`` (which could turn ``query_only`` off or rekey; only the
-  ``data_version`` read FTS5 makes itself is let through), transactions;
+  ``SQLITE_FUNCTION`` (minus :data:`DENIED_FUNCTIONS`) and
+  ``SQLITE_RECURSIVE`` (``WITH RECURSIVE``). Every other action is denied:
+  writes, DDL, ``ATTACH`` (which could create a plaintext file), ``PRAGMA``
+  (which could turn ``query_only`` off or rekey; only the ``data_version``
+  read FTS5 makes itself is let through), transactions;
+* SQLite's own limits (:mod:`._limits`): no string, blob or row over
+  ``QUERY_MAX_LENGTH`` (1 MiB), checked before SQLite allocates it, and the
+  SQLite heap may grow by at most ``QUERY_HEAP_BYTES`` (64 MiB) while the
+  query runs (sorts, groupings, recursive queues);
+* rows are fetched one at a time and their encoded size summed: past
+  :data:`MAX_RESULT_BYTES` (8 MiB, half the bus's default frame limit) the
+  query stops with :class:`QueryTooLarge` rather than building a result that
+  cannot be sent; at most ``row_limit`` rows are fetched;
 * a progress handler interrupts the statement once its time limit passes
-  (checked every :data:`PROGRESS_STEPS` virtual-machine instructions), and at
-  most ``row_limit`` rows are fetched.
+  (checked every :data:`PROGRESS_STEPS` virtual-machine instructions). The
+  length limit is what makes this hold: no single instruction can run long,
+  since none may build a value over 1 MiB.
 
-The authorizer and handler are set and cleared inside one job on the
+The functions denied are those that build a large value from a small
+query: a width or size argument (``printf``/``format``, ``zeroblob``,
+``randomblob``) or a multiplying substitution (``replace``). The length
+limit bounds them anyway; refusing them means the attempt is answered at
+once, by name, instead of running up to the limit. Concatenations that grow
+only with the rows read (``||``, ``group_concat``, ``json_group_array``) stay
+allowed: they are useful, and the limits bound them.
+
+The authorizer, handler and limits are set and cleared inside one job on the
 reader's worker thread, so recall and export on the same connection never
 run under them.
 """
@@ -24,13 +42,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from . import _limits
 from ._db import sqlcipher
-from .errors import InvalidInput, QueryRefused, QueryTimeout
+from .errors import InvalidInput, QueryRefused, QueryTimeout, QueryTooLarge
 from .records import QueryResult
 
-__all__ = ["PROGRESS_STEPS", "query_sync"]
+__all__ = ["DENIED_FUNCTIONS", "MAX_RESULT_BYTES", "PROGRESS_STEPS", "query_sync", "reader_handle"]
 
 PROGRESS_STEPS = 1_000
+#: Bytes of values a result may hold (strings as UTF-8, plus a few bytes per
+#: value for its encoding), so that it fits a bus frame with room to spare.
+MAX_RESULT_BYTES = 8 << 20
+_VALUE_OVERHEAD = 9  # the largest msgpack header of one value
 
 # Action codes are SQLite's (sqlite3.h).
 _ALLOWED = frozenset(
@@ -41,15 +64,17 @@ _ALLOWED = frozenset(
         sqlcipher.SQLITE_RECURSIVE,
     }
 )
-_DENIED_FUNCTIONS = frozenset(
-    {
-        "load_extension",  # loads native code
-        "fts3_tokenizer",  # can register a tokenizer by pointer
-        "sqlcipher_export",  # writes another (attached) database
-        "randomblob",  # unbounded allocation
-        "zeroblob",
-    }
-)
+#: Functions brain.query refuses, and why (see the module's docstring).
+DENIED_FUNCTIONS: dict[str, str] = {
+    "load_extension": "loads native code",
+    "fts3_tokenizer": "can register a tokenizer by pointer",
+    "sqlcipher_export": "writes another (attached) database",
+    "printf": "builds a value of any width from a small query",
+    "format": "builds a value of any width from a small query",
+    "zeroblob": "allocates a blob of any size",
+    "randomblob": "allocates a blob of any size",
+    "replace": "multiplies a value's size with each substitution",
+}
 
 
 _OK: int = int(sqlcipher.SQLITE_OK)
@@ -62,25 +87,71 @@ _FUNCTION: int = int(sqlcipher.SQLITE_FUNCTION)
 _ALLOWED_PRAGMAS = frozenset({"data_version"})
 
 
-def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, _: Any) -> int:
-    if action == _PRAGMA:
-        allowed = (arg1 or "").lower() in _ALLOWED_PRAGMAS and arg2 is None
-        return _OK if allowed else _DENY
-    if action not in _ALLOWED:
-        return _DENY
-    if action == _FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
-        return _DENY
-    # Reads of attached or temp databases cannot happen (ATTACH is denied),
-    # but say so rather than rely on it.
-    if db not in (None, "main"):
-        return _DENY
-    return _OK
+class _Authorizer:
+    """The authorizer callback; remembers the first function it refused, to name it."""
+
+    def __init__(self) -> None:
+        self.refused_function: str | None = None
+
+    def __call__(self, action: int, arg1: str | None, arg2: str | None, db: str | None, _: Any) -> int:
+        if action == _PRAGMA:
+            allowed = (arg1 or "").lower() in _ALLOWED_PRAGMAS and arg2 is None
+            return _OK if allowed else _DENY
+        if action not in _ALLOWED:
+            return _DENY
+        if action == _FUNCTION and (arg2 or "").lower() in DENIED_FUNCTIONS:
+            self.refused_function = self.refused_function or (arg2 or "").lower()
+            return _DENY
+        # Reads of attached or temp databases cannot happen (ATTACH is denied),
+        # but say so rather than rely on it.
+        if db not in (None, "main"):
+            return _DENY
+        return _OK
+
+
+def reader_handle(db: Any, path: str) -> int:
+    """Find and test the reader's ``sqlite3*`` (worker thread); raises LimitsUnavailable."""
+    pointer = _limits.handle(db, path)
+    _limits.check(db, pointer)
+    return pointer
+
+
+def _value_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        # UTF-8 is at most 4 bytes a character: only measure when it matters.
+        size = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    elif isinstance(value, bytes):
+        size = len(value)
+    else:
+        size = 0  # numbers and NULL: the overhead covers them
+    return size + _VALUE_OVERHEAD
 
 
 def query_sync(
-    db: Any, sql: str, params: tuple[Any, ...], row_limit: int, time_limit_s: float
+    db: Any,
+    handle: int | None,
+    sql: str,
+    params: tuple[Any, ...],
+    row_limit: int,
+    time_limit_s: float,
+    *,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> QueryResult:
-    """Run ``sql`` on a reader connection under the fences above (worker thread)."""
+    """Run ``sql`` on a reader connection under the fences above (worker thread).
+
+    ``handle`` is the connection's ``sqlite3*`` from :func:`reader_handle`;
+    None (the limits could not be installed) refuses every query, since
+    without them a query could take the daemon's memory.
+    """
+    if handle is None:
+        raise QueryRefused("brain.query is unavailable: SQLite's limits could not be set on the reader")
+    with _limits.heap_ceiling(_limits.QUERY_HEAP_BYTES), _limits.limits(handle, _limits.QUERY_LIMITS):
+        return _run(db, sql, params, row_limit, time_limit_s, max_result_bytes)
+
+
+def _run(
+    db: Any, sql: str, params: tuple[Any, ...], row_limit: int, time_limit_s: float, max_result_bytes: int
+) -> QueryResult:
     started = time.monotonic()
     deadline = started + time_limit_s
     timed_out = False
@@ -92,19 +163,49 @@ def query_sync(
             return 1  # non-zero interrupts the statement (SQLITE_INTERRUPT)
         return 0
 
-    db.set_authorizer(_authorize)
+    authorizer = _Authorizer()
+    db.set_authorizer(authorizer)
     db.set_progress_handler(progress, PROGRESS_STEPS)
     cursor = None
+    rows: list[list[Any]] = []
     try:
         try:
             cursor = db.execute(sql, params)
             columns = [d[0] for d in cursor.description or ()]
-            rows = cursor.fetchmany(row_limit + 1)
+            size = 0
+            # One row at a time, so a result is stopped at the cap rather
+            # than built whole and measured after.
+            while len(rows) <= row_limit:
+                row = cursor.fetchone()
+                if row is None:
+                    break
+                size += sum(_value_bytes(v) for v in row)
+                if size > max_result_bytes:
+                    raise QueryTooLarge(
+                        f"the result passed {max_result_bytes} bytes after {len(rows)} rows; "
+                        "select fewer rows or columns",
+                        max_result_bytes,
+                    )
+                rows.append(list(row))
+        except MemoryError:
+            # SQLITE_NOMEM: the heap ceiling of _limits.heap_ceiling was hit.
+            raise QueryTooLarge(
+                "SQLite needed more memory than a query may use", _limits.QUERY_HEAP_BYTES
+            ) from None
         except (sqlcipher.Error, sqlcipher.Warning) as exc:
             if timed_out:
                 raise QueryTimeout(time_limit_s) from None
+            if authorizer.refused_function is not None:
+                name = authorizer.refused_function
+                raise QueryRefused(
+                    f"function {name}() is not allowed in brain.query ({DENIED_FUNCTIONS[name]})"
+                ) from None
             if "not authorized" in str(exc) or "authorization denied" in str(exc):  # the authorizer said no
                 raise QueryRefused(str(exc)) from None
+            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_TOOBIG:
+                raise QueryTooLarge(
+                    "a string, blob or row grew past the reader's length limit", _limits.QUERY_MAX_LENGTH
+                ) from None
             raise InvalidInput("sql", str(exc)) from None
     finally:
         if cursor is not None:
@@ -114,7 +215,10 @@ def query_sync(
         db.set_progress_handler(None, 0)
     return QueryResult(
         columns=columns,
-        rows=[list(row) for row in rows[:row_limit]],
+        rows=rows[:row_limit],
         truncated=len(rows) > row_limit,
         elapsed_s=time.monotonic() - started,
     )
+
+
+_SQLITE_TOOBIG = 18

@@ -66,10 +66,11 @@ from protocol.commands.brain import (
 
 from ._db import Functions, connect_reader, connect_writer, file_bytes, open_aio, probe_readonly
 from ._db import run_on as _run_on
+from ._limits import LimitsUnavailable
 from .errors import BrainClosed, InvalidInput, NotFound, SchemaTooNew
 from .export import export_sync
 from .migrations import LATEST, migrate
-from .readonly import query_sync
+from .readonly import query_sync, reader_handle
 from .recall import RecallFilters, recall_sync, recency
 from .records import (
     BrainStats,
@@ -89,7 +90,7 @@ from .records import (
 
 __all__ = ["TABLES", "Brain"]
 
-LOG = logging.getLogger("daemon.brain")
+LOG = logging.getLogger("personad.brain")
 
 TABLES = ("memories", "skills", "interactions", "goals", "emotions", "evolution_history")
 GOAL_STATUSES = ("active", "paused", "done", "abandoned")
@@ -447,10 +448,13 @@ class Brain:
         schema_version: int,
         retention: RetentionPolicy | None,
         weights: ScoreWeights,
+        reader_handle: int | None = None,
     ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
+        # The reader's sqlite3*, for brain.query's limits (None: query refused).
+        self._reader_handle = reader_handle
         self._schema_version = schema_version
         self._retention = retention
         self._weights = weights
@@ -507,7 +511,25 @@ class Brain:
         except BaseException:
             await writer.close()
             raise
-        return cls(path, writer, reader, schema_version=now, retention=retention, weights=weights)
+        try:
+            handle: int | None = await _run_on(reader, reader_handle, str(path))
+        except LimitsUnavailable as exc:
+            # Fail closed for brain.query only: memory keeps working.
+            LOG.error("brain %s: brain.query disabled: %s", path, exc)
+            handle = None
+        except BaseException:
+            await reader.close()
+            await writer.close()
+            raise
+        return cls(
+            path,
+            writer,
+            reader,
+            schema_version=now,
+            retention=retention,
+            weights=weights,
+            reader_handle=handle,
+        )
 
     async def close(self) -> None:
         """Finish pending writes and close; the WAL is checkpointed into the file."""
@@ -866,7 +888,9 @@ class Brain:
         time_limit = _number("time_limit", time_limit, 0.0, MAX_QUERY_TIME_S)
         if time_limit == 0:
             raise InvalidInput("time_limit", "must be positive")
-        result: QueryResult = await self._read(query_sync, sql, tuple(params), row_limit, time_limit)
+        result: QueryResult = await self._read(
+            query_sync, self._reader_handle, sql, tuple(params), row_limit, time_limit
+        )
         return result
 
     # -- retention ---------------------------------------------------------------

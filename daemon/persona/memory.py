@@ -5,6 +5,8 @@ Every handler is a thin translation between the protocol models
 (protocol/commands/brain.py) and :class:`daemon.brain.Brain`; the brain's
 ``InvalidInput`` becomes INVALID_PARAMS and ``NotFound`` a -32602 as well
 (the id named in params does not exist), so callers see one vocabulary.
+A query over the reader's limits (``QueryTooLarge``) is INVALID_PARAMS too,
+with ``data.reason = "query_too_large"``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from protocol import ErrorCode, RpcError
 from protocol.commands import brain as m
 
-from ..brain import Brain, InvalidInput, NotFound, QueryRefused, QueryTimeout
+from ..brain import Brain, InvalidInput, NotFound, QueryRefused, QueryTimeout, QueryTooLarge
 from ..client import CallContext
 from ..dispatch import Dispatcher
 from .session_dir import SessionDir
@@ -34,6 +36,12 @@ def _translate(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
             raise RpcError(ErrorCode.FORBIDDEN, str(exc)) from None
         except QueryTimeout as exc:
             raise RpcError(ErrorCode.TIMEOUT, str(exc)) from None
+        except QueryTooLarge as exc:
+            # The caller's query asked for more than the reader allows: a
+            # smaller query succeeds, so it is the caller's to fix.
+            raise RpcError(
+                ErrorCode.INVALID_PARAMS, str(exc), {"reason": "query_too_large", "limit": exc.limit}
+            ) from None
 
     return wrapper
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.brain import Brain, InvalidInput, MemoryItem, QueryRefused, QueryTimeout
+from daemon.brain import Brain, InvalidInput, MemoryItem, QueryRefused, QueryTimeout, QueryTooLarge
+from daemon.brain.readonly import MAX_RESULT_BYTES
 
 
 async def test_select_works_with_params_and_fts(brain: Brain) -> None:
@@ -102,3 +103,65 @@ async def test_bad_arguments(brain: Brain, kwargs: dict[str, object]) -> None:
     """Out-of-range limits and bad parameters are InvalidInput."""
     with pytest.raises(InvalidInput):
         await brain.query(**kwargs)  # type: ignore[arg-type]
+
+
+# -- resource bounds (the outside attack's finding 4) --------------------------------
+
+# s || s doubles a string each step: 2^27 bytes by n = 27, with no function
+# the authorizer could refuse; SQLite's length limit stops it at 1 MiB.
+DOUBLING = (
+    "WITH RECURSIVE r(n, s) AS (SELECT 0, 'x' UNION ALL SELECT n + 1, s || s FROM r WHERE n < 27) "
+    "SELECT length(s) FROM r ORDER BY n DESC LIMIT 1"
+)
+# 512 KiB values (under the length limit) sorted 600 times over: 300 MB of
+# sorter in memory unless SQLite's heap is capped.
+SORTER = (
+    "WITH RECURSIVE b(n, s) AS (SELECT 0, 'x' UNION ALL SELECT n + 1, s || s FROM b WHERE n < 19), "
+    "r(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM r WHERE i < 600) "
+    "SELECT i, s || i AS v FROM r, b WHERE b.n = 19 ORDER BY v"
+)
+
+
+@pytest.mark.parametrize(
+    ("sql", "name"),
+    [
+        ("SELECT printf('%.*c', 100000000, 'x')", "printf"),
+        ("SELECT format('%.*c', 100000000, 'x')", "format"),
+        ("SELECT zeroblob(1000000000)", "zeroblob"),
+        ("SELECT randomblob(1000000000)", "randomblob"),
+        ("SELECT replace(replace('xxxxxxxx', 'x', 'xxxxxxxx'), 'x', 'xxxxxxxx')", "replace"),
+        ("SELECT length(content) FROM memories WHERE content = PRINTF('%d', 1)", "printf"),
+    ],
+)
+async def test_amplifying_functions_are_refused_by_name(brain: Brain, sql: str, name: str) -> None:
+    """Functions that build large values from a small query are refused, and named."""
+    with pytest.raises(QueryRefused, match=rf"function {name}\(\)"):
+        await brain.query(sql)
+    assert [[1]] == (await brain.query("SELECT 1")).rows
+
+
+@pytest.mark.parametrize("sql", [DOUBLING, SORTER])
+async def test_memory_hungry_queries_stop_at_the_limits(brain: Brain, sql: str) -> None:
+    """A value past the length limit, or a sort past the heap's headroom, stops with QueryTooLarge."""
+    with pytest.raises(QueryTooLarge):
+        await brain.query(sql)
+    # The limits were lifted after the query: recall and plain reads work.
+    await brain.remember("after the attack")
+    assert [[1]] == (await brain.query("SELECT count(*) FROM memories")).rows
+    assert 1 == len(await brain.recall("attack"))
+
+
+async def test_result_over_the_byte_cap_is_refused(brain: Brain) -> None:
+    """Rows adding up past MAX_RESULT_BYTES stop the query with QueryTooLarge, not a huge answer."""
+    await brain.remember_many([MemoryItem("y" * 60_000) for _ in range(200)])  # 12 MB of content
+    with pytest.raises(QueryTooLarge, match=str(MAX_RESULT_BYTES)):
+        await brain.query("SELECT content FROM memories", row_limit=1000)
+    assert 100 == len((await brain.query("SELECT content FROM memories", row_limit=100)).rows)
+
+
+async def test_stored_rows_are_readable_under_the_limits(brain: Brain) -> None:
+    """The largest memory the brain accepts reads back whole through brain.query."""
+    content = "z" * 65_536
+    await brain.remember(content, context={"k": "v" * 16_000})
+    result = await brain.query("SELECT content, context FROM memories")
+    assert content == result.rows[0][0]
