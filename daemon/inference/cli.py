@@ -45,6 +45,12 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
     inference.add_argument("--max-adapters", type=int, default=16, help="loaded adapter slots (LRU)")
     inference.add_argument("--max-merged", type=int, default=4, help="cached merged stacks (LRU)")
     inference.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    inference.add_argument(
+        "--max-waiting", type=int, default=256, help="requests queued in all before OVERLOADED"
+    )
+    inference.add_argument(
+        "--max-waiting-per-owner", type=int, default=32, help="requests one caller may have queued"
+    )
 
     adapter = verb("adapter", "manage LoRA adapters: list, import, export, train, demo")
     actions = adapter.add_subparsers(dest="adapter_verb", required=True, metavar="ACTION")
@@ -84,12 +90,16 @@ def _threads(value: int | None) -> int:
 
 def _inference(args: argparse.Namespace, state: StateDir, url: str) -> int:
     from .. import runtime
-    from .engine import EngineLimits
+    from .limits import EngineLimits
     from .service import serve
 
     state.ensure()
     limits = EngineLimits(
-        max_adapters=args.max_adapters, max_merged=args.max_merged, max_batch=args.max_batch
+        max_adapters=args.max_adapters,
+        max_merged=args.max_merged,
+        max_batch=args.max_batch,
+        max_waiting=args.max_waiting,
+        max_waiting_per_owner=args.max_waiting_per_owner,
     )
     runtime.run(
         serve(state, url=url, name=args.name, model=args.model, threads=_threads(args.threads), limits=limits)

@@ -8,7 +8,11 @@
     ├── InvalidAdapterName      a name that is not a dotted adapter path
     ├── TrainingDataError       a training file is not chat-format JSONL
     ├── Unsupported             the request cannot be served as asked
+    ├── Overloaded              too many requests are already waiting
     └── EngineClosed            the engine stopped (shutting down)
+
+The tree hangs under :class:`daemon.errors.PersonadError`, the daemon's one
+error root, so the CLI prints any of them to an operator the same way.
 
 Each class carries the JSON-RPC ``error.code`` it becomes on the wire
 (:func:`to_rpc`), so the service and a persona translate at their boundary in
@@ -70,6 +74,12 @@ class Unsupported(InferenceError):
     """Raised when a request cannot be served as asked (prompt too long, mode impossible)."""
 
     code = InferenceErrorCode.UNSUPPORTED
+
+
+class Overloaded(InferenceError):
+    """Raised when the engine's queue (or one caller's share of it) is full."""
+
+    code = ErrorCode.OVERLOADED
 
 
 class EngineClosed(InferenceError):

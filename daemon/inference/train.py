@@ -35,7 +35,7 @@ from typing import Any, cast
 import torch
 
 from .adapters import AdapterRecord, AdapterStore, chain, peft_key, validate_name
-from .engine import _quiet
+from .slots import _quiet
 from .errors import TrainingDataError
 from .model import LoadedModel
 

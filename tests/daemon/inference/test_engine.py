@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from daemon.inference.adapters import WEIGHTS_FILE, AdapterStore
-from daemon.inference.engine import AsyncEngine, Engine, EngineLimits, Job, _Scheduler
-from daemon.inference.errors import AdapterCorrupt, AdapterIncompatible, AdapterNotFound
+from daemon.inference.engine import WORKER_THREAD_NAME, AsyncEngine, Engine, EngineLimits
+from daemon.inference.errors import AdapterCorrupt, AdapterIncompatible, AdapterNotFound, Overloaded
 from protocol.commands.inference import GenerateParams, LoadStackParams, StackEntry, UnloadParams
-from tests.conftest import WAIT
+from tests.conftest import WAIT, eventually
 from tests.daemon.inference.conftest import BEHAVIOURS, LORA_TARGETS
 
 LEVELS = ("legal", "legal.patent", "legal.patent.uspto")
@@ -98,18 +98,6 @@ def test_bad_adapters_fail_clearly(load_tiny, store, make_adapter, other_tiny_di
     assert 0 == engine.status(0).slots_used
 
 
-def test_scheduler_is_fair_across_owners() -> None:
-    """Seats go round-robin by owner: one persona's burst does not starve another."""
-    scheduler = _Scheduler()
-    jobs = [Job(params=ask(), owner=owner, emit=lambda *_: None) for owner in ("a", "a", "a", "b", "c", "b")]
-    for job in jobs:
-        scheduler.put_job(job)
-    first = scheduler.next_work()
-    rest = scheduler.take(10, lambda _job: True)
-    order = [j.owner for j in [*first, *rest]]  # type: ignore[misc]
-    assert ["a", "b", "c", "a", "b", "a"] == order
-
-
 async def test_async_engine_streams_batches_and_keeps_each_stack(load_tiny, trained_store) -> None:
     """Concurrent requests with different stacks batch together and each gets its own stack's text."""
     store = trained_store
@@ -175,8 +163,45 @@ async def test_cancelled_request_stops_and_others_continue(load_tiny, store) -> 
         released = await engine.unload(UnloadParams(stack=stack), owner="c")
         assert stack == released.released
         assert 0 == (await engine.status()).slots_used
-        assert threading.active_count() >= 1
+        # It served all that on its own worker thread, which is still up.
+        worker = engine.thread
+        assert worker is not None
+        assert worker.is_alive()
+        assert worker in [t for t in threading.enumerate() if t.name == WORKER_THREAD_NAME]
     finally:
         await engine.close()
     with pytest.raises(Exception, match="stopped"):
         await engine.generate(ask(), owner="d")
+    # close() ended the worker thread (and let go of the model).
+    assert not worker.is_alive()
+    assert worker not in threading.enumerate()
+
+
+async def test_a_full_queue_refuses_new_requests_at_once(load_tiny, store) -> None:
+    """Past an owner's share of the queue, generate fails with Overloaded; queued work still runs."""
+    limits = EngineLimits(max_batch=1, max_waiting_per_owner=1)
+    engine = await AsyncEngine.open(
+        state_root=store.root.parent, store=store, loaded=load_tiny(), limits=limits
+    )
+    try:
+        started = asyncio.Event()
+
+        async def first_token(_token) -> None:  # type: ignore[no-untyped-def]
+            started.set()
+
+        running = asyncio.ensure_future(
+            engine.generate(ask(max_tokens=2000), owner="a", on_token=first_token)
+        )
+        await asyncio.wait_for(started.wait(), WAIT)  # the one seat is taken
+        queued = asyncio.ensure_future(engine.generate(ask(max_tokens=3), owner="a"))
+
+        async def one_waiting() -> bool:
+            return 1 == (await engine.status()).waiting
+
+        await eventually(one_waiting, what="the second request queued")
+        with pytest.raises(Overloaded, match="already has 1 requests waiting"):
+            await engine.generate(ask(max_tokens=3), owner="a")
+        running.cancel()  # frees the seat: the queued request runs
+        assert 3 == (await asyncio.wait_for(queued, WAIT)).completion_tokens
+    finally:
+        await engine.close()
