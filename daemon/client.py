@@ -459,7 +459,22 @@ class BusClient:
             log.info("dropping answer to %s: the connection it came on is gone", request.method)
             return
         try:
-            await _send(current.ws, current.conn.send_wire(reply))
+            frame = current.conn.send_wire(reply)
+            size = _frame_bytes(frame)
+            limit = self._frame_limit()
+            if size > limit:
+                # The bus would close our connection (1009) on such a frame,
+                # taking every other call we serve with it: answer this one
+                # caller with an error instead, and stay connected.
+                log.error("answer to %s is %d bytes, over the %d-byte limit", request.method, size, limit)
+                error = {
+                    "code": ErrorCode.INTERNAL_ERROR,
+                    "message": f"the result of {request.method} is {size} bytes, over the bus's "
+                    f"frame limit of {limit} bytes; ask for less",
+                    "data": {"reason": "result_too_large", "bytes": size, "limit": limit},
+                }
+                frame = current.conn.send_wire({"jsonrpc": "2.0", "id": request.id, "error": error})
+            await _send(current.ws, frame)
         except ProtocolError as exc:
             log.error("cannot encode answer to %s: %s", request.method, exc.reason)
             error = {"code": ErrorCode.INTERNAL_ERROR, "message": "result could not be encoded"}
@@ -468,6 +483,13 @@ class BusClient:
             )
         except ConnectionClosed:
             pass
+
+    def _frame_limit(self) -> int:
+        """Largest answer frame we send: the bus's limit (from hello) or ours, less relay headroom."""
+        limit = self._max_message_bytes
+        if self.hello is not None:
+            limit = min(limit, self.hello.limits.max_message_bytes)
+        return limit - _RELAY_HEADROOM
 
     # -- sending -----------------------------------------------------------------
 
@@ -606,6 +628,18 @@ class BusClient:
                     call.timer.cancel()
                 if not call.future.done():
                     call.future.set_exception(RpcError(code, message))
+
+
+# The bus relays an answer with its own id and a "from" member added: keep
+# that much room under the limit so what fits our frame fits the relayed one.
+_RELAY_HEADROOM = 4096
+
+
+def _frame_bytes(frame: bytes | str) -> int:
+    if isinstance(frame, bytes):
+        return len(frame)
+    # A text frame's limit is on its UTF-8 bytes; ASCII needs no copy to measure.
+    return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
 
 
 async def _send(ws: ClientConnection, frame: bytes | str) -> None:
