@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
@@ -17,6 +18,34 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Stream a file's new content, replacing ``path`` only once all of it is on disk.
+
+    The streaming form of :func:`atomic_write`, for content too large to hold
+    in memory: write to the yielded file; leaving the block normally fsyncs
+    it, renames it over ``path`` and fsyncs the folder; an exception removes
+    the temporary file and leaves ``path`` as it was.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -31,23 +31,23 @@ Rows are in id order. A consumer must ignore members it does not know; a
 change that breaks that rule bumps ``format_version``.
 
 The document is read inside one read transaction (a consistent snapshot
-while the persona keeps writing) and written atomically: a temporary file in
-the target folder, mode 0600 (it is the plaintext of an encrypted brain),
-fsync, rename over the target, fsync of the folder. A crash leaves either the
-old file or the new one, never half of one.
+while the persona keeps writing) and written atomically with
+:func:`daemon.files.atomic_writer`: a temporary file in the target folder,
+mode 0600 (it is the plaintext of an encrypted brain), fsync, rename over the
+target, fsync of the folder. A crash leaves either the old file or the new
+one, never half of one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..files import atomic_writer
 from .records import ExportSummary, from_epoch
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TABLES", "export_sync"]
@@ -194,29 +194,14 @@ def _write(db: Any, out: _HashingWriter, schema_version: int) -> dict[str, int]:
 
 def export_sync(db: Any, path: Path, schema_version: int) -> ExportSummary:
     """Write the export to ``path`` atomically (on the reader's worker thread)."""
-    folder = path.parent
-    tmp = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            out = _HashingWriter(raw)
-            # One read transaction: every table from the same snapshot.
-            db.execute("BEGIN")
-            try:
-                counts = _write(db, out, schema_version)
-            finally:
-                db.execute("COMMIT")
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_writer(path, mode=0o600) as raw:
+        out = _HashingWriter(raw)
+        # One read transaction: every table from the same snapshot.
+        db.execute("BEGIN")
+        try:
+            counts = _write(db, out, schema_version)
+        finally:
+            db.execute("COMMIT")
     return ExportSummary(
         path=path,
         bytes=out.bytes,

@@ -81,6 +81,8 @@ _OK: int = int(sqlcipher.SQLITE_OK)
 _DENY: int = int(sqlcipher.SQLITE_DENY)
 _PRAGMA: int = int(sqlcipher.SQLITE_PRAGMA)
 _FUNCTION: int = int(sqlcipher.SQLITE_FUNCTION)
+# SQLITE_TOOBIG (sqlite3.h): a value or row over the connection's length limit.
+_SQLITE_TOOBIG = 18
 
 # FTS5 reads "PRAGMA data_version" itself while answering a MATCH; that one
 # reading pragma is allowed, without a value (a value would be an assignment).
@@ -220,5 +222,3 @@ def _run(
         elapsed_s=time.monotonic() - started,
     )
 
-
-_SQLITE_TOOBIG = 18
