@@ -12,10 +12,11 @@ order, with no fallback from one to the next once a source is configured:
    0600 in a 0700 folder on first start.
 
 The key never sits in the persona's own folder ``<state_dir>/personas/<id>/``
-beside ``brain.sqlite`` (DESIGN.md, "Security model"): a copy of that folder
-must not carry its own key. A key is never created when a ``brain.sqlite``
-already exists — that data would be unreadable under the new key — and the
-key is never logged.
+beside ``brain.sqlite``: that folder is what gets copied, backed up or handed
+over (``brain.export`` writes into it too), and a copy of it must not carry
+the key that decrypts it, or the encryption would protect nothing. A key is
+never created when a ``brain.sqlite`` already exists — that data would be
+unreadable under the new key — and the key is never logged.
 
 A key file holds either the 64 hex digits of the key (what we write; easy to
 pass to ``systemd-creds encrypt``) or the 32 raw bytes.
@@ -31,6 +32,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..ids import PERSONA_ID_RULE, is_persona_id
 from .errors import InsecureKey, InvalidInput, MissingKey
 
 __all__ = [
@@ -45,15 +47,16 @@ __all__ = [
 KEY_BYTES = 32
 CREDENTIAL_NAME = "brain-key"
 
-# Persona ids become path components: no separators, no leading dot.
-_PERSONA_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _HEX_KEY = re.compile(rb"[0-9a-fA-F]{64}")
 
 
 def validate_persona_id(persona_id: str) -> str:
-    """Return ``persona_id`` if it is safe as a path component, else raise InvalidInput."""
-    if not _PERSONA_ID.fullmatch(persona_id) or ".." in persona_id:
-        raise InvalidInput("persona_id", "must match [a-z0-9][a-z0-9._-]{0,63}")
+    """Return ``persona_id`` if it follows :mod:`daemon.ids`' rule, else raise InvalidInput.
+
+    Persona ids become path components here (the brain's folder and key file).
+    """
+    if not is_persona_id(persona_id):
+        raise InvalidInput("persona_id", f"must be {PERSONA_ID_RULE}")
     return persona_id
 
 

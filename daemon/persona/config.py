@@ -24,11 +24,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from protocol.commands.bus import CAPABILITY_PATTERN, NAME_PATTERN
+from protocol.commands.bus import CAPABILITY_PATTERN
 
 from ..errors import ConfigError
-
-PERSONA_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+from ..ids import PERSONA_ID_PATTERN, PERSONA_ID_RULE, is_persona_id
 
 
 class MemoryConfig(BaseModel):
@@ -59,13 +58,9 @@ class PersonaConfig(BaseModel):
 
 
 def validate_persona_id(persona_id: str) -> str:
-    import re
-
-    if not re.fullmatch(PERSONA_ID_PATTERN, persona_id) or not re.fullmatch(NAME_PATTERN, persona_id):
-        raise ConfigError(
-            f"invalid persona id {persona_id!r}: use lowercase letters, digits, '-' and '_' "
-            "(at most 64, starting with a letter or digit)"
-        )
+    """Return ``persona_id`` if it follows :mod:`daemon.ids`' rule, else raise ConfigError."""
+    if not is_persona_id(persona_id):
+        raise ConfigError(f"invalid persona id {persona_id!r}: use {PERSONA_ID_RULE}")
     return persona_id
 
 

@@ -80,3 +80,33 @@ def test_persona_ids_that_escape_are_refused(tmp_path: Path, persona_id: str) ->
     """Persona ids that are not plain path components are refused."""
     with pytest.raises(InvalidInput):
         load_or_create_key(tmp_path, persona_id, environ={})
+
+
+@pytest.mark.parametrize(
+    ("persona_id", "valid"),
+    [
+        ("demo", True),
+        ("plain", True),
+        ("a-b_c9", True),
+        ("0" * 64, True),
+        ("a.b", False),  # the brain once allowed dots; the config never did
+        ("demo.toml", False),
+        ("Demo", False),
+        ("-x", False),
+        ("demo\n", False),
+        ("0" * 65, False),
+    ],
+)
+def test_brain_and_config_agree_on_persona_ids(tmp_path: Path, persona_id: str, valid: bool) -> None:
+    """One rule (daemon.ids) for the brain's paths and the persona config."""
+    from daemon.brain.keys import validate_persona_id as brain_check
+    from daemon.errors import ConfigError
+    from daemon.persona.config import validate_persona_id as config_check
+
+    if valid:
+        assert persona_id == brain_check(persona_id) == config_check(persona_id)
+        return
+    with pytest.raises(InvalidInput):
+        brain_check(persona_id)
+    with pytest.raises(ConfigError):
+        config_check(persona_id)
