@@ -20,13 +20,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ..cli_common import common_parser
 from ..state import StateDir
 
 
 def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Callable[..., int]]:
-    from ..cli import _common  # the shared --state-dir/--url/--log-level group
-
-    common = _common()
+    common = common_parser()
 
     inference = verb("inference", "run the inference service (the base model and LoRA stacks, cap:inference)")
     inference.add_argument(
