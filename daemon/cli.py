@@ -21,33 +21,13 @@ from typing import Any
 from protocol import JSON, MSGPACK, ErrorCode, RpcError
 
 from . import __version__, logs, runtime
+from .cli_common import DEFAULT_URL, common_parser
 from .errors import AuthError, BusUnavailable, ConfigError, PersonadError, StateDirError
 from .state import StateDir, find_token, resolve_state_dir
 
-DEFAULT_URL = "ws://127.0.0.1:8765"
-
-
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("common options")
-    group.add_argument(
-        "--state-dir",
-        default=argparse.SUPPRESS,
-        help="state directory (env PERSONAD_STATE_DIR; default ./.personad)",
-    )
-    group.add_argument(
-        "--url", default=argparse.SUPPRESS, help=f"bus URL (env PERSONAD_URL; default {DEFAULT_URL})"
-    )
-    group.add_argument(
-        "--log-level",
-        default=argparse.SUPPRESS,
-        help="DEBUG, INFO, WARNING or ERROR (env PERSONAD_LOG_LEVEL)",
-    )
-    return common
-
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common()
+    common = common_parser()
     parser = argparse.ArgumentParser(
         prog="personad",
         parents=[common],
