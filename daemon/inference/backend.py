@@ -68,6 +68,9 @@ class InferenceBackend(Protocol):
 
     async def status(self) -> InferenceStatus: ...
 
+    async def close(self) -> None:
+        """Release what this backend holds (an in-process engine: its thread and model). Idempotent."""
+
 
 class RemoteBackend:
     """The inference service, over the bus.
@@ -152,6 +155,9 @@ class RemoteBackend:
         return InferenceStatus.model_validate(
             await self._call("inference.status", Empty(), default_ms=10_000)
         )
+
+    async def close(self) -> None:
+        """Nothing to release: the bus client belongs to the persona, the engine to the service."""
 
 
 def backend_mode(explicit: str | None = None) -> Literal["service", "inprocess"]:

@@ -119,6 +119,9 @@ class PersonaChat:
         self.log_interaction = log_interaction
         self.owner = f"persona:{config.id}"
         self._backend = backend
+        # Only a backend we opened is ours to close; one passed in belongs to the caller.
+        self._owns_backend = backend is None
+        self._closed = False
         self._backend_lock = asyncio.Lock()
         self._mode_name = backend.kind if backend is not None else backend_mode()
         self.stack, self.mode = self._read_stack()
@@ -152,10 +155,25 @@ class PersonaChat:
     async def backend(self) -> InferenceBackend:
         if self._backend is None:
             async with self._backend_lock:
+                if self._closed:
+                    # Opening an engine now would leak it past close().
+                    raise RpcError(ErrorCode.SHUTTING_DOWN, f"persona {self.config.id} is stopping")
                 if self._backend is None:
                     state_root = self.session_dir.root.parent.parent  # <state>/personas/<id>
                     self._backend = await open_backend(self.client, state_root=state_root)
         return self._backend
+
+    async def close(self) -> None:
+        """Close the engine this persona opened (in-process mode): its worker thread ends, the model is freed.
+
+        Waits for an engine still being opened; a backend passed in is left
+        to its owner. Chat after this answers SHUTTING_DOWN.
+        """
+        async with self._backend_lock:
+            self._closed = True
+            backend, self._backend = self._backend, None
+        if backend is not None and self._owns_backend:
+            await backend.close()
 
     # -- handlers ------------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ class PersonaDaemon:
             # The universal commands: chat (through cap:inference, or the
             # in-process engine) and screenshot/browser_js (through
             # cap:browser, as this persona, artifacts into its own folder).
-            register_chat_commands(
+            chat = register_chat_commands(
                 self.dispatcher,
                 self.client,
                 self.config,
@@ -97,7 +97,12 @@ class PersonaDaemon:
                 log_interaction=brain.log_interaction,
             )
             register_universal_commands(self.dispatcher, self.client, self.session_dir)
-            failure = await self._serve(stop, brain)
+            try:
+                failure = await self._serve(stop, brain)
+            finally:
+                # In single-persona mode the engine lives in this process: its
+                # worker thread and the model must go when the persona does.
+                await chat.close()
         self.brain = None
         if failure is not None:
             raise AuthError(f"persona {self.config.id}: {failure}")
