@@ -8,9 +8,12 @@ persona's ``personas/<id>/brain.sqlite``::
         memory_id = await brain.remember("the meeting moved to Tuesday", subject="alice")
         hits = await brain.recall("when is the meeting")
 
-Modules: ``store`` (the Brain), ``keys`` (where keys live), ``migrations``
-(the schema chain), ``recall`` (the score), ``export`` (the export format),
-``readonly`` (brain.query's fences), ``errors``, ``records``.
+Modules: ``store`` (the Brain), ``validation`` (its argument checks),
+``ops`` (work on the connections' threads), ``commit`` (group commit),
+``retention``, ``keys`` (where keys live), ``migrations`` (the schema chain),
+``recall`` (the score), ``export`` (the export format), ``readonly``
+(brain.query's fences) and ``_limits`` (SQLite's limits behind them),
+``_db`` (connections), ``errors``, ``records``.
 """
 
 from .errors import (

@@ -36,6 +36,7 @@ callable: nothing interleaves inside one, and a batch costs one thread hop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = [
     "RawConnection",
     "connect_reader",
     "connect_writer",
+    "create_private",
     "file_bytes",
     "open_aio",
     "probe_readonly",
@@ -100,6 +102,18 @@ def _keyed(path: Path, key: bytes, *, readonly: bool) -> RawConnection:
             raise WrongKey(path) from None
         raise
     return db
+
+
+def create_private(path: Path) -> None:
+    """Create an empty database file 0600 before SQLite sees it.
+
+    SQLite would create the file 0644 (less the umask), and its -wal and
+    -shm copy the database's mode.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    if path.stat().st_size == 0:
+        os.chmod(path, 0o600)
 
 
 def probe_readonly(path: Path, key: bytes) -> int | None:

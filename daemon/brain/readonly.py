@@ -221,4 +221,3 @@ def _run(
         truncated=len(rows) > row_limit,
         elapsed_s=time.monotonic() - started,
     )
-
