@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,47 @@ def atomic_writer(path: Path, *, mode: int = 0o600) -> Iterator[BinaryIO]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, *, mode: int = 0o700) -> Iterator[Path]:
+    """Build a folder under a temporary name and rename it to ``path`` only once complete.
+
+    Fill the yielded folder (a fresh sibling of ``path``, so the rename stays
+    on one file system); leaving the block normally fsyncs every file and
+    folder in it, sets its mode, renames it to ``path`` and fsyncs the
+    parent. Readers see no folder or the whole one, never a half-written
+    one, even after a crash. An exception removes the temporary folder.
+
+    ``path`` must not exist (an empty folder is also replaced): rename(2)
+    refuses to replace a folder that has content, so a finished folder some
+    other writer put there first is never clobbered (OSError instead).
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        for root, _dirs, files in os.walk(tmp, topdown=False):
+            for name in files:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -9,7 +9,8 @@ Layout (``<state>/adapters/``, 0700)::
     .lock                       serialises writers (the CLI and the service may both write)
 
 The address is the sha256 of ``adapter_model.safetensors`` alone, not of the
-config, because PEFT writes its own version into the config (DESIGN.md).
+config, because PEFT writes its own version number into the config: the same
+weights saved by two PEFT releases must have one address.
 Names are dotted paths; a name's *stack* is its chain of parents
 (``legal.patent.uspto`` → ``legal``, ``legal.patent``, ``legal.patent.uspto``),
 and a level is only imported once its parent exists, so the chain is always
@@ -34,7 +35,6 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,7 +43,7 @@ from typing import Any
 
 from protocol.commands.inference import ADAPTER_NAME_PATTERN, MAX_STACK_DEPTH, AdapterInfo, StackEntry
 
-from ..files import atomic_write, file_lock
+from ..files import atomic_dir, atomic_write, file_lock
 from ..state import ensure_private_dir
 from .errors import AdapterCorrupt, AdapterNotFound, InvalidAdapterName, Unsupported
 
@@ -456,21 +456,14 @@ class AdapterStore:
                         f"config ({', '.join(diff)}); refusing to guess which is right"
                     )
             else:
-                tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=self.objects))
-                try:
+                # Readers (the engine, another CLI) find a whole object or none.
+                with atomic_dir(target, mode=0o700) as tmp:
                     shutil.copyfile(source / CONFIG_FILE, tmp / CONFIG_FILE)
                     shutil.copyfile(source / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
                     if sha256_file(tmp / WEIGHTS_FILE) != sha:
                         raise AdapterCorrupt(f"{source}: changed while it was being imported")
                     for f in tmp.iterdir():
                         os.chmod(f, 0o600)
-                        with f.open("rb") as fh:
-                            os.fsync(fh.fileno())
-                    os.chmod(tmp, 0o700)
-                    os.replace(tmp, target)
-                except BaseException:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise
             index[name] = {
                 "sha256": sha,
                 "parent_sha256": parent_sha,

@@ -25,8 +25,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -41,7 +39,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch
 
-from ..files import file_lock
+from ..files import atomic_dir, file_lock
 from .errors import ModelUnavailable
 
 log = logging.getLogger("personad.inference.model")
@@ -157,15 +155,9 @@ def convert_smollm2(cache: Path, *, package: str = SMOLLM2_PACKAGE) -> Path:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.name_or_path = "SmolLM2-135M-Instruct"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_CACHE_NAME}-", dir=cache))
-        try:
-            with _quiet():
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with atomic_dir(target, mode=0o700) as tmp, _quiet():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         log.info("converted in %.1fs", time.monotonic() - started)
     return target
 

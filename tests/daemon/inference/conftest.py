@@ -29,7 +29,8 @@ import torch
 from daemon.inference.adapters import AdapterRecord, AdapterStore
 from daemon.inference.model import LoadedModel, load_model
 
-# Two cores: one intra-op thread keeps tests from fighting each other (DESIGN.md).
+# One intra-op thread: test runs share a machine with few cores, and torch's
+# default (one thread per core) in every process would oversubscribe them.
 torch.set_num_threads(1)
 
 CHATML = (
