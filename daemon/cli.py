@@ -15,12 +15,14 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from protocol import JSON, MSGPACK, ErrorCode, RpcError
 
 from . import __version__, logs, runtime
+from .chat_cli import TokenPrinter
 from .cli_common import DEFAULT_URL, common_parser
 from .errors import AuthError, BusUnavailable, ConfigError, PersonadError, StateDirError
 from .state import StateDir, find_token, resolve_state_dir
@@ -76,6 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", default=None, help="token (default: env PERSONAD_TOKEN, then the admin token)"
     )
     call.add_argument("--json-codec", action="store_true", help="speak JSON instead of msgpack")
+    call.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as JSON (chat otherwise prints its reply as plain text, as it streams)",
+    )
+
+    chat = verb("chat", "talk with a persona: a conversation with line editing and history")
+    chat.add_argument("persona", help="persona id (demo or persona:demo)")
+    chat.add_argument("--max-tokens", type=int, default=None, help="longest reply, in tokens")
+    chat.add_argument("--temperature", type=float, default=None, help="0 for the same reply every time")
+    chat.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for a reply (default 120)"
+    )
+    chat.add_argument(
+        "--turns", type=int, default=4, help="earlier exchanges sent along as context (default 4; 0: none)"
+    )
+    chat.add_argument(
+        "--token", default=None, help="token (default: env PERSONAD_TOKEN, then the admin token)"
+    )
 
     verb("status", "show the bus's health and who is connected")
 
@@ -234,13 +255,26 @@ def _call(args: argparse.Namespace, state: StateDir, url: str) -> int:
         raise ConfigError("PARAMS_JSON must be a JSON object")
     token = find_token(state, args.token)
     to = None if args.target == "bus" else args.target
+    # A chat reads as a chat: its tokens go to stdout as they come; the JSON
+    # result (and the notifications, on stderr) only with --json.
+    plain = args.method == "chat" and not args.json
+    printer = TokenPrinter(sys.stdout, sys.stderr, render_other=_dumps) if plain else None
     try:
         result = runtime.run(
             _call_once(
-                url, token, to, args.method, params, args.timeout, JSON if args.json_codec else MSGPACK
+                url,
+                token,
+                to,
+                args.method,
+                params,
+                args.timeout,
+                JSON if args.json_codec else MSGPACK,
+                on_progress=printer,
             )
         )
     except RpcError as exc:
+        if printer is not None and printer.text:
+            print()
         print(f"error {exc.code}: {exc.message}", file=sys.stderr)
         if exc.data is not None:
             print(f"  data: {_dumps(exc.data)}", file=sys.stderr)
@@ -248,12 +282,23 @@ def _call(args: argparse.Namespace, state: StateDir, url: str) -> int:
     except AuthError as exc:
         print(f"error {int(ErrorCode.UNAUTHENTICATED)}: {exc}", file=sys.stderr)
         return 1
+    if printer is not None and isinstance(result, dict) and isinstance(result.get("reply"), str):
+        printer.finish(result["reply"])
+        return 0
     print(json.dumps(result, indent=2, default=_json_default))
     return 0
 
 
 async def _call_once(
-    url: str, token: str, to: str | None, method: str, params: Any, timeout: float, codec: Any
+    url: str,
+    token: str,
+    to: str | None,
+    method: str,
+    params: Any,
+    timeout: float,
+    codec: Any,
+    *,
+    on_progress: Callable[[Any], None] | None = None,
 ) -> Any:
     from .client import BusClient
 
@@ -261,7 +306,28 @@ async def _call_once(
         print(f"~ {note.method} {_dumps(note.params)}", file=sys.stderr, flush=True)
 
     async with BusClient(url, token=token, kind="cli", codec=codec) as client:
-        return await client.call(method, params, to=to, deadline_ms=int(timeout * 1000), on_progress=show)
+        return await client.call(
+            method, params, to=to, deadline_ms=int(timeout * 1000), on_progress=on_progress or show
+        )
+
+
+def _chat(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    from .chat_cli import run_chat
+
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ConfigError("--max-tokens must be at least 1")
+    if args.turns < 0:
+        raise ConfigError("--turns must be 0 or more")
+    return run_chat(
+        state,
+        url,
+        find_token(state, args.token),
+        args.persona,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        timeout=args.timeout,
+        turns=args.turns,
+    )
 
 
 def _status(args: argparse.Namespace, state: StateDir, url: str) -> int:
@@ -344,6 +410,7 @@ _VERBS: dict[str, Any] = {
     "bus": _bus,
     "persona": _persona,
     "call": _call,
+    "chat": _chat,
     "status": _status,
     "up": _up,
     "schema": _schema,
