@@ -191,7 +191,14 @@ class Supervisor:
         if self.inference:
             services.append(Child("inference", self._argv("inference"), base_env))
         if self.browser:
-            services.append(Child("browser", self._argv("browser"), base_env))
+            argv = self._argv("browser")
+            if self.demo:
+                # The demo page is on 127.0.0.1, which the worker's network
+                # policy denies: allow exactly its address and port, nothing more.
+                self._serve_demo_page()
+                assert self._page_server is not None
+                argv += ["--allow", f"127.0.0.1:{self._page_server.server_address[1]}"]
+            services.append(Child("browser", argv, base_env))
         for service in services:
             self.children.append(service)
             await service.start()
@@ -268,7 +275,7 @@ class Supervisor:
 
             await show_demo(client, persona_id)
         if self.browser:
-            page = self._serve_demo_page()
+            page = self._serve_demo_page()  # the one the worker was allowed to reach
             shot = await client.call(
                 "screenshot", {"url": page, "filename": "demo-page.png"}, to=target, deadline_ms=60_000
             )
@@ -286,7 +293,9 @@ class Supervisor:
             print(f"  and read #answer with browser_js: {value['value']!r}")
 
     def _serve_demo_page(self) -> str:
-        """A small local page for the browser demo, on 127.0.0.1, until we stop."""
+        """A small local page for the browser demo, on 127.0.0.1, until we stop (started once)."""
+        if self._page_server is not None:
+            return f"http://127.0.0.1:{self._page_server.server_address[1]}/"
         body = DEMO_PAGE.encode("utf-8")
 
         class Handler(http.server.BaseHTTPRequestHandler):

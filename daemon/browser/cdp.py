@@ -2,9 +2,11 @@
 
 With ``--remote-debugging-pipe`` Chromium reads CDP commands from fd 3 and
 writes responses and events to fd 4: JSON messages, each ended by a NUL byte
-(chrome/browser/devtools/devtools_pipe_handler.cc). No TCP port exists that
-another local process could drive, which is why we use it (DESIGN.md,
-"Browser executors").
+(chrome/browser/devtools/devtools_pipe_handler.cc). We use the pipe rather
+than ``--remote-debugging-port`` because a TCP debugging port accepts any
+local process (no authentication): anyone on the machine could drive the
+browser, read every requester's pages and cookies, and run code in them. A
+pipe belongs to the worker alone.
 
 The shape follows the protocol (https://chromedevtools.github.io/devtools-protocol/):
 

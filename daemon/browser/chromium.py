@@ -16,6 +16,17 @@ in flight fails at once instead of hanging.
 
 Each launch gets a fresh ``--user-data-dir`` (removed when it ends), so
 nothing survives from one launch to the next.
+
+Sandbox. Chromium's own sandbox (a user namespace per renderer plus
+seccomp-BPF) is on wherever it can work: it cannot as root (Chromium refuses
+to start as root without ``--no-sandbox``), nor where the kernel forbids
+unprivileged user namespaces and no setuid ``chrome-sandbox`` helper exists.
+There :func:`sandbox_unavailable` says why, the worker logs it once at
+WARNING, and Chromium runs with ``--no-sandbox``. Run the worker as a user,
+or under systemd/personad-browser.service, to have the sandbox.
+
+Network. With ``proxy`` set, every connection Chromium makes goes through the
+worker's egress proxy (proxy.py), which enforces the network policy.
 """
 
 from __future__ import annotations
@@ -41,10 +52,11 @@ log = logging.getLogger("personad.browser.chromium")
 
 DEFAULT_EXECUTABLE = "/usr/bin/chromium"
 
-#: DESIGN.md's flags, each for a reason:
+#: Flags for every launch, each for a reason:
 BASE_FLAGS: tuple[str, ...] = (
-    "--remote-debugging-pipe",  # CDP on fds 3/4, no TCP port
-    "--no-sandbox",  # the worker runs as a service user; systemd confines it instead
+    # CDP on fds 3/4: no TCP debugging port that any local process could
+    # connect to and drive the browser through.
+    "--remote-debugging-pipe",
     "--disable-gpu",  # no GPU on servers; software rendering is deterministic
     "--disable-dev-shm-usage",  # /dev/shm is small in containers: use /tmp
     "--no-first-run",
@@ -56,6 +68,74 @@ BASE_FLAGS: tuple[str, ...] = (
     "--hide-scrollbars",  # screenshots show the page, not the scrollbar
     "--mute-audio",
 )
+
+
+def proxy_flags(proxy: str) -> list[str]:
+    """Flags sending every connection through the egress proxy at ``proxy``."""
+    return [
+        f"--proxy-server={proxy}",
+        # "<-loopback>" removes Chromium's implicit bypass of localhost and
+        # 127/8, [::1]: without it those would connect directly, unchecked.
+        "--proxy-bypass-list=<-loopback>",
+        # WebRTC may send UDP outside any proxy (STUN, ICE candidates to
+        # LAN addresses): only proxied traffic is allowed.
+        "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+        # Chromium never needs to resolve a name itself behind a proxy; if
+        # anything tried, it fails instead of reaching a resolved address.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ]
+
+
+#: Said once per process, at WARNING, when Chromium runs without its sandbox.
+_sandbox_warned = False
+
+
+def sandbox_unavailable() -> str | None:
+    """Why Chromium's sandbox cannot work for this process, or None when it can."""
+    if os.geteuid() == 0:
+        return (
+            "the worker runs as root, where Chromium refuses its sandbox; run `personad browser` "
+            "as an unprivileged user, or under systemd/personad-browser.service"
+        )
+    for path, bad in (
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0"),
+        ("/proc/sys/user/max_user_namespaces", "0"),
+        ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1"),
+    ):
+        try:
+            value = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if value == bad and not _setuid_helper():
+            return (
+                f"the kernel forbids unprivileged user namespaces ({path} = {value}) and no setuid "
+                "chrome-sandbox is installed; allow them (sysctl) or run under "
+                "systemd/personad-browser.service"
+            )
+    return None
+
+
+def _setuid_helper() -> bool:
+    helper = Path(os.environ.get("CHROME_DEVEL_SANDBOX", "/usr/lib/chromium/chrome-sandbox"))
+    try:
+        st = helper.stat()
+    except OSError:
+        return False
+    return st.st_uid == 0 and bool(st.st_mode & 0o4000)
+
+
+def decide_sandbox(requested: bool | None) -> bool:
+    """Whether to run with the sandbox: ``requested``, or where it can work (warning once if not)."""
+    global _sandbox_warned
+    if requested is not None:
+        return requested
+    reason = sandbox_unavailable()
+    if reason is None:
+        return True
+    if not _sandbox_warned:
+        _sandbox_warned = True
+        log.warning("Chromium runs without its sandbox (--no-sandbox): %s", reason)
+    return False
 
 
 #: Temporary profiles are named ``<prefix><worker pid>-<random>``.
@@ -85,10 +165,19 @@ def remove_stale_profiles(tmp: Path | None = None) -> list[Path]:
 
 
 def chromium_flags(
-    user_data_dir: Path, *, headless: bool = True, extensions: Sequence[Path] = ()
+    user_data_dir: Path,
+    *,
+    headless: bool = True,
+    extensions: Sequence[Path] = (),
+    proxy: str | None = None,
+    sandbox: bool = False,
 ) -> list[str]:
     """The command line after the executable."""
     flags = [*BASE_FLAGS, f"--user-data-dir={user_data_dir}"]
+    if not sandbox:
+        flags.append("--no-sandbox")
+    if proxy is not None:
+        flags += proxy_flags(proxy)
     if headless:
         # Since Chromium 132 `--headless` is the "new" headless mode (the old
         # one moved to chrome-headless-shell); it loads extensions too. We say
@@ -151,16 +240,25 @@ class Chromium:
         headless: bool = True,
         extensions: Sequence[Path] = (),
         extra_flags: Sequence[str] = (),
+        proxy: str | None = None,
+        sandbox: bool | None = None,
         # Timeouts
         timeout: float = 20.0,
     ) -> Chromium:
-        """Start Chromium and wait until it answers ``Browser.getVersion``. Raises LaunchError."""
+        """Start Chromium and wait until it answers ``Browser.getVersion``. Raises LaunchError.
+
+        ``proxy``: the egress proxy's URL (every connection goes through it).
+        ``sandbox``: None runs Chromium's sandbox wherever it can work.
+        """
         check_executable(executable)
+        use_sandbox = decide_sandbox(sandbox)
         await asyncio.to_thread(remove_stale_profiles)
         user_data_dir = Path(tempfile.mkdtemp(prefix=f"{PROFILE_PREFIX}{os.getpid()}-"))
         argv = [
             executable,
-            *chromium_flags(user_data_dir, headless=headless, extensions=extensions),
+            *chromium_flags(
+                user_data_dir, headless=headless, extensions=extensions, proxy=proxy, sandbox=use_sandbox
+            ),
             *extra_flags,
         ]
         to_chrome_r, to_chrome_w = os.pipe()
@@ -205,7 +303,12 @@ class Chromium:
             detail = browser.stderr_tail() or str(exc) or type(exc).__name__
             raise LaunchError(f"Chromium ({executable}) did not start: {detail}") from None
         browser.version = str(version.get("product", ""))
-        log.info("chromium started pid=%d version=%s", pid, browser.version)
+        log.info(
+            "chromium started pid=%d version=%s sandbox=%s",
+            pid,
+            browser.version,
+            "on" if use_sandbox else "off",
+        )
         return browser
 
     # -- watching ------------------------------------------------------------------

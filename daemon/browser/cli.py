@@ -38,6 +38,15 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
     browser.add_argument(
         "--load-timeout-ms", type=int, default=15_000, help="default wait for a page's load event"
     )
+    browser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="ENTRY",
+        help="let Chromium reach a non-public address: a network (10.0.0.0/8), an address, "
+        "address:port (127.0.0.1:8000) or name:port; repeatable (env PERSONAD_BROWSER_ALLOW, "
+        "comma-separated, adds to it). Loopback, private, link-local … are denied otherwise",
+    )
 
     extension = verb("extension", "pair the browser extension with this bus")
     extension.add_argument("action", choices=["pair"], help="pair: create its token and a loadable copy")
@@ -85,6 +94,7 @@ def worker_token(state: StateDir) -> str:
 
 def _browser(args: argparse.Namespace, state: StateDir, url: str) -> int:
     from .chromium import DEFAULT_EXECUTABLE, check_executable
+    from .netpolicy import ALLOW_ENV, split_allow_list
     from .worker import BrowserWorker, WorkerConfig, run_worker
 
     if not re.fullmatch(NAME_PATTERN, args.name):
@@ -97,6 +107,7 @@ def _browser(args: argparse.Namespace, state: StateDir, url: str) -> int:
         max_contexts=max(1, args.max_contexts),
         idle_timeout=max(1.0, args.idle_timeout),
         load_timeout_ms=max(100, args.load_timeout_ms),
+        allow=(*split_allow_list(os.environ.get(ALLOW_ENV, "")), *args.allow),
     )
     worker = BrowserWorker(config, url=url, token=worker_token(state))
     runtime.run(run_worker(worker))

@@ -20,6 +20,13 @@ with BROWSER_CRASHED at once; a keeper task relaunches Chromium straight away
 one, in a new context. A page whose renderer crashed is replaced on the next
 request of its owner; the context (cookies) survives.
 
+Network. Every connection Chromium makes goes through the worker's egress
+proxy (proxy.py), which resolves the host, checks the address against the
+network policy (netpolicy.py: loopback, private, link-local … denied unless
+allow-listed) and connects to exactly that address. Each context has a
+listener of its own, so a navigation the proxy refused is answered FORBIDDEN
+with ``{url, address, rule}``; blocked subresources just fail in the page.
+
 The worker writes nothing of a requester's: it returns the image bytes, and a
 persona saves them in its own session directory (daemon/persona/universal.py).
 """
@@ -30,6 +37,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -62,8 +70,13 @@ from ..systemd_notify import Notifier
 from .chromium import DEFAULT_EXECUTABLE, Chromium, check_executable, describe_status
 from .errors import BrowserCrashed, CdpClosed, CdpError, ChromiumNotFound, LaunchError
 from .images import ImageError, image_size
+from .netpolicy import NetworkPolicy
+from .proxy import EgressProxy, Listener, ProxyEvent
 
-log = logging.getLogger("personad.browser")
+log = logging.getLogger("personad.browser.worker")
+
+#: ``data.error`` of a navigation the network policy refused (code FORBIDDEN).
+URL_BLOCKED = "URL_BLOCKED"
 
 T = TypeVar("T")
 
@@ -77,6 +90,13 @@ class WorkerConfig:
     executable: str = DEFAULT_EXECUTABLE
     extra_flags: tuple[str, ...] = ()
     default_viewport: Viewport = DEFAULT_VIEWPORT
+    #: Allow-list of the network policy (netpolicy.py): networks, address:port, name:port.
+    allow: tuple[str, ...] = ()
+    #: Chromium's sandbox: None = wherever it can work (not as root).
+    sandbox: bool | None = None
+    #: False only for bench/browser.py's with/without comparison: Chromium
+    #: then connects anywhere. The CLI has no way to turn the policy off.
+    network_policy: bool = True
 
     # Limits
     max_concurrency: int = 4
@@ -115,6 +135,8 @@ class Context:
     navigated: bool = False
     closed: bool = False
     last_used: float = field(default_factory=time.monotonic)
+    #: The egress proxy's listener for this context (None without the policy).
+    listener: Listener | None = None
 
 
 class BrowserWorker:
@@ -130,6 +152,10 @@ class BrowserWorker:
     ) -> None:
         self.config = config
         self.url = url
+        # Parsed now, so a bad --allow entry stops the worker before it joins.
+        self.policy = NetworkPolicy(config.allow)
+        self.proxy = EgressProxy(self.policy)
+        self._listeners = itertools.count(1)
         self.notifier = notifier or Notifier.from_env()
         self.dispatcher = Dispatcher()
         self.dispatcher.register("screenshot", self._screenshot)
@@ -228,12 +254,17 @@ class BrowserWorker:
     async def _keep_browser(self) -> None:
         """Launch Chromium, and launch it again whenever it exits, until cancelled."""
         failures = 0
+        # Chromium's own connections (outside any requester's context) go
+        # through the proxy too, on a listener kept across relaunches.
+        default_proxy = (await self.proxy.listen("default")).url if self.config.network_policy else None
         try:
             while True:
                 try:
                     browser = await Chromium.launch(
                         self.config.executable,
                         extra_flags=self.config.extra_flags,
+                        proxy=default_proxy,
+                        sandbox=self.config.sandbox,
                         timeout=self.config.launch_timeout,
                     )
                 except (LaunchError, ChromiumNotFound) as exc:
@@ -269,6 +300,7 @@ class BrowserWorker:
                     log.warning("relaunching chromium")
         finally:
             self.browser = None
+            await self.proxy.aclose()
 
     async def _set_browser(self, browser: Chromium | None, error: str | None) -> None:
         async with self._browser_changed:
@@ -277,6 +309,7 @@ class BrowserWorker:
             if browser is None:
                 for ctx in self._contexts.values():
                     ctx.closed = True
+                    self._close_listener(ctx)
                 self._contexts.clear()
                 self._by_session.clear()
             self._browser_changed.notify_all()
@@ -353,8 +386,14 @@ class BrowserWorker:
             self._contexts[owner] = ctx
         return ctx
 
+    def _close_listener(self, ctx: Context) -> None:
+        if ctx.listener is not None:
+            self.proxy.close_listener(ctx.listener.tag)
+            ctx.listener = None
+
     def _forget(self, ctx: Context) -> None:
         ctx.closed = True
+        self._close_listener(ctx)
         if self._contexts.get(ctx.owner) is ctx:
             del self._contexts[ctx.owner]
         if ctx.session_id is not None:
@@ -385,8 +424,15 @@ class BrowserWorker:
         """The context's page session, creating the context and page when needed."""
         cdp = ctx.browser.cdp
         if ctx.context_id is None:
-            # An isolated profile per requester: its own cookies, storage, cache.
-            created = await cdp.send("Target.createBrowserContext", {"disposeOnDetach": True})
+            # An isolated profile per requester: its own cookies, storage, cache,
+            # and its own proxy listener, so that refusals can be told apart.
+            options: dict[str, Any] = {"disposeOnDetach": True}
+            if self.config.network_policy:
+                if ctx.listener is None:
+                    ctx.listener = await self.proxy.listen(f"{ctx.owner}#{next(self._listeners)}")
+                # "<-loopback>": loopback goes through the proxy too (proxy.py).
+                options.update(proxyServer=ctx.listener.url, proxyBypassList="<-loopback>")
+            created = await cdp.send("Target.createBrowserContext", options)
             ctx.context_id = created["browserContextId"]
         if ctx.dead_target is not None:
             with contextlib.suppress(CdpError):
@@ -470,14 +516,12 @@ class BrowserWorker:
         """``Page.navigate`` and wait for that document's ``load`` lifecycle event."""
         cdp, session_id = ctx.browser.cdp, ctx.session_id
         timeout_ms = load_timeout_ms or self.config.load_timeout_ms
+        mark = ctx.listener.mark() if ctx.listener is not None else 0
         with cdp.subscribe("Page.lifecycleEvent", session_id=session_id) as events:
             started = await cdp.send("Page.navigate", {"url": url}, session_id=session_id)
             if error_text := started.get("errorText"):
-                raise RpcError(
-                    BrowserErrorCode.NAVIGATION_FAILED,
-                    f"could not load {url}: {error_text}",
-                    {"url": url, "error": error_text},
-                )
+                refused = ctx.listener.since(mark) if ctx.listener is not None else []
+                raise _navigation_error(url, str(error_text), refused)
             loader_id = started.get("loaderId")
             ctx.navigated = True
             if loader_id is None:
@@ -688,6 +732,41 @@ async def _crash_error(browser: Chromium, exc: CdpClosed) -> RpcError:
     return RpcError(
         BrowserErrorCode.BROWSER_CRASHED,
         f"Chromium {describe_status(status)} during the request; it is being relaunched: retry",
+    )
+
+
+def _navigation_error(url: str, error_text: str, refused: list[ProxyEvent]) -> RpcError:
+    """Why a navigation failed: the proxy's refusal when it made one, else Chromium's error.
+
+    The document request fails before anything of the page loads, so a
+    refusal recorded on the context's listener during a failed navigation is
+    that request's (or its redirect's): subresources come only after it.
+    """
+    blocked = next((event for event in refused if event.blocked), None)
+    if blocked is not None:
+        return RpcError(
+            ErrorCode.FORBIDDEN,
+            f"{blocked.url} is blocked by the browser's network policy: {blocked.address} is "
+            f"{blocked.rule} (an operator can allow it: personad browser --allow)",
+            {
+                "error": URL_BLOCKED,
+                "url": blocked.url,
+                "address": blocked.address,
+                "rule": blocked.rule,
+                "requested_url": url,
+            },
+        )
+    if refused:
+        failure = refused[0]
+        return RpcError(
+            BrowserErrorCode.NAVIGATION_FAILED,
+            f"could not load {url}: {failure.error} ({failure.detail})",
+            {"url": url, "error": failure.error},
+        )
+    return RpcError(
+        BrowserErrorCode.NAVIGATION_FAILED,
+        f"could not load {url}: {error_text}",
+        {"url": url, "error": error_text},
     )
 
 

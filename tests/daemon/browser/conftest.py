@@ -39,12 +39,18 @@ def pages() -> Iterator[PageServer]:
 
 
 @pytest.fixture
-async def start_worker(bus, state) -> AsyncIterator[Callable[..., Any]]:
-    """Factory: ``await start_worker(**WorkerConfig fields)`` gives a running worker."""
+async def start_worker(bus, state, pages) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: ``await start_worker(**WorkerConfig fields)`` gives a running worker.
+
+    The test pages' server is on 127.0.0.1, which the network policy denies:
+    it is allow-listed by address and port (as an operator would allow an
+    intranet page), unless the test gives ``allow`` itself.
+    """
     workers: list[BrowserWorker] = []
 
     async def factory(**config: Any) -> BrowserWorker:
         config.setdefault("executable", CHROMIUM)
+        config.setdefault("allow", (pages.url.removeprefix("http://"),))
         worker = BrowserWorker(
             WorkerConfig(**config), url=bus.url, token=worker_token(state), notifier=Notifier.from_env({})
         )

@@ -12,7 +12,7 @@ import socket
 import psutil
 import pytest
 
-from daemon.browser.errors import LaunchError
+from daemon.browser.errors import CdpClosed, LaunchError
 from daemon.browser.images import image_size
 from protocol import ErrorCode, RpcError
 from protocol.commands.browser import BrowserErrorCode, ScreenshotResult
@@ -173,8 +173,13 @@ async def test_screenshot_of_an_element_below_the_fold_and_of_the_full_page(work
     assert (800, 600) == image_size(viewport_only["data"])[1:]
 
 
-async def test_screenshot_errors_are_specific(worker, connect, pages) -> None:
+async def test_screenshot_errors_are_specific(start_worker, connect, pages) -> None:
     """No page yet, no such element, a bad selector, a refused connection, a page that never loads."""
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    # Both local servers allow-listed: what is checked here is the connection's own failure.
+    await start_worker(allow=(pages.url.removeprefix("http://"), f"127.0.0.1:{closed_port}"))
     caller = await connect()
 
     async def error(params: dict) -> RpcError:
@@ -188,9 +193,6 @@ async def test_screenshot_errors_are_specific(worker, connect, pages) -> None:
         == (await error({"url": pages.url + "/", "selector": "#nope"})).code
     )
     assert ErrorCode.INVALID_PARAMS == (await error({"selector": "##"})).code
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
     refused = await error({"url": f"http://127.0.0.1:{closed_port}/"})
     assert BrowserErrorCode.NAVIGATION_FAILED == refused.code
     assert "ERR_CONNECTION_REFUSED" in refused.message
@@ -276,11 +278,16 @@ async def test_a_crashed_renderer_gets_a_new_page_in_the_same_context(worker, co
     crashing = asyncio.ensure_future(js(caller, "new Promise(() => {})", timeout_ms=60_000))
     await eventually(lambda: ctx.lock.locked())
     # Page.crash (CDP) makes the renderer crash, as an out-of-memory page would.
-    with pytest.raises(Exception):  # noqa: B017,PT011 - the crash may or may not answer
-        await asyncio.wait_for(worker.browser.cdp.send("Page.crash", session_id=ctx.session_id), 2)
+    # The renderer dies before it can answer; Inspector.targetCrashed then
+    # fails every command of that page's session (cdp.py, fail_session) — the
+    # request in flight and Page.crash itself — so neither can hang or succeed.
+    crash = asyncio.ensure_future(worker.browser.cdp.send("Page.crash", session_id=ctx.session_id))
     with pytest.raises(RpcError) as info:
         await asyncio.wait_for(crashing, WAIT)
     assert BrowserErrorCode.BROWSER_CRASHED == info.value.code
+    assert "the page's renderer crashed during the request; retry" == info.value.message
+    with pytest.raises(CdpClosed, match="the page's renderer crashed"):
+        await asyncio.wait_for(crash, WAIT)
     assert "kept=yes" == await js(caller, "document.cookie", url=url)
     assert 1 == worker.launches
 
