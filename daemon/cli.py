@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD[@TARGET]",
         help="extra grant, e.g. browser_js@cap:browser (repeatable)",
     )
+    add.add_argument(
+        "--provide",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="a capability it may serve (declare in its hello), e.g. inference (repeatable)",
+    )
     token_verbs.add_parser("list", parents=[common], help="list tokens (never their secrets)")
     revoke = token_verbs.add_parser("revoke", parents=[common], help="revoke by id or name")
     revoke.add_argument("token_id")
@@ -387,11 +394,17 @@ def _token(args: argparse.Namespace, state: StateDir, url: str) -> int:
             raise ConfigError(
                 f"--subject is required for role {args.role} (e.g. persona:demo, browser:*, inference:*)"
             )
-        token, entry = store.add(
-            name=args.name, role=args.role, subject=subject, extra_grants=tuple(args.grant)
+        # issue_token adds under the token file's lock: concurrent runs all land.
+        issued = state.issue_token(
+            name=args.name,
+            role=args.role,
+            subject=subject,
+            grants=tuple(args.grant),
+            provides=tuple(args.provide),
         )
+        entry = issued.entry
         print(f"token {entry.id} ({entry.name}, role {entry.role}, subject {entry.subject}):")
-        print(f"PERSONAD_TOKEN={token}")
+        print(f"PERSONAD_TOKEN={issued.token}")
     elif args.token_verb == "list":
         for e in store.entries():
             print(

@@ -4,6 +4,7 @@ Layout (documented in docs/operations.md)::
 
     <state>/                      0700  PERSONAD_STATE_DIR, $STATE_DIRECTORY, ./.personad
     ├── tokens.json               0600  hashed tokens (the bus reads it)
+    ├── tokens.json.lock          0600  held while tokens.json is changed
     ├── secrets/                  0700  plaintext tokens and keys personad itself uses
     │   ├── admin.token           0600
     │   └── persona-<id>.token    0600
@@ -12,6 +13,12 @@ Layout (documented in docs/operations.md)::
 Directories are created in that order, each checked to be a real directory
 (not a symlink) owned by us, and tightened to 0700. There is no fallback: if
 a step fails, the daemon stops with an error naming the path.
+
+Every token personad issues goes through :meth:`StateDir.issue_token` (or
+:meth:`StateDir.own_token`, which reuses a stored one while it still carries
+what it must): one place that takes the token file's lock, revokes what the
+new token replaces, adds it and stores its secret, so that concurrent runs
+never lose a token or undo a revocation.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from pathlib import Path
 
 from .errors import AuthError, StateDirError
 from .files import atomic_write
-from .tokens import TokenStore
+from .tokens import TokenEntry, TokenStore, grants_for
 
 DEFAULT_STATE_DIR = ".personad"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -67,6 +74,14 @@ def ensure_private_dir(path: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class Issued:
+    token: str
+    entry: TokenEntry
+    #: Tokens of the same name revoked in the same locked step (``replace=True``).
+    replaced: int = 0
+
+
+@dataclass(frozen=True)
 class StateDir:
     root: Path
 
@@ -98,11 +113,74 @@ class StateDir:
     def init(self) -> str | None:
         """Create the state dir and an admin token; returns the token, or None if it existed."""
         self.ensure()
-        if self.initialised:
-            return None
-        token, _ = self.tokens().add(name="admin", role="admin", subject="*")
-        self.write_secret(ADMIN_TOKEN_FILE, token)
-        return token
+        with self.tokens().locked():  # two concurrent inits make one admin token
+            if self.initialised:
+                return None
+            return self.issue_token(name="admin", role="admin", subject="*", secret=ADMIN_TOKEN_FILE).token
+
+    def issue_token(
+        self,
+        *,
+        name: str,
+        role: str,
+        subject: str,
+        grants: tuple[str, ...] = (),
+        provides: tuple[str, ...] = (),
+        secret: str | None = None,
+        replace: bool = False,
+    ) -> Issued:
+        """Issue a token and store it, as one step under the token file's lock.
+
+        ``grants`` are added to the role's; ``provides`` are the capabilities
+        it may serve. ``replace`` first revokes every token of that name.
+        ``secret`` also keeps the plaintext in ``secrets/<secret>`` (tokens
+        personad itself uses), written before the lock is let go, so that the
+        stored secret and tokens.json always agree.
+        """
+        store = self.tokens()
+        with store.locked():
+            replaced = store.revoke(name) if replace else 0
+            token, entry = store.add(
+                name=name, role=role, subject=subject, extra_grants=grants, provides=provides
+            )
+            if secret is not None:
+                self.write_secret(secret, token)
+        return Issued(token, entry, replaced)
+
+    def own_token(
+        self,
+        secret: str,
+        *,
+        name: str,
+        role: str,
+        subject: str,
+        grants: tuple[str, ...] = (),
+        provides: tuple[str, ...] = (),
+    ) -> str:
+        """A token personad uses itself: ``secrets/<secret>`` while it is valid and
+        carries exactly this role, subject and grants, else a new one (the stale
+        one revoked). Verify, revoke, issue and store are one locked step, so two
+        processes starting at once end up with the same, valid token.
+        """
+        store = self.tokens()
+        wanted = set(grants_for(role, grants, provides))
+        with store.locked():
+            token = self.read_secret(secret)
+            if token is not None:
+                entry = store.verify(token)
+                if entry is not None and (entry.role, entry.subject, set(entry.grants)) == (
+                    role,
+                    subject,
+                    wanted,
+                ):
+                    return token
+                if entry is not None:
+                    # Issued under other grants (an edited config, or defaults
+                    # that have since been narrowed): replace it.
+                    store.revoke(entry.id)
+            return self.issue_token(
+                name=name, role=role, subject=subject, grants=grants, provides=provides, secret=secret
+            ).token
 
     def write_secret(self, name: str, value: str) -> Path:
         ensure_private_dir(self.secrets)
@@ -116,35 +194,36 @@ class StateDir:
         except FileNotFoundError:
             return None
 
-    def persona_token(self, persona_id: str, *, create: bool, grants: tuple[str, ...] = ()) -> str:
+    def persona_token(
+        self, persona_id: str, *, create: bool, grants: tuple[str, ...] = (), provides: tuple[str, ...] = ()
+    ) -> str:
         """The persona's own token: from secrets/, created (role persona) if asked.
 
         ``grants`` are extra grants the token must carry (from the persona's
-        config, for development): a stored token without them is revoked and
-        issued anew, so editing the config is enough.
+        config, for development) and ``provides`` extra capabilities it may
+        serve (the role already provides ``chat``). With ``create``, a stored
+        token that does not carry exactly the role's grants plus these is
+        revoked and issued anew, so editing the config is enough (and tokens
+        issued under older, wider role defaults are narrowed).
         """
         name = f"persona-{persona_id}.token"
-        token = self.read_secret(name)
-        if token is not None and grants and create:
-            entry = self.tokens().verify(token)
-            if entry is None or not set(grants) <= set(entry.grants):
-                self.tokens().revoke(f"persona:{persona_id}")
-                token = None
-        if token is None:
-            if not create:
-                raise AuthError(
-                    f"no token for persona {persona_id!r}: set PERSONAD_TOKEN, provide a "
-                    f"systemd credential 'token' (see systemd/personad@.service), or create one with "
-                    f"`personad token add --name persona:{persona_id} --role persona "
-                    f"--subject persona:{persona_id}` and pass it as PERSONAD_TOKEN"
-                )
-            token, _ = self.tokens().add(
+        if create:
+            return self.own_token(
+                name,
                 name=f"persona:{persona_id}",
                 role="persona",
                 subject=f"persona:{persona_id}",
-                extra_grants=grants,
+                grants=grants,
+                provides=provides,
             )
-            self.write_secret(name, token)
+        token = self.read_secret(name)
+        if token is None:
+            raise AuthError(
+                f"no token for persona {persona_id!r}: set PERSONAD_TOKEN, provide a "
+                f"systemd credential 'token' (see systemd/personad@.service), or create one with "
+                f"`personad token add --name persona:{persona_id} --role persona "
+                f"--subject persona:{persona_id}` and pass it as PERSONAD_TOKEN"
+            )
         return token
 
 

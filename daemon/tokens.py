@@ -13,6 +13,23 @@ a target when any grant matches. ``*`` matches everything, including
 
 The subject says which client ids a token may claim in its hello:
 ``persona:demo`` exactly, ``browser:*`` any browser name, or ``*`` (admin).
+
+Serving a capability is a grant too: ``provide:<cap>`` (a glob, no target)
+lets a client declare ``<cap>`` in its hello and so receive what is sent to
+``cap:<cap>`` (for ``cap:inference``: every persona's system prompt, private
+memories included). The bus refuses any other claim. ``*`` covers it: an
+admin token may provide anything, which is what a person developing a
+provider from their own CLI wants.
+
+A person's own browser (client kind ``extension``) is never a ``cap:``
+provider and is reached only by grants that name it: a grant without a
+target, or whose target is a pattern such as ``*``, does not cover it; only
+a target starting ``extension:`` does (or the admin's ``*``).
+
+Every read-modify-write of the file happens under an advisory lock
+(``tokens.json.lock`` beside it, :meth:`TokenStore.locked`), so concurrent
+``personad token`` runs, pairings and service start-ups never lose each
+other's changes.
 """
 
 from __future__ import annotations
@@ -21,19 +38,31 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
+import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from protocol.commands.bus import CAPABILITY_PATTERN
+
 from .errors import ConfigError
-from .files import atomic_write
+from .files import atomic_write, file_lock
 
 log = logging.getLogger("personad.tokens")
 
 TOKEN_PREFIX = "pd_"
+#: A grant ``provide:<cap>`` lets a client serve ``cap:<cap>``.
+PROVIDE_PREFIX = "provide:"
+#: Client kinds that are a person's own software (their logged-in browser):
+#: never a cap: provider, reachable only by grants naming them.
+PERSONAL_KINDS = frozenset({"extension"})
+_PERSONAL_TARGETS = tuple(f"{kind}:" for kind in sorted(PERSONAL_KINDS))
 
 #: Default grants by role. A role is a starting point; `--grant` adds more.
 ROLE_GRANTS: dict[str, tuple[str, ...]] = {
@@ -48,7 +77,12 @@ ROLE_GRANTS: dict[str, tuple[str, ...]] = {
         "chat@persona:*",
         "*@cap:inference",
         "*@inference:*",
-        "screenshot@cap:browser",
+        # Every persona serves chat at its own id; cap:chat reaches any one of
+        # them, and any persona is a fair answer to that. Other capabilities
+        # (a persona claiming "inference" would read the others' prompts)
+        # need an explicit provide grant. No browser grant: a persona gets
+        # screenshot@cap:browser only from its config or its operator.
+        "provide:chat",
     ),
     # Providers (browser worker, inference service) serve; they call only the bus.
     "service": ("bus.*",),
@@ -71,14 +105,24 @@ class TokenEntry:
 
     def allows(self, method: str, target: str) -> bool:
         """Whether this token may call ``method`` on ``target`` (``bus`` for the bus)."""
+        personal = target.partition(":")[0] in PERSONAL_KINDS
         for grant in self.grants:
             pattern, _, target_pattern = grant.partition("@")
+            if personal and grant != "*" and not target_pattern.startswith(_PERSONAL_TARGETS):
+                # A person's own browser: only a grant that names it counts
+                # (`browser_js` alone or `screenshot@*` must not reach it).
+                continue
             if fnmatchcase(method, pattern) and (not target_pattern or fnmatchcase(target, target_pattern)):
                 return True
         return False
 
     def may_claim(self, client_id: str) -> bool:
         return fnmatchcase(client_id, self.subject)
+
+    def may_provide(self, capability: str) -> bool:
+        """Whether this token may declare ``capability`` in its hello (a ``provide:`` grant, or ``*``)."""
+        wanted = PROVIDE_PREFIX + capability
+        return any("@" not in grant and fnmatchcase(wanted, grant) for grant in self.grants)
 
 
 def hash_token(token: str) -> str:
@@ -89,6 +133,30 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def provide_grants(capabilities: Iterable[str]) -> tuple[str, ...]:
+    """``provide:<cap>`` for each capability, checked against the hello's capability pattern."""
+    grants = []
+    for cap in capabilities:
+        if not re.fullmatch(CAPABILITY_PATTERN, cap):
+            raise ConfigError(f"invalid capability {cap!r}: lowercase letters, digits, '_', '.' and '-'")
+        grants.append(PROVIDE_PREFIX + cap)
+    return tuple(dict.fromkeys(grants))
+
+
+def grants_for(role: str, extra_grants: Iterable[str] = (), provides: Iterable[str] = ()) -> tuple[str, ...]:
+    """The grants a token of ``role`` gets: the role's, the extra ones, then one per provided capability."""
+    if role not in ROLE_GRANTS:
+        raise ConfigError(f"unknown role {role!r}; choose one of {', '.join(ROLE_GRANTS)}")
+    return tuple(dict.fromkeys((*ROLE_GRANTS[role], *extra_grants, *provide_grants(provides))))
+
+
+#: Lock files this thread holds, so that nested :meth:`TokenStore.locked`
+#: blocks (an issue inside a rotation) do not wait on themselves: flock(2)
+#: locks belong to an open file, and a second open of the same file in the
+#: same process would block on the first.
+_held = threading.local()
+
+
 class TokenStore:
     """The token file, reloaded when it changes on disk (no bus restart needed)."""
 
@@ -96,6 +164,31 @@ class TokenStore:
         self.path = path
         self._entries: dict[str, TokenEntry] = {}
         self._stamp: tuple[int, int, int] | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the token file's lock: one writer at a time, across processes.
+
+        Re-entrant within a thread, so a compound change (verify, revoke, add,
+        store the secret) can hold it around the single-step ones.
+        """
+        held: set[Path] = _held.__dict__.setdefault("paths", set())
+        key = self.lock_path.absolute()
+        if key in held:
+            yield
+            return
+        if not key.parent.is_dir():
+            raise ConfigError(f"{key.parent} does not exist: run `personad init` first")
+        with file_lock(key):
+            held.add(key)
+            try:
+                yield
+            finally:
+                held.discard(key)
 
     # Reading
 
@@ -147,28 +240,38 @@ class TokenStore:
     # Writing (CLI side)
 
     def add(
-        self, *, name: str, role: str, subject: str, extra_grants: tuple[str, ...] = ()
+        self,
+        *,
+        name: str,
+        role: str,
+        subject: str,
+        extra_grants: tuple[str, ...] = (),
+        provides: tuple[str, ...] = (),
     ) -> tuple[str, TokenEntry]:
-        """Create a token; returns (plaintext, entry). The plaintext is not stored."""
-        if role not in ROLE_GRANTS:
-            raise ConfigError(f"unknown role {role!r}; choose one of {', '.join(ROLE_GRANTS)}")
+        """Create a token; returns (plaintext, entry). The plaintext is not stored.
+
+        ``provides`` are the capabilities it may serve (``provide:<cap>`` grants).
+        """
+        grants = grants_for(role, extra_grants, provides)
         token = new_token()
         entry = TokenEntry(
             id=secrets.token_hex(4),
             name=name,
             role=role,
             subject=subject,
-            grants=ROLE_GRANTS[role] + tuple(extra_grants),
+            grants=grants,
             sha256=hash_token(token),
         )
-        self._write([*self._read(), entry])
+        with self.locked():
+            self._write([*self._read(), entry])
         return token, entry
 
     def revoke(self, token_id_or_name: str) -> int:
-        entries = self._read()
-        kept = [e for e in entries if token_id_or_name not in (e.id, e.name)]
-        if len(kept) != len(entries):
-            self._write(kept)
+        with self.locked():
+            entries = self._read()
+            kept = [e for e in entries if token_id_or_name not in (e.id, e.name)]
+            if len(kept) != len(entries):
+                self._write(kept)
         return len(entries) - len(kept)
 
     def _write(self, entries: list[TokenEntry]) -> None:

@@ -77,19 +77,20 @@ def worker_token(state: StateDir) -> str:
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials and (path := Path(credentials) / "token").exists():
         return path.read_text("utf-8").strip()
-    token = state.read_secret(BROWSER_TOKEN_SECRET)
-    if token is not None:
-        return token
     if not state.tokens_path.exists():
+        # Not the bus's state dir: a token placed in secrets/ is all there is.
+        if (token := state.read_secret(BROWSER_TOKEN_SECRET)) is not None:
+            return token
         raise AuthError(
             "no token for the browser worker: set PERSONAD_TOKEN, provide a systemd credential "
             "'token', or run `personad init` first so that one can be issued "
-            "(`personad token add --name browser --role service --subject 'browser:*'`)"
+            "(`personad token add --name browser --role service --subject 'browser:*' --provide browser`)"
         )
-    # Role service: it serves cap:browser and calls only the bus itself.
-    token, _ = state.tokens().add(name="browser", role="service", subject="browser:*")
-    state.write_secret(BROWSER_TOKEN_SECRET, token)
-    return token
+    # Role service: it serves cap:browser (provide:browser) and calls only the bus itself.
+    # own_token reissues a stored token issued before it needed provide:browser.
+    return state.own_token(
+        BROWSER_TOKEN_SECRET, name="browser", role="service", subject="browser:*", provides=("browser",)
+    )
 
 
 def _browser(args: argparse.Namespace, state: StateDir, url: str) -> int:

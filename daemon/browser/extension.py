@@ -32,8 +32,10 @@ from ..tokens import TokenEntry
 #: The repository's extension/ folder (the source of every paired copy).
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "extension"
 CONFIG_FILE = "config.json"
-#: The role of the extension's token: it serves (which needs no grant) and
-#: calls only bus.ping (heartbeat) and bus.subscribe (notifications).
+#: The role of the extension's token: it calls only bus.ping (heartbeat) and
+#: bus.subscribe (notifications). It provides no capability: a person's own
+#: browser is never a cap:browser provider; callers reach it as
+#: extension:<name>, and only with a grant naming that target.
 TOKEN_ROLE = "observer"
 TOKEN_SUBJECT = "extension:*"
 DEFAULT_HEARTBEAT_S = 20.0
@@ -87,17 +89,18 @@ def pair(
         shutil.rmtree(folder)
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns(CONFIG_FILE, "*.md"))
     ensure_private_dir(folder)
-    # Pairing again under a name replaces that name's token: the old copy stops working.
-    store = state.tokens()
-    replaced = store.revoke(f"extension:{name}")
-    token, entry = store.add(name=f"extension:{name}", role=TOKEN_ROLE, subject=TOKEN_SUBJECT)
+    # Pairing again under a name replaces that name's token: the old copy
+    # stops working. Revoke and issue are one locked step (issue_token).
+    issued = state.issue_token(
+        name=f"extension:{name}", role=TOKEN_ROLE, subject=TOKEN_SUBJECT, replace=True
+    )
     config = {
         "url": url,
-        "token": token,
+        "token": issued.token,
         "name": name,
         "topics": list(topics),
         "heartbeat_s": heartbeat_s,
     }
     atomic_write(folder / CONFIG_FILE, json.dumps(config, indent=2).encode("utf-8"), mode=0o600)
     os.chmod(folder, 0o700)
-    return Pairing(folder, manifest_id(folder), token, entry, replaced)
+    return Pairing(folder, manifest_id(folder), issued.token, issued.entry, issued.replaced)

@@ -61,16 +61,23 @@ def service_token(state: StateDir, name: str) -> str:
     if credentials and (path := Path(credentials) / "token").exists():
         return path.read_text("utf-8").strip()
     secret = f"inference-{name}.token"
-    token = state.read_secret(secret)
-    if token is None:
-        if not state.tokens_path.exists():
-            raise AuthError(
-                f"no token for the inference service: set PERSONAD_TOKEN, provide a systemd credential "
-                f"'token', or run `personad init` first (state dir {state.root})"
-            )
-        token, _ = state.tokens().add(name=f"inference:{name}", role="service", subject="inference:*")
-        state.write_secret(secret, token)
-    return token
+    if not state.tokens_path.exists():
+        # Not the bus's state dir: a token placed in secrets/ is all there is.
+        if (token := state.read_secret(secret)) is not None:
+            return token
+        raise AuthError(
+            f"no token for the inference service: set PERSONAD_TOKEN, provide a systemd credential "
+            f"'token', or run `personad init` first (state dir {state.root})"
+        )
+    # It serves cap:inference, so its token must say so (provide:inference);
+    # own_token reissues a stored token issued before that was required.
+    return state.own_token(
+        secret,
+        name=f"inference:{name}",
+        role="service",
+        subject="inference:*",
+        provides=(CAPABILITY,),
+    )
 
 
 def _translated(

@@ -124,7 +124,10 @@ def test_a_persona_daemon_takes_a_screenshot_and_reads_a_page_as_itself(
     worker = start_worker(spawn, url)
     # The persona's own token, issued here so the test says which grants it has.
     token, _ = state.tokens().add(
-        name="persona:demo", role="persona", subject="persona:demo", extra_grants=("browser_js@cap:browser",)
+        name="persona:demo",
+        role="persona",
+        subject="persona:demo",
+        extra_grants=("screenshot@cap:browser", "browser_js@cap:browser"),
     )
     spawn("persona", "demo", env={"PERSONAD_URL": url, "PERSONAD_TOKEN": token})
     deadline = time.monotonic() + WAIT

@@ -24,7 +24,7 @@ async def test_a_persona_screenshot_lands_in_its_own_artifacts_and_nowhere_else(
     worker, persona, connect, pages, state, tmp_path
 ) -> None:
     """The PNG of the asked size is saved 0600 under the persona's artifacts/screenshots; sha256 matches."""
-    ada = await persona("ada")
+    ada = await persona("ada", grants=("screenshot@cap:browser",))
     await persona("bob")
     caller = await connect()
     before = files_under(tmp_path)
@@ -53,7 +53,7 @@ async def test_hostile_filenames_are_neutralised_and_nothing_is_overwritten(
     worker, persona, connect, pages
 ) -> None:
     """../../x.png stays inside screenshots/ as x.png; a second one becomes x-1.png; bytes when asked."""
-    ada = await persona("ada")
+    ada = await persona("ada", grants=("screenshot@cap:browser",))
     caller = await connect()
     shots = ada.session_dir.root / "artifacts" / "screenshots"
     first = await caller.call(
@@ -114,7 +114,7 @@ async def test_two_personas_do_not_share_cookies(worker, persona, connect, pages
 
 async def test_without_a_browser_provider_the_persona_says_so(persona, connect) -> None:
     """No cap:browser on the bus: the persona relays TARGET_OFFLINE, promptly and clearly."""
-    await persona("ada")
+    await persona("ada", grants=("screenshot@cap:browser",))
     caller = await connect()
     with pytest.raises(RpcError) as info:
         await caller.call("screenshot", {"url": "http://127.0.0.1:9/"}, to="persona:ada", deadline_ms=5000)

@@ -125,8 +125,13 @@ async def test_values_json_cannot_carry_are_refused(worker, connect) -> None:
 
 
 async def test_a_token_without_the_grant_is_refused_browser_js(worker, connect, state) -> None:
-    """A persona-role token may screenshot but not browser_js: the bus answers FORBIDDEN."""
-    token, _ = state.tokens().add(name="persona:nogrant", role="persona", subject="persona:nogrant")
+    """A persona token granted screenshot may screenshot but not browser_js: the bus answers FORBIDDEN."""
+    token, _ = state.tokens().add(
+        name="persona:nogrant",
+        role="persona",
+        subject="persona:nogrant",
+        extra_grants=("screenshot@cap:browser",),
+    )
     caller = await connect(token=token, kind="persona", name="nogrant")
     error = await js_error(caller, "1")
     assert (ErrorCode.FORBIDDEN, "token 'persona:nogrant' may not call browser_js on cap:browser") == (
