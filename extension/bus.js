@@ -74,8 +74,10 @@ export class BusConnection {
     ws.onopen = () => {
       const params = {
         protocol: PROTOCOL_VERSION,
+        // No capabilities: a person's own browser is never a cap:browser
+        // provider (the bus would refuse the claim); it is reached as
+        // extension:<name>, by callers granted that target.
         kind: "extension",
-        capabilities: ["browser"],
         token: this.config.token,
         agent: AGENT,
       };

@@ -11,8 +11,10 @@ target to stop with ``bus.cancel``), so no request ever hangs.
 
 * absent — the bus's own methods (``bus.*``);
 * ``cap:<name>`` — one provider of the capability: the one serving the fewest
-  requests right now, ties broken round-robin; providers of kind
-  ``extension`` (a person's own browser) only when no other provider is there;
+  requests right now, ties broken round-robin. Providers were let declare it
+  only with a ``provide:<name>`` grant (server.py's handshake); a client of
+  kind ``extension`` (a person's own, logged-in browser) is never chosen,
+  even as the only one: it is reached by its client id alone;
 * ``room:<name>`` — notifications only: every other member of the room;
 * anything else — the client with that id (``persona:demo``).
 
@@ -35,6 +37,7 @@ from protocol import ErrorCode, Notification, Request, Response, RpcError
 from protocol import commands as registry
 from protocol.validation import invalid_params
 
+from ..tokens import PERSONAL_KINDS
 from .pubsub import Rooms, Topics
 from .session import Session
 
@@ -119,16 +122,16 @@ class Router:
 
     def resolve(self, to: str) -> Session | None:
         if to.startswith("cap:"):
-            providers = self.providers.get(to[4:])
+            # A browser extension runs in a person's own browser, with their
+            # cookies and sessions: it serves no cap:, not even as a fallback
+            # (a persona could otherwise read the person's logged-in pages).
+            providers = [p for p in self.providers.get(to[4:], ()) if p.kind not in PERSONAL_KINDS]
             if not providers:
                 return None
             if len(providers) == 1:
                 return providers[0]
-            # A browser extension runs in a person's own browser, with their
-            # cookies: it serves cap: requests only when nothing else can.
-            dedicated = [p for p in providers if p.kind != "extension"] or providers
-            least = min(len(p.inbound) for p in dedicated)
-            idle = [p for p in dedicated if len(p.inbound) == least]
+            least = min(len(p.inbound) for p in providers)
+            idle = [p for p in providers if len(p.inbound) == least]
             return idle[next(self._round_robin) % len(idle)]
         return self.clients.get(to)
 
@@ -383,6 +386,8 @@ class Router:
                 "connected_at": s.connected_at,
                 "inflight": len(s.inbound),
                 "codec": s.codec.name,
+                # Which token it connected with: who to revoke if it misbehaves.
+                "token": s.token.name if s.token is not None else None,
             }
             for s in self.clients.values()
             if (params.kind is None or s.kind == params.kind)

@@ -40,7 +40,7 @@ from protocol.validation import invalid_params
 
 from .. import __version__
 from ..systemd_notify import Notifier
-from ..tokens import TokenEntry, TokenStore
+from ..tokens import PROVIDE_PREFIX, TokenEntry, TokenStore
 from .config import BusConfig
 from .metrics import Metrics
 from .router import Router
@@ -330,6 +330,16 @@ class Bus:
             return await refuse(
                 ErrorCode.FORBIDDEN,
                 f"token {token.name!r} may not connect as {client_id}",
+                CloseCode.POLICY_VIOLATION,
+            )
+        # Declaring a capability means receiving what is sent to cap:<name>
+        # (for inference: every persona's prompt), so it needs a grant too.
+        denied = [cap for cap in dict.fromkeys(params.capabilities) if not token.may_provide(cap)]
+        if denied:
+            return await refuse(
+                ErrorCode.FORBIDDEN,
+                f"token {token.name!r} may not provide {', '.join(denied)} "
+                f"(it needs the grant {PROVIDE_PREFIX}{denied[0]})",
                 CloseCode.POLICY_VIOLATION,
             )
         session.token = token

@@ -122,6 +122,7 @@ class ClientInfo(StrictModel):
     connected_at: float
     inflight: int
     codec: str
+    token: str | None = Field(default=None, description="the name of the token it connected with")
 
 
 class ClientsResult(StrictModel):

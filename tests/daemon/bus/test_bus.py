@@ -205,8 +205,8 @@ async def test_capability_routing_prefers_the_least_busy(connect) -> None:
     assert "slow" == await first
 
 
-async def test_capability_routing_avoids_a_persons_browser(connect) -> None:
-    """cap:browser goes to a dedicated worker before a person's extension, and to the extension alone."""
+async def test_capability_routing_never_picks_a_persons_browser(connect) -> None:
+    """cap:browser never goes to a person's extension, not even as the only provider; a worker serves it."""
 
     async def who(name: str):
         async def handler(request: Request, ctx: CallContext) -> str:
@@ -214,9 +214,14 @@ async def test_capability_routing_avoids_a_persons_browser(connect) -> None:
 
         return handler
 
+    # Declared with the admin token (provide:* via "*"), the extension's claim is
+    # accepted, and still it is not a cap: provider: only its own id reaches it.
     await connect(kind="extension", name="user", capabilities=["browser"], handler=await who("extension"))
     caller = await connect()
-    assert "extension" == await caller.call("browser.navigate", to="cap:browser")
+    with pytest.raises(RpcError) as info:
+        await caller.call("browser.navigate", to="cap:browser")
+    assert ErrorCode.TARGET_OFFLINE == info.value.code
+    assert "extension" == await caller.call("browser.navigate", to="extension:user")
     await connect(kind="browser", name="headless", capabilities=["browser"], handler=await who("worker"))
     assert ["worker"] * 3 == [await caller.call("browser.navigate", to="cap:browser") for _ in range(3)]
 
