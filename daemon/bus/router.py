@@ -39,6 +39,8 @@ from protocol.validation import invalid_params
 
 from ..tokens import PERSONAL_KINDS
 from .pubsub import Rooms, Topics
+from .config import BusConfig
+from .metrics import Metrics
 from .session import Session
 
 log = logging.getLogger("personad.bus")
@@ -58,10 +60,9 @@ class Pending:
 
 
 class Router:
-    def __init__(self, bus: Any) -> None:
-        self.bus = bus
-        self.config = bus.config
-        self.metrics = bus.metrics
+    def __init__(self, *, config: BusConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
         self.clients: dict[str, Session] = {}
         self.providers: dict[str, list[Session]] = {}
         self.pending: dict[int, Pending] = {}

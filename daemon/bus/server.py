@@ -56,7 +56,7 @@ class Bus:
         self.config = config
         self.tokens = tokens
         self.metrics = Metrics()
-        self.router = Router(self)
+        self.router = Router(config=config, metrics=self.metrics)
         self.started = time.time()
         self.shutting_down = False
         self._server: Server | None = None

@@ -14,18 +14,33 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State as WsState
 
 from protocol import Codec, Connection, ProtocolError, Role
 
-if TYPE_CHECKING:
-    from ..tokens import TokenEntry
-    from .server import Bus
+from ..tokens import TokenEntry
+from .config import BusConfig
+from .metrics import Metrics
 
 log = logging.getLogger("personad.bus")
+
+
+class SessionHost(Protocol):
+    """What a session needs from the bus that owns it, and nothing more.
+
+    The bus (server.py) satisfies it structurally; sessions and the router
+    depend on this interface, never on server.py, so the dependencies run
+    one way: server -> router -> session -> config/metrics.
+    """
+
+    config: BusConfig
+    metrics: Metrics
+
+    def schedule_flush(self, session: Session) -> None:
+        """Call ``session.flush()`` at the end of this loop iteration."""
 
 
 class Session:
@@ -35,13 +50,13 @@ class Session:
         "_flush_pending",
         "_stall_since",
         "_stall_size",
-        "bus",
         "capabilities",
         "client_id",
         "closed",
         "codec",
         "conn",
         "connected_at",
+        "host",
         "inbound",
         "kind",
         "outbound",
@@ -49,11 +64,13 @@ class Session:
         "ws",
     )
 
-    def __init__(self, bus: Bus, ws: ServerConnection, codec: Codec, token: TokenEntry | None) -> None:
-        self.bus = bus
+    def __init__(
+        self, host: SessionHost, ws: ServerConnection, codec: Codec, token: TokenEntry | None
+    ) -> None:
+        self.host = host
         self.ws = ws
         self.codec = codec
-        self.conn = Connection(Role.SERVER, codec, max_message_bytes=bus.config.max_message_bytes)
+        self.conn = Connection(Role.SERVER, codec, max_message_bytes=host.config.max_message_bytes)
         #: Set by header auth before hello, or by the hello's token.
         self.token = token
         self.client_id = ""
@@ -78,7 +95,7 @@ class Session:
         """Queue one frame without waiting. False when the client is gone or dropped."""
         if self.closed or self.ws.protocol.state is not WsState.OPEN:
             return False
-        if self.ws.transport.get_write_buffer_size() > self.bus.config.max_send_buffer:
+        if self.ws.transport.get_write_buffer_size() > self.host.config.max_send_buffer:
             self.abort("slow_consumer")
             return False
         # Frame it now (websockets' sans-I/O protocol object), write it at the
@@ -95,8 +112,8 @@ class Session:
             self.ws.protocol.send_binary(frame)
         if not self._flush_pending:
             self._flush_pending = True
-            self.bus.schedule_flush(self)
-        metrics = self.bus.metrics
+            self.host.schedule_flush(self)
+        metrics = self.host.metrics
         metrics.frames_out += 1
         metrics.bytes_out += len(frame)
         return True
@@ -108,7 +125,7 @@ class Session:
         except ProtocolError as exc:
             log.error("cannot encode for %s: %s", self.client_id, exc.reason)
             return False
-        if len(frame) > self.bus.config.max_message_bytes:
+        if len(frame) > self.host.config.max_message_bytes:
             # Base64 makes bytes a third larger for JSON clients: a frame the
             # client would refuse (closing with 1009) is not sent at all.
             log.warning("not sending %d bytes to %s: over the message limit", len(frame), self.client_id)
@@ -119,7 +136,7 @@ class Session:
         """Whether a push would be accepted now (used to pre-filter fan-outs)."""
         if self.closed or self.ws.protocol.state is not WsState.OPEN:
             return False
-        if self.ws.transport.get_write_buffer_size() > self.bus.config.max_send_buffer:
+        if self.ws.transport.get_write_buffer_size() > self.host.config.max_send_buffer:
             self.abort("slow_consumer")
             return False
         return True
@@ -148,7 +165,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        self.bus.metrics.closed[reason] += 1
+        self.host.metrics.closed[reason] += 1
         log.warning(
             "dropping client=%s reason=%s buffered=%d",
             self.client_id or "-",
@@ -164,6 +181,6 @@ class Session:
             self._stall_since = None
         elif self._stall_since is None or size < self._stall_size:
             self._stall_since = now
-        elif now - self._stall_since > self.bus.config.stall_timeout:
+        elif now - self._stall_since > self.host.config.stall_timeout:
             self.abort("stalled")
         self._stall_size = size
