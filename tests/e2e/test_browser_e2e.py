@@ -41,6 +41,7 @@ def call_json(state, url: str, target: str, method: str, params: dict) -> dict:
 
 
 def start_worker(spawn, url: str, *args: str):
+    """``personad browser`` with ``args``: the test pages are on 127.0.0.1, so callers allow them."""
     worker = spawn("browser", *args, env={"PERSONAD_URL": url})
     worker.wait_for_line(r"personad browser: browser:headless serving cap:browser")
     return worker
@@ -59,7 +60,7 @@ def chromium_of(pid: int) -> psutil.Process:
 def test_the_worker_serves_the_cli_and_survives_a_chromium_kill(state, spawn, pages) -> None:
     """CLI browser_js and screenshot through `personad browser`; SIGKILL Chromium mid-request, then retry."""
     _bus, url = start_bus_process(spawn)
-    worker = start_worker(spawn, url)
+    worker = start_worker(spawn, url, "--allow", pages.url.removeprefix("http://"))
     value = call_json(
         state, url, "cap:browser", "browser_js", {"script": "document.title", "url": pages.url + "/"}
     )
@@ -121,7 +122,7 @@ def test_a_persona_daemon_takes_a_screenshot_and_reads_a_page_as_itself(
 ) -> None:
     """`call persona:demo screenshot` lands in its session dir; browser_js needs (and uses) its grant."""
     _bus, url = start_bus_process(spawn)
-    worker = start_worker(spawn, url)
+    worker = start_worker(spawn, url, "--allow", pages.url.removeprefix("http://"))
     # The persona's own token, issued here so the test says which grants it has.
     token, _ = state.tokens().add(
         name="persona:demo",
