@@ -1,4 +1,4 @@
-"""Topics and rooms: who receives what, kept apart from routing.
+"""Topics and rooms: who receives what, kept apart from routing (and from policy).
 
 Subscriptions are exact topics, prefixes (``a.b.*`` matches ``a.b.c`` and
 ``a.b.c.d``), or ``*``. Matching a topic walks its prefixes: O(depth), not
@@ -67,12 +67,35 @@ class Topics(Generic[S]):
 
 
 class Rooms(Generic[S]):
+    """Rooms, their members, owner and invitations; who may do what is the router's call.
+
+    A room is created by its first join, owned by that client's id, and
+    forgotten (invitations too) when its last member leaves. Members are
+    connections; the owner and invitations are client ids, so they survive
+    a reconnect.
+    """
+
     def __init__(self) -> None:
         self._members: dict[str, set[S]] = {}
+        self._owner: dict[str, str] = {}
+        self._invited: dict[str, set[str]] = {}
         self._rooms_of: defaultdict[S, set[str]] = defaultdict(set)
 
+    def exists(self, room: str) -> bool:
+        return room in self._members
+
+    def create(self, room: str, member: S, *, owner: str) -> set[S]:
+        if room in self._members:
+            raise ValueError(f"room {room!r} exists")
+        self._members[room] = set()
+        self._owner[room] = owner
+        self._invited[room] = set()
+        return self.join(room, member)
+
     def join(self, room: str, member: S) -> set[S]:
-        self._members.setdefault(room, set()).add(member)
+        if room not in self._members:
+            raise KeyError(room)
+        self._members[room].add(member)
         self._rooms_of[member].add(room)
         return self._members[room]
 
@@ -81,12 +104,26 @@ class Rooms(Generic[S]):
         members.discard(member)
         if not members:
             self._members.pop(room, None)
+            self._owner.pop(room, None)
+            self._invited.pop(room, None)
         rooms = self._rooms_of.get(member)
         if rooms is not None:
             rooms.discard(room)
             if not rooms:
                 del self._rooms_of[member]
         return members
+
+    def owner(self, room: str) -> str | None:
+        return self._owner.get(room)
+
+    def invite(self, room: str, client_id: str) -> None:
+        self._invited[room].add(client_id)
+
+    def uninvite(self, room: str, client_id: str) -> None:
+        self._invited.get(room, set()).discard(client_id)
+
+    def invited(self, room: str) -> set[str]:
+        return set(self._invited.get(room, ()))
 
     def members(self, room: str) -> set[S]:
         return self._members.get(room, set())

@@ -203,13 +203,16 @@ class RoomParams(StrictModel):
 class RoomResult(StrictModel):
     room: Room
     members: list[ClientId]
+    owner: ClientId | None = Field(default=None, description="who created the room; null: no such room")
+    invited: list[ClientId] = Field(default=[], description="invited ids, joined or not")
 
 
 register(
     "bus.room.join",
     params=RoomParams,
     result=RoomResult,
-    summary="Join a room (created on first join); the other members get room.presence.",
+    summary="Join a room: the first join creates it (you own it); later joins need an invitation "
+    "or a room:<name> grant. The other members get room.presence.",
     served_by="bus",
 )
 register(
@@ -223,8 +226,51 @@ register(
     "bus.room.members",
     params=RoomParams,
     result=RoomResult,
-    summary="The members of a room.",
+    summary="The members of a room you are in, own, are invited to or hold a grant for.",
     served_by="bus",
+)
+
+
+class RoomInviteParams(StrictParams):
+    room: Room
+    client: Annotated[ClientId, Field(description="the client id to invite, e.g. persona:demo")]
+
+
+register(
+    "bus.room.invite",
+    params=RoomInviteParams,
+    result=RoomResult,
+    summary="Members: let a client id join the room; it gets room.invited if connected.",
+    served_by="bus",
+)
+
+
+class RoomRemoveParams(StrictParams):
+    room: Room
+    member: Annotated[ClientId, Field(description="the client id to remove (and uninvite)")]
+
+
+register(
+    "bus.room.remove",
+    params=RoomRemoveParams,
+    result=RoomResult,
+    summary="Owner only: take a member out of the room and withdraw its invitation.",
+    served_by="bus",
+)
+
+
+class RoomInvitedParams(StrictModel):
+    room: Room
+    by: ClientId
+
+
+register(
+    "room.invited",
+    params=RoomInvitedParams,
+    result=Empty,
+    summary="Sent by the bus to a client invited into a room (bus.room.invite).",
+    served_by="client",
+    notification=True,
 )
 
 
@@ -261,14 +307,15 @@ register(
 class RoomPresenceParams(StrictModel):
     room: Room
     member: ClientId
-    change: Literal["joined", "left"]
+    change: Literal["joined", "left", "removed"]
 
 
 register(
     "room.presence",
     params=RoomPresenceParams,
     result=Empty,
-    summary="Sent by the bus to room members when someone joins or leaves.",
+    summary="Sent by the bus to room members when someone joins, leaves or is removed "
+    "(the removed member gets it too).",
     served_by="client",
     notification=True,
 )
