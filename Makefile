@@ -6,6 +6,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 STAMP  := $(VENV)/.installed
+# Ajv for the schema tests (tests/schema/), pinned by its package-lock.json.
+AJV    := tests/schema/node_modules/.package-lock.json
 
 .PHONY: up test lint bench system-deps clean
 
@@ -24,11 +26,14 @@ up: $(STAMP)
 	@scripts/system-deps up
 	$(VENV)/bin/personad up
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps lint $(AJV)
 	$(VENV)/bin/pytest
 
 system-deps:
 	@scripts/system-deps test
+
+$(AJV): tests/schema/package.json tests/schema/package-lock.json | system-deps
+	npm ci --prefix tests/schema --no-audit --no-fund
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check protocol daemon tests bench

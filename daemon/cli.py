@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-browser", action="store_true", help="do not start the headless browser worker")
     up.add_argument("--no-demo", action="store_true", help="skip training and showing the demo")
 
-    verb("schema", "print the protocol's JSON Schema")
+    schema = verb("schema", "print the protocol as one JSON Schema (draft 2020-12) document")
+    schema.add_argument(
+        "--markdown", action="store_true", help="print the methods reference instead (docs/methods.md)"
+    )
 
     token = verb("token", "manage tokens")
     token_verbs = token.add_subparsers(dest="token_verb", required=True, metavar="ACTION")
@@ -377,9 +380,14 @@ def _up(args: argparse.Namespace, state: StateDir, url: str) -> int:
 
 
 def _schema(args: argparse.Namespace, state: StateDir, url: str) -> int:
-    from protocol.schema import export
+    if args.markdown:
+        from protocol.reference import render
 
-    print(json.dumps(export(), indent=2))
+        sys.stdout.write(render())
+        return 0
+    from protocol.schema import document
+
+    print(json.dumps(document(), indent=2, ensure_ascii=False))
     return 0
 
 

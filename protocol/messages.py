@@ -219,7 +219,12 @@ class Response(_Envelope):
 
     # The JSON Schema form of _exactly_one_outcome, for clients validating with it.
     model_config = ConfigDict(
-        json_schema_extra={"oneOf": [{"required": ["result"]}, {"required": ["error"]}]}
+        json_schema_extra={
+            "oneOf": [
+                {"type": "object", "properties": {"result": True}, "required": ["result"]},
+                {"type": "object", "properties": {"error": True}, "required": ["error"]},
+            ]
+        }
     )
 
     jsonrpc: Literal["2.0"] = "2.0"

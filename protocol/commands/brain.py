@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, Strict, model_validator
 
+from ..errors import ErrorCode
 from .bus import Empty
 from .registry import StrictModel, StrictParams, register
 
@@ -121,19 +122,19 @@ Timestamp = Annotated[datetime, Strict(False)]
 
 
 class MemoryRememberParams(StrictParams):
-    content: Content
-    context: JsonObject = None
+    content: Content = Field(description="the memory's text (at most 64 KiB of UTF-8)")
+    context: JsonObject = Field(None, description="any JSON object to keep with it (at most 16 KiB as JSON)")
     relevance: Unit = Field(0.5, description="importance in [0, 1], part of recall's score")
     source: Annotated[str, Field(max_length=MAX_LABEL_CHARS)] = Field(
         "", description="where it came from: chat, web, a persona id …"
     )
     subject: Label | None = Field(None, description="who or what it is about; brain.erase works by subject")
     pinned: bool = Field(False, description="never removed by retention")
-    kind: Kind = "note"
+    kind: Kind = Field("note", description="a label for filtering recall: note, fact, preference, …")
 
 
 class IdResult(StrictModel):
-    id: int
+    id: int = Field(description="the new row's id")
 
 
 register(
@@ -151,31 +152,35 @@ class MemoryRecallParams(StrictParams):
     query: Annotated[str, Field(max_length=MAX_RECALL_QUERY_CHARS)] = Field(
         "", description="words to search for; empty recalls by recency and relevance"
     )
-    kinds: Annotated[list[Kind], Field(min_length=1, max_length=16)] | None = None
-    source: Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | None = None
-    subject: Label | None = None
-    since: Timestamp | None = None
-    until: Timestamp | None = None
-    limit: Annotated[int, Field(ge=1, le=MAX_RECALL_LIMIT)] = 10
+    kinds: Annotated[list[Kind], Field(min_length=1, max_length=16)] | None = Field(
+        None, description="only memories of these kinds"
+    )
+    source: Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | None = Field(
+        None, description="only memories from this source"
+    )
+    subject: Label | None = Field(None, description="only memories about this subject")
+    since: Timestamp | None = Field(None, description="only memories created at or after this time")
+    until: Timestamp | None = Field(None, description="only memories created before this time")
+    limit: Annotated[int, Field(ge=1, le=MAX_RECALL_LIMIT)] = Field(10, description="most hits returned")
 
 
 class RecallHitModel(StrictModel):
-    id: int
-    content: str
-    kind: str
-    source: str
-    subject: str | None
-    context: dict[str, Any] | None
-    relevance: float
-    pinned: bool
-    created_at: datetime
+    id: int = Field(description="the memory's id")
+    content: str = Field(description="its text")
+    kind: str = Field(description="its kind")
+    source: str = Field(description="where it came from")
+    subject: str | None = Field(description="who or what it is about")
+    context: dict[str, Any] | None = Field(description="the JSON object stored with it")
+    relevance: float = Field(description="its importance in [0, 1]")
+    pinned: bool = Field(description="never removed by retention")
+    created_at: datetime = Field(description="when it was remembered")
     score: float = Field(description="0.5 text_score + 0.3 recency + 0.2 relevance")
     text_score: float = Field(description="BM25 relative to the best candidate's, (0, 1]")
     recency: float = Field(description="0.5 ** (age / 30 days)")
 
 
 class MemoryRecallResult(StrictModel):
-    hits: list[RecallHitModel]
+    hits: list[RecallHitModel] = Field(description="best first")
 
 
 register(
@@ -190,11 +195,13 @@ register(
 
 
 class MemoryForgetParams(StrictParams):
-    ids: Annotated[list[RowId], Field(min_length=1, max_length=MAX_BATCH)]
+    ids: Annotated[list[RowId], Field(min_length=1, max_length=MAX_BATCH)] = Field(
+        description="the memories' ids (unknown ones are ignored)"
+    )
 
 
 class MemoryForgetResult(StrictModel):
-    removed: int
+    removed: int = Field(description="how many memories existed and were deleted")
 
 
 register(
@@ -209,18 +216,20 @@ register(
 
 
 class SkillModel(StrictModel):
-    skill_id: str
-    lora_hash: str | None
-    description: str | None
-    effectiveness: float | None
-    rated_uses: int
-    usage_count: int
-    acquired_at: datetime
-    last_used_at: datetime | None
+    skill_id: str = Field(description="the skill's name")
+    lora_hash: str | None = Field(description="sha256 of the LoRA adapter that holds it, if any")
+    description: str | None = Field(description="what the skill is")
+    effectiveness: float | None = Field(
+        description="running mean of the rated uses, in [0, 1]; null before the first rating"
+    )
+    rated_uses: int = Field(description="uses that came with an effectiveness")
+    usage_count: int = Field(description="all recorded uses")
+    acquired_at: datetime = Field(description="when the skill was first recorded")
+    last_used_at: datetime | None = Field(description="the latest recorded use")
 
 
 class SkillsListResult(StrictModel):
-    skills: list[SkillModel]
+    skills: list[SkillModel] = Field(description="every skill, most used first, then by skill_id")
 
 
 register(
@@ -233,12 +242,12 @@ register(
 
 
 class SkillsRecordUseParams(StrictParams):
-    skill_id: SkillId
+    skill_id: SkillId = Field(description="an existing skill (no bus method creates skills)")
     effectiveness: Unit | None = Field(None, description="how well it worked this time")
 
 
 class SkillsRecordUseResult(StrictModel):
-    skill: SkillModel
+    skill: SkillModel = Field(description="the skill after this use")
 
 
 register(
@@ -247,17 +256,20 @@ register(
     result=SkillsRecordUseResult,
     summary="Count one use of a skill, optionally rating it.",
     served_by="persona",
+    errors=((ErrorCode.INVALID_PARAMS, "no skill by that id"),),
 )
 
 # -- interactions.log ---------------------------------------------------------
 
 
 class InteractionsLogParams(StrictParams):
-    with_persona: Label
-    room_id: Label | None = None
-    outcome: Text | None = None
-    learned: JsonObject = None
-    subject: Label | None = None
+    with_persona: Label = Field(description="the other participant's id, e.g. persona:critic")
+    room_id: Label | None = Field(None, description="the room it happened in")
+    outcome: Text | None = Field(None, description="what came of it, in words")
+    learned: JsonObject = Field(
+        None, description="what was learned, as a JSON object (at most 16 KiB as JSON)"
+    )
+    subject: Label | None = Field(None, description="who or what it is about; brain.erase works by subject")
 
 
 register(
@@ -275,28 +287,30 @@ GoalStatus = Literal["active", "paused", "done", "abandoned"]
 
 class GoalsSetParams(StrictParams):
     id: RowId | None = Field(None, description="absent: a new goal; present: update it")
-    title: Annotated[str, Field(min_length=1, max_length=256)]
-    description: Text | None = None
-    status: GoalStatus = "active"
-    priority: Unit = 0.5
-    progress: Unit = 0.0
-    due_at: Timestamp | None = None
+    title: Annotated[str, Field(min_length=1, max_length=256)] = Field(
+        description="a short name for the goal"
+    )
+    description: Text | None = Field(None, description="the goal in more words")
+    status: GoalStatus = Field("active", description="its state")
+    priority: Unit = Field(0.5, description="in [0, 1]; goals.list orders by it")
+    progress: Unit = Field(0.0, description="how far along, in [0, 1]")
+    due_at: Timestamp | None = Field(None, description="when it should be done")
 
 
 class GoalModel(StrictModel):
-    id: int
-    title: str
-    description: str | None
-    status: GoalStatus
-    priority: float
-    progress: float
-    due_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
+    id: int = Field(description="the goal's id")
+    title: str = Field(description="its short name")
+    description: str | None = Field(description="the goal in more words")
+    status: GoalStatus = Field(description="its state")
+    priority: float = Field(description="in [0, 1]")
+    progress: float = Field(description="in [0, 1]")
+    due_at: datetime | None = Field(description="when it should be done")
+    created_at: datetime = Field(description="when it was created")
+    updated_at: datetime = Field(description="its latest change")
 
 
 class GoalsSetResult(StrictModel):
-    goal: GoalModel
+    goal: GoalModel = Field(description="the goal as stored")
 
 
 register(
@@ -305,16 +319,17 @@ register(
     result=GoalsSetResult,
     summary="Create a goal, or update one by id.",
     served_by="persona",
+    errors=((ErrorCode.INVALID_PARAMS, "no goal with that id"),),
 )
 
 
 class GoalsListParams(StrictParams):
-    status: GoalStatus | None = None
-    limit: Annotated[int, Field(ge=1, le=500)] = 100
+    status: GoalStatus | None = Field(None, description="only goals in this state; omitted: all")
+    limit: Annotated[int, Field(ge=1, le=500)] = Field(100, description="most goals returned")
 
 
 class GoalsListResult(StrictModel):
-    goals: list[GoalModel]
+    goals: list[GoalModel] = Field(description="highest priority first")
 
 
 register(
@@ -329,11 +344,15 @@ register(
 
 
 class EmotionsRecordParams(StrictParams):
-    emotion: Annotated[str, Field(min_length=1, max_length=64)]
-    intensity: Unit
-    valence: Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)] | None = None
-    trigger: Annotated[str, Field(max_length=1024)] | None = None
-    subject: Label | None = None
+    emotion: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+        description="its name: curious, frustrated, …"
+    )
+    intensity: Unit = Field(description="how strong, in [0, 1]")
+    valence: Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)] | None = Field(
+        None, description="unpleasant (-1) to pleasant (1)"
+    )
+    trigger: Annotated[str, Field(max_length=1024)] | None = Field(None, description="what caused it")
+    subject: Label | None = Field(None, description="who or what it is about; brain.erase works by subject")
 
 
 register(
@@ -348,22 +367,22 @@ register(
 
 
 class RetentionStateModel(StrictModel):
-    max_memories: int | None
-    max_bytes: int | None
-    interval_s: float | None
-    last_run_at: datetime | None
-    last_removed: int
-    total_removed: int
+    max_memories: int | None = Field(description="most memories kept (pinned ones included); null: no limit")
+    max_bytes: int | None = Field(description="most bytes of live database pages; null: no limit")
+    interval_s: float | None = Field(description="seconds between retention runs")
+    last_run_at: datetime | None = Field(description="the latest run; null before the first")
+    last_removed: int = Field(description="memories the latest run removed")
+    total_removed: int = Field(description="memories removed since the daemon started")
 
 
 class BrainStatsResult(StrictModel):
-    schema_version: int
-    counts: dict[str, int]
-    pinned_memories: int
+    schema_version: int = Field(description="version of the database schema")
+    counts: dict[str, int] = Field(description="rows per table")
+    pinned_memories: int = Field(description="memories retention never removes")
     bytes_on_disk: int = Field(description="database + WAL + shared-memory index")
-    files: dict[str, int]
+    files: dict[str, int] = Field(description="bytes per file: db, -wal, -shm")
     bytes_live: int = Field(description="bytes in pages holding data")
-    retention: RetentionStateModel
+    retention: RetentionStateModel = Field(description="limits and the latest run of retention")
 
 
 register(
@@ -379,10 +398,10 @@ register(
 
 class BrainExportResult(StrictModel):
     path: str = Field(description="the JSON file, in the persona's artifacts folder")
-    bytes: int
-    sha256: str
-    counts: dict[str, int]
-    format_version: int
+    bytes: int = Field(description="size of the file as written")
+    sha256: str = Field(description="of the file as written")
+    counts: dict[str, int] = Field(description="rows exported per table")
+    format_version: int = Field(description="version of the export's JSON format")
 
 
 register(
@@ -397,8 +416,10 @@ register(
 
 
 class BrainEraseParams(StrictParams):
-    subject: Label | None = None
-    everything: bool = False
+    subject: Label | None = Field(None, description="erase everything about this subject")
+    everything: bool = Field(
+        False, description="erase the whole brain instead (confirm must be 'erase everything')"
+    )
     confirm: Annotated[str, Field(max_length=MAX_LABEL_CHARS)] = Field(
         description=f"the subject again, or {ERASE_EVERYTHING!r}"
     )
@@ -415,10 +436,10 @@ class BrainEraseParams(StrictParams):
 
 
 class BrainEraseResult(StrictModel):
-    subject: str | None
-    removed: dict[str, int]
-    bytes_before: int
-    bytes_after: int
+    subject: str | None = Field(description="the subject erased; null when everything was")
+    removed: dict[str, int] = Field(description="rows removed per table")
+    bytes_before: int = Field(description="database size before")
+    bytes_after: int = Field(description="database size after the VACUUM")
 
 
 register(
@@ -435,17 +456,25 @@ QueryValue = str | int | float | bytes | None
 
 
 class BrainQueryParams(StrictParams):
-    sql: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_SQL_CHARS)]
-    params: Annotated[list[QueryValue], Field(max_length=MAX_QUERY_PARAMS)] = []
-    row_limit: Annotated[int, Field(ge=1, le=MAX_QUERY_ROWS)] = 100
-    time_limit_s: Annotated[float, Field(gt=0.0, le=MAX_QUERY_TIME_S)] = MAX_QUERY_TIME_S
+    sql: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_SQL_CHARS)] = Field(
+        description="one read-only SELECT (or WITH … SELECT) statement"
+    )
+    params: Annotated[list[QueryValue], Field(max_length=MAX_QUERY_PARAMS)] = Field(
+        [], description="values for the statement's ? placeholders"
+    )
+    row_limit: Annotated[int, Field(ge=1, le=MAX_QUERY_ROWS)] = Field(
+        100, description="most rows returned; more set truncated"
+    )
+    time_limit_s: Annotated[float, Field(gt=0.0, le=MAX_QUERY_TIME_S)] = Field(
+        MAX_QUERY_TIME_S, description="seconds the query may run before it is stopped (TIMEOUT)"
+    )
 
 
 class BrainQueryResult(StrictModel):
-    columns: list[str]
-    rows: list[list[Any]]
+    columns: list[str] = Field(description="column names, in order")
+    rows: list[list[Any]] = Field(description="one list of values per row")
     truncated: bool = Field(description="more rows existed than row_limit")
-    elapsed_s: float
+    elapsed_s: float = Field(description="seconds the query took")
 
 
 register(
@@ -454,4 +483,12 @@ register(
     result=BrainQueryResult,
     summary="One read-only SELECT over the persona's own brain, with row and time limits.",
     served_by="persona",
+    errors=(
+        (ErrorCode.FORBIDDEN, "the statement is not one read-only SELECT, or reads what it may not"),
+        (ErrorCode.TIMEOUT, "the query ran past time_limit_s"),
+        (
+            ErrorCode.INVALID_PARAMS,
+            "the query would need more memory than the reader allows; data.reason is query_too_large",
+        ),
+    ),
 )

@@ -120,6 +120,21 @@ _DESCRIPTIONS = {
 }
 
 
+#: What any request that loads or reads a page may fail with.
+_PAGE_ERRORS = (
+    BrowserErrorCode.NAVIGATION_FAILED,
+    BrowserErrorCode.LOAD_TIMEOUT,
+    BrowserErrorCode.NO_PAGE,
+    BrowserErrorCode.BROWSER_CRASHED,
+    BrowserErrorCode.BROWSER_UNAVAILABLE,
+)
+_SCRIPT_ERRORS = (
+    BrowserErrorCode.SCRIPT_ERROR,
+    BrowserErrorCode.SCRIPT_TIMEOUT,
+    BrowserErrorCode.NOT_SERIALIZABLE,
+)
+
+
 # -- shared types -------------------------------------------------------------------
 
 _URL_RE = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
@@ -134,14 +149,21 @@ def _check_url(value: str) -> str:
     raise ValueError("must be an http:// or https:// URL, or about:blank")
 
 
-Url = Annotated[str, Field(max_length=MAX_URL_CHARS), AfterValidator(_check_url)]
+#: _check_url as a JSON Schema pattern (no flags there: the scheme's case spelt out).
+URL_SCHEMA_PATTERN = r"^(about:blank|[hH][tT][tT][pP][sS]?://[^\s/?#]+[^\s]*)$"
+
+Url = Annotated[
+    str,
+    Field(max_length=MAX_URL_CHARS, json_schema_extra={"pattern": URL_SCHEMA_PATTERN}),
+    AfterValidator(_check_url),
+]
 
 
 class Viewport(StrictParams):
     """The page's layout size in CSS pixels; screenshots are this size at scale 1."""
 
-    width: Annotated[int, Field(ge=MIN_VIEWPORT, le=MAX_VIEWPORT)]
-    height: Annotated[int, Field(ge=MIN_VIEWPORT, le=MAX_VIEWPORT)]
+    width: Annotated[int, Field(ge=MIN_VIEWPORT, le=MAX_VIEWPORT)] = Field(description="CSS pixels")
+    height: Annotated[int, Field(ge=MIN_VIEWPORT, le=MAX_VIEWPORT)] = Field(description="CSS pixels")
 
 
 #: A provider's viewport until a request sets one.
@@ -168,7 +190,7 @@ class ScreenshotParams(StrictParams):
         str | None,
         Field(min_length=1, max_length=MAX_SELECTOR_CHARS, description="CSS selector: clip to that element"),
     ] = None
-    format: Literal["png", "jpeg"] = "png"
+    format: Literal["png", "jpeg"] = Field("png", description="the image format")
     quality: Annotated[int | None, Field(ge=0, le=100, description="jpeg only")] = None
     load_timeout_ms: LoadTimeout = None
     filename: Annotated[
@@ -194,11 +216,11 @@ class ScreenshotParams(StrictParams):
 class ScreenshotResult(StrictModel):
     """A provider's answer: the image itself (raw bytes in msgpack, ``{"$bytes": base64}`` in JSON)."""
 
-    data: bytes
-    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
-    width: Annotated[int, Field(ge=1)]
-    height: Annotated[int, Field(ge=1)]
-    format: Literal["png", "jpeg"]
+    data: bytes = Field(description="the image")
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)] = Field(description="of the image's bytes")
+    width: Annotated[int, Field(ge=1)] = Field(description="pixels")
+    height: Annotated[int, Field(ge=1)] = Field(description="pixels")
+    format: Literal["png", "jpeg"] = Field(description="the image format")
     url: str = Field(description="the page's URL when it was captured")
 
 
@@ -211,10 +233,10 @@ class PersonaScreenshotResult(StrictModel):
     abs_path: str = Field(description="the same file, absolute, on the persona's machine")
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN, description="of the file's bytes")]
     size: Annotated[int, Field(ge=1, description="bytes")]
-    width: Annotated[int, Field(ge=1)]
-    height: Annotated[int, Field(ge=1)]
-    format: Literal["png", "jpeg"]
-    url: str
+    width: Annotated[int, Field(ge=1)] = Field(description="pixels")
+    height: Annotated[int, Field(ge=1)] = Field(description="pixels")
+    format: Literal["png", "jpeg"] = Field(description="the image format")
+    url: str = Field(description="the page's URL when it was captured")
     data: Annotated[bytes | None, Field(description="the image, only when return_bytes was true")] = None
 
 
@@ -224,6 +246,7 @@ register(
     result=ScreenshotResult,
     summary="Capture a page (viewport, full page or one element) as PNG or JPEG; returns the bytes.",
     served_by="cap:browser",
+    errors=(*_PAGE_ERRORS, BrowserErrorCode.ELEMENT_NOT_FOUND, BrowserErrorCode.TOO_LARGE),
 )
 register_variant(
     "screenshot",
@@ -251,7 +274,9 @@ class BrowserJsParams(StrictParams):
     ]
     url: Annotated[Url | None, Field(description="load this first; omitted: the current page")] = None
     await_promise: Annotated[bool, Field(description="when the value is a promise, wait for it")] = True
-    timeout_ms: Annotated[int, Field(ge=1, le=MAX_SCRIPT_TIMEOUT_MS)] = DEFAULT_SCRIPT_TIMEOUT_MS
+    timeout_ms: Annotated[int, Field(ge=1, le=MAX_SCRIPT_TIMEOUT_MS)] = Field(
+        DEFAULT_SCRIPT_TIMEOUT_MS, description="ms the script (and the promise it returns) may take"
+    )
     load_timeout_ms: LoadTimeout = None
 
 
@@ -266,6 +291,7 @@ register(
     result=BrowserJsResult,
     summary="Run JavaScript in the requester's page (code execution: only for tokens granted it).",
     served_by="cap:browser",
+    errors=(*_PAGE_ERRORS, *_SCRIPT_ERRORS, BrowserErrorCode.TOO_LARGE),
 )
 register_variant(
     "browser_js",
@@ -279,14 +305,14 @@ register_variant(
 
 
 class NavigateParams(StrictParams):
-    url: Url
-    viewport: Viewport | None = None
+    url: Url = Field(description="the page to load")
+    viewport: Viewport | None = Field(None, description="omitted: the requester's current (default 1280x800)")
     load_timeout_ms: LoadTimeout = None
 
 
 class NavigateResult(StrictModel):
     url: str = Field(description="the URL after redirects")
-    title: str
+    title: str = Field(description="the page's title")
 
 
 register(
@@ -295,6 +321,7 @@ register(
     result=NavigateResult,
     summary="Load a URL in the requester's page and wait for its load event.",
     served_by="cap:browser",
+    errors=_PAGE_ERRORS,
 )
 
 
@@ -312,4 +339,5 @@ register(
     result=CloseContextResult,
     summary="Close the requester's browser context now (cookies, storage and page are gone).",
     served_by="cap:browser",
+    errors=(BrowserErrorCode.BROWSER_UNAVAILABLE,),
 )

@@ -31,6 +31,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from ..errors import ErrorCode
 from .bus import Empty
 from .registry import StrictModel, StrictParams, register
 
@@ -39,6 +40,7 @@ __all__ = [
     "MAX_MESSAGE_CHARS",
     "MAX_STACK_DEPTH",
     "MAX_TOKENS",
+    "MODEL_ERRORS",
     "SHA256_PATTERN",
     "AdapterInfo",
     "ChatMessage",
@@ -86,6 +88,25 @@ class InferenceErrorCode(IntEnum):
     #: The request cannot be served as asked (prompt too long, mode not possible for this stack).
     UNSUPPORTED = 4105
 
+    @property
+    def description(self) -> str:
+        return _INFERENCE_ERRORS[self]
+
+
+_INFERENCE_ERRORS = {
+    InferenceErrorCode.MODEL_UNAVAILABLE: "the base model is not installed or cannot be loaded "
+    "(the message says how to install it)",
+    InferenceErrorCode.ADAPTER_NOT_FOUND: "no adapter by that name, "
+    "or a pinned hash is no longer in the store",
+    InferenceErrorCode.ADAPTER_INCOMPATIBLE: "the adapter was made for another base model",
+    InferenceErrorCode.ADAPTER_CORRUPT: "the stored adapter is damaged "
+    "(unreadable, hash mismatch, bad config)",
+    InferenceErrorCode.UNSUPPORTED: "cannot be served as asked: prompt too long, all slots busy, "
+    "a mode not possible for this stack",
+}
+#: What any request that runs the model or loads adapters may fail with.
+MODEL_ERRORS = tuple(InferenceErrorCode)
+
 
 AdapterName = Annotated[str, Field(pattern=ADAPTER_NAME_PATTERN, max_length=263)]
 Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN)]
@@ -103,30 +124,30 @@ UsedMode = Literal["base", "merged", "unmerged", "cat"]
 class StackEntry(StrictParams):
     """One level of a stack, pinned by content."""
 
-    name: AdapterName
-    sha256: Sha256
+    name: AdapterName = Field(description="the adapter's dotted name")
+    sha256: Sha256 = Field(description="sha256 of its adapter_model.safetensors: pins the exact weights")
 
 
 class AdapterInfo(StrictModel):
-    name: AdapterName
-    sha256: Sha256
-    parent: AdapterName | None
+    name: AdapterName = Field(description="the adapter's dotted name")
+    sha256: Sha256 = Field(description="sha256 of adapter_model.safetensors")
+    parent: AdapterName | None = Field(description="the level above it; null at the root")
     bytes: int = Field(description="size of adapter_model.safetensors")
-    rank: int
-    alpha: float
-    target_modules: list[str]
+    rank: int = Field(description="LoRA rank r")
+    alpha: float = Field(description="LoRA alpha")
+    target_modules: list[str] = Field(description="the model's modules it adapts")
 
 
 class ChatMessage(StrictParams):
-    role: Literal["system", "user", "assistant"]
-    content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
+    role: Literal["system", "user", "assistant"] = Field(description="who says it")
+    content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] = Field(description="the text")
 
 
 class Timings(StrictModel):
     queued_ms: float = Field(description="waiting for a seat in a batch")
     prefill_ms: float = Field(description="reading the prompt")
     decode_ms: float = Field(description="producing the completion")
-    total_ms: float
+    total_ms: float = Field(description="from arrival to the last token")
     tokens_per_s: float = Field(description="completion tokens / decode time")
 
 
@@ -134,31 +155,41 @@ class Timings(StrictModel):
 
 
 class GenerateParams(StrictParams):
-    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]
-    stack: Annotated[list[StackEntry], Field(max_length=MAX_STACK_DEPTH)] = []
-    mode: StackMode = "auto"
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] = 256
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)] = Field(
+        description="the conversation so far, oldest first"
+    )
+    stack: Annotated[list[StackEntry], Field(max_length=MAX_STACK_DEPTH)] = Field(
+        [], description="the LoRA stack, root first, pinned by hash; empty: the base model"
+    )
+    mode: StackMode = Field("auto", description="how to apply the stack")
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] = Field(256, description="most tokens to generate")
     temperature: Annotated[float, Field(ge=0.0, le=2.0, description="0: greedy")] = 0.7
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
-    seed: Annotated[int | None, Field(ge=0, lt=2**63)] = None
-    stream: bool = True
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.95, description="nucleus sampling: the smallest set of tokens with this much probability"
+    )
+    seed: Annotated[int | None, Field(ge=0, lt=2**63)] = Field(
+        None, description="makes sampling repeatable; omitted: random"
+    )
+    stream: bool = Field(True, description="send inference.token notifications as the text is produced")
 
 
 class GenerateResult(StrictModel):
-    text: str
-    finish_reason: Literal["stop", "length"]
-    prompt_tokens: int
-    completion_tokens: int
-    stack: list[StackEntry]
-    mode: UsedMode
+    text: str = Field(description="the completion")
+    finish_reason: Literal["stop", "length"] = Field(
+        description="stop: the model ended it; length: max_tokens was reached"
+    )
+    prompt_tokens: int = Field(description="tokens in the prompt")
+    completion_tokens: int = Field(description="tokens generated")
+    stack: list[StackEntry] = Field(description="the stack it ran with")
+    mode: UsedMode = Field(description="how the stack was applied")
     batch_size: int = Field(description="most rows decoded together with this one")
-    model: str
-    timings: Timings
+    model: str = Field(description="the base model's name")
+    timings: Timings = Field(description="where the time went")
 
 
 class TokenParams(StrictParams):
     index: int = Field(description="0-based index of this piece in the stream")
-    text: str
+    text: str = Field(description="the next piece of text")
 
 
 register(
@@ -168,6 +199,7 @@ register(
     summary="Generate a chat completion with a LoRA stack; streams inference.token notifications.",
     served_by="cap:inference",
     streams=True,
+    errors=MODEL_ERRORS,
 )
 register(
     "inference.token",
@@ -181,13 +213,13 @@ register(
 
 class LoadStackParams(StrictParams):
     name: AdapterName = Field(description="the leaf; its parents are loaded with it")
-    mode: StackMode = "auto"
+    mode: StackMode = Field("auto", description="how to apply the stack")
 
 
 class LoadStackResult(StrictModel):
-    stack: list[AdapterInfo]
-    mode: StackMode
-    load_ms: float
+    stack: list[AdapterInfo] = Field(description="the resolved stack, root first")
+    mode: StackMode = Field(description="how it will be applied")
+    load_ms: float = Field(description="time taken to load it")
 
 
 register(
@@ -196,15 +228,18 @@ register(
     result=LoadStackResult,
     summary="Resolve a dotted adapter name into its stack and load it (warm), without restarting.",
     served_by="cap:inference",
+    errors=MODEL_ERRORS,
 )
 
 
 class UnloadParams(StrictParams):
-    stack: Annotated[list[StackEntry], Field(max_length=MAX_STACK_DEPTH)]
+    stack: Annotated[list[StackEntry], Field(max_length=MAX_STACK_DEPTH)] = Field(
+        description="the stack to release, root first, pinned by hash"
+    )
 
 
 class UnloadResult(StrictModel):
-    released: list[StackEntry]
+    released: list[StackEntry] = Field(description="the levels released")
 
 
 register(
@@ -217,37 +252,37 @@ register(
 
 
 class LoadedAdapter(StrictModel):
-    slot: str
-    sha256: Sha256
-    names: list[str]
-    rank: int
+    slot: str = Field(description="the engine's name for the loaded adapter")
+    sha256: Sha256 = Field(description="the adapter's hash (of the combination, for cat)")
+    names: list[str] = Field(description="the dotted names it serves")
+    rank: int = Field(description="LoRA rank")
     combined: bool = Field(description="a cat combination of a whole stack")
-    idle_s: float
+    idle_s: float = Field(description="seconds since it was last used")
 
 
 class MergedStack(StrictModel):
-    stack: list[Sha256]
-    bytes: int
-    idle_s: float
+    stack: list[Sha256] = Field(description="the hashes of the stack's levels, root first")
+    bytes: int = Field(description="memory held by the merged copy")
+    idle_s: float = Field(description="seconds since it was last used")
 
 
 class InferenceStatus(StrictModel):
-    model: str
-    model_path: str
-    model_bytes: int
-    threads: int
-    pid: int
-    rss_bytes: int
-    slots_used: int
-    slots_capacity: int
-    merged_capacity: int
-    loaded: list[LoadedAdapter]
-    merged: list[MergedStack]
-    waiting: int
-    running: int
-    served: int
-    hotswaps: int
-    evictions: int
+    model: str = Field(description="the base model's name")
+    model_path: str = Field(description="where its weights are")
+    model_bytes: int = Field(description="size of the weights")
+    threads: int = Field(description="CPU threads torch uses")
+    pid: int = Field(description="the engine's process id")
+    rss_bytes: int = Field(description="the process's resident memory")
+    slots_used: int = Field(description="adapter slots in use")
+    slots_capacity: int = Field(description="adapter slots available")
+    merged_capacity: int = Field(description="merged copies kept at most")
+    loaded: list[LoadedAdapter] = Field(description="adapters in slots")
+    merged: list[MergedStack] = Field(description="merged copies of whole stacks")
+    waiting: int = Field(description="requests queued")
+    running: int = Field(description="requests being decoded")
+    served: int = Field(description="requests completed since start")
+    hotswaps: int = Field(description="adapters loaded by swapping tensors into a slot")
+    evictions: int = Field(description="adapters unloaded to make room")
 
 
 register(
@@ -263,25 +298,35 @@ register(
 
 
 class ChatParams(StrictParams):
-    message: Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]
-    context: Annotated[str | None, Field(max_length=MAX_MESSAGE_CHARS)] = None
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] = 256
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
-    stream: bool = True
+    message: Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)] = Field(
+        description="what you say to the persona"
+    )
+    context: Annotated[str | None, Field(max_length=MAX_MESSAGE_CHARS)] = Field(
+        None, description="extra context for this turn, put in the prompt"
+    )
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] = Field(
+        256, description="most tokens in the reply"
+    )
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = Field(
+        0.7, description="0: greedy; higher: more varied"
+    )
+    stream: bool = Field(True, description="send chat.token notifications as the reply is produced")
 
 
 class ChatResult(StrictModel):
-    reply: str
-    persona: str
-    finish_reason: Literal["stop", "length"]
-    prompt_tokens: int
-    completion_tokens: int
-    stack: list[StackEntry]
-    mode: UsedMode
-    model: str
-    memories_used: int
+    reply: str = Field(description="the persona's answer")
+    persona: str = Field(description="the persona's client id")
+    finish_reason: Literal["stop", "length"] = Field(
+        description="stop: the model ended it; length: max_tokens was reached"
+    )
+    prompt_tokens: int = Field(description="tokens in the prompt")
+    completion_tokens: int = Field(description="tokens generated")
+    stack: list[StackEntry] = Field(description="the LoRA stack it answered with")
+    mode: UsedMode = Field(description="how the stack was applied")
+    model: str = Field(description="the base model's name")
+    memories_used: int = Field(description="recalled memories put in the prompt")
     logged: bool = Field(description="whether the exchange was recorded as an interaction")
-    timings: Timings
+    timings: Timings = Field(description="where the inference time went")
     memory_ms: float = Field(description="looking up relevant memories")
 
 
@@ -292,6 +337,7 @@ register(
     summary="Talk to a persona: its profile, memories and LoRA stack shape the reply; streams chat.token.",
     served_by="persona",
     streams=True,
+    errors=(*MODEL_ERRORS, (ErrorCode.SHUTTING_DOWN, "the persona is stopping")),
 )
 register(
     "chat.token",
@@ -304,10 +350,10 @@ register(
 
 
 class PersonaLoadStackResult(StrictModel):
-    persona: str
-    stack: list[AdapterInfo]
-    mode: StackMode
-    load_ms: float
+    persona: str = Field(description="the persona's client id")
+    stack: list[AdapterInfo] = Field(description="its stack now, root first")
+    mode: StackMode = Field(description="how it will be applied")
+    load_ms: float = Field(description="time taken to load it")
 
 
 register(
@@ -316,12 +362,13 @@ register(
     result=PersonaLoadStackResult,
     summary="Give a persona a LoRA stack (a dotted name and its parents), used by its next chat.",
     served_by="persona",
+    errors=MODEL_ERRORS,
 )
 
 
 class PersonaUnloadResult(StrictModel):
-    persona: str
-    released: list[StackEntry]
+    persona: str = Field(description="the persona's client id")
+    released: list[StackEntry] = Field(description="the levels it dropped")
 
 
 register(
@@ -334,12 +381,16 @@ register(
 
 
 class LoraStatusResult(StrictModel):
-    persona: str
-    stack: list[AdapterInfo]
-    mode: StackMode
-    backend: Literal["service", "inprocess"]
-    engine: InferenceStatus | None = None
-    engine_error: str | None = None
+    persona: str = Field(description="the persona's client id")
+    stack: list[AdapterInfo] = Field(description="its stack, root first; empty: the base model")
+    mode: StackMode = Field(description="how it is applied")
+    backend: Literal["service", "inprocess"] = Field(
+        description="service: the shared cap:inference; inprocess: an engine in the persona's own process"
+    )
+    engine: InferenceStatus | None = Field(
+        None, description="the engine's status; null when it could not be asked"
+    )
+    engine_error: str | None = Field(None, description="why the engine could not be asked")
 
 
 register(

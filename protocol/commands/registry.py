@@ -23,6 +23,7 @@ either, and :func:`get` with ``served_by`` picks the matching variant.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -31,6 +32,7 @@ __all__ = [
     "REGISTRY",
     "VARIANTS",
     "Command",
+    "ErrorSpec",
     "StrictModel",
     "StrictParams",
     "get",
@@ -63,6 +65,10 @@ class StrictParams(StrictModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+#: An error a method may answer with: the code, or (code, when it happens).
+ErrorSpec = IntEnum | tuple[IntEnum, str]
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     """One method of the protocol."""
@@ -77,6 +83,16 @@ class Command:
     streams: bool = False
     #: True for notifications: no id, no response (``result`` is unused).
     notification: bool = False
+    #: Error codes the server itself may answer with, beyond the bus's own
+    #: (routing, grants, deadlines, params): a code whose ``description``
+    #: says it all, or (code, when) where this method gives it a meaning.
+    errors: tuple[ErrorSpec, ...] = ()
+
+    def error_list(self) -> list[tuple[IntEnum, str]]:
+        """``errors`` as (code, when) pairs."""
+        return [
+            e if isinstance(e, tuple) else (e, str(getattr(e, "description", e.name))) for e in self.errors
+        ]
 
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {
@@ -111,17 +127,27 @@ def register(
     served_by: str,
     streams: bool = False,
     notification: bool = False,
+    errors: tuple[ErrorSpec, ...] = (),
 ) -> Command:
     """Add a method to the registry. Raises ValueError on a duplicate name."""
     if method in REGISTRY:
         raise ValueError(f"method {method!r} is registered twice")
-    command = Command(method, params, result, summary, served_by, streams, notification)
+    command = Command(method, params, result, summary, served_by, streams, notification, errors)
     REGISTRY[method] = command
     return command
 
 
-def register_variant(method: str, *, served_by: str, result: type[BaseModel], summary: str) -> Command:
+def register_variant(
+    method: str,
+    *,
+    served_by: str,
+    result: type[BaseModel],
+    summary: str,
+    errors: tuple[ErrorSpec, ...] | None = None,
+) -> Command:
     """Record that ``served_by`` answers the registered ``method`` with its own result model.
+
+    ``errors`` defaults to the primary command's.
 
     Raises ValueError when ``method`` is not registered, or the variant exists.
     """
@@ -131,7 +157,14 @@ def register_variant(method: str, *, served_by: str, result: type[BaseModel], su
     if served_by == primary.served_by or (method, served_by) in VARIANTS:
         raise ValueError(f"method {method!r} already has a variant served by {served_by!r}")
     variant = Command(
-        method, primary.params, result, summary, served_by, primary.streams, primary.notification
+        method,
+        primary.params,
+        result,
+        summary,
+        served_by,
+        primary.streams,
+        primary.notification,
+        primary.errors if errors is None else errors,
     )
     VARIANTS[(method, served_by)] = variant
     return variant
