@@ -75,7 +75,7 @@ async def test_an_unprivileged_chromium_runs_its_renderers_sandboxed(tmp_path) -
 
 
 async def test_as_root_chromium_runs_unsandboxed_and_the_log_says_why_once(caplog, monkeypatch) -> None:
-    """Root: --no-sandbox (Chromium refuses it otherwise) and one WARNING saying why, however many launches."""
+    """Root: --no-sandbox (Chromium refuses it otherwise) and one WARNING saying why, for many launches."""
     if os.geteuid() != 0:
         pytest.skip("only root is refused the sandbox on a kernel with user namespaces")
     monkeypatch.setattr(chromium, "_sandbox_warned", False)
