@@ -156,11 +156,13 @@ class StateDir:
         subject: str,
         grants: tuple[str, ...] = (),
         provides: tuple[str, ...] = (),
+        exact: bool = True,
     ) -> str:
         """A token personad uses itself: ``secrets/<secret>`` while it is valid and
-        carries exactly this role, subject and grants, else a new one (the stale
-        one revoked). Verify, revoke, issue and store are one locked step, so two
-        processes starting at once end up with the same, valid token.
+        carries this role, subject and grants (exactly, or with ``exact=False``
+        at least), else a new one (the stale one revoked). Verify, revoke, issue
+        and store are one locked step, so two processes starting at once end up
+        with the same, valid token.
         """
         store = self.tokens()
         wanted = set(grants_for(role, grants, provides))
@@ -168,12 +170,10 @@ class StateDir:
             token = self.read_secret(secret)
             if token is not None:
                 entry = store.verify(token)
-                if entry is not None and (entry.role, entry.subject, set(entry.grants)) == (
-                    role,
-                    subject,
-                    wanted,
-                ):
-                    return token
+                if entry is not None and (entry.role, entry.subject) == (role, subject):
+                    held = set(entry.grants)
+                    if held == wanted or (not exact and wanted <= held):
+                        return token
                 if entry is not None:
                     # Issued under other grants (an edited config, or defaults
                     # that have since been narrowed): replace it.
@@ -195,16 +195,22 @@ class StateDir:
             return None
 
     def persona_token(
-        self, persona_id: str, *, create: bool, grants: tuple[str, ...] = (), provides: tuple[str, ...] = ()
+        self,
+        persona_id: str,
+        *,
+        create: bool,
+        grants: tuple[str, ...] | None = None,
+        provides: tuple[str, ...] = (),
     ) -> str:
         """The persona's own token: from secrets/, created (role persona) if asked.
 
-        ``grants`` are extra grants the token must carry (from the persona's
-        config, for development) and ``provides`` extra capabilities it may
+        ``grants`` are the extra grants from the persona's config (development;
+        ``personad up`` passes them) and ``provides`` extra capabilities it may
         serve (the role already provides ``chat``). With ``create``, a stored
         token that does not carry exactly the role's grants plus these is
-        revoked and issued anew, so editing the config is enough (and tokens
-        issued under older, wider role defaults are narrowed).
+        revoked and issued anew, so editing the config is enough, and tokens
+        issued under older, wider role defaults are narrowed. ``grants=None``
+        (a caller that did not read the config) keeps any valid stored token.
         """
         name = f"persona-{persona_id}.token"
         if create:
@@ -213,8 +219,9 @@ class StateDir:
                 name=f"persona:{persona_id}",
                 role="persona",
                 subject=f"persona:{persona_id}",
-                grants=grants,
+                grants=grants or (),
                 provides=provides,
+                exact=grants is not None,
             )
         token = self.read_secret(name)
         if token is None:

@@ -93,10 +93,15 @@ def test_no_role_reaches_a_browser_by_default_and_only_named_grants_reach_an_ext
 
 
 def test_a_persona_token_is_reissued_when_its_grants_change_and_kept_otherwise(state) -> None:
-    """Same grants: the same token. Other grants: a new token, the old one revoked in the same step."""
+    """Same grants: the same token. Other grants: a new token, the old one revoked in the same step.
+
+    A caller that does not know the config's grants (grants=None) keeps the
+    stored token: `personad persona` must not narrow what `personad up` issued.
+    """
     first = state.persona_token("ada", create=True, grants=("screenshot@cap:browser",))
     assert first == state.persona_token("ada", create=True, grants=("screenshot@cap:browser",))
-    second = state.persona_token("ada", create=True)
+    assert first == state.persona_token("ada", create=True)
+    second = state.persona_token("ada", create=True, grants=())
     assert second != first
     assert state.tokens().verify(first) is None
     entry = state.tokens().verify(second)
@@ -157,7 +162,7 @@ while not go.exists() and time.monotonic() < deadline:
 print(state.persona_token("ada", create=True, grants=("browser_js@cap:browser",)), flush=True)
 """
     go = tmp_path / "go"
-    state.persona_token("ada", create=True)  # an existing token without the grant: each must rotate it
+    state.persona_token("ada", create=True, grants=())  # a token without the grant: each must rotate it
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(state.root), str(go), str(WAIT * 4)],
