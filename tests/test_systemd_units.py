@@ -1,8 +1,9 @@
 """Checks of the unit files in systemd/ with systemd's own tools.
 
 ``systemd-analyze verify`` must print nothing at all at notice level or above
-(DESIGN.md: CI fails on any warning), and ``systemd-analyze security
---offline=yes`` must rate each service at most ``MAX_EXPOSURE``.
+(a warning there is a unit systemd would load differently from how it
+reads), and ``systemd-analyze security --offline=yes`` must rate each service
+at most its ceiling: ``MAX_EXPOSURE``, or its entry in ``EXPOSURE_CEILINGS``.
 
 The units name the production install path in ``ExecStart=``, which does not
 exist on a development or CI machine, and ``verify`` checks that the binary
@@ -31,9 +32,16 @@ UNITS_DIR = Path(__file__).resolve().parent.parent / "systemd"
 INSTALL_EXECUTABLE = "/opt/personad/.venv/bin/personad"
 #: The instance used to check templates (a valid persona id).
 TEMPLATE_INSTANCE = "demo"
-#: Both services measured 0.9 ("SAFE") with systemd 252; what remains is
-#: loopback networking and the host root, which they need (see the units).
+#: The bus, personas and inference measured 0.9 ("SAFE") with systemd 252;
+#: what remains is loopback networking and the host root, which they need.
 MAX_EXPOSURE = 1.0
+#: Services that need more, each measured (systemd 252) and explained in its
+#: unit: the browser reaches the internet, runs V8's JIT (no
+#: MemoryDenyWriteExecute=) and creates the user, PID and network namespaces
+#: of Chromium's own sandbox.
+EXPOSURE_CEILINGS = {"personad-browser.service": 1.7}
+#: The services personad.target pulls in itself (personas are enabled one by one).
+TARGET_SERVICES = {"personad-bus.service", "personad-inference.service", "personad-browser.service"}
 #: --offline=yes appeared in systemd 250; 252 is the version we measured.
 MIN_SYSTEMD_VERSION = 252
 #: Generous bound for one systemd-analyze run (about 0.1 s normally).
@@ -138,8 +146,37 @@ def units(tmp_path: Path) -> Path:
 
 
 def test_expected_units_exist() -> None:
-    """systemd/ holds the bus, the persona template and the target."""
-    assert {"personad-bus.service", "personad@.service", "personad.target"} <= set(UNIT_FILES)
+    """systemd/ holds the bus, inference, the browser worker, the persona template and the target."""
+    assert {*TARGET_SERVICES, "personad@.service", "personad.target"} <= set(UNIT_FILES)
+
+
+def test_the_target_pulls_in_every_service_and_each_is_part_of_it() -> None:
+    """personad.target wants the bus, inference and browser; every service stops and starts with it."""
+    wanted = {
+        unit
+        for section, key, value in unit_settings("personad.target")
+        if key == "Wants"
+        for unit in value.split()
+    }
+    assert TARGET_SERVICES == wanted
+    for name in SERVICE_FILES:
+        settings = unit_settings(name)
+        assert ("Unit", "PartOf", "personad.target") in settings, name
+        assert ("Install", "WantedBy", "personad.target") in settings, name
+
+
+def test_the_browser_unit_allows_what_chromium_needs_and_no_more() -> None:
+    """V8's JIT (no MemoryDenyWriteExecute=), the sandbox's namespaces only, private ranges denied."""
+    settings = unit_settings("personad-browser.service")
+    keys = {key for _, key, _ in settings}
+    assert "MemoryDenyWriteExecute" not in keys
+    assert ("Service", "RestrictNamespaces", "user pid net") in settings
+    assert ("Service", "NoNewPrivileges", "yes") in settings
+    assert ("Service", "CapabilityBoundingSet", "") in settings
+    denied = {net for _, key, value in settings if key == "IPAddressDeny" for net in value.split()}
+    assert {"10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"} <= denied
+    # The worker reads its token from the credential (daemon/browser/cli.py, worker_token).
+    assert ("Service", "LoadCredential", "token:/etc/personad/browser.token") in settings
 
 
 @pytest.mark.parametrize("name", UNIT_FILES)
@@ -186,8 +223,9 @@ def test_security_exposure(units: Path, name: str) -> None:
     match = _EXPOSURE_RE.search(output)
     assert match is not None, f"no exposure level in the output:\n{output}"
     assert match["unit"] == unit
-    assert float(match["score"]) <= MAX_EXPOSURE, (
-        f"{unit} exposure {match['score']} {match['verdict']} exceeds {MAX_EXPOSURE}:\n"
+    ceiling = EXPOSURE_CEILINGS.get(name, MAX_EXPOSURE)
+    assert float(match["score"]) <= ceiling, (
+        f"{unit} exposure {match['score']} {match['verdict']} exceeds {ceiling}:\n"
         + "\n".join(line for line in output.splitlines() if line.startswith("✗"))
     )
 
