@@ -1,11 +1,17 @@
 """Errors of the browser worker, translated to RpcError at the bus boundary.
 
-    BrowserError                  base of the worker's own failures
-    ├── CdpError                  Chromium answered a CDP command with an error
-    ├── CdpClosed                 the CDP connection (or one page's session) is gone:
-    │   └── BrowserCrashed        … because Chromium exited
-    └── LaunchError               Chromium could not be started
-    ChromiumNotFound              (a ConfigError) no Chromium where we looked
+All of them are in the daemon's error tree (daemon/errors.py), so the CLI
+reports any of them as a clear one-line error instead of a traceback:
+
+    PersonadError
+    ├── BrowserError              base of the worker's own failures
+    │   ├── CdpError              Chromium answered a CDP command with an error
+    │   ├── CdpClosed             the CDP connection (or one page's session) is gone:
+    │   │   └── BrowserCrashed    … because Chromium exited
+    │   └── LaunchError           Chromium could not be started
+    └── ConfigError
+        └── ChromiumNotFound      no Chromium where we looked (a setup problem, like
+                                  a bad --allow entry, which raises ConfigError itself)
 
 Handlers in worker.py turn these into :class:`protocol.RpcError` with a code
 of :class:`protocol.commands.browser.BrowserErrorCode`, so a caller sees one
