@@ -62,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="an Origin browsers may connect from (repeatable)",
     )
+    bus.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a Host header to answer besides the bind host and loopback names, e.g. a proxy's "
+        "name (repeatable; '*' turns the DNS-rebinding check off)",
+    )
+    bus.add_argument(
+        "--public-metrics",
+        action="store_true",
+        help="serve /metrics without a bearer token (default: a token with the 'metrics' grant)",
+    )
 
     persona = verb("persona", "run one persona daemon")
     persona.add_argument("id", help="persona id; its config is <config-dir>/personas/<id>.toml")
@@ -212,7 +225,13 @@ def _bus(args: argparse.Namespace, state: StateDir, url: str) -> int:
     except ValueError:
         raise ConfigError(f"PERSONAD_BUS_PORT must be a port number, not {port_text!r}") from None
     origins: tuple[str | None, ...] = (None, *args.allow_origin)
-    config = BusConfig(host=host, port=port, origins=origins)
+    config = BusConfig(
+        host=host,
+        port=port,
+        origins=origins,
+        allowed_hosts=tuple(args.allow_host),
+        public_metrics=args.public_metrics,
+    )
     try:
         runtime.run(run_bus(config, state.tokens()))
     except OSError as exc:

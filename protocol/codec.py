@@ -17,6 +17,15 @@ whatever the input: the hypothesis fuzz test in tests/protocol holds us to it.
 The data model on the wire is JSON's plus bytes: maps with string keys, no
 msgpack extension types, no NaN/Infinity, so any message can be relayed
 between a msgpack peer and a JSON peer unchanged.
+
+Decoding is bounded by the frame's size, not only the frame size by a limit:
+an empty msgpack array is one byte on the wire but a 56-byte Python list, so
+a 7.6 MiB frame of eight million of them would become half a gigabyte. A
+frame may hold at most :func:`container_budget` lists and maps (never fewer
+than 4096, so every bounded result such as 1000 ``brain.query`` rows of
+one column passes; beyond that one per 32 bytes, far denser than any message
+the project sends). What remains is the cost of scalars, at most about 20
+times the frame for a frame made only of tiny distinct strings.
 """
 
 from __future__ import annotations
@@ -38,14 +47,34 @@ from .messages import Notification, Request, Response, message_adapter, to_wire
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "JSON",
+    "MIN_CONTAINERS",
     "MSGPACK",
     "SUBPROTOCOLS",
     "Codec",
     "codec_for",
+    "container_budget",
 ]
 
 #: 16 MiB: a full-page PNG screenshot fits; a runaway client does not.
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
+#: Lists and maps any frame may hold, however small (see container_budget).
+MIN_CONTAINERS: Final = 4096
+#: Beyond MIN_CONTAINERS, one list or map per this many bytes of frame.
+BYTES_PER_CONTAINER: Final = 32
+
+
+def container_budget(size: int) -> int:
+    """How many lists and maps a frame of ``size`` bytes may decode to.
+
+    The densest message the project sends is a ``brain.query`` result of
+    1000 one-column rows, one list per 2-4 bytes but only 1003 lists; big
+    frames (screenshots, adapters, recall hits) hold one container per
+    hundreds of bytes. A Python list or dict costs 56-232 bytes, so this
+    keeps containers within a few times the frame's size.
+    """
+    return max(MIN_CONTAINERS, size // BYTES_PER_CONTAINER)
+
 
 AnyMessage = Request | Notification | Response
 
@@ -67,8 +96,12 @@ class Codec(ABC):
         """Plain data to a frame payload."""
 
     @abstractmethod
-    def loads(self, frame: bytes | str) -> Any:
-        """A frame payload to plain data (any exception means "garbage")."""
+    def loads(self, frame: bytes | str, *, max_containers: int) -> Any:
+        """A frame payload to plain data (any exception means "garbage").
+
+        Raises MalformedFrame, before building them all, when the data holds
+        more than ``max_containers`` lists and maps.
+        """
 
     def encode(self, message: AnyMessage) -> bytes | str:
         """The frame payload for ``message``. Raises EncodeError."""
@@ -90,7 +123,7 @@ class Codec(ABC):
         if size > max_bytes:
             raise FrameTooLarge(size, max_bytes)
         try:
-            return self.loads(frame)
+            return self.loads(frame, max_containers=container_budget(size))
         except RecursionError as exc:
             raise MalformedFrame(f"{self.name} nesting too deep") from exc
         except MalformedFrame:
@@ -133,8 +166,9 @@ class _JsonCodec(Codec):
     def dumps(self, data: dict[str, Any]) -> str:
         return self._encoder.encode(data)
 
-    def loads(self, frame: bytes | str) -> Any:
+    def loads(self, frame: bytes | str, *, max_containers: int) -> Any:
         assert isinstance(frame, str)
+        _check_json_containers(frame, max_containers)
         value, end = self._decoder.raw_decode(frame, _skip_ws(frame, 0))
         if _skip_ws(frame, end) != len(frame):
             raise MalformedFrame("trailing data after the JSON value")
@@ -144,6 +178,29 @@ class _JsonCodec(Codec):
         if _SURROGATE_ESCAPE.search(frame):
             _check_utf8(value)
         return value
+
+
+#: A JSON string literal, matched possessively (no backtracking).
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+
+
+def _check_json_containers(text: str, max_containers: int) -> None:
+    """Refuse text with more arrays and objects than ``max_containers``.
+
+    json has no list hook, so count before parsing: every container opens
+    with ``[`` or ``{``. Brackets inside strings count too in the fast count
+    (C speed, no copy); only text that fails it pays for a second count with
+    the strings taken out, so prose or code full of brackets still passes.
+    """
+    if len(text) // 2 <= max_containers:  # each container takes two characters at least
+        return
+    if text.count("[") + text.count("{") <= max_containers:
+        return
+    bare = _JSON_STRING.sub("", text)
+    if bare.count("[") + bare.count("{") > max_containers:
+        raise MalformedFrame(
+            f"more than {max_containers} arrays and objects in a {len(text)}-character frame"
+        )
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -219,16 +276,20 @@ class _MsgpackCodec(Codec):
         # packb rather than a shared Packer: Packer instances are not reentrant.
         return msgpack.packb(data, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
 
-    def loads(self, frame: bytes | str) -> Any:
+    def loads(self, frame: bytes | str, *, max_containers: int) -> Any:
         assert isinstance(frame, bytes)
+        hooks = _MsgpackHooks(max_containers)
         return msgpack.unpackb(
             frame,
             raw=False,
             strict_map_key=True,
             ext_hook=_no_ext,
             timestamp=0,
-            object_pairs_hook=_str_keys_only,
-            list_hook=_json_safe_list,
+            # object_hook, not object_pairs_hook: msgpack builds the dict
+            # itself, where pairs would first be a list of 2-tuples (about
+            # 36 bytes of Python per 2 bytes of wire).
+            object_hook=hooks.map,
+            list_hook=hooks.list,
         )
 
 
@@ -236,20 +297,38 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise MalformedFrame(f"msgpack extension type {code} is not allowed")
 
 
-def _str_keys_only(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if not isinstance(key, str):
-            raise MalformedFrame("map keys must be strings")
-        _check_scalar(value)
-        out[key] = value
-    return out
+class _MsgpackHooks:
+    """Per-decode hooks: check what JSON cannot carry, and count containers.
 
+    msgpack calls a hook as each list or map is completed, innermost first,
+    so counting here stops a frame of a million empty arrays after
+    ``max_containers`` of them, before the rest exist. One instance per
+    decode: codecs are shared between threads.
+    """
 
-def _json_safe_list(items: list[Any]) -> list[Any]:
-    for value in items:
-        _check_scalar(value)
-    return items
+    __slots__ = ("left",)
+
+    def __init__(self, max_containers: int) -> None:
+        self.left = max_containers
+
+    def _count(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise MalformedFrame("too many arrays and maps for the frame's size")
+
+    def map(self, obj: dict[Any, Any]) -> dict[str, Any]:
+        self._count()
+        for key, value in obj.items():
+            if not isinstance(key, str):  # strict_map_key lets bytes through
+                raise MalformedFrame("map keys must be strings")
+            _check_scalar(value)
+        return obj
+
+    def list(self, items: list[Any]) -> list[Any]:
+        self._count()
+        for value in items:
+            _check_scalar(value)
+        return items
 
 
 def _check_scalar(value: Any) -> None:

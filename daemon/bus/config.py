@@ -15,6 +15,15 @@ class BusConfig:
     #: Browsers always send one, so only listed origins (the extension's
     #: pinned chrome-extension://<id>, a UI's origin) may connect from one.
     origins: tuple[str | None, ...] = field(default=(None,))
+    #: Host headers answered, besides the defaults (the bind host, localhost,
+    #: 127.0.0.1 and [::1]): ``name`` (any port) or ``name:port``; ``*``
+    #: turns the check off. A page on evil.example whose name is rebound to
+    #: 127.0.0.1 sends ``Host: evil.example``, so checking it stops DNS
+    #: rebinding from reading /healthz, /metrics or opening a WebSocket.
+    allowed_hosts: tuple[str, ...] = ()
+    #: Serve /metrics without a bearer token (a token with the ``metrics``
+    #: grant is needed otherwise).
+    public_metrics: bool = False
 
     # Timeouts
     hello_timeout: float = 10.0
@@ -29,6 +38,16 @@ class BusConfig:
 
     # Limits
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: The largest first frame (the hello) read before a client is
+    #: authenticated. The largest valid hello is about 3 KiB; anything bigger
+    #: is refused by websockets from the frame header (close 1009), before
+    #: its payload is read, so an anonymous peer cannot make the bus buffer
+    #: or decode megabytes. Raised to max_message_bytes once hello succeeds.
+    max_hello_bytes: int = 16 * 1024
+    #: Frames at least this big are decoded in a worker thread, so that the
+    #: event loop keeps serving everyone else meanwhile (the GIL is handed
+    #: over every few milliseconds).
+    decode_in_thread_bytes: int = 128 * 1024
     max_connections: int = 10_000
     max_inflight_per_client: int = 256
     #: Bytes queued for one client beyond which it is dropped as a slow

@@ -10,6 +10,11 @@ import os
 import resource
 from collections import Counter
 from collections.abc import Iterable
+from typing import Final
+
+#: The grant a token needs to read /metrics (unless the bus runs with
+#: --public-metrics). Not under bus.*, so persona tokens do not have it.
+METRICS_GRANT: Final = "metrics"
 
 
 class Metrics:

@@ -3,7 +3,13 @@
 Built on websockets' asyncio server with compression off (faster, and about
 14 KiB instead of 64 KiB per connection), a frame size limit, Origin checking,
 and ``process_request`` serving ``/healthz`` and ``/metrics`` on the same port
-and checking the bearer token before the WebSocket upgrade.
+and checking the Host header and the bearer token before the WebSocket upgrade.
+
+Until its hello is accepted a connection may send one small frame only
+(``max_hello_bytes``, checked by websockets from the frame header, before the
+payload is read); then the limit is raised to ``max_message_bytes``. Frames
+of ``decode_in_thread_bytes`` or more are decoded in a worker thread so the
+loop keeps serving the other clients.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import secrets
 import signal
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Any
 
@@ -42,7 +49,7 @@ from .. import __version__
 from ..systemd_notify import Notifier
 from ..tokens import PROVIDE_PREFIX, TokenEntry, TokenStore
 from .config import BusConfig
-from .metrics import Metrics
+from .metrics import METRICS_GRANT, Metrics
 from .router import Router
 from .session import Session
 
@@ -66,6 +73,11 @@ class Bus:
         self._closing: set[asyncio.Task[None]] = set()
         #: Sessions with frames queued this loop iteration (see Session.push).
         self._to_flush: list[Session] = []
+        #: Decodes big frames off the loop; two threads, so a flood of big
+        #: frames queues here instead of taking every core.
+        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bus-decode")
+        #: Host headers answered; set in start() once the port is known.
+        self._hosts: frozenset[str] = frozenset()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -78,7 +90,8 @@ class Bus:
             origins=list(self.config.origins),  # type: ignore[arg-type]
             process_request=self._process_request,
             compression=None,
-            max_size=self.config.max_message_bytes,
+            # Raised to max_message_bytes per connection once hello succeeds.
+            max_size=self.config.max_hello_bytes,
             max_queue=self.config.max_queue,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
@@ -86,6 +99,7 @@ class Bus:
             server_header=f"personad/{__version__}",
         )
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="bus-sweeper")
+        self._hosts = allowed_hosts(self.config.host, self.port, self.config.allowed_hosts)
         log.info("bus listening url=%s", self.url)
 
     @property
@@ -112,6 +126,7 @@ class Bus:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.shutdown_timeout + 1):
                     await self._server.wait_closed()
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def schedule_flush(self, session: Session) -> None:
         if not self._to_flush:
@@ -160,6 +175,17 @@ class Bus:
 
     def _process_request(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
         path = request.path.partition("?")[0]
+        if not self._host_allowed(request):
+            # Before anything else, the WebSocket upgrade included: a page
+            # whose DNS name was rebound to this address sends its own name.
+            self.metrics.closed["bad_host"] += 1
+            log.warning(
+                "refused %s from %s: Host %r is not allowed (see --allow-host)",
+                path,
+                connection.remote_address,
+                request.headers.get("Host"),
+            )
+            return connection.respond(HTTPStatus.MISDIRECTED_REQUEST, "unknown Host; see --allow-host\n")
         if path == "/healthz":
             return _json_response(
                 connection,
@@ -167,6 +193,10 @@ class Bus:
                 self.health(),
             )
         if path == "/metrics":
+            if not self.config.public_metrics:
+                refused = self._metrics_refusal(connection, request)
+                if refused is not None:
+                    return refused
             response = connection.respond(
                 HTTPStatus.OK,
                 self.metrics.render(
@@ -187,6 +217,27 @@ class Bus:
             self.metrics.closed["unauthenticated"] += 1
             log.warning("refused connection from %s: invalid bearer token", connection.remote_address)
             return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid bearer token\n")
+        return None
+
+    def _host_allowed(self, request: HttpRequest) -> bool:
+        if "*" in self._hosts:
+            return True
+        host = request.headers.get("Host")
+        return host is not None and host.strip().lower() in self._hosts
+
+    def _metrics_refusal(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
+        """401 without a valid bearer token, 403 without the metrics grant, else None."""
+        token = self._header_token(request)
+        if token is None:
+            response = connection.respond(
+                HTTPStatus.UNAUTHORIZED, "/metrics needs 'Authorization: Bearer <token>'\n"
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="personad"'
+            return response
+        if not token.allows(METRICS_GRANT, "bus"):
+            return connection.respond(
+                HTTPStatus.FORBIDDEN, f"token {token.name!r} lacks the {METRICS_GRANT!r} grant\n"
+            )
         return None
 
     def _header_token(self, request: HttpRequest | None) -> TokenEntry | None:
@@ -245,11 +296,19 @@ class Bus:
 
     async def _serve(self, session: Session) -> None:
         metrics, router, conn = self.metrics, self.router, session.conn
+        in_thread = self.config.decode_in_thread_bytes
+        loop = asyncio.get_running_loop()
         async for frame in session.ws:
             metrics.frames_in += 1
             metrics.bytes_in += len(frame)
             try:
-                message = conn.receive(frame)
+                if len(frame) < in_thread:
+                    message = conn.receive(frame)
+                else:
+                    # This session waits (its messages stay in order); the
+                    # others are served meanwhile. Only this session's
+                    # Connection is touched, by one thread at a time.
+                    message = await loop.run_in_executor(self._decoder, conn.receive, frame)
             except ProtocolError as exc:
                 request_id = getattr(exc, "request_id", None)
                 if request_id is not None:
@@ -358,10 +417,42 @@ class Bus:
             },
             "grants": list(token.grants),
         }
+        # Authenticated: from the next frame on, the full message size. Set
+        # before answering, since websockets reads the limit when the next
+        # frame's first bytes arrive; a frame pipelined before this answer
+        # was sent anonymously and stays under the hello limit.
+        ws.protocol.max_message_size = self.config.max_message_bytes
         await ws.send(conn.send(Response(id=hello.id, result=result)))
         conn.hello_accepted()
         log.info("client joined id=%s codec=%s token=%s", client_id, session.codec.name, token.name)
         return True
+
+
+def allowed_hosts(bind_host: str, port: int, extra: tuple[str, ...]) -> frozenset[str]:
+    """Every Host header value the bus answers, lowercased.
+
+    Loopback names and the bind host, each with the port (and bare when the
+    port is 80, as clients omit it then); an ``extra`` entry without a port
+    is allowed bare (a reverse proxy's name) and with the bus's port. An
+    address literal, even 0.0.0.0, is safe to allow: DNS rebinding needs a
+    name, and a page that asks for an address is cross-origin to it.
+    """
+    names = {"localhost", "127.0.0.1", "[::1]"}
+    bind = bind_host.strip().lower()
+    if bind:
+        names.add(f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind)
+    hosts = {f"{name}:{port}" for name in names}
+    if port == 80:
+        hosts |= names
+    for entry in extra:
+        entry = entry.strip().lower()
+        if entry == "*":
+            hosts.add("*")
+        elif entry.endswith("]") or ":" not in entry:  # a name or [v6] without a port
+            hosts |= {entry, f"{entry}:{port}"}
+        else:
+            hosts.add(entry)
+    return frozenset(hosts)
 
 
 def _json_response(connection: ServerConnection, status: HTTPStatus, body: dict[str, Any]) -> HttpResponse:

@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from protocol import JSON, MSGPACK, Notification, Request, Response, codec_for
+from protocol.codec import container_budget
 from protocol.errors import FrameTooLarge, InvalidMessage, MalformedFrame, WrongFrameType
 
 
@@ -124,3 +125,58 @@ def test_codec_for_subprotocols() -> None:
         codec_for(None)
     with pytest.raises(ValueError, match="unknown subprotocol"):
         codec_for("graphql-ws")
+
+
+# -- decoding bounded by the frame's size -------------------------------------------
+
+
+def _bomb(codec, arrays: int) -> bytes | str:
+    if codec is MSGPACK:
+        return b"\xdd" + arrays.to_bytes(4, "big") + b"\x90" * arrays
+    return "[" + ",".join(["[]"] * arrays) + "]"
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=lambda c: c.name)
+def test_container_bomb_is_malformed(codec) -> None:
+    """A frame of empty arrays, 56 bytes of Python per wire byte, is refused within the budget."""
+    frame = _bomb(codec, 400_000)
+    assert container_budget(len(frame)) < 400_000
+    with pytest.raises(MalformedFrame, match="arrays"):
+        codec.decode(frame)
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=lambda c: c.name)
+def test_densest_legit_message_passes(codec) -> None:
+    """brain.query's worst case, 1000 one-column rows (a list per 2-4 bytes), is within budget."""
+    rows = [[i] for i in range(1000)]
+    result = {"columns": ["id"], "rows": rows, "truncated": True, "elapsed_s": 0.01}
+    frame = codec.encode(Response(id=1, result=result))
+    assert rows == codec.decode(frame).result["rows"]
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=lambda c: c.name)
+def test_many_records_in_a_big_frame_pass(codec) -> None:
+    """bus.clients for 20,000 clients (a map and a list each, ~60 bytes per container) passes."""
+    clients = [
+        {
+            "id": f"persona:p{i}",
+            "kind": "persona",
+            "capabilities": [],
+            "connected_at": 1764620000.0 + i,
+            "inflight": 0,
+            "codec": "msgpack",
+            "token": f"p{i}",
+        }
+        for i in range(20_000)
+    ]
+    frame = codec.encode(Response(id=1, result={"clients": clients}))
+    assert clients == codec.decode(frame).result["clients"]
+
+
+def test_json_brackets_inside_strings_do_not_count() -> None:
+    """Text full of brackets (code, nested JSON as a string) is not mistaken for containers."""
+    text = "[{}]" * 20_000
+    frame = JSON.encode(Notification(method="note", params={"source": text}))
+    assert text == JSON.decode(frame).params["source"]
+    escaped = JSON.encode(Notification(method="note", params={"q": '"[' * 20_000}))
+    assert '"[' * 20_000 == JSON.decode(escaped).params["q"]

@@ -526,13 +526,14 @@ async def test_replaced_connection_is_closed(connect) -> None:
 # -- HTTP and shutdown -----------------------------------------------------------------
 
 
-def _get(url: str) -> tuple[int, str, str]:
-    with urllib.request.urlopen(url, timeout=WAIT) as response:
+def _get(url: str, token: str | None = None) -> tuple[int, str, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=WAIT) as response:
         return response.status, response.headers["Content-Type"], response.read().decode()
 
 
-async def test_healthz_and_metrics(bus, connect) -> None:
-    """/healthz is JSON with clients by kind; /metrics is Prometheus text."""
+async def test_healthz_and_metrics(bus, connect, state) -> None:
+    """/healthz is JSON with clients by kind; /metrics (admin token) is Prometheus text."""
     await connect(kind="persona", name="p")
     http = bus.url.replace("ws://", "http://")
     status, ctype, body = await asyncio.to_thread(_get, http + "/healthz")
@@ -543,7 +544,7 @@ async def test_healthz_and_metrics(bus, connect) -> None:
         health["status"],
         health["clients"],
     )
-    status, ctype, body = await asyncio.to_thread(_get, http + "/metrics")
+    status, ctype, body = await asyncio.to_thread(_get, http + "/metrics", state.admin_token)
     assert 200 == status
     assert ctype.startswith("text/plain; version=0.0.4")
     assert 'personad_bus_clients{kind="persona"} 1' in body
