@@ -28,6 +28,18 @@ the worker's own checks). Three measurements:
 * ``browser_js`` on the current page: a DOM read over a 300-row table, a
   fraction of a millisecond in Chromium.
 
+Then the network policy's cost (daemon/browser/proxy.py): the same request
+through two workers on the same bus, one with the policy (its egress proxy)
+and one without (``WorkerConfig(network_policy=False)``, which only this
+bench uses), interleaved:
+
+* ``browser_js`` with a ``url``: a navigation (the document through the
+  proxy: resolve, check, connect);
+* ``browser_js`` running ``fetch()`` of a small resource: one subrequest.
+
+These rows are measurements, reported with the added milliseconds; they have
+no target and do not change the verdict.
+
 Target: at most 1.3x. For the last one a ratio mostly measures the bus's
 fixed cost (one no-op round trip through the bus is about 0.15-0.3 ms here),
 not an overhead that grows with the work; the added milliseconds are printed
@@ -120,6 +132,18 @@ async def interleaved(
     return bus_times, direct_times
 
 
+def report_policy(name: str, policy: list[float], none: list[float]) -> None:
+    """With the network policy against without it: a measurement, no verdict."""
+    p50, p99 = percentile(policy, 0.5) * 1000, percentile(policy, 0.99) * 1000
+    n50, n99 = percentile(none, 0.5) * 1000, percentile(none, 0.99) * 1000
+    print(
+        f"{name:<17} policy p50 {p50:7.2f} ms  p99 {p99:7.2f} ms"
+        f" | no policy p50 {n50:7.2f} ms  p99 {n99:7.2f} ms"
+        f" | ratio p50 {statistics.median(policy) / statistics.median(none):4.2f}x | +{p50 - n50:.2f} ms",
+        flush=True,
+    )
+
+
 def report(name: str, bus: list[float], direct: list[float]) -> bool:
     b50, b99 = percentile(bus, 0.5) * 1000, percentile(bus, 0.99) * 1000
     d50, d99 = percentile(direct, 0.5) * 1000, percentile(direct, 0.99) * 1000
@@ -148,21 +172,32 @@ async def bench(n_shots: int, n_js: int) -> bool:
         admin = state.init()
         assert admin is not None
         async with Bus(BusConfig(port=0), state.tokens()) as bus:
-            config = WorkerConfig()
-            worker = BrowserWorker(
-                config, url=bus.url, token=worker_token(state), notifier=Notifier.from_env({})
+            # The page is on 127.0.0.1, which the policy denies: allowed by address and port.
+            page_entry = f"127.0.0.1:{httpd.server_address[1]}"
+            config = WorkerConfig(allow=(page_entry,))
+            token = worker_token(state)
+            worker = BrowserWorker(config, url=bus.url, token=token, notifier=Notifier.from_env({}))
+            unguarded = BrowserWorker(
+                WorkerConfig(name="nopolicy", network_policy=False),
+                url=bus.url,
+                token=token,
+                notifier=Notifier.from_env({}),
             )
-            async with worker, BusClient(bus.url, token=admin, kind="cli", name="bench") as caller:
+            async with (
+                worker,
+                unguarded,
+                BusClient(bus.url, token=admin, kind="cli", name="bench") as caller,
+            ):
                 assert worker.browser is not None
                 print(f"Chromium: {worker.browser.version}; page: 300-row table; viewport 1280x800\n")
                 viewport = {"width": 1280, "height": 800}
-                await caller.call("screenshot", {"url": url, "viewport": viewport}, to="cap:browser")
+                await caller.call("screenshot", {"url": url, "viewport": viewport}, to="browser:headless")
                 ctx = worker.context_of("cli:bench")
                 assert ctx is not None
                 cdp, session = worker.browser.cdp, ctx.session_id
 
                 async def shot_bus() -> Any:
-                    return await caller.call("screenshot", {}, to="cap:browser")
+                    return await caller.call("screenshot", {}, to="browser:headless")
 
                 async def shot_direct() -> Any:
                     return await cdp.send(
@@ -170,7 +205,7 @@ async def bench(n_shots: int, n_js: int) -> bool:
                     )
 
                 async def js_bus() -> Any:
-                    return await caller.call("browser_js", {"script": SCRIPT}, to="cap:browser")
+                    return await caller.call("browser_js", {"script": SCRIPT}, to="browser:headless")
 
                 evaluate = {
                     "expression": SCRIPT,
@@ -184,7 +219,9 @@ async def bench(n_shots: int, n_js: int) -> bool:
                     return await cdp.send("Runtime.evaluate", evaluate, session_id=session)
 
                 async def load_js_bus() -> Any:
-                    return await caller.call("browser_js", {"script": SCRIPT, "url": url}, to="cap:browser")
+                    return await caller.call(
+                        "browser_js", {"script": SCRIPT, "url": url}, to="browser:headless"
+                    )
 
                 async def load_js_direct() -> Any:
                     await worker._load(ctx, url, None)  # Page.navigate + its load lifecycle event
@@ -199,6 +236,35 @@ async def bench(n_shots: int, n_js: int) -> bool:
                     report("browser_js (url)", *await interleaved(n_shots, load_js_bus, load_js_direct)),
                     report("browser_js (page)", *await interleaved(n_js, js_bus, js_direct)),
                 ]
+                print("\nthe network policy (egress proxy) against none, both through the bus:")
+
+                def through(target: str, params: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
+                    async def call() -> Any:
+                        return await caller.call("browser_js", params, to=target)
+
+                    return call
+
+                navigate = {"script": "1", "url": url}
+                # no-store: every fetch is a request on the wire, never the cache.
+                fetch = {
+                    "script": f"fetch('{url}?f=' + Math.random(), {{cache: 'no-store'}}).then(r => r.status)"
+                }
+                for target in ("browser:headless", "browser:nopolicy"):  # warm-up; both contexts on the page
+                    for _ in range(5):
+                        await through(target, navigate)()
+                        await through(target, fetch)()
+                report_policy(
+                    "navigation",
+                    *await interleaved(
+                        n_shots, through("browser:headless", navigate), through("browser:nopolicy", navigate)
+                    ),
+                )
+                report_policy(
+                    "fetch() request",
+                    *await interleaved(
+                        n_js, through("browser:headless", fetch), through("browser:nopolicy", fetch)
+                    ),
+                )
                 return all(results)
     finally:
         httpd.shutdown()
