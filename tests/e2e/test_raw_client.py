@@ -28,7 +28,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
-from tests.conftest import WAIT, Proc, start_bus_process
+from tests.conftest import WAIT, Proc, run_cli, start_bus_process
+from tests.schema.ajv import ajv_check, envelope_cases
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +38,11 @@ pytestmark = pytest.mark.slow
 SUBPROTOCOL = Subprotocol("personad.v1.json")
 PROTOCOL_VERSION = 1
 INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
 UNAUTHENTICATED = -32006
 CLOSE_INVALID_DATA = 1007
 CLOSE_UNAUTHENTICATED = 4001
+CLOSE_BAD_HELLO = 4005
 
 
 # -- the raw client -------------------------------------------------------------------
@@ -304,3 +307,107 @@ async def test_missing_token_is_refused(bus_url: str) -> None:
     assert CLOSE_UNAUTHENTICATED == code
     with pytest.raises(ConnectionClosed):
         await client.send({"jsonrpc": "2.0", "id": 1, "method": "bus.ping"})
+
+
+# -- strict envelopes (finding 9) ---------------------------------------------------------
+
+#: Lax envelopes the bus used to accept, each with a readable id: "Bad input" in
+#: docs/protocol.md says such a message is answered INVALID_REQUEST with that id.
+LAX_WITH_ID: list[tuple[str, dict[str, Any]]] = [
+    ("deadline_ms as a string", {"id": "lax-1", "method": "bus.ping", "meta": {"deadline_ms": "700"}}),
+    ("deadline_ms true", {"id": "lax-2", "method": "bus.ping", "meta": {"deadline_ms": True}}),
+    ("to null", {"id": "lax-3", "method": "bus.ping", "to": None}),
+    ("from null", {"id": "lax-4", "method": "bus.ping", "from": None}),
+    ("meta null", {"id": "lax-5", "method": "bus.ping", "meta": None}),
+    ("params null", {"id": "lax-6", "method": "bus.ping", "params": None}),
+    ("meta.trace null", {"id": "lax-7", "method": "bus.ping", "meta": {"trace": None}}),
+    ("method as $bytes", {"id": "lax-8", "method": {"$bytes": base64.b64encode(b"bus.ping").decode()}}),
+    ("a response whose error is null", {"id": "lax-9", "error": None}),
+]
+
+
+@pytest.mark.parametrize(("what", "message"), LAX_WITH_ID, ids=[w for w, _ in LAX_WITH_ID])
+async def test_lax_envelope_with_an_id_is_answered_invalid_request(
+    bus_url: str, admin_token: str, what: str, message: dict[str, Any]
+) -> None:
+    """A lax member (a string for a number, null for absent) is INVALID_REQUEST, not taken as meant."""
+    client = await joined(bus_url, admin_token)
+    try:
+        await client.send({"jsonrpc": "2.0", **message})
+        answer = await client.response(message["id"])
+        assert "result" not in answer, f"{what} was accepted: {answer}"
+        assert INVALID_REQUEST == answer["error"]["code"], answer
+        assert "time" in await client.result("bus.ping")  # the connection stays
+    finally:
+        await client.close()
+
+
+async def test_id_true_is_not_id_1(bus_url: str, admin_token: str) -> None:
+    """`"id": true` is no readable id (not 1): the connection is closed with 1007, nothing is answered."""
+    client = await joined(bus_url, admin_token)
+    await client.send({"jsonrpc": "2.0", "id": True, "method": "bus.ping"})
+    try:
+        answer: dict[str, Any] | None = await client.receive()
+    except ConnectionClosed:
+        answer = None
+    assert answer is None, f"answered as if the id were readable: {answer}"
+    code, _reason = await client.closed()
+    assert CLOSE_INVALID_DATA == code
+
+
+@pytest.mark.parametrize("protocol", [True, "1", 1.0], ids=["true", "string", "float"])
+async def test_hello_protocol_must_be_the_integer_1(bus_url: str, admin_token: str, protocol: Any) -> None:
+    """hello with `"protocol": true` (or "1", or 1.0) is INVALID_PARAMS and closed with 4005."""
+    client = await RawClient.open(bus_url, token=admin_token)
+    # json.dumps writes 1.0 as "1.0": a float on the wire.
+    params = {"protocol": protocol, "kind": "cli"}
+    await client.send({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": params})
+    answer = await client.response(0)
+    assert "result" not in answer, answer
+    assert INVALID_PARAMS == answer["error"]["code"]
+    assert ["protocol"] == answer["error"]["data"][0]["loc"]
+    code, _reason = await client.closed()
+    assert CLOSE_BAD_HELLO == code
+
+
+async def _bus_verdict(url: str, token: str, text: str) -> bool:
+    """Whether the bus takes ``text`` as a valid message: refused means INVALID_REQUEST or a 1007 close.
+
+    A bus.ping sent right after it marks the end: the bus handles a connection's
+    frames in order, so any refusal arrives before the ping's answer.
+    """
+    client = await joined(url, token)
+    try:
+        await client.send_text(text)
+        await client.send({"jsonrpc": "2.0", "id": "sentinel", "method": "bus.ping"})
+        while True:
+            try:
+                message = await client.receive()
+            except ConnectionClosed:
+                code, _reason = await client.closed()
+                assert CLOSE_INVALID_DATA == code
+                return False
+            if "error" in message and message["error"]["code"] == INVALID_REQUEST:
+                return False
+            if message.get("id") == "sentinel":
+                return True
+    finally:
+        await client.close()
+
+
+async def test_schema_and_bus_agree_on_the_envelope_corpus(
+    bus_url: str, admin_token: str, state: Any
+) -> None:
+    """`personad schema` compiled by Ajv (strict) and a real bus give each envelope the docs' verdict."""
+    done = run_cli(state, "schema")
+    assert 0 == done.returncode, done.stderr
+    schema = json.loads(done.stdout)
+    cases = envelope_cases()
+    ajv = ajv_check(schema, [("#", json.loads(c["text"])) for c in cases])["results"]
+    disagreements = []
+    for case, by_ajv in zip(cases, ajv, strict=True):
+        by_bus = await _bus_verdict(bus_url, admin_token, case["text"])
+        ajv_expected = True if "schema_cannot_tell" in case else case["valid"]
+        if by_bus != case["valid"] or by_ajv["valid"] != ajv_expected:
+            disagreements.append(f"{case['name']}: docs {case['valid']}, bus {by_bus}, ajv {by_ajv}")
+    assert [] == disagreements
