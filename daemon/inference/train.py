@@ -35,9 +35,9 @@ from typing import Any, cast
 import torch
 
 from .adapters import AdapterRecord, AdapterStore, chain, peft_key, validate_name
-from .slots import _quiet
 from .errors import TrainingDataError
 from .model import LoadedModel
+from .slots import _quiet
 
 __all__ = ["TrainConfig", "TrainProgress", "load_examples", "train_adapter"]
 
