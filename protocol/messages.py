@@ -221,7 +221,11 @@ class Response(_Envelope):
     model_config = ConfigDict(
         json_schema_extra={
             "oneOf": [
-                {"type": "object", "properties": {"result": True}, "required": ["result"]},
+                {
+                    "type": "object",
+                    "properties": {"result": True, "id": {"not": {"type": "null"}}},
+                    "required": ["result"],
+                },
                 {"type": "object", "properties": {"error": True}, "required": ["error"]},
             ]
         }
@@ -239,8 +243,13 @@ class Response(_Envelope):
     @model_validator(mode="before")
     @classmethod
     def _exactly_one_outcome(cls, data: Any) -> Any:
-        if isinstance(data, dict) and ("result" in data) == ("error" in data):
-            raise ValueError("a response has exactly one of 'result' and 'error'")
+        if isinstance(data, dict):
+            if ("result" in data) == ("error" in data):
+                raise ValueError("a response has exactly one of 'result' and 'error'")
+            # JSON-RPC 2.0 §5: a null id answers a request whose id could not
+            # be read, and such an answer can only be an error.
+            if "result" in data and "id" in data and data["id"] is None:
+                raise ValueError("a result needs the id of its request (only an error may have a null id)")
         return data
 
     @property
