@@ -45,6 +45,8 @@ __all__ = [
     "QUERY_HEAP_BYTES",
     "QUERY_LIMITS",
     "QUERY_MAX_LENGTH",
+    "QUERY_MAX_PATTERN",
+    "QUERY_SOFT_HEAP_BYTES",
     "LimitsUnavailable",
     "check",
     "handle",
@@ -66,13 +68,26 @@ SQLITE_LIMIT_VARIABLE_NUMBER = 9
 SQLITE_LIMIT_TRIGGER_DEPTH = 10
 SQLITE_LIMIT_WORKER_THREADS = 11
 
-#: Largest string, blob or row a query may build or read: 1 MiB. Every stored
-#: row is far smaller (a memory is at most 64 KiB of content plus 16 KiB of
-#: context), so this never refuses reading what the brain holds.
-QUERY_MAX_LENGTH = 1 << 20
-#: Growth of SQLite's heap allowed while one query runs (sorting, grouping,
-#: recursive-CTE queues, page cache): 64 MiB.
-QUERY_HEAP_BYTES = 64 << 20
+#: Largest string, blob or row a query may build or read: 128 KiB. Every
+#: stored row is smaller (a memory is at most 64 KiB of content plus 16 KiB
+#: of context and short labels), so this never refuses reading what the
+#: brain holds. It is also what bounds the time of one VM instruction: the
+#: worst built-ins left (``instr``, ``LIKE``) are quadratic in their inputs.
+QUERY_MAX_LENGTH = 128 * 1024
+#: Longest LIKE / GLOB pattern: matching costs up to value x pattern length.
+QUERY_MAX_PATTERN = 256
+#: Growth of SQLite's heap allowed while one query runs: 16 MiB. Sorts,
+#: groupings and recursive-CTE queues live in it. It also bounds time: with
+#: ``temp_store = MEMORY`` (which SQLCipher needs, or sorts would spill
+#: plaintext to temporary files) SQLite's sorter keeps every row in memory
+#: and sorts them all inside one VM instruction, where the progress handler
+#: cannot interrupt; the rows that fit in 16 MiB sort in well under a second.
+#: An ORDER BY without LIMIT over more than that is refused (with LIMIT,
+#: SQLite keeps only the top rows).
+QUERY_HEAP_BYTES = 16 << 20
+#: Growth past which SQLite is "nearly full" (its soft heap limit): the page
+#: cache then recycles pages instead of growing into the hard limit.
+QUERY_SOFT_HEAP_BYTES = 8 << 20
 
 #: What brain.query runs under (category -> value). SQL and parameter
 #: counts match the bus's own limits; depth and compound limits bound the
@@ -86,7 +101,7 @@ QUERY_LIMITS: dict[int, int] = {
     SQLITE_LIMIT_VDBE_OP: 100_000,
     SQLITE_LIMIT_FUNCTION_ARG: 64,
     SQLITE_LIMIT_ATTACHED: 0,
-    SQLITE_LIMIT_LIKE_PATTERN_LENGTH: 8 * 1024,
+    SQLITE_LIMIT_LIKE_PATTERN_LENGTH: QUERY_MAX_PATTERN,
     SQLITE_LIMIT_VARIABLE_NUMBER: 64,
     SQLITE_LIMIT_TRIGGER_DEPTH: 0,
     SQLITE_LIMIT_WORKER_THREADS: 0,
@@ -170,21 +185,24 @@ _HEAP_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def heap_ceiling(extra_bytes: int) -> Iterator[None]:
-    """Cap this process's SQLite heap at its current use plus ``extra_bytes``.
+def heap_ceiling(*, hard_bytes: int, soft_bytes: int) -> Iterator[None]:
+    """Cap this process's SQLite heap at its current use plus ``hard_bytes``.
 
     Holds a process-wide lock: two brains' queries never overlap, so each
     restores exactly what it found. The writer and other readers share the
     headroom while a query runs; a query that wants more gets MemoryError.
-    The soft limit (half the headroom) makes SQLite recycle page-cache pages
-    rather than grow the cache into the hard limit.
+    Past ``soft_bytes`` of growth SQLite recycles page-cache pages and
+    spills sorts in runs (see QUERY_SOFT_HEAP_BYTES). A lower limit already
+    in force is kept.
     """
     lib = _library()
     with _HEAP_LOCK:
         used = lib.sqlite3_memory_used()
         old_soft = lib.sqlite3_soft_heap_limit64(-1)
-        old_hard = lib.sqlite3_hard_heap_limit64(used + extra_bytes)
-        lib.sqlite3_soft_heap_limit64(used + extra_bytes // 2)
+        old_hard = lib.sqlite3_hard_heap_limit64(-1)
+        hard = used + hard_bytes if old_hard <= 0 else min(old_hard, used + hard_bytes)
+        lib.sqlite3_hard_heap_limit64(hard)
+        lib.sqlite3_soft_heap_limit64(min(hard, used + soft_bytes))
         try:
             yield
         finally:

@@ -12,25 +12,32 @@ query can take the daemon's memory or time:
   (which could turn ``query_only`` off or rekey; only the ``data_version``
   read FTS5 makes itself is let through), transactions;
 * SQLite's own limits (:mod:`._limits`): no string, blob or row over
-  ``QUERY_MAX_LENGTH`` (1 MiB), checked before SQLite allocates it, and the
-  SQLite heap may grow by at most ``QUERY_HEAP_BYTES`` (64 MiB) while the
-  query runs (sorts, groupings, recursive queues);
+  ``QUERY_MAX_LENGTH`` (128 KiB), checked before SQLite allocates it, and
+  the SQLite heap may grow by at most ``QUERY_HEAP_BYTES`` (16 MiB) while
+  the query runs (sorts, groupings, recursive queues);
 * rows are fetched one at a time and their encoded size summed: past
   :data:`MAX_RESULT_BYTES` (8 MiB, half the bus's default frame limit) the
   query stops with :class:`QueryTooLarge` rather than building a result that
   cannot be sent; at most ``row_limit`` rows are fetched;
 * a progress handler interrupts the statement once its time limit passes
-  (checked every :data:`PROGRESS_STEPS` virtual-machine instructions). The
-  length limit is what makes this hold: no single instruction can run long,
-  since none may build a value over 1 MiB.
+  (checked every :data:`PROGRESS_STEPS` virtual-machine instructions).
 
-The functions denied are those that build a large value from a small
-query: a width or size argument (``printf``/``format``, ``zeroblob``,
-``randomblob``) or a multiplying substitution (``replace``). The length
-limit bounds them anyway; refusing them means the attempt is answered at
-once, by name, instead of running up to the limit. Concatenations that grow
-only with the rows read (``||``, ``group_concat``, ``json_group_array``) stay
-allowed: they are useful, and the limits bound them.
+The progress handler only runs *between* instructions, so the time limit
+holds only if no single instruction runs long. The limits see to that: no
+value over 128 KiB, no LIKE/GLOB pattern over 256 characters (matching is
+value x pattern), no in-memory sort over 16 MiB; the quadratic built-ins
+that remain (``instr``) take a fraction of a second at those sizes, and
+those that do not fit are replaced (two-argument ``trim``/``ltrim``/
+``rtrim``, see :func:`reader_handle`) or refused (``json_patch``).
+
+Refused functions (:data:`DENIED_FUNCTIONS`) are those that reach outside
+the database, that build a large value from a small query (a width or size
+argument: ``printf``/``format``, ``zeroblob``, ``randomblob``; a multiplying
+substitution: ``replace``), or whose time is quadratic in their arguments.
+The length limit bounds the amplifiers anyway; refusing them answers the
+attempt at once, by name. Concatenations that grow only with the rows read
+(``||``, ``group_concat``, ``json_group_array``) stay allowed: they are
+useful, and the limits bound them.
 
 The authorizer, handler and limits are set and cleared inside one job on the
 reader's worker thread, so recall and export on the same connection never
@@ -40,6 +47,7 @@ run under them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import _limits
@@ -74,6 +82,10 @@ DENIED_FUNCTIONS: dict[str, str] = {
     "zeroblob": "allocates a blob of any size",
     "randomblob": "allocates a blob of any size",
     "replace": "multiplies a value's size with each substitution",
+    # Merging two objects compares every key of one with every key of the
+    # other inside one VM instruction: minutes for two 128 KiB objects.
+    "json_patch": "takes time quadratic in its arguments, beyond the time limit's reach",
+    "jsonb_patch": "takes time quadratic in its arguments, beyond the time limit's reach",
 }
 
 
@@ -112,10 +124,45 @@ class _Authorizer:
 
 
 def reader_handle(db: Any, path: str) -> int:
-    """Find and test the reader's ``sqlite3*`` (worker thread); raises LimitsUnavailable."""
+    """Prepare the reader for queries (worker thread): find and test its ``sqlite3*``.
+
+    Also replaces the two-argument ``trim``/``ltrim``/``rtrim`` on this
+    connection (built-ins may be overloaded per connection): SQLite's compare
+    every character of the value with every character of the set, inside one
+    VM instruction, so a 64 KiB value and set took 42 s past any time limit.
+    Ours are linear. Raises LimitsUnavailable.
+    """
     pointer = _limits.handle(db, path)
     _limits.check(db, pointer)
+    for name in ("trim", "ltrim", "rtrim"):
+        db.create_function(name, 2, _trimmer(name), deterministic=True)
     return pointer
+
+
+def _trimmer(which: str) -> Callable[[Any, Any], str | None]:
+    left = which in ("trim", "ltrim")
+    right = which in ("trim", "rtrim")
+
+    def trim(value: Any, chars: Any) -> str | None:
+        if value is None or chars is None:
+            return None
+        text, charset = _as_text(value), set(_as_text(chars))
+        start, end = 0, len(text)
+        while left and start < end and text[start] in charset:
+            start += 1
+        while right and end > start and text[end - 1] in charset:
+            end -= 1
+        return text[start:end]
+
+    return trim
+
+
+def _as_text(value: Any) -> str:
+    # SQLite's trim reads its arguments as text; blobs as UTF-8. Numbers are
+    # formatted by Python, which differs from SQLite only for some floats.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
 
 
 def _value_bytes(value: Any) -> int:
@@ -147,8 +194,12 @@ def query_sync(
     """
     if handle is None:
         raise QueryRefused("brain.query is unavailable: SQLite's limits could not be set on the reader")
-    with _limits.heap_ceiling(_limits.QUERY_HEAP_BYTES), _limits.limits(handle, _limits.QUERY_LIMITS):
+    ceiling = _limits.heap_ceiling(
+        hard_bytes=_limits.QUERY_HEAP_BYTES, soft_bytes=_limits.QUERY_SOFT_HEAP_BYTES
+    )
+    with ceiling, _limits.limits(handle, _limits.QUERY_LIMITS):
         return _run(db, sql, params, row_limit, time_limit_s, max_result_bytes)
+
 
 
 def _run(

@@ -113,12 +113,12 @@ DOUBLING = (
     "WITH RECURSIVE r(n, s) AS (SELECT 0, 'x' UNION ALL SELECT n + 1, s || s FROM r WHERE n < 27) "
     "SELECT length(s) FROM r ORDER BY n DESC LIMIT 1"
 )
-# 512 KiB values (under the length limit) sorted 600 times over: 300 MB of
+# 64 KiB values (under the length limit) sorted 3,000 times over: 200 MB of
 # sorter in memory unless SQLite's heap is capped.
 SORTER = (
-    "WITH RECURSIVE b(n, s) AS (SELECT 0, 'x' UNION ALL SELECT n + 1, s || s FROM b WHERE n < 19), "
-    "r(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM r WHERE i < 600) "
-    "SELECT i, s || i AS v FROM r, b WHERE b.n = 19 ORDER BY v"
+    "WITH RECURSIVE b(n, s) AS (SELECT 0, 'x' UNION ALL SELECT n + 1, s || s FROM b WHERE n < 16), "
+    "r(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM r WHERE i < 3000) "
+    "SELECT i, s || i AS v FROM r, b WHERE b.n = 16 ORDER BY v"
 )
 
 
@@ -131,6 +131,7 @@ SORTER = (
         ("SELECT randomblob(1000000000)", "randomblob"),
         ("SELECT replace(replace('xxxxxxxx', 'x', 'xxxxxxxx'), 'x', 'xxxxxxxx')", "replace"),
         ("SELECT length(content) FROM memories WHERE content = PRINTF('%d', 1)", "printf"),
+        ("""SELECT json_patch('{"a": 1}', '{"b": 2}')""", "json_patch"),
     ],
 )
 async def test_amplifying_functions_are_refused_by_name(brain: Brain, sql: str, name: str) -> None:
@@ -165,3 +166,28 @@ async def test_stored_rows_are_readable_under_the_limits(brain: Brain) -> None:
     await brain.remember(content, context={"k": "v" * 16_000})
     result = await brain.query("SELECT content, context FROM memories")
     assert content == result.rows[0][0]
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT trim('xxhixx', 'x'), ltrim('xxhixx', 'x'), rtrim('xxhixx', 'x')", ["hi", "hixx", "xxhi"]),
+        ("SELECT trim('  hi  '), trim('ab', ''), trim('', 'a'), trim(NULL, 'a')", ["hi", "ab", "", None]),
+        ("SELECT trim('éàhé', 'é'), trim(1221, 1), trim(x'616263', 'a')", ["àh", "22", "bc"]),
+    ],
+)
+async def test_trim_with_a_character_set_behaves_like_sqlites(
+    brain: Brain, sql: str, expected: list[object]
+) -> None:
+    """The reader's linear trim/ltrim/rtrim(X, Y) answer what SQLite's own would."""
+    assert [expected] == (await brain.query(sql)).rows
+
+
+async def test_long_like_patterns_are_refused(brain: Brain) -> None:
+    """LIKE/GLOB cost value x pattern inside one instruction: patterns over 256 characters are refused."""
+    await brain.remember("abc")
+    longest = await brain.query("SELECT count(*) FROM memories WHERE content LIKE ?", ["%" * 256])
+    assert [[1]] == longest.rows
+    for op in ("LIKE", "GLOB"):
+        with pytest.raises(InvalidInput, match="pattern too complex"):
+            await brain.query(f"SELECT count(*) FROM memories WHERE content {op} ?", ["a" * 257])
