@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
 
 from daemon.brain import load_or_create_key
-from daemon.inference.engine import WORKER_THREAD_NAME
+from daemon.inference.engine import WORKER_THREAD_NAME, Engine
 from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
 from daemon.persona.session_dir import prepare_session_dir
@@ -24,10 +26,12 @@ def engine_threads() -> set[threading.Thread]:
 async def test_stopping_a_persona_closes_its_in_process_engine(
     bus, state, connect, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    """PERSONAD_INFERENCE=inprocess: the persona's engine thread runs while it serves, and ends with it."""
+    """PERSONAD_INFERENCE=inprocess: the engine's thread runs while the persona serves; both it and the
+    model go when the persona stops."""
     monkeypatch.setenv("PERSONAD_INFERENCE", "inprocess")
     monkeypatch.setenv("PERSONAD_MODEL", str(tiny_dir))
     before = engine_threads()  # other tests' engines, if any are still up, are not ours to judge
+    engines_before = weakref.WeakSet(o for o in gc.get_objects() if type(o) is Engine)
     daemon = PersonaDaemon(
         PersonaConfig(id="solo", name="Solo", description="A persona with its own engine."),
         prepare_session_dir(state.root, "solo"),
@@ -49,8 +53,14 @@ async def test_stopping_a_persona_closes_its_in_process_engine(
         assert 1 == len(started)
         (worker,) = started
         assert worker.is_alive()
+        (ours,) = [o for o in gc.get_objects() if type(o) is Engine and o not in engines_before]
+        model = weakref.ref(ours)
+        del ours
     finally:
         stop.set()
         await asyncio.wait_for(task, WAIT)
     assert not worker.is_alive()
     assert worker not in threading.enumerate()
+    # Nothing holds the engine (and so the model) any more: it is freed.
+    gc.collect()
+    assert model() is None
