@@ -5,9 +5,10 @@ validate against, the model of its ``result``, and who serves it (the bus
 itself, any persona, or a capability such as ``cap:browser``). The registry is
 the single source of truth for three things:
 
-* the persona daemon and the bus validate incoming ``params`` with it;
-* ``personad schema`` exports it as JSON Schema for non-Python clients;
-* docs/protocol.md lists it.
+* the persona daemon and the bus validate incoming ``params`` with it
+  (params models derive from :class:`StrictParams`: strict types);
+* ``personad schema`` exports it as one JSON Schema document (:mod:`protocol.schema`);
+* docs/methods.md is generated from it (:mod:`protocol.reference`).
 
 Command modules (``protocol/commands/bus.py``, ``persona.py`` …) call
 :func:`register` at import time; ``protocol.commands`` imports them all.
