@@ -45,6 +45,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from .netpolicy import NetworkPolicy
@@ -228,8 +229,17 @@ class EgressProxy:
         """Resolve, check every address, connect to a checked one; record and log refusals."""
         loop = asyncio.get_running_loop()
         try:
+            # An address literal (Chromium sends them canonical) needs no
+            # resolver thread; anything else goes through getaddrinfo.
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        try:
             async with asyncio.timeout(self.resolve_timeout):
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                if literal is not None:
+                    infos: list[Any] = [(0, 0, 0, "", (host, port))]
+                else:
+                    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, TimeoutError) as exc:
             detail = f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc or 'timed out'}"
             listener.record(

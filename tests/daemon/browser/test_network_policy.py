@@ -15,18 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
 from daemon.browser.netpolicy import NetworkPolicy, denied_rule, parse_allow_entry
-from daemon.browser.worker import URL_BLOCKED
+from daemon.browser.worker import URL_BLOCKED, BrowserWorker
+from daemon.client import BusClient
 from daemon.errors import ConfigError
 from protocol import ErrorCode, RpcError
 
 SECRET = "s3cret-7f00-token"
+
+#: (port, paths requested) of a local server.
+Server = tuple[int, list[str]]
+Connect = Callable[..., Awaitable[BusClient]]
+StartWorker = Callable[..., Awaitable[BrowserWorker]]
 
 
 class _Quiet(ThreadingHTTPServer):
@@ -74,7 +81,7 @@ def secret() -> Iterator[tuple[int, list[str]]]:
         yield server
 
 
-async def refused(call) -> RpcError:
+async def refused(call: Awaitable[Any]) -> RpcError:
     with pytest.raises(RpcError) as info:
         await call
     return info.value
@@ -91,7 +98,9 @@ LOOPBACK_FORMS = [
 ]
 
 
-async def test_every_form_of_loopback_is_refused_with_the_rule(worker, connect, secret) -> None:
+async def test_every_form_of_loopback_is_refused_with_the_rule(
+    worker: BrowserWorker, connect: Connect, secret: Server
+) -> None:
     """screenshot and browser_js to a loopback secret, in any spelling: FORBIDDEN, URL_BLOCKED, no request."""
     port, hits = secret
     caller = await connect()
@@ -105,7 +114,7 @@ async def test_every_form_of_loopback_is_refused_with_the_rule(worker, connect, 
             assert ErrorCode.FORBIDDEN == error.code, (form, method, error)
             assert URL_BLOCKED == error.data["error"]
             assert error.data["rule"].startswith("loopback"), error.data
-            assert error.data["address"] in {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, error.data
+            assert error.data["address"] in {"127.0.0.1", "::ffff:7f00:1", "::1"}, error.data
             assert url == error.data["requested_url"]
             assert "blocked by the browser's network policy" in error.message
             assert SECRET not in str(error.data)
@@ -127,7 +136,7 @@ async def test_every_form_of_loopback_is_refused_with_the_rule(worker, connect, 
     ],
 )
 async def test_private_and_metadata_addresses_are_refused_before_connecting(
-    worker, connect, host: str, rule: str
+    worker: BrowserWorker, connect: Connect, host: str, rule: str
 ) -> None:
     """Metadata service, LAN, CGNAT, link-local, ULA: refused by rule, before any connection is tried.
 
@@ -139,12 +148,13 @@ async def test_private_and_metadata_addresses_are_refused_before_connecting(
     url = f"http://{host}/latest/meta-data/"
     error = await refused(caller.call("browser_js", {"url": url, "script": "1"}, to="cap:browser"))
     assert (ErrorCode.FORBIDDEN, URL_BLOCKED, rule) == (error.code, error.data["error"], error.data["rule"])
-    [listener] = [lst for lst in worker.proxy.listeners.values() if lst.tag.startswith(caller.client_id)]
+    owner = str(caller.client_id)
+    [listener] = [lst for lst in worker.proxy.listeners.values() if lst.tag.startswith(owner + "#")]
     assert all(event.blocked for event in listener.events)  # never a connection failure
 
 
 async def test_an_allowed_page_cannot_reach_a_denied_address_in_any_way(
-    start_worker, connect, secret, bus
+    start_worker: StartWorker, connect: Connect, secret: Server, bus: Any
 ) -> None:
     """fetch, XHR, redirects, iframes, images and WebSockets from an allowed page to loopback all fail."""
     port, hits = secret
@@ -198,7 +208,9 @@ async def test_an_allowed_page_cannot_reach_a_denied_address_in_any_way(
     assert [] == hits
 
 
-async def test_allow_list_entries_open_exactly_what_they_name(start_worker, connect, secret) -> None:
+async def test_allow_list_entries_open_exactly_what_they_name(
+    start_worker: StartWorker, connect: Connect, secret: Server
+) -> None:
     """name:port and address:port allow that port; the same host on another port stays denied."""
     port, hits = secret
     with serve({"/": (200, {}, "<title>other</title>")}) as (other_port, other_hits):
@@ -224,7 +236,7 @@ async def test_allow_list_entries_open_exactly_what_they_name(start_worker, conn
     assert {"/", "/favicon.ico"} >= set(hits)
 
 
-async def test_a_bad_allow_entry_stops_the_worker_with_what_is_accepted(start_worker) -> None:
+async def test_a_bad_allow_entry_stops_the_worker_with_what_is_accepted(start_worker: StartWorker) -> None:
     with pytest.raises(ConfigError, match="invalid browser allow-list entry 'http://x/'"):
         await asyncio.wait_for(start_worker(allow=("http://x/",)), 30)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -56,7 +57,7 @@ def as_nobody(tmp_path: Path) -> str:
     return str(wrapper)
 
 
-async def test_an_unprivileged_chromium_runs_its_renderers_sandboxed(tmp_path) -> None:
+async def test_an_unprivileged_chromium_runs_its_renderers_sandboxed(tmp_path: Path) -> None:
     """As a user (not root) Chromium starts with its sandbox: renderers get their own user namespace."""
     if os.geteuid() == 0:
         executable, sandbox = as_nobody(tmp_path), True
@@ -74,7 +75,9 @@ async def test_an_unprivileged_chromium_runs_its_renderers_sandboxed(tmp_path) -
         await browser.kill()
 
 
-async def test_as_root_chromium_runs_unsandboxed_and_the_log_says_why_once(caplog, monkeypatch) -> None:
+async def test_as_root_chromium_runs_unsandboxed_and_the_log_says_why_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Root: --no-sandbox (Chromium refuses it otherwise) and one WARNING saying why, for many launches."""
     if os.geteuid() != 0:
         pytest.skip("only root is refused the sandbox on a kernel with user namespaces")
@@ -84,7 +87,7 @@ async def test_as_root_chromium_runs_unsandboxed_and_the_log_says_why_once(caplo
         browser = await asyncio.wait_for(Chromium.launch(CHROMIUM), WAIT)
         try:
             await open_page(browser)
-            await eventually(lambda b=browser: renderers(b), what="a renderer to start")
+            await eventually(partial(renderers, browser), what="a renderer to start")
             assert "--no-sandbox" in psutil.Process(browser.pid).cmdline()
             assert all(user_namespace(r.pid) == user_namespace(browser.pid) for r in renderers(browser))
         finally:
