@@ -126,8 +126,8 @@ def test_container_bomb_is_refused_without_harm(state, spawn, codec, authenticat
         return code, growth, after_ping
 
     code, growth, after_ping = asyncio.run(attack())
-    assert expected_close == code
     assert growth < MAX_GROWTH_KIB, f"bus peak memory grew {growth // 1024} MiB"
+    assert expected_close == code
     assert 2 == after_ping["id"]
     assert "result" in after_ping
     assert proc.popen.poll() is None
