@@ -489,7 +489,8 @@ class BusClient:
         limit = self._max_message_bytes
         if self.hello is not None:
             limit = min(limit, self.hello.limits.max_message_bytes)
-        return limit - _RELAY_HEADROOM
+        # (A bus configured with a tiny limit still gets half of it.)
+        return max(limit - _RELAY_HEADROOM, limit // 2)
 
     # -- sending -----------------------------------------------------------------
 
