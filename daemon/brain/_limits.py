@@ -41,6 +41,8 @@ from typing import Any
 
 import sqlcipher3._sqlite3 as _extension  # the C module; ships no stubs (see pyproject.toml)
 
+from .errors import BrainError
+
 __all__ = [
     "QUERY_HEAP_BYTES",
     "QUERY_LIMITS",
@@ -108,8 +110,11 @@ QUERY_LIMITS: dict[int, int] = {
 }
 
 
-class LimitsUnavailable(RuntimeError):
-    """Raised when SQLite's limits cannot be installed on a connection (so brain.query must not run)."""
+class LimitsUnavailable(BrainError):
+    """Raised when SQLite's limits cannot be installed on a connection (so brain.query must not run).
+
+    Internal: the Brain catches it when it opens and disables brain.query.
+    """
 
 
 @functools.cache

@@ -191,3 +191,17 @@ async def test_long_like_patterns_are_refused(brain: Brain) -> None:
     for op in ("LIKE", "GLOB"):
         with pytest.raises(InvalidInput, match="pattern too complex"):
             await brain.query(f"SELECT count(*) FROM memories WHERE content {op} ?", ["a" * 257])
+
+
+async def test_without_sqlites_limits_queries_are_refused(brain: Brain, db_path: Path) -> None:
+    """A handle that is not the reader's is refused, and no handle means no query (fail closed)."""
+    from daemon.brain._db import run_on
+    from daemon.brain._limits import LimitsUnavailable, handle
+    from daemon.brain.readonly import query_sync
+
+    assert await run_on(brain._reader, handle, str(db_path))
+    with pytest.raises(LimitsUnavailable):
+        await run_on(brain._reader, handle, str(db_path.parent / "other.sqlite"))
+    with pytest.raises(QueryRefused, match="unavailable"):
+        await run_on(brain._reader, query_sync, None, "SELECT 1", (), 1, 1.0)
+    assert [[1]] == (await brain.query("SELECT 1")).rows
