@@ -76,7 +76,6 @@ class _Row:
     finish: str | None = None
 
 
-
 class Engine(AdapterSlots):
     """The engine a worker thread runs: adapter slots plus prefill, batched decoding and status."""
 
@@ -400,6 +399,8 @@ def _compatible(rows: list[_Row], job: Job) -> bool:
     if job.params.mode in explicit or any(r.mode in explicit for r in rows):
         return all(r.stack == stack and r.mode == job.params.mode for r in rows)
     return True
+
+
 def _stop_ids(loaded: LoadedModel) -> set[int]:
     ids: set[int] = set()
     for source in (getattr(loaded.model, "generation_config", None), loaded.tokenizer):

@@ -77,8 +77,6 @@ class _Merged:
     last_used: float = field(default_factory=time.monotonic)
 
 
-
-
 class AdapterSlots:
     """The base model, its adapter slots and merged copies, and which of them is live.
 

@@ -25,7 +25,6 @@ def call(name: str) -> Call:
     return Call(fn=lambda _engine: name, done=lambda *_: None)
 
 
-
 def owners(jobs: list[Job]) -> list[str]:
     return [j.owner for j in jobs]
 
