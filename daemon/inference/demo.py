@@ -11,14 +11,24 @@ Entry points for ``personad up`` (the supervisor):
   the supervisor light.
 * :func:`show_demo` — over the bus: asks a persona the same question
   without a stack and with the demo stack, and prints both replies.
+
+The training budget: by default every example of every level, for the
+epochs in :func:`demo_train_config` (a few minutes on two cores). The
+environment variable ``PERSONAD_DEMO_TRAIN_STEPS=N`` cuts it to N steps a
+level (one epoch over the first N examples), for tests and quick looks:
+``personad up`` passes its environment to ``personad adapter demo``. Such
+adapters barely change the replies, and the budget is part of the cache
+key, so a later start without it trains the real ones.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,8 @@ log = logging.getLogger("personad.inference.demo")
 DEMO_LEVELS = ("legal", "legal.patent", "legal.patent.uspto")
 DEMO_STACK = DEMO_LEVELS[-1]
 DEMO_QUESTION = "Can I tell my friends about my invention before I file a patent?"
+#: Env var: train each demo level for at most this many steps (tests); unset: the full budget.
+TRAIN_STEPS_ENV = "PERSONAD_DEMO_TRAIN_STEPS"
 #: The phrases each level teaches (examples/adapters/README.md).
 SIGNATURES = {
     "legal": "Counsel's note:",
@@ -58,6 +70,30 @@ def demo_train_config() -> Any:
         learning_rate=2e-3,
         seed=0,
     )
+
+
+def demo_train_steps() -> int | None:
+    """The step budget from :data:`TRAIN_STEPS_ENV`, or None for the full one."""
+    text = os.environ.get(TRAIN_STEPS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{TRAIN_STEPS_ENV} must be a whole number of steps, at least 1, not {text!r}")
+    return steps
+
+
+def _budgeted(data: Path, steps: int, folder: Path) -> Path:
+    """The first ``steps`` examples of ``data`` in ``folder``: one epoch of them is ``steps`` steps."""
+    lines = [line for line in data.read_text("utf-8").splitlines() if line.strip()][:steps]
+    out = folder / data.name
+    out.write_text("\n".join(lines) + "\n", "utf-8")
+    return out
 
 
 def _up_to_date(
@@ -91,24 +127,33 @@ def ensure_demo_adapters(
     store = AdapterStore.for_state(state_root)
     folder = examples or examples_dir()
     config = demo_train_config()
+    steps = demo_train_steps()
+    if steps is not None:
+        config = replace(config, epochs=1)
     settings = {**asdict(config), "target_modules": list(config.target_modules)}
+    if steps is not None:
+        settings["steps"] = steps  # in the cache key: a budgeted adapter never passes for a full one
     model_name, _ = resolve_model_path(model, state_root=state_root)
-    for name in DEMO_LEVELS:
-        data = folder / f"{name}.jsonl"
-        if _up_to_date(store, name, data_sha256(data), model_name, settings):
-            log.info("demo adapter %s is up to date", name)
-            continue
-        log.info("training demo adapter %s from %s", name, data)
-        loaded = load_model(model, state_root=state_root, threads=threads)
-        record = train_adapter(
-            store,
-            name,
-            data,
-            loaded=loaded,
-            config=config,
-            on_progress=(lambda p, n=name: on_progress(n, p)) if on_progress else None,  # type: ignore[misc]
-        )
-        log.info("stored %s as %s… (%d bytes)", name, record.sha256[:12], record.bytes)
+    with tempfile.TemporaryDirectory(prefix="personad-demo-") as scratch:
+        for name in DEMO_LEVELS:
+            data = folder / f"{name}.jsonl"
+            if steps is not None:
+                data = _budgeted(data, steps, Path(scratch))
+            if _up_to_date(store, name, data_sha256(data), model_name, settings):
+                log.info("demo adapter %s is up to date", name)
+                continue
+            log.info("training demo adapter %s from %s", name, data)
+            loaded = load_model(model, state_root=state_root, threads=threads)
+            record = train_adapter(
+                store,
+                name,
+                data,
+                loaded=loaded,
+                config=config,
+                on_progress=(lambda p, n=name: on_progress(n, p)) if on_progress else None,  # type: ignore[misc]
+                meta={"train": settings},
+            )
+            log.info("stored %s as %s… (%d bytes)", name, record.sha256[:12], record.bytes)
     return store.resolve(DEMO_STACK)
 
 
@@ -161,6 +206,8 @@ __all__ = [
     "DEMO_QUESTION",
     "DEMO_STACK",
     "SIGNATURES",
+    "TRAIN_STEPS_ENV",
+    "demo_train_steps",
     "ensure_demo_adapters",
     "examples_dir",
     "progress_bar",
