@@ -12,6 +12,7 @@ to "let things settle": each waits for the condition it needs, within WAIT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -190,3 +191,94 @@ def start_bus_process(spawn: Callable[..., Proc], port: int = 0) -> tuple[Proc, 
     proc = spawn("bus", "--port", str(port))
     match = proc.wait_for_line(r"listening on (ws://\S+)")
     return proc, match.group(1)
+
+
+# -- one real inference service for the chat tests ------------------------------------
+
+
+class ChatServices:
+    """A real bus and a real ``personad inference`` serving SmolLM2, shared by a session.
+
+    Loading the model is the expensive part, so every chat test talks to
+    this one service; each test module starts its own real persona daemon
+    (its own brain) with :meth:`start_persona`.
+    """
+
+    def __init__(self, state: StateDir, config_dir: Path, model: Path) -> None:
+        self.state = state
+        self.config_dir = config_dir
+        self.model = model
+        self.procs: list[Proc] = []
+        self.url = ""
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Proc:
+        full_env = {
+            **os.environ,
+            "PERSONAD_STATE_DIR": str(self.state.root),
+            "PERSONAD_CONFIG_DIR": str(self.config_dir),
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_OFFLINE": "1",
+            **({"PERSONAD_URL": self.url} if self.url else {}),
+            **(env or {}),
+        }
+        full_env.pop("NOTIFY_SOCKET", None)
+        full_env.pop("PERSONAD_TOKEN", None)
+        proc = Proc([sys.executable, "-m", "daemon", *args], full_env, REPO)
+        self.procs.append(proc)
+        return proc
+
+    def start_persona(self, persona_id: str, *, name: str, description: str) -> Proc:
+        """A real ``personad persona`` process with its own brain; returns once it is on the bus."""
+        (self.config_dir / "personas" / f"{persona_id}.toml").write_text(
+            f'id = "{persona_id}"\nname = "{name}"\ndescription = "{description}"\n', "utf-8"
+        )
+        proc = self.start("persona", persona_id)
+        proc.wait_for_line(rf"connected url=\S+ client_id=persona:{persona_id}\b", timeout=WAIT * 2)
+        self.drain(proc)
+        return proc
+
+    @staticmethod
+    def drain(proc: Proc) -> None:
+        """Keep reading a ready process's output (into proc.lines) so a full pipe never blocks it."""
+        import threading
+
+        def read() -> None:
+            assert proc.popen.stdout is not None
+            with contextlib.suppress(ValueError, OSError):  # closed by stop_all
+                for line in proc.popen.stdout:
+                    proc.lines.append(line)
+
+        threading.Thread(target=read, name=f"drain-{proc.popen.pid}", daemon=True).start()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+            if proc.popen.stdout is not None:
+                proc.popen.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def chat_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServices]:
+    """The session's bus and inference service (SmolLM2, one thread), for real chat tests."""
+    from daemon.inference.model import convert_smollm2
+
+    # The same cache as tests/daemon/inference's smollm2_folder: converted once a session.
+    model = convert_smollm2(tmp_path_factory.getbasetemp() / "smollm2-cache")
+    root = tmp_path_factory.mktemp("chat-services")
+    state = StateDir(root / "state")
+    token = state.init()
+    assert token is not None
+    object.__setattr__(state, "admin_token", token)
+    (root / "config" / "personas").mkdir(parents=True)
+    services = ChatServices(state, root / "config", model)
+    try:
+        bus = services.start("bus", "--port", "0")
+        services.url = bus.wait_for_line(r"listening on (ws://\S+)").group(1)
+        inference = services.start("inference", "--model", str(model), "--threads", "1")
+        inference.wait_for_line(r"inference main ready: model SmolLM2-135M-Instruct", timeout=WAIT * 8)
+        inference.wait_for_line(r"connected url=\S+ client_id=inference:main\b")
+        services.drain(bus)
+        services.drain(inference)
+        yield services
+    finally:
+        services.stop_all()
