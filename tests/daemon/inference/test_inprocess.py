@@ -6,15 +6,19 @@ import asyncio
 import gc
 import threading
 import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from daemon.brain import load_or_create_key
+from daemon.bus import Bus
+from daemon.client import BusClient
 from daemon.inference.engine import WORKER_THREAD_NAME, Engine
 from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
 from daemon.persona.session_dir import prepare_session_dir
+from daemon.state import StateDir
 from daemon.systemd_notify import Notifier
 from tests.conftest import WAIT, eventually
 
@@ -24,8 +28,12 @@ def engine_threads() -> set[threading.Thread]:
 
 
 async def test_stopping_a_persona_closes_its_in_process_engine(
-    bus, state, connect, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    bus: Bus,
+    state: StateDir,
+    connect: Callable[..., Awaitable[BusClient]],
+    tiny_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """PERSONAD_INFERENCE=inprocess: the engine's thread runs while the persona serves; both it and the
     model go when the persona stops."""
     monkeypatch.setenv("PERSONAD_INFERENCE", "inprocess")
