@@ -89,6 +89,8 @@ class Listener:
         self.events: deque[ProxyEvent] = deque(maxlen=max_events)
         self._seq = itertools.count(1)
         self.last_seq = 0
+        #: Connections open through this listener now.
+        self.open = 0
 
     @property
     def url(self) -> str:
@@ -122,6 +124,8 @@ class EgressProxy:
         *,
         # Limits
         max_connections: int = 512,
+        #: One requester's page cannot take every connection from the others.
+        max_per_listener: int = 128,
         max_head_bytes: int = 64 * 1024,
         max_events: int = 64,
         # Timeouts
@@ -131,6 +135,7 @@ class EgressProxy:
     ) -> None:
         self.policy = policy
         self.max_connections = max_connections
+        self.max_per_listener = max_per_listener
         self.max_head_bytes = max_head_bytes
         self.max_events = max_events
         self.head_timeout = head_timeout
@@ -173,11 +178,17 @@ class EgressProxy:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._connections) >= self.max_connections:
-            log.warning("egress proxy: %d connections open; refusing another", len(self._connections))
+        if len(self._connections) >= self.max_connections or listener.open >= self.max_per_listener:
+            log.warning(
+                "egress proxy: %d connections open (%d for %s); refusing another",
+                len(self._connections),
+                listener.open,
+                listener.tag,
+            )
             writer.close()
             return
         self._connections.add(task)
+        listener.open += 1
         upstream: asyncio.StreamWriter | None = None
         try:
             try:
@@ -219,6 +230,7 @@ class EgressProxy:
             pass
         finally:
             self._connections.discard(task)
+            listener.open -= 1
             for side in (writer, upstream):
                 if side is not None:
                     side.close()

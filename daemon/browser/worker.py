@@ -1,5 +1,11 @@
 """The headless browser worker (``personad browser``): a provider of ``cap:browser``.
 
+(Longer than our usual 500 lines on purpose: the four commands share one
+request path — slot, context, page, load, CDP errors to RpcErrors — and
+split across modules it would have to be read in several places at once.
+The Chromium process, the CDP client and the network policy live apart:
+chromium.py, cdp.py, netpolicy.py and proxy.py.)
+
 It joins the bus as ``browser:<name>`` with the capability ``browser`` and
 serves ``screenshot``, ``browser_js``, ``browser.navigate`` and
 ``browser.close_context`` (protocol/commands/browser.py) with Debian's
