@@ -4,6 +4,6 @@ Importing this package registers them all in :data:`REGISTRY`.
 """
 
 from . import brain, browser, bus, inference, persona  # noqa: F401  (imported to register their commands)
-from .registry import REGISTRY, Command, StrictModel, get, register
+from .registry import REGISTRY, Command, StrictModel, StrictParams, get, register
 
-__all__ = ["REGISTRY", "Command", "StrictModel", "get", "register"]
+__all__ = ["REGISTRY", "Command", "StrictModel", "StrictParams", "get", "register"]

@@ -155,8 +155,11 @@ class Timings(StrictModel):
 
 
 class GenerateParams(StrictParams):
+    # strict=False on the list only: personas build it from plain dicts, which
+    # strict typing of __init__ (the pydantic mypy plugin) would reject; each
+    # ChatMessage is still validated strictly by its own config.
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)] = Field(
-        description="the conversation so far, oldest first"
+        strict=False, description="the conversation so far, oldest first"
     )
     stack: Annotated[list[StackEntry], Field(max_length=MAX_STACK_DEPTH)] = Field(
         [], description="the LoRA stack, root first, pinned by hash; empty: the base model"
