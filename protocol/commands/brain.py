@@ -463,7 +463,7 @@ class BrainQueryParams(StrictParams):
         [], description="values for the statement's ? placeholders"
     )
     row_limit: Annotated[int, Field(ge=1, le=MAX_QUERY_ROWS)] = Field(
-        100, description="most rows returned; more set truncated"
+        100, description="most rows returned; when there are more, truncated is true"
     )
     time_limit_s: Annotated[float, Field(gt=0.0, le=MAX_QUERY_TIME_S)] = Field(
         MAX_QUERY_TIME_S, description="seconds the query may run before it is stopped (TIMEOUT)"
