@@ -29,7 +29,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
 from pydantic import ValidationError
@@ -42,6 +41,7 @@ from ..tokens import PERSONAL_KINDS
 from .config import BusConfig
 from .metrics import Metrics
 from .pubsub import Rooms, Topics
+from .rooms import RoomMethods
 from .session import Session
 
 log = logging.getLogger("personad.bus")
@@ -69,6 +69,7 @@ class Router:
         self.pending: dict[int, Pending] = {}
         self.topics: Topics[Session] = Topics()
         self.rooms: Rooms[Session] = Rooms()
+        self._room_methods = RoomMethods(self.rooms, clients=self.clients, fanout=self._fanout)
         self._ids = itertools.count(1)
         self._round_robin = itertools.count()
         self._methods: dict[str, BusMethod] = {
@@ -77,12 +78,7 @@ class Router:
             "bus.subscribe": self._subscribe,
             "bus.unsubscribe": self._unsubscribe,
             "bus.publish": self._publish,
-            "bus.room.join": self._room_join,
-            "bus.room.leave": self._room_leave,
-            "bus.room.members": self._room_members,
-            "bus.room.send": self._room_send,
-            "bus.room.invite": self._room_invite,
-            "bus.room.remove": self._room_remove,
+            **self._room_methods.methods(),
         }
 
     # -- membership --------------------------------------------------------------
@@ -108,9 +104,7 @@ class Router:
                 if not providers:
                     self.providers.pop(cap, None)
         self.topics.drop(session)
-        for room in self.rooms.rooms_of(session):
-            remaining = self.rooms.leave(room, session)
-            self._presence(room, session.client_id, "left", remaining)
+        self._room_methods.drop(session)
         for bus_id in list(session.outbound.values()):
             pending = self._settle(bus_id)
             if pending is not None:
@@ -431,105 +425,6 @@ class Router:
             for s in targets:
                 delivered += s.push(frame)
         return delivered
-
-    # Rooms are closed: the first join creates a room and makes the caller
-    # its owner; anyone else needs an invitation from a member, or a
-    # ``room:<name>`` grant (fnmatch, so ``room:team-*``; admin's ``*`` too).
-    # Refusals read the same whether or not the room exists.
-
-    def _may_enter(self, session: Session, room: str) -> bool:
-        """Whether ``session`` may join (and so see) ``room`` without being in it."""
-        if self.rooms.owner(room) == session.client_id or session.client_id in self.rooms.invited(room):
-            return True
-        assert session.token is not None
-        name = f"room:{room}"
-        return any(fnmatchcase(name, grant) for grant in session.token.grants)
-
-    def _room_join(self, session: Session, params: Any) -> dict[str, Any]:
-        room = params.room
-        if not self.rooms.exists(room):
-            members = self.rooms.create(room, session, owner=session.client_id)
-            return self._room(room, members)
-        before = self.rooms.members(room)
-        if session in before:
-            return self._room(room, before)
-        if not self._may_enter(session, room):
-            raise RpcError(ErrorCode.FORBIDDEN, f"room {room!r}: not invited")
-        members = self.rooms.join(room, session)
-        self._presence(room, session.client_id, "joined", members - {session})
-        return self._room(room, members)
-
-    def _room_leave(self, session: Session, params: Any) -> dict[str, Any]:
-        if session not in self.rooms.members(params.room):
-            # Not an empty answer: that would show who is in a room one never joined.
-            raise RpcError(ErrorCode.FORBIDDEN, f"room {params.room!r}: not a member")
-        members = self.rooms.leave(params.room, session)
-        self._presence(params.room, session.client_id, "left", members)
-        return self._room(params.room, members)
-
-    def _room_members(self, session: Session, params: Any) -> dict[str, Any]:
-        members = self.rooms.members(params.room)
-        if session not in members and not self._may_enter(session, params.room):
-            raise RpcError(ErrorCode.FORBIDDEN, f"room {params.room!r}: not a member and not invited")
-        return self._room(params.room, members)
-
-    def _room_invite(self, session: Session, params: Any) -> dict[str, Any]:
-        members = self.rooms.members(params.room)
-        if session not in members:
-            raise RpcError(ErrorCode.FORBIDDEN, f"join room {params.room!r} before inviting to it")
-        self.rooms.invite(params.room, params.client)
-        invitee = self.clients.get(params.client)
-        if invitee is not None and invitee not in members:
-            invitee.send(
-                {
-                    "jsonrpc": "2.0",
-                    "method": "room.invited",
-                    "params": {"room": params.room, "by": session.client_id},
-                }
-            )
-        return self._room(params.room, members)
-
-    def _room_remove(self, session: Session, params: Any) -> dict[str, Any]:
-        room = params.room
-        if not self.rooms.exists(room) or self.rooms.owner(room) != session.client_id:
-            raise RpcError(ErrorCode.FORBIDDEN, f"room {room!r}: only its owner may remove members")
-        if params.member == session.client_id:
-            raise RpcError(ErrorCode.INVALID_PARAMS, "the owner leaves with bus.room.leave")
-        self.rooms.uninvite(room, params.member)
-        members = self.rooms.members(room)
-        removed = next((m for m in members if m.client_id == params.member), None)
-        if removed is not None:
-            # The removed member hears it too, so a client knows it is out.
-            self._presence(room, params.member, "removed", set(members))
-            members = self.rooms.leave(room, removed)
-        return self._room(room, members)
-
-    def _room_send(self, session: Session, params: Any) -> dict[str, Any]:
-        members = self.rooms.members(params.room)
-        if session not in members:
-            raise RpcError(ErrorCode.FORBIDDEN, f"join room {params.room!r} before sending to it")
-        wire = {
-            "jsonrpc": "2.0",
-            "method": "room.message",
-            "params": {"room": params.room, "sender": session.client_id, "data": params.data},
-        }
-        return {"delivered": self._fanout([m for m in members if m is not session], wire)}
-
-    def _presence(self, room: str, who: str, change: str, members: set[Session]) -> None:
-        wire = {
-            "jsonrpc": "2.0",
-            "method": "room.presence",
-            "params": {"room": room, "member": who, "change": change},
-        }
-        self._fanout(list(members), wire)
-
-    def _room(self, room: str, members: set[Session]) -> dict[str, Any]:
-        return {
-            "room": room,
-            "members": sorted(m.client_id for m in members),
-            "owner": self.rooms.owner(room),
-            "invited": sorted(self.rooms.invited(room)),
-        }
 
 
 def _error(rid: int | str | None, code: ErrorCode, message: str, data: Any = None) -> dict[str, Any]:

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import secrets
 import signal
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +36,6 @@ from protocol import (
     PROTOCOL_VERSION,
     SUBPROTOCOLS,
     CloseCode,
-    Connection,
     ErrorCode,
     Notification,
     ProtocolError,
@@ -53,6 +50,7 @@ from ..systemd_notify import Notifier
 from ..tokens import PROVIDE_PREFIX, TokenEntry, TokenStore
 from .config import BusConfig
 from .metrics import METRICS_GRANT, Metrics
+from .offload import receive_off_loop
 from .router import Router
 from .session import Session
 
@@ -311,7 +309,7 @@ class Bus:
                     # This session waits (its messages stay in order); the
                     # others are served meanwhile. Only this session's
                     # Connection is touched, by one thread at a time.
-                    message = await loop.run_in_executor(self._decoder, _receive_off_loop, conn, frame)
+                    message = await loop.run_in_executor(self._decoder, receive_off_loop, conn, frame)
             except ProtocolError as exc:
                 request_id = getattr(exc, "request_id", None)
                 if request_id is not None:
@@ -429,45 +427,6 @@ class Bus:
         conn.hello_accepted()
         log.info("client joined id=%s codec=%s token=%s", client_id, session.codec.name, token.name)
         return True
-
-
-class _GcPause:
-    """Cyclic garbage collection held off while big frames decode off the loop.
-
-    A frame of a few hundred thousand small lists or maps (legitimate or,
-    until the container budget stops it, not) makes the collector run full
-    collections over every object in the process from the decoding thread,
-    holding the GIL: the loop thread then waited up to 100 ms on a busy
-    machine, 25 ms with collection paused (measured with a 7.6 MiB frame).
-    Reference counting frees everything as usual meanwhile; only the search
-    for cycles waits until the decode is over. Counted, for the worker threads.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._holders = 0
-        self._was_enabled = False
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._holders == 0:
-                self._was_enabled = gc.isenabled()
-                gc.disable()
-            self._holders += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        with self._lock:
-            self._holders -= 1
-            if self._holders == 0 and self._was_enabled:
-                gc.enable()
-
-
-_gc_pause = _GcPause()
-
-
-def _receive_off_loop(conn: Connection, frame: bytes | str) -> Request | Response | Notification:
-    with _gc_pause:
-        return conn.receive(frame)
 
 
 def allowed_hosts(bind_host: str, port: int, extra: tuple[str, ...]) -> frozenset[str]:
