@@ -39,10 +39,10 @@ from typing import Any, TextIO
 
 from protocol import MSGPACK, ErrorCode, RpcError
 
-from .errors import BusUnavailable
+from .errors import BusUnavailable, ConfigError
 from .state import StateDir
 
-__all__ = ["CONTEXT_CHARS", "CONTEXT_TURNS", "HISTORY_FILE", "TokenPrinter", "run_chat"]
+__all__ = ["CONTEXT_CHARS", "CONTEXT_TURNS", "HISTORY_FILE", "TokenPrinter", "check_options", "run_chat"]
 
 #: The readline history, in the state directory, mode 0600 (what people type is private).
 HISTORY_FILE = "chat_history"
@@ -83,6 +83,22 @@ class TokenPrinter:
         if not self.text.endswith("\n"):
             self.out.write("\n")
         self.out.flush()
+
+
+def check_options(*, max_tokens: int | None, temperature: float | None, turns: int) -> None:
+    """Refuse out-of-range options before connecting, with the limits chat itself enforces."""
+    from pydantic import ValidationError
+
+    from protocol.commands.inference import ChatParams
+
+    if turns < 0:
+        raise ConfigError("--turns must be 0 or more")
+    options: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+    try:
+        ChatParams.model_validate({"message": "-", **{k: v for k, v in options.items() if v is not None}})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(problems) from None
 
 
 def persona_target(name: str) -> str:

@@ -341,12 +341,9 @@ async def _call_once(
 
 
 def _chat(args: argparse.Namespace, state: StateDir, url: str) -> int:
-    from .chat_cli import run_chat
+    from .chat_cli import check_options, run_chat
 
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise ConfigError("--max-tokens must be at least 1")
-    if args.turns < 0:
-        raise ConfigError("--turns must be 0 or more")
+    check_options(max_tokens=args.max_tokens, temperature=args.temperature, turns=args.turns)
     return run_chat(
         state,
         url,

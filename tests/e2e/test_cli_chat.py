@@ -241,3 +241,18 @@ def test_chat_in_a_terminal_ctrl_c_cancels_the_reply_and_the_chat_goes_on(servic
     # History: both lines typed, in a private file.
     assert 0o600 == stat.S_IMODE(history.stat().st_mode)
     assert {long_ask, "Say hi.", "/bye"} <= set(history.read_text().splitlines())
+
+
+def test_chat_refuses_bad_options_and_an_unreachable_bus(state) -> None:
+    """Out-of-range options: exit 2 before connecting; no bus there: exit 1, said on stderr."""
+    for option, value, said in [
+        ("--temperature", "9", "--temperature: Input should be less than or equal to 2"),
+        ("--max-tokens", "0", "--max-tokens: Input should be greater than or equal to 1"),
+        ("--turns", "-1", "--turns must be 0 or more"),
+    ]:
+        out = run_cli(state, "chat", "demo", option, value)
+        assert (2, "", f"personad: {said}\n") == (out.returncode, out.stdout, out.stderr)
+    # Port 1 on loopback: nothing listens there.
+    out = run_cli(state, "chat", "demo", url="ws://127.0.0.1:1")
+    assert (1, "") == (out.returncode, out.stdout)
+    assert out.stderr.startswith("personad: "), out.stderr
