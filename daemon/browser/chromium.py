@@ -77,9 +77,10 @@ def proxy_flags(proxy: str) -> list[str]:
         # "<-loopback>" removes Chromium's implicit bypass of localhost and
         # 127/8, [::1]: without it those would connect directly, unchecked.
         "--proxy-bypass-list=<-loopback>",
-        # WebRTC may send UDP outside any proxy (STUN, ICE candidates to
-        # LAN addresses): only proxied traffic is allowed.
-        "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+        # UDP cannot go through an HTTP proxy: without this WebRTC sends
+        # STUN/TURN datagrams to any address a page names (127.0.0.1, the
+        # LAN). (The switch is this one; "--force-webrtc-…" does nothing.)
+        "--webrtc-ip-handling-policy=disable_non_proxied_udp",
         # Chromium never needs to resolve a name itself behind a proxy; if
         # anything tried, it fails instead of reaching a resolved address.
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",

@@ -14,6 +14,8 @@ form of 127.0.0.1, and subrequests of an allowed page went anywhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -288,3 +290,58 @@ def test_public_addresses_pass_and_entries_parse() -> None:
     for bad in ("", "10.0.0.0/33", "host", "host:0", "host:99999", "[::1]", "http://x/"):
         with pytest.raises(ConfigError, match="invalid browser allow-list entry"):
             parse_allow_entry(bad)
+
+
+@contextmanager
+def udp_listener() -> Iterator[tuple[int, list[bytes]]]:
+    """A UDP socket on 127.0.0.1:0 recording every datagram (a STUN/TURN/QUIC server's stand-in)."""
+    received: list[bytes] = []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def receive() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                received.append(sock.recv(4096))
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1], received
+    finally:
+        stop.set()
+        thread.join(10)
+        sock.close()
+
+
+async def test_no_udp_leaves_outside_the_proxy(start_worker: StartWorker, connect: Connect) -> None:
+    """WebRTC (STUN, TURN over UDP) and WebTransport (QUIC) send nothing to a loopback UDP port.
+
+    UDP cannot go through an HTTP proxy, so these would reach any address
+    directly. The page is an allowed one on 127.0.0.1, a secure context, so
+    WebTransport is available to it.
+    """
+    with udp_listener() as (port, received), serve({"/": (200, {}, "<title>public</title>")}) as (page, _):
+        await start_worker(allow=(f"127.0.0.1:{page}",))
+        caller = await connect()
+        rtc = (
+            "new Promise(async done => { const pc = new RTCPeerConnection({iceServers: ["
+            f"{{urls: 'stun:127.0.0.1:{port}'}}, {{urls: 'turn:127.0.0.1:{port}?transport=udp',"
+            " username: 'u', credential: 'p'}]}); pc.createDataChannel('x'); const found = [];"
+            " pc.onicecandidate = e => e.candidate ? found.push(e.candidate.candidate) : done(found);"
+            " await pc.setLocalDescription(await pc.createOffer()); setTimeout(() => done(found), 3000); })"
+        )
+        result = await caller.call(
+            "browser_js", {"url": f"http://127.0.0.1:{page}/", "script": rtc}, to="cap:browser"
+        )
+        assert [] == result["value"]  # not even a host candidate: no UDP socket at all
+        transport = (
+            "new Promise(done => { const w = new WebTransport('https://127.0.0.1:"
+            f"{port}/'); w.ready.then(() => done('ready'), e => done('failed')); "
+            "w.closed.catch(() => {}); setTimeout(() => done('pending'), 3000); })"
+        )
+        result = await caller.call("browser_js", {"script": transport}, to="cap:browser")
+        assert "ready" != result["value"]
+    assert [] == received
