@@ -106,14 +106,16 @@ async def test_every_form_of_loopback_is_refused_with_the_rule(
     """screenshot and browser_js to a loopback secret, in any spelling: FORBIDDEN, URL_BLOCKED, no request."""
     port, hits = secret
     caller = await connect()
-    for form in LOOPBACK_FORMS:
-        url = f"http://{form}:{port}/"
+    # https goes through the proxy as CONNECT: refused the same way, before any TLS.
+    urls = [f"http://{form}:{port}/" for form in LOOPBACK_FORMS]
+    urls += [f"https://127.0.0.1:{port}/", f"https://localhost:{port}/"]
+    for url in urls:
         for method, params in (
             ("screenshot", {"url": url}),
             ("browser_js", {"url": url, "script": "document.title"}),
         ):
             error = await refused(caller.call(method, params, to="cap:browser"))
-            assert ErrorCode.FORBIDDEN == error.code, (form, method, error)
+            assert ErrorCode.FORBIDDEN == error.code, (url, method, error)
             assert URL_BLOCKED == error.data["error"]
             assert error.data["rule"].startswith("loopback"), error.data
             assert error.data["address"] in {"127.0.0.1", "::ffff:7f00:1", "::1"}, error.data
