@@ -57,3 +57,6 @@ class BusConfig:
     max_send_buffer: int = 4 * 1024 * 1024
     #: Incoming frames websockets buffers before it stops reading the socket.
     max_queue: int = 32
+    #: Invitations one room keeps (joined or not); more are OVERLOADED, so a
+    #: member cannot grow a room's state, and every room answer, without bound.
+    max_room_invitations: int = 256

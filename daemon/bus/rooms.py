@@ -26,10 +26,18 @@ Fanout = Callable[[list[Session], dict[str, Any]], int]
 class RoomMethods:
     """``bus.room.*``, served by the bus for the router."""
 
-    def __init__(self, rooms: Rooms[Session], *, clients: Mapping[str, Session], fanout: Fanout) -> None:
+    def __init__(
+        self,
+        rooms: Rooms[Session],
+        *,
+        clients: Mapping[str, Session],
+        fanout: Fanout,
+        max_invitations: int,
+    ) -> None:
         self.rooms = rooms
         self._clients = clients
         self._fanout = fanout
+        self._max_invitations = max_invitations
 
     def methods(self) -> dict[str, Callable[[Session, Any], dict[str, Any]]]:
         return {
@@ -87,6 +95,14 @@ class RoomMethods:
         members = self.rooms.members(params.room)
         if session not in members:
             raise RpcError(ErrorCode.FORBIDDEN, f"join room {params.room!r} before inviting to it")
+        invited = self.rooms.invited(params.room)
+        if params.client in invited:  # no second room.invited: invitations are not a megaphone
+            return self._room(params.room, members)
+        if len(invited) >= self._max_invitations:
+            raise RpcError(
+                ErrorCode.OVERLOADED,
+                f"room {params.room!r} has {len(invited)} invitations; the owner removes some first",
+            )
         self.rooms.invite(params.room, params.client)
         invitee = self._clients.get(params.client)
         if invitee is not None and invitee not in members:

@@ -69,7 +69,12 @@ class Router:
         self.pending: dict[int, Pending] = {}
         self.topics: Topics[Session] = Topics()
         self.rooms: Rooms[Session] = Rooms()
-        self._room_methods = RoomMethods(self.rooms, clients=self.clients, fanout=self._fanout)
+        self._room_methods = RoomMethods(
+            self.rooms,
+            clients=self.clients,
+            fanout=self._fanout,
+            max_invitations=config.max_room_invitations,
+        )
         self._ids = itertools.count(1)
         self._round_robin = itertools.count()
         self._methods: dict[str, BusMethod] = {

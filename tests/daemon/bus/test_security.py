@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from daemon.bus import Bus, BusConfig
+from daemon.client import BusClient
 from protocol import ErrorCode, RpcError
 from tests.conftest import WAIT, eventually
 
@@ -99,6 +100,27 @@ async def test_a_room_grant_admits_without_invitation(connect, state) -> None:
     with pytest.raises(RpcError) as info:
         await member.call("bus.room.join", {"room": "private"})
     assert ErrorCode.FORBIDDEN == info.value.code
+
+
+async def test_invitations_are_bounded_and_not_repeated(state) -> None:
+    """A member cannot grow a room's invitations without bound, nor spam an invitee."""
+    async with Bus(BusConfig(port=0, max_room_invitations=2), state.tokens()) as bus:
+        inbox: list = []
+        async with (
+            BusClient(bus.url, token=state.admin_token, kind="cli", name="owner") as owner,
+            BusClient(
+                bus.url, token=state.admin_token, kind="cli", name="guest", on_notification=inbox.append
+            ) as guest,
+        ):
+            await owner.call("bus.room.join", {"room": "r"})
+            for _ in range(3):
+                await owner.call("bus.room.invite", {"room": "r", "client": "cli:guest"})
+            await owner.call("bus.room.invite", {"room": "r", "client": "persona:a"})
+            with pytest.raises(RpcError) as info:
+                await owner.call("bus.room.invite", {"room": "r", "client": "persona:b"})
+            assert ErrorCode.OVERLOADED == info.value.code
+            await guest.call("bus.ping")
+            assert 1 == sum(n.method == "room.invited" for n in inbox)
 
 
 @pytest.mark.parametrize(
