@@ -251,7 +251,7 @@ def _persona(args: argparse.Namespace, state: StateDir, url: str) -> int:
 
     config = load_persona_config(_config_dir(args), args.id)
     session_dir = prepare_session_dir(state.root, config.id)
-    token = _persona_token(state, config.id)
+    token = _persona_token(state, config.id, provides=tuple(config.capabilities))
     try:
         key = load_or_create_key(state.root, config.id)
         daemon = PersonaDaemon(config, session_dir, url=url, token=token, brain_key=key)
@@ -263,7 +263,7 @@ def _persona(args: argparse.Namespace, state: StateDir, url: str) -> int:
     return 0
 
 
-def _persona_token(state: StateDir, persona_id: str) -> str:
+def _persona_token(state: StateDir, persona_id: str, *, provides: tuple[str, ...]) -> str:
     if token := os.environ.get("PERSONAD_TOKEN"):
         return token
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -272,7 +272,9 @@ def _persona_token(state: StateDir, persona_id: str) -> str:
         if path.exists():
             return path.read_text("utf-8").strip()
     # Development: the state dir is ours, so issue the persona its own token.
-    return state.persona_token(persona_id, create=state.tokens_path.exists())
+    # The capabilities its config declares are claimed in its hello, which the
+    # bus accepts only with a provide:<cap> grant for each.
+    return state.persona_token(persona_id, create=state.tokens_path.exists(), provides=provides)
 
 
 def _call(args: argparse.Namespace, state: StateDir, url: str) -> int:

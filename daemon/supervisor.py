@@ -205,7 +205,9 @@ class Supervisor:
         for pid, config in configs.items():
             env = {
                 **base_env,
-                "PERSONAD_TOKEN": self.state.persona_token(pid, create=True, grants=tuple(config.grants)),
+                "PERSONAD_TOKEN": self.state.persona_token(
+                    pid, create=True, grants=tuple(config.grants), provides=tuple(config.capabilities)
+                ),
                 "PERSONAD_CONFIG_DIR": str(self.config_dir),
             }
             child = Child(f"persona:{pid}", self._argv("persona", pid), env)

@@ -208,3 +208,22 @@ async def test_a_persons_extension_is_never_a_cap_provider_and_personas_need_bro
     finally:
         await extension.close()
         await server
+
+
+async def test_a_persona_may_provide_what_its_config_declares(state, spawn, tmp_path) -> None:
+    """A persona's own token carries provide:<cap> for each capability its config declares."""
+    config_dir = tmp_path / "config" / "personas"
+    config_dir.mkdir(parents=True)
+    (config_dir / "scribe.toml").write_text(
+        'id = "scribe"\nname = "Scribe"\ncapabilities = ["chat", "summaries"]\n', "utf-8"
+    )
+    _, url = start_bus_process(spawn)
+    spawn(
+        "persona", "scribe", env={"PERSONAD_URL": url, "PERSONAD_CONFIG_DIR": str(tmp_path / "config")}
+    ).wait_for_line(r"connected url=\S+ client_id=persona:scribe\b", timeout=WAIT * 2)
+    async with BusClient(url, token=state.admin_token, kind="cli", name="person") as person:
+        clients = {c["id"]: c for c in (await person.call("bus.clients"))["clients"]}
+    assert ["chat", "summaries"] == clients["persona:scribe"]["capabilities"]
+    entry = next(e for e in state.tokens().entries() if e.name == "persona:scribe")
+    assert entry.may_provide("summaries")
+    assert not entry.may_provide("inference")
