@@ -1,5 +1,12 @@
 """BusClient: how every participant joins the bus (personas, CLI, tools, tests).
 
+(Longer than our usual 500 lines on purpose: it is one class whose reader,
+reconnector, outbound calls and served requests share one connection's
+state — the pending calls, the requests being served, the outbox — and the
+rules below about what survives a reconnection are only checkable with all
+four in view. The wire format is protocol/'s; dispatching to typed handlers
+is daemon/dispatch.py's.)
+
 A client connects, sends its hello, then both calls methods on others and
 serves the requests addressed to it. It owns its background tasks (reader,
 reconnector, request handlers): ``close()`` (or leaving ``async with``)
