@@ -337,6 +337,17 @@ class Bus:
         except TimeoutError:
             await ws.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
             return False
+        except ConnectionClosed:
+            sent = ws.protocol.close_sent
+            if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
+                # Over max_hello_bytes: websockets refused it from the header.
+                self.metrics.closed["hello_too_big"] += 1
+                log.warning(
+                    "refused a first frame over %d bytes from %s",
+                    self.config.max_hello_bytes,
+                    ws.remote_address,
+                )
+            raise
         try:
             hello = conn.receive(frame)
         except ProtocolError as exc:

@@ -224,6 +224,7 @@ async def test_only_a_small_frame_before_hello(bus, state) -> None:
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(ws.recv(), WAIT)
     assert 1009 == ws.close_code
+    await eventually(lambda: bus.metrics.closed["hello_too_big"] == 1, what="counted in /metrics")
 
     async with ws_connect(
         bus.url,
