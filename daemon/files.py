@@ -14,23 +14,8 @@ from typing import BinaryIO
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Write a file so readers see the old or the new content, never a mix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_writer(path, mode=mode) as f:
+        f.write(data)
 
 
 @contextlib.contextmanager
@@ -54,11 +39,16 @@ def atomic_writer(path: Path, *, mode: int = 0o600) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync_path(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync_path(path: Path | str, flags: int) -> None:
+    """fsync a file or (with O_DIRECTORY) a folder, so a rename in it is durable."""
+    fd = os.open(path, flags)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -80,26 +70,14 @@ def atomic_dir(path: Path, *, mode: int = 0o700) -> Iterator[Path]:
         yield tmp
         for root, _dirs, files in os.walk(tmp, topdown=False):
             for name in files:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+                _fsync_path(os.path.join(root, name), os.O_RDONLY)
+            _fsync_path(root, os.O_RDONLY | os.O_DIRECTORY)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_path(path.parent, os.O_RDONLY | os.O_DIRECTORY)
 
 
 @contextlib.contextmanager
