@@ -8,7 +8,8 @@ reports any of them as a clear one-line error instead of a traceback:
     │   ├── CdpError              Chromium answered a CDP command with an error
     │   ├── CdpClosed             the CDP connection (or one page's session) is gone:
     │   │   └── BrowserCrashed    … because Chromium exited
-    │   └── LaunchError           Chromium could not be started
+    │   ├── LaunchError           Chromium could not be started
+    │   └── ImageError            bytes that are not a PNG/JPEG of readable size (images.py)
     └── ConfigError
         └── ChromiumNotFound      no Chromium where we looked (a setup problem, like
                                   a bad --allow entry, which raises ConfigError itself)

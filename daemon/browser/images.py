@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+from .errors import BrowserError
+
 __all__ = ["ImageError", "image_size"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -17,7 +19,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
-class ImageError(ValueError):
+class ImageError(BrowserError):
     """Raised when bytes are not a PNG or JPEG whose size can be read."""
 
 
