@@ -261,6 +261,7 @@ class Supervisor:
                 await self._demo(client, persona_ids[0])
         print(
             f"\npersonad is running on {self.url}. In another terminal:\n"
+            f"  .venv/bin/personad chat {persona_ids[0]}\n"
             f"  .venv/bin/personad call persona:{persona_ids[0]} persona.status\n"
             f'  .venv/bin/personad call persona:{persona_ids[0]} chat \'{{"message": "Hello!"}}\'\n'
             f"  .venv/bin/personad status\n"
