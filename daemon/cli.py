@@ -178,6 +178,7 @@ def _role_cli_modules() -> list[Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    runtime.die_with_parent()
     args = build_parser().parse_args(argv)
     # Long-running verbs log their lifecycle; one-shot verbs stay quiet but for problems.
     quiet = args.verb not in DAEMON_VERBS

@@ -16,12 +16,23 @@ decision, not this function's: see :func:`ignore_stop_signals`.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger("personad.runtime")
+
+#: Set by a supervisor (``personad up``) in each child's environment: its pid.
+PARENT_PID_ENV = "PERSONAD_PARENT_PID"
+#: prctl(2) option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 #: The signals the daemons handle on their loops, so the ones to restore.
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
@@ -60,3 +71,24 @@ def ignore_stop_signals() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
+
+
+def die_with_parent() -> None:
+    """Under a supervisor, stop (SIGTERM, so gracefully) when it dies, even by SIGKILL.
+
+    A supervisor that is killed outright cannot stop its children; without
+    this they would live on as orphans holding ports, gigabytes of memory and
+    Chromium. Linux's ``PR_SET_PDEATHSIG`` asks the kernel to send the signal
+    instead. The variable is removed from the environment so our own children
+    (Chromium, a trainer) do not inherit a pid that is not their parent's.
+    """
+    value = os.environ.pop(PARENT_PID_ENV, None)
+    if value is None or not value.isdigit():
+        return
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            log.warning("cannot ask to be stopped with the supervisor: %s", os.strerror(ctypes.get_errno()))
+    # The supervisor may have died before prctl: then no signal will come.
+    if os.getppid() != int(value):
+        raise SystemExit(f"personad: the supervisor (pid {value}) is gone; not starting")

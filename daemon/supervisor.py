@@ -32,6 +32,7 @@ from protocol import RpcError
 from .client import BusClient
 from .errors import BusUnavailable, ConfigError
 from .persona.config import PersonaConfig, list_persona_ids, load_persona_config
+from .runtime import PARENT_PID_ENV
 from .state import StateDir, find_token
 
 log = logging.getLogger("personad.up")
@@ -52,8 +53,10 @@ class Child:
     forwarder: asyncio.Task[None] | None = None
 
     async def start(self, *, capture_stdout: bool = False) -> None:
+        # The child stops by itself if we die without stopping it (runtime.die_with_parent).
+        env = {**self.env, PARENT_PID_ENV: str(os.getpid())}
         self.process = await asyncio.create_subprocess_exec(
-            *self.argv, env=self.env, stdout=asyncio.subprocess.PIPE if capture_stdout else None
+            *self.argv, env=env, stdout=asyncio.subprocess.PIPE if capture_stdout else None
         )
         log.info("started %s pid=%d", self.name, self.process.pid)
 

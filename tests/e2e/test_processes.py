@@ -209,3 +209,21 @@ def test_up_runs_everything_and_ctrl_c_stops_it(state, spawn) -> None:
     assert "all stopped" in up.output()
     _gone, alive = psutil.wait_procs(children, timeout=WAIT)
     assert [] == alive
+
+
+def test_up_killed_outright_takes_its_children_with_it(state, spawn) -> None:
+    """SIGKILL of `personad up` (no chance to stop anything) still stops every child, Chromium too."""
+    up = spawn("up", "--port", "0", "--no-demo", "--no-inference")
+    up.wait_for_line(r"cap:browser is up", timeout=WAIT * 4)
+    up.wait_for_line(r"persona:demo \(Ada\) is up")
+    up.wait_for_line(r"Ctrl-C stops everything")
+    children = psutil.Process(up.popen.pid).children(recursive=True)
+    verbs = {c.cmdline()[5] for c in children if c.cmdline()[1:3] == ["-m", "daemon"]}
+    assert {"bus", "browser", "persona"} <= verbs, verbs
+    assert any("chromium" in c.name() for c in children)
+    up.popen.kill()
+    up.popen.wait(WAIT)
+    # The kernel tells each daemon (PR_SET_PDEATHSIG), which stops as on SIGTERM:
+    # the browser worker stops its Chromium as well.
+    _gone, alive = psutil.wait_procs(children, timeout=WAIT * 2)
+    assert [] == [p.pid for p in alive]

@@ -9,6 +9,7 @@ covers every bypass form and subrequest kind in detail.
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
@@ -71,3 +72,4 @@ def test_up_shows_the_browser_demo_through_the_allow_list(state, spawn) -> None:
     up.wait_for_line(r"cap:browser is up", timeout=WAIT * 4)
     up.wait_for_line(r"and read #answer with browser_js: ", timeout=WAIT * 4)
     up.wait_for_line(r"Ctrl-C stops everything")
+    assert 0 == up.stop(signal.SIGINT)
