@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import re
 
+from protocol.profile import PERSONA_ID_PATTERN
+
 __all__ = ["PERSONA_ID_PATTERN", "PERSONA_ID_RULE", "is_persona_id"]
 
-PERSONA_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# PERSONA_ID_PATTERN is the wire's (protocol/profile.py): a registry profile
+# and a config file can never disagree on what an id is.
+
 #: The rule in words, for error messages.
 PERSONA_ID_RULE = "lowercase letters, digits, '-' and '_', at most 64, starting with a letter or digit"
 
