@@ -83,6 +83,11 @@ ROLE_GRANTS: dict[str, tuple[str, ...]] = {
         # need an explicit provide grant. No browser grant: a persona gets
         # screenshot@cap:browser only from its config or its operator.
         "provide:chat",
+        # The registry: personas may read profiles (name, role, traits, tags:
+        # who their peers are; no memories are in a profile) but change none,
+        # not even their own: persona.create/update/archive are the operator's.
+        "persona.get@cap:registry",
+        "persona.list@cap:registry",
     ),
     # Providers (browser worker, inference service) serve; they call only the bus.
     "service": ("bus.*",),

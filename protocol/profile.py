@@ -119,7 +119,9 @@ class Profile(StrictParams):
         "", description="model name; empty means the inference service's default"
     )
     lineage: Lineage = Lineage()
-    status: PersonaStatus = PersonaStatus.DRAFT
+    # Lax for this one field: strict mode takes only PersonaStatus instances,
+    # and the wire (JSON, msgpack) carries the value as a string.
+    status: PersonaStatus = Field(PersonaStatus.DRAFT, strict=False)
 
 
 class TraitAdjustment(StrictParams):

@@ -39,7 +39,7 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
         ("memory.", "skills.", "interactions.", "goals.", "emotions.", "brain."),
     ),
     ("Chat and LoRA stacks (personas)", ("chat", "lora.")),
-    ("The inference service (cap:inference)", ("inference.",)),
+    ("The inference service (cap:inference)", ("inference.", "adapter.")),
     ("Browsers (cap:browser, and personas)", ("screenshot", "browser_js", "browser.")),
 ]
 
@@ -83,9 +83,17 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "inference.token": {"index": 0, "text": "Hi"},
     "inference.load_stack": {"name": "legal.patent"},
     "inference.unload": {"stack": [{"name": "legal", "sha256": "0" * 64}]},
+    "adapter.merge": {"sources": ["legal.patent", "medical"], "name": "legal-medical", "combination": "cat"},
     "screenshot": {"url": "https://example.com/", "viewport": {"width": 800, "height": 600}},
     "browser_js": {"script": "document.title", "url": "https://example.com/"},
     "browser.navigate": {"url": "https://example.com/"},
+    "persona.get": {"persona_id": "demo"},
+    "persona.list": {"status": "active", "tag": "legal", "limit": 50},
+    "persona.create": {
+        "profile": {"id": "clerk", "name": "Clerk", "role": "patent clerk", "status": "active"}
+    },
+    "persona.update": {"persona_id": "demo", "changes": {"traits": {"precision": 80}, "tags": ["legal"]}},
+    "persona.archive": {"persona_id": "demo"},
 }
 
 #: What the bus itself may answer instead of the server, by kind of server.

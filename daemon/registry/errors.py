@@ -17,18 +17,89 @@ class RegistryError(PersonadError):
     """Raised for a failure of the persona registry; base of this module's tree."""
 
 
-# -- fork and merge of profiles (lineage.py) -----------------------------------
+# -- the store (store.py, keys.py, migrations.py, records.py) -----------------
 
 
-class InvalidLineage(RegistryError):
-    """Raised when a fork's or merge's arguments would make an invalid profile.
+class RegistryWrongKey(RegistryError):
+    """Raised when the registry key does not open ``registry.sqlite``.
 
-    ``field`` names the culprit as the caller gave it (``modifications.traits.humor``,
-    ``new_id``, ``strategy``), so the bus handler can answer INVALID_PARAMS naming it.
-    Nothing is returned, so nothing is changed.
+    SQLCipher cannot tell a wrong key from a file that is not a SQLCipher
+    database; the file is left byte-for-byte unchanged either way.
     """
+
+    def __init__(self, path: object) -> None:
+        self.path = path
+        super().__init__(
+            f"cannot open the registry {path}: wrong registry key, or not a SQLCipher database "
+            "(the file was not modified; restore secrets/registry.key or the registry-key credential)"
+        )
+
+
+class RegistryTooNew(RegistryError):
+    """Raised when the database, or one record in it, was written by a newer personad.
+
+    Nothing is written: rewriting data in a shape we do not know would lose
+    what the newer version stored.
+    """
+
+    def __init__(self, what: str, found: int, known: int) -> None:
+        self.what = what
+        self.found = found
+        self.known = known
+        super().__init__(
+            f"{what} has schema version {found}, newer than the {known} this personad knows; "
+            "upgrade personad (nothing was modified)"
+        )
+
+
+class BadRecord(RegistryError):
+    """Raised when a stored record cannot be read as a profile (corrupt or hand-edited)."""
+
+    def __init__(self, persona_id: str, reason: str) -> None:
+        self.persona_id = persona_id
+        self.reason = reason
+        super().__init__(f"registry record {persona_id!r} is unreadable: {reason}")
+
+
+class UnknownPersona(RegistryError):
+    """Raised when an operation names a persona the registry does not hold."""
+
+    def __init__(self, persona_id: str) -> None:
+        self.persona_id = persona_id
+        super().__init__(f"no persona {persona_id!r} in the registry")
+
+
+class PersonaExists(RegistryError):
+    """Raised by create when the id is already taken (ids are never reused silently)."""
+
+    def __init__(self, persona_id: str) -> None:
+        self.persona_id = persona_id
+        super().__init__(f"persona {persona_id!r} already exists in the registry")
+
+
+class InvalidChange(RegistryError):
+    """Raised when a change would make an invalid profile; ``field`` names the culprit."""
 
     def __init__(self, field: str, reason: str) -> None:
         self.field = field
         self.reason = reason
         super().__init__(f"invalid {field}: {reason}")
+
+
+class MigrationFailed(RegistryError):
+    """Raised when a database migration step fails; that step's transaction was rolled back."""
+
+    def __init__(self, version: int, reason: str) -> None:
+        self.version = version
+        self.reason = reason
+        super().__init__(f"registry migration to version {version} failed: {reason}")
+
+
+# -- the audit log (audit.py) --------------------------------------------------
+
+
+class AuditError(RegistryError):
+    """Raised when the audit log cannot be appended to (its tail is damaged, or I/O failed).
+
+    A mutation whose audit entry cannot be written is not made.
+    """

@@ -1,0 +1,155 @@
+"""Verbs of the registry: ``personad registry``, ``persona-list``, ``persona-show``, ``audit verify``.
+
+Listed in daemon/cli.py's ROLE_CLI_MODULES; see the contract there. The
+``persona-*`` verbs are the common ``persona.*`` calls with a readable
+output; every method stays reachable with ``personad call cap:registry …``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from protocol import RpcError
+
+from .. import runtime
+from ..errors import AuthError, ConfigError
+from ..state import StateDir, find_token
+
+REGISTRY_TOKEN_SECRET = "registry.token"
+
+
+def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Any]:
+    registry = verb("registry", "run the persona registry (the provider of cap:registry)")
+    registry.add_argument(
+        "--config-dir",
+        default=None,
+        help="import <config-dir>/personas/*.toml at start (env PERSONAD_CONFIG_DIR; default ./config)",
+    )
+    registry.add_argument("--no-import", action="store_true", help="do not import the TOML personas")
+
+    listing = verb("persona-list", "list the registry's personas (a table)")
+    listing.add_argument("--status", choices=["draft", "active", "archived", "merged"], default=None)
+    listing.add_argument("--tag", default=None)
+    listing.add_argument("--role", default=None)
+    listing.add_argument(
+        "--token", default=None, help="token (default: env PERSONAD_TOKEN, then the admin token)"
+    )
+
+    show = verb("persona-show", "print one persona's profile from the registry (JSON)")
+    show.add_argument("id", help="persona id")
+    show.add_argument(
+        "--token", default=None, help="token (default: env PERSONAD_TOKEN, then the admin token)"
+    )
+
+    audit = verb("audit", "check the registry's audit log")
+    audit.add_argument("action", choices=["verify"], help="verify: walk the hash chain")
+    audit.add_argument("--path", default=None, help="the log (default <state>/registry/audit.log)")
+    return {
+        "registry": _registry,
+        "persona-list": _persona_list,
+        "persona-show": _persona_show,
+        "audit": _audit,
+    }
+
+
+def registry_token(state: StateDir) -> str:
+    """$PERSONAD_TOKEN, a systemd credential ``token``, or the state dir's registry token."""
+    if token := os.environ.get("PERSONAD_TOKEN"):
+        return token
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (path := Path(credentials) / "token").exists():
+        return path.read_text("utf-8").strip()
+    if not state.tokens_path.exists():
+        if (token := state.read_secret(REGISTRY_TOKEN_SECRET)) is not None:
+            return token
+        raise AuthError(
+            "no token for the registry: set PERSONAD_TOKEN, provide a systemd credential 'token', "
+            "or run `personad init` first so that one can be issued "
+            "(`personad token add --name registry --role service --subject registry:main --provide registry`)"
+        )
+    # Role service (bus.* only) and provide:registry: it serves and calls nothing else.
+    return state.own_token(
+        REGISTRY_TOKEN_SECRET,
+        name="registry",
+        role="service",
+        subject="registry:main",
+        provides=("registry",),
+    )
+
+
+def _registry(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    from .service import run_registry
+
+    config_dir = None
+    if not args.no_import:
+        config_dir = Path(args.config_dir or os.environ.get("PERSONAD_CONFIG_DIR") or "config").absolute()
+    runtime.run(run_registry(state.root, config_dir, url=url, token=registry_token(state)))
+    return 0
+
+
+async def _call(url: str, token: str, method: str, params: dict[str, Any]) -> Any:
+    from ..client import BusClient
+
+    async with BusClient(url, token=token, kind="cli") as client:
+        return await client.call(method, params, to="cap:registry", deadline_ms=30_000)
+
+
+def _run_call(
+    args: argparse.Namespace, state: StateDir, url: str, method: str, params: dict[str, Any]
+) -> Any:
+    try:
+        return runtime.run(_call(url, find_token(state, args.token), method, params))
+    except RpcError as exc:
+        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+        return None
+
+
+def _persona_list(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    filters = {k: v for k, v in (("status", args.status), ("tag", args.tag), ("role", args.role)) if v}
+    rows: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = _run_call(args, state, url, "persona.list", {**filters, "limit": 500, "cursor": cursor})
+        if page is None:
+            return 1
+        rows.extend(page["personas"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    header = ("ID", "NAME", "ROLE", "STATUS", "TAGS")
+    table = [header] + [(r["id"], r["name"], r["role"], r["status"], ",".join(r["tags"])) for r in rows]
+    widths = [min(40, max(len(row[i]) for row in table)) for i in range(len(header) - 1)]
+    for row in table:
+        cells = [cell[:40].ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+    return 0
+
+
+def _persona_show(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    import json
+
+    result = _run_call(args, state, url, "persona.get", {"persona_id": args.id})
+    if result is None:
+        return 1
+    print(json.dumps(result["profile"], indent=2))
+    return 0
+
+
+def _audit(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    from .audit import verify
+    from .keys import audit_path
+
+    path = Path(args.path) if args.path else audit_path(state.root)
+    if args.path and not path.exists():
+        raise ConfigError(f"{path}: no such audit log")
+    report = verify(path)
+    if report.ok:
+        print(f"{path}: ok, {report.entries} entries")
+        return 0
+    print(f"{path}: line {report.bad_line}: {report.reason} ({report.entries} entries verified before it)")
+    return 1
