@@ -103,3 +103,21 @@ class AuditError(RegistryError):
 
     A mutation whose audit entry cannot be written is not made.
     """
+
+
+# -- Character Cards (cards.py) --------------------------------------------------
+
+
+class CardError(RegistryError):
+    """Raised when a Character Card (V1, V2, V3) cannot be read or mapped: not JSON, wrong spec, bad field.
+
+    The message names the member at fault; nothing was imported.
+    """
+
+
+class CardPngError(CardError):
+    """Raised when a PNG card is not a sound PNG: bad signature or CRC, truncated, no card or two."""
+
+
+class CardTooLarge(CardError):
+    """Raised when a card passes one of the reader's limits (file, chunk, string size, JSON depth)."""
