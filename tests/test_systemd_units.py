@@ -41,7 +41,12 @@ MAX_EXPOSURE = 1.0
 #: of Chromium's own sandbox.
 EXPOSURE_CEILINGS = {"personad-browser.service": 1.7}
 #: The services personad.target pulls in itself (personas are enabled one by one).
-TARGET_SERVICES = {"personad-bus.service", "personad-inference.service", "personad-browser.service"}
+TARGET_SERVICES = {
+    "personad-bus.service",
+    "personad-registry.service",
+    "personad-inference.service",
+    "personad-browser.service",
+}
 #: --offline=yes appeared in systemd 250; 252 is the version we measured.
 MIN_SYSTEMD_VERSION = 252
 #: Generous bound for one systemd-analyze run (about 0.1 s normally).
