@@ -8,6 +8,8 @@ torch: each handler imports what it needs when it runs, so ``personad
     personad adapter list
     personad adapter import PATH --name NAME
     personad adapter export NAME PATH
+    personad adapter merge A B [C …] --name NEW [--combination cat|linear|ties|dare_linear|dare_ties]
+                                  (asks the running inference service: adapter.merge)
     personad adapter train NAME --data FILE.jsonl [--rank R] [--epochs E] …
     personad adapter demo            (train the demo stack once; cached)
 """
@@ -51,7 +53,7 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
         "--max-waiting-per-owner", type=int, default=32, help="requests one caller may have queued"
     )
 
-    adapter = verb("adapter", "manage LoRA adapters: list, import, export, train, demo")
+    adapter = verb("adapter", "manage LoRA adapters: list, import, export, merge, train, demo")
     actions = adapter.add_subparsers(dest="adapter_verb", required=True, metavar="ACTION")
     actions.add_parser("list", parents=[common], help="list stored adapters")
     imp = actions.add_parser("import", parents=[common], help="store a PEFT LoRA adapter folder under a name")
@@ -60,6 +62,23 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
     exp = actions.add_parser("export", parents=[common], help="write a stored adapter as a PEFT folder")
     exp.add_argument("name")
     exp.add_argument("path", type=Path, help="a new (or empty) folder")
+    merge = actions.add_parser(
+        "merge",
+        parents=[common],
+        help="merge adapters (each with its stack) into a new one, via the running inference service",
+    )
+    merge.add_argument("sources", nargs="+", help="two or more adapter names")
+    merge.add_argument("--name", required=True, help="the new adapter's name (a root name: no dots)")
+    merge.add_argument(
+        "--combination",
+        default="cat",
+        choices=("cat", "linear", "ties", "dare_linear", "dare_ties"),
+        help="cat (default): exact; the others are PEFT's approximations",
+    )
+    merge.add_argument("--weights", default=None, help="comma-separated, one per source (default 1 each)")
+    merge.add_argument("--density", type=float, default=None, help="for ties and dare_* (default 0.5)")
+    merge.add_argument("--token", default=None, help="an admin token (default: the state dir's)")
+    merge.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
     train = actions.add_parser(
         "train", parents=[common], help="train one LoRA level on chat JSONL, its parents active and frozen"
     )
@@ -131,6 +150,8 @@ def _adapter(args: argparse.Namespace, state: StateDir, url: str) -> int:
         record = store.export(args.name, args.path)
         print(f"wrote {record.name} ({record.sha256[:12]}…) to {args.path}")
         return 0
+    if action == "merge":
+        return _merge(args, state, url)
     from .demo import progress_bar
 
     if action == "train":
@@ -160,6 +181,45 @@ def _adapter(args: argparse.Namespace, state: StateDir, url: str) -> int:
     for r in records:
         print(f"{r.name:<24} {r.sha256[:12]}  {r.bytes / 1e6:.2f} MB")
     sys.stdout.flush()
+    return 0
+
+
+def _merge(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    """``adapter merge``: the service holds the model the sources are checked against, so ask it."""
+    from protocol import RpcError
+
+    from .. import runtime
+    from ..client import BusClient
+    from ..errors import ConfigError
+    from ..state import find_token
+
+    params: dict[str, object] = {"sources": args.sources, "name": args.name, "combination": args.combination}
+    if args.weights is not None:
+        try:
+            params["weights"] = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"--weights must be comma-separated numbers, not {args.weights!r}") from None
+    if args.density is not None:
+        params["density"] = args.density
+    token = find_token(state, args.token)
+
+    async def call() -> dict[str, object]:
+        async with BusClient(url, token=token, kind="cli") as client:
+            result = await client.call(
+                "adapter.merge", params, to="cap:inference", deadline_ms=int(args.timeout * 1000)
+            )
+            return dict(result)
+
+    try:
+        result = runtime.run(call())
+    except RpcError as exc:
+        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    kind = "exact" if result["exact"] else "approximate"
+    print(
+        f"{result['name']}: merged {result['sha256']} (rank {result['rank']}, {result['bytes']} bytes, "
+        f"{result['combination']}, {kind})"
+    )
     return 0
 
 

@@ -46,6 +46,7 @@ from ..state import StateDir
 from ..systemd_notify import Notifier
 from .backend import InferenceBackend
 from .errors import InferenceError, to_rpc
+from .merge import register_merge_command
 
 log = logging.getLogger("personad.inference.service")
 
@@ -119,6 +120,8 @@ def register_inference_commands(dispatcher: Dispatcher, backend: InferenceBacken
     dispatcher.register("inference.load_stack", _translated(load_stack))
     dispatcher.register("inference.unload", _translated(unload))
     dispatcher.register("inference.status", _translated(status))
+    # adapter.merge: admin work on the engine's worker thread (daemon/inference/merge.py).
+    register_merge_command(dispatcher, backend)
 
 
 class InferenceService:
