@@ -87,6 +87,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "screenshot": {"url": "https://example.com/", "viewport": {"width": 800, "height": 600}},
     "browser_js": {"script": "document.title", "url": "https://example.com/"},
     "browser.navigate": {"url": "https://example.com/"},
+    "persona.get": {"persona_id": "demo"},
+    "persona.list": {"status": "active", "tag": "legal", "limit": 50},
+    "persona.create": {
+        "profile": {"id": "clerk", "name": "Clerk", "role": "patent clerk", "status": "active"}
+    },
+    "persona.update": {"persona_id": "demo", "changes": {"traits": {"precision": 80}, "tags": ["legal"]}},
+    "persona.archive": {"persona_id": "demo"},
 }
 
 #: What the bus itself may answer instead of the server, by kind of server.
