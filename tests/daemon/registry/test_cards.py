@@ -420,6 +420,11 @@ def test_size_limits() -> None:
         parse_card_json(json.dumps(obj), limits=limits)
     with pytest.raises(CardTooLarge, match="'chara' chunk holds over 50000 bytes"):
         read_png_card(write_png_card(minimal_png(), card_from_obj(obj)), limits=limits)
+    with pytest.raises(CardTooLarge, match="JSON would be over the limit of 50000"):
+        write_png_card(minimal_png(), card_from_obj(obj), limits=CardLimits(max_json_bytes=50_000))
+    obj["data"]["description"] = "x" * 1001
+    with pytest.raises(CardTooLarge, match="a string of 1001 characters"):
+        write_png_card(minimal_png(), card_from_obj(obj), limits=limits)
     with pytest.raises(CardTooLarge, match="the PNG is"):
         read_png_card(fixture_bytes("v3_card.png"), limits=CardLimits(max_png_bytes=1000))
     with pytest.raises(CardTooLarge, match="chunk b'tEXt'"):
@@ -507,3 +512,21 @@ def test_backfill_drops_decorators_and_warns() -> None:
         "The ghost ship passes on the first night of every month.",
     ] == [e.content for e in backfill.data.character_book.entries]
     assert f"{BACKFILL_WARNING}\n\nBest with long replies." == backfill.data.creator_notes
+
+
+def test_v1_card_in_a_chara_chunk_and_bytes_after_iend() -> None:
+    """V1's "Chara" chunk is read (upgraded to V2); bytes after IEND survive a write untouched."""
+    v1 = {
+        "name": "Old",
+        "description": "",
+        "personality": "",
+        "scenario": "",
+        "first_mes": "hi",
+        "mes_example": "",
+    }
+    png = png_with(text_chunk(b"Chara", base64.b64encode(json.dumps(v1).encode()))) + b"trailing bytes"
+    card = read_png_card(png)
+    assert (V2, "Old", "hi") == (card.spec, card.data.name, card.data.first_mes)
+    out = write_png_card(png, round_trip(card))
+    assert out.endswith(b"IEND\xaeB`\x82trailing bytes")
+    assert card_to_obj(card) == without_ours(card_to_obj(read_png_card(out)))
