@@ -1,8 +1,10 @@
 """``personad up``: the embedded default, supervised.
 
-Starts the bus, waits for its /healthz, trains the demo adapters once,
+Starts the bus, waits for its /healthz, starts the persona registry (which
+imports ``<config-dir>/personas/*.toml``), trains the demo adapters once,
 starts the inference service and the headless browser worker, then one
-persona daemon per ``<config-dir>/personas/*.toml``, each as its own process with its own token
+persona daemon per *active* persona in the registry (the TOML ones and any
+created through the registry), each as its own process with its own token
 (as under systemd), and restarts any child that dies, with backoff. One
 Ctrl-C (or SIGTERM) stops them all: personas first, then the bus, each with
 SIGTERM and a grace period before SIGKILL.
@@ -31,6 +33,7 @@ from protocol import RpcError
 
 from .client import BusClient
 from .errors import BusUnavailable, ConfigError
+from .files import atomic_write
 from .persona.config import PersonaConfig, list_persona_ids, load_persona_config
 from .runtime import PARENT_PID_ENV
 from .state import StateDir, find_token
@@ -134,10 +137,8 @@ class Supervisor:
         token = self.state.init()
         if token is not None:
             print(f"initialised {self.state.root}; admin token (shown once):\nPERSONAD_TOKEN={token}")
-        persona_ids = list_persona_ids(self.config_dir)
-        configs = {pid: load_persona_config(self.config_dir, pid) for pid in persona_ids}  # fail early
-        if not persona_ids:
-            raise ConfigError(f"no personas in {self.config_dir}/personas/*.toml")
+        for pid in list_persona_ids(self.config_dir):
+            load_persona_config(self.config_dir, pid)  # a broken TOML fails here, before any start
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -146,7 +147,7 @@ class Supervisor:
         try:
             # Start-up can take minutes (the demo adapters train once): one
             # Ctrl-C must be able to stop it too.
-            startup = asyncio.ensure_future(self._start_all(configs))
+            startup = asyncio.ensure_future(self._start_all())
             stopper = asyncio.ensure_future(stop.wait())
             await asyncio.wait([startup, stopper], return_when=asyncio.FIRST_COMPLETED)
             if not startup.done():
@@ -163,7 +164,7 @@ class Supervisor:
                 self._page_server.shutdown()
             print("personad: all stopped", flush=True)
 
-    async def _start_all(self, configs: dict[str, PersonaConfig]) -> None:
+    async def _start_all(self) -> None:
         base_env = {**os.environ, "PERSONAD_URL": self.url, "PERSONAD_STATE_DIR": str(self.state.root)}
         base_env.pop("NOTIFY_SOCKET", None)  # the children are ours, not systemd's
         base_env.pop("PERSONAD_TOKEN", None)  # each child finds or is given its own
@@ -179,6 +180,13 @@ class Supervisor:
         bus.argv = self._argv("bus", "--host", self.host, "--port", str(self.port))
         base_env["PERSONAD_URL"] = self.url
         await self._wait_healthy(bus)
+
+        registry = Child(
+            "registry", self._argv("registry", "--config-dir", str(self.config_dir)), base_env
+        )
+        self.children.append(registry)
+        await registry.start()
+        configs = await self._active_personas()
 
         if self.inference and self.demo:
             # Trains legal → legal.patent → legal.patent.uspto once (cached by
@@ -205,18 +213,58 @@ class Supervisor:
         for service in services:
             self.children.append(service)
             await service.start()
-        for pid, config in configs.items():
+        for pid, (config, config_dir) in configs.items():
             env = {
                 **base_env,
                 "PERSONAD_TOKEN": self.state.persona_token(
                     pid, create=True, grants=tuple(config.grants), provides=tuple(config.capabilities)
                 ),
-                "PERSONAD_CONFIG_DIR": str(self.config_dir),
+                "PERSONAD_CONFIG_DIR": str(config_dir),
             }
             child = Child(f"persona:{pid}", self._argv("persona", pid), env)
             self.children.append(child)
             await child.start()
         await self._show_ready(list(configs))
+
+    async def _active_personas(self, timeout: float = 60.0) -> dict[str, tuple[PersonaConfig, Path]]:
+        """Every active persona in the registry, with the config its daemon reads.
+
+        A persona declared in TOML runs from its TOML (its grants live
+        there). One created through the registry has none: its daemon gets
+        a config written from the profile into ``<state>/registry/config/``
+        (id, name, description, capabilities; no extra grants), rewritten at
+        each start so that it follows the profile.
+        """
+        token = find_token(self.state)
+        ids: list[str] = []
+        async with BusClient(self.url, token=token, kind="cli", name="up-registry") as client:
+            deadline = time.monotonic() + timeout
+            while not (await client.call("bus.clients", {"capability": "registry"}))["clients"]:
+                if time.monotonic() > deadline:
+                    raise BusUnavailable(f"the registry did not come up within {timeout:.0f}s")
+                await asyncio.sleep(0.1)
+            cursor = None
+            while True:
+                page = await client.call(
+                    "persona.list", {"status": "active", "limit": 500, "cursor": cursor}, to="cap:registry"
+                )
+                ids += [p["id"] for p in page["personas"]]
+                if (cursor := page["next_cursor"]) is None:
+                    break
+            print("cap:registry is up", flush=True)
+            generated = self.state.root / "registry" / "config"
+            configs: dict[str, tuple[PersonaConfig, Path]] = {}
+            for pid in ids:
+                if (self.config_dir / "personas" / f"{pid}.toml").exists():
+                    configs[pid] = (load_persona_config(self.config_dir, pid), self.config_dir)
+                    continue
+                got = await client.call("persona.get", {"persona_id": pid}, to="cap:registry")
+                configs[pid] = (_write_profile_config(generated, got["profile"]), generated)
+        if not configs:
+            raise ConfigError(
+                f"no active personas: none in {self.config_dir}/personas/*.toml nor active in the registry"
+            )
+        return configs
 
     async def _wait_healthy(self, bus: Child, timeout: float = 20.0) -> None:
         http = f"http://{self.host}:{self.port}/healthz"
@@ -351,6 +399,44 @@ class Supervisor:
                 await asyncio.sleep(delay)
                 await child.start()
         return 0
+
+
+def _write_profile_config(config_dir: Path, profile: dict[str, Any]) -> PersonaConfig:
+    """The persona daemon's TOML for a registry-only persona, from its profile (validated first)."""
+    config = PersonaConfig.model_validate(
+        {
+            "id": profile["id"],
+            "name": profile["name"],
+            "description": profile["description"],
+            "capabilities": profile["capabilities"],
+        }
+    )
+    folder = config_dir / "personas"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lines = [
+        f"id = {_toml_str(config.id)}",
+        f"name = {_toml_str(config.name)}",
+        f"description = {_toml_str(config.description)}",
+        f"capabilities = [{', '.join(_toml_str(c) for c in config.capabilities)}]",
+    ]
+    atomic_write(folder / f"{config.id}.toml", ("\n".join(lines) + "\n").encode("utf-8"), mode=0o600)
+    return config
+
+
+def _toml_str(value: str) -> str:
+    """A TOML basic string: quotes, backslashes and every control character escaped.
+
+    Names and descriptions come from the wire; none may break out of its value.
+    """
+    out = []
+    for ch in value:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 async def _forward(stream: asyncio.StreamReader) -> None:
