@@ -782,6 +782,10 @@ def persona_to_card(
             obj["data"]["creation_date"] = int(profile.lineage.created_at)
         originals: Mapping[str, Any] = {}
     else:
+        try:  # it comes from storage: a damaged one is an error, not a KeyError halfway through
+            card_from_obj(copy.deepcopy(remainder.card))
+        except CardError as exc:
+            raise CardError(f"the stored card remainder is unusable: {exc}") from None
         obj = copy.deepcopy(remainder.card)
         originals = remainder.originals
         if remainder.spec != spec:

@@ -2,7 +2,8 @@
 
 The fixtures in cards/ are written by hand from the public specs (see its
 README). "Round trip" here always compares parsed JSON: import, export and
-re-import must lose no member the card had.
+re-import must lose no member the card had. Over 500 lines because it is one
+test per spec clause and per kind of hostile input, sharing the helpers above.
 """
 
 from __future__ import annotations
@@ -530,3 +531,19 @@ def test_v1_card_in_a_chara_chunk_and_bytes_after_iend() -> None:
     out = write_png_card(png, round_trip(card))
     assert out.endswith(b"IEND\xaeB`\x82trailing bytes")
     assert card_to_obj(card) == without_ours(card_to_obj(read_png_card(out)))
+
+
+def test_a_damaged_remainder_is_a_clear_error() -> None:
+    """A remainder read back from storage that is not a card's shape is refused, not half-used."""
+    profile, memories, remainder = card_to_persona(
+        parse_card_json(fixture_bytes("v2_card.json")), persona_id="p1"
+    )
+    damages: list[dict[str, Any]] = [
+        {"data": []},
+        {"spec": "nope"},
+        {"data": {"character_book": {"entries": [5]}}},
+    ]
+    for damage in damages:
+        broken = remainder.model_copy(update={"card": {**remainder.card, **damage}})
+        with pytest.raises(CardError, match="stored card remainder is unusable"):
+            persona_to_card(profile, memories, broken, spec=V2)
