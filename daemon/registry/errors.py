@@ -121,3 +121,76 @@ class CardPngError(CardError):
 
 class CardTooLarge(CardError):
     """Raised when a card passes one of the reader's limits (file, chunk, string size, JSON depth)."""
+
+
+# -- bundles (bundle.py) ---------------------------------------------------------
+
+
+class BundleError(RegistryError):
+    """Raised for a failure to write or read a persona bundle; base of the bundle errors.
+
+    Whatever the failure, a read writes nothing and a write leaves its target as it was.
+    """
+
+
+class BundleInputError(BundleError):
+    """Raised when what a bundle is written from or unpacked into is unusable
+    (a missing file, an adapter folder PEFT could not stack, a target folder
+    that exists, a source that changed while being written)."""
+
+
+class BundleFormatError(BundleError):
+    """Raised when a file is not a bundle, is of a version we do not read, or
+    (authentic, but malformed) its header, manifest or members break the format."""
+
+
+class BundleLimitExceeded(BundleFormatError):
+    """Raised when a bundle declares more than the reader's limits allow
+    (members, sizes, scrypt cost, chunk size) or than the disk has room for."""
+
+
+class BundleTampered(BundleError):
+    """Raised when a bundle's bytes are not those its signer wrote: a byte
+    changed, the file truncated, chunks reordered, the header edited."""
+
+
+class BundleSignatureMissing(BundleError):
+    """Raised when a bundle names no signer: unsigned bundles are never imported."""
+
+
+class UntrustedSigner(BundleError):
+    """Raised when a bundle's signature is valid but its key is not one the import trusts."""
+
+
+class WrongBundleKey(BundleError):
+    """Raised when the key given does not open a bundle; nothing was decrypted."""
+
+
+class WrongPassphrase(WrongBundleKey):
+    """Raised for a wrong passphrase, or a passphrase given for a bundle sealed to a recipient key."""
+
+
+class WrongRecipientKey(WrongBundleKey):
+    """Raised for an X25519 key the bundle was not sealed to, or one given for a passphrase bundle."""
+
+
+class BundleKeyError(BundleError):
+    """Raised when the signing key file or the trusted-signers list is unusable
+    (not ours alone, malformed); it is never repaired or replaced silently."""
+
+
+# -- fork and merge of profiles (lineage.py) -----------------------------------
+
+
+class InvalidLineage(RegistryError):
+    """Raised when a fork's or merge's arguments would make an invalid profile.
+
+    ``field`` names the culprit as the caller gave it (``modifications.traits.humor``,
+    ``new_id``, ``strategy``), so the bus handler can answer INVALID_PARAMS naming it.
+    Nothing is returned, so nothing is changed.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"invalid {field}: {reason}")
