@@ -44,6 +44,7 @@ bench: $(STAMP) system-deps
 	$(VENV)/bin/python bench/brain.py
 	$(VENV)/bin/python bench/browser.py
 	$(VENV)/bin/python bench/inference.py
+	$(VENV)/bin/python bench/registry.py
 
 clean:
 	rm -rf $(VENV) .personad .pytest_cache .mypy_cache .ruff_cache

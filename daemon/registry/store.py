@@ -47,6 +47,7 @@ from .records import dump_record, load_record
 __all__ = ["ListPage", "Registry", "Summary", "open_raw", "record_sha256"]
 
 RawConnection = Any
+CACHE_KIB = 32 * 1024
 
 _EDITABLE = (
     "name",
@@ -103,6 +104,11 @@ def open_raw(path: Path, key: bytes) -> RawConnection:
         raise RegistryWrongKey(path) from None
     try:
         migrate(db, path)
+        # Every page read from the OS is decrypted and its HMAC checked; a
+        # listing touches rows spread over the table, so give the cache room
+        # for a large registry (10,000 profiles are ~10 MB). It grows only as
+        # pages are read.
+        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     except BaseException:
         db.close()
         raise
@@ -133,23 +139,33 @@ def list_page(
     cursor: str | None = None,
 ) -> ListPage:
     """One page in id order; every filter given must match."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
+    # With a tag, walk its (tag, persona_id) index: rows come in id order and
+    # the page stops after ``limit`` of them, however rare the tag is.
+    if tag is not None:
+        sql = (
+            "SELECT p.id, p.name, p.role, p.status, p.tags, p.updated_at "
+            "FROM profile_tags t JOIN profiles p ON p.id = t.persona_id"
+        )
+        where.append("t.tag = ?")
+        args.append(tag)
+        order = "t.persona_id"
+    else:
+        sql = "SELECT p.id, p.name, p.role, p.status, p.tags, p.updated_at FROM profiles p"
+        order = "p.id"
     if status is not None:
         where.append("p.status = ?")
         args.append(status)
     if role is not None:
         where.append("p.role = ?")
         args.append(role)
-    if tag is not None:
-        where.append("p.id IN (SELECT persona_id FROM profile_tags WHERE tag = ?)")
-        args.append(tag)
     if cursor is not None:
-        where.append("p.id > ?")
+        where.append(f"{order} > ?")
         args.append(cursor)
-    sql = "SELECT p.id, p.name, p.role, p.status, p.tags, p.updated_at FROM profiles p"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY p.id LIMIT ?"
+    sql += f" ORDER BY {order} LIMIT ?"
     rows = db.execute(sql, (*args, limit + 1)).fetchall()
     items = [Summary(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows[:limit]]
     return ListPage(items, items[-1].id if len(rows) > limit else None)
