@@ -19,6 +19,11 @@ Building it from the safetensors files directly gives the same tensors
 without loading the sources into the live model, so active stacks are not
 disturbed (``tests/daemon/inference/test_merge.py`` checks both claims).
 
+Sources are names, resolved to their current stacks; ``pins`` (one stack of
+``{name, sha256}`` per source, as a persona's profile holds it) makes the
+merge use exactly those objects, so a name retrained meanwhile changes
+nothing, and a pinned object no longer stored is ADAPTER_NOT_FOUND.
+
 ``linear``, ``ties``, ``dare_linear``, ``dare_ties``. PEFT's approximate
 methods (``peft.utils.merge_utils``), applied as ``add_weighted_adapter``
 applies them: to the A and to the B matrices separately, with weight
@@ -58,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 from protocol import ErrorCode, RpcError
 from protocol.commands.inference import MergeParams, MergeResult, StackEntry
 
-from .adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterRecord, AdapterStore, validate_name
+from .adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterRecord, AdapterStore, chain, validate_name
 from .errors import AdapterIncompatible, InferenceError, Unsupported, to_rpc
 
 if TYPE_CHECKING:
@@ -121,6 +126,17 @@ def check_params(params: MergeParams) -> tuple[list[float], float | None]:
         raise MergeParamsError(
             f"weights: {len(weights)} weights for {len(params.sources)} sources (give one per source)"
         )
+    if params.pins is not None:
+        if len(params.pins) != len(params.sources):
+            raise MergeParamsError(
+                f"pins: {len(params.pins)} stacks for {len(params.sources)} sources (give one per source)"
+            )
+        for i, (source, pin) in enumerate(zip(params.sources, params.pins, strict=True)):
+            if [entry.name for entry in pin] != chain(source):
+                raise MergeParamsError(
+                    f"pins.{i}: {[entry.name for entry in pin]} is not the stack of {source!r} "
+                    f"({chain(source)}, root first)"
+                )
     density = params.density
     if params.combination in ("cat", "linear"):
         if density is not None:
@@ -296,7 +312,11 @@ def build_merge(
     the whole merge succeeds; the same merge twice stores the same object.
     """
     weights, density = check_params(params)
-    stacks = [store.resolve(source) for source in params.sources]
+    if params.pins is not None:
+        # What the caller pinned, by hash: a name retrained since does not change the merge.
+        stacks = [[store.by_hash(entry) for entry in pin] for pin in params.pins]
+    else:
+        stacks = [store.resolve(source) for source in params.sources]
     levels = [[_load(store, record) for record in stack] for stack in stacks]
     flat = [level for stack in levels for level in stack]
     if check_level is not None:

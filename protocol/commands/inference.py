@@ -442,6 +442,18 @@ class MergeParams(StrictParams):
     density: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
         None, description="fraction of values kept by ties and dare_* (default 0.5); not for cat or linear"
     )
+    pins: (
+        Annotated[
+            list[Annotated[list[StackEntry], Field(min_length=1, max_length=MAX_STACK_DEPTH)]],
+            Field(min_length=2, max_length=MAX_MERGE_SOURCES),
+        ]
+        | None
+    ) = Field(
+        None,
+        strict=False,
+        description="each source's stack as the caller holds it (a persona's profile), root first: "
+        "these exact hashes are merged, even if a name was retrained since",
+    )
 
 
 class MergeResult(StrictModel):

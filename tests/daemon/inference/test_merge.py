@@ -249,6 +249,34 @@ def test_a_deeper_stack_is_folded_before_an_approximate_merge(store, make_adapte
     assert [e.name for e in result.levels] == ["zoo", "zoo.cat", "six"]
 
 
+def test_pinned_stacks_merge_exactly_those_hashes(store, stacks, tiny_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """pins: a persona's stack by hash; farm retrained since does not change what is merged."""
+    pins = [[stacks["zoo"].entry, stacks["zoo.cat"].entry], [stacks["farm"].entry]]
+    store.import_folder(save_random_adapter(tiny_dir, tmp_path / "farm2", seed=42, targets=TARGETS), "farm")
+    assert store.get("farm").sha256 != stacks["farm"].sha256
+    pinned = merge(
+        store, sources=["zoo.cat", "farm"], name="pinned", pins=[[e.model_dump() for e in p] for p in pins]
+    )
+    assert [e.sha256 for e in pinned.levels] == [stacks[n].sha256 for n in ("zoo", "zoo.cat", "farm")]
+    current = merge(store, sources=["zoo.cat", "farm"], name="current")
+    assert current.levels[-1].sha256 == store.get("farm").sha256
+    assert current.sha256 != pinned.sha256
+    merged = delta(store.get("pinned"))
+    for module, d in delta(stacks["farm"]).items():
+        expected = d + delta(stacks["zoo"])[module] + delta(stacks["zoo.cat"])[module]
+        assert (merged[module] - expected).abs().max().item() < 1e-5
+    before = index_bytes(store)
+    wrong_chain = [[stacks["zoo.cat"].entry.model_dump()], [stacks["farm"].entry.model_dump()]]
+    with pytest.raises(MergeParamsError, match=r"pins\.0: \['zoo.cat'\] is not the stack of 'zoo.cat'"):
+        merge(store, sources=["zoo.cat", "farm"], name="x", pins=wrong_chain)
+    gone = [[{"name": "zoo", "sha256": "0" * 64}], [stacks["farm"].entry.model_dump()]]
+    with pytest.raises(AdapterNotFound, match="no longer in the store"):
+        merge(store, sources=["zoo", "farm"], name="x", pins=gone)
+    with pytest.raises(MergeParamsError, match="pins: 2 stacks for 3 sources"):
+        merge(store, sources=["zoo", "farm", "zoo.cat"], name="x", pins=gone)
+    assert index_bytes(store) == before
+
+
 # -- refusals ------------------------------------------------------------------------------------
 
 
@@ -306,6 +334,11 @@ def test_params_are_validated_on_the_wire_model() -> None:
         ({"sources": ["a", "b"], "name": "c", "density": 1.5}, "density"),
         ({"sources": "a,b", "name": "c"}, "sources"),
         ({"sources": ["a", "b"], "name": "c", "extra": 1}, "extra"),
+        (
+            {"sources": ["a", "b"], "name": "c", "pins": [[{"name": "a", "sha256": "x"}], []]},
+            "pins.0.0.sha256",
+        ),
+        ({"sources": ["a", "b"], "name": "c", "pins": [[{"name": "a", "sha256": "0" * 64}], []]}, "pins.1"),
     ]
     for params, field in bad:
         with pytest.raises(ValidationError) as info:
