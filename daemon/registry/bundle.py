@@ -36,7 +36,7 @@ import stat
 import struct
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -504,7 +504,8 @@ class _Sealer:
 
     def __init__(self, out: _HashingWriter, aead: AESGCM, prefix: bytes, header_digest: bytes, size: int):
         self._out, self._aead, self._prefix, self._hd, self._cs = out, aead, prefix, header_digest, size
-        self._buf = bytearray()
+        self._buf = bytearray()  # a partial chunk
+        self._pending: bytes | None = None  # a whole chunk, final unless more follows
         self._index = 0
 
     def _emit(self, data: bytes, final: bool) -> None:
@@ -515,15 +516,28 @@ class _Sealer:
         self._index += 1
 
     def write(self, data: bytes) -> None:
-        self._buf += data
-        # Strictly more than one chunk buffered: the first is not the last.
-        while len(self._buf) > self._cs:
-            self._emit(bytes(self._buf[: self._cs]), False)
-            del self._buf[: self._cs]
+        view, at = memoryview(data), 0
+        while at < len(view):
+            if self._pending is not None:  # more data follows it: not the last
+                self._emit(self._pending, False)
+                self._pending = None
+            take = min(self._cs - len(self._buf), len(view) - at)
+            if not self._buf and take == self._cs:
+                self._pending = bytes(view[at : at + take])
+            else:
+                self._buf += view[at : at + take]
+                if len(self._buf) == self._cs:
+                    self._pending = bytes(self._buf)
+                    self._buf.clear()
+            at += take
 
     def close(self) -> None:
+        if self._pending is not None and self._buf:
+            self._emit(self._pending, False)
+        elif self._pending is not None:
+            self._emit(self._pending, True)
+            return
         self._emit(bytes(self._buf), True)
-        self._buf.clear()
 
 
 class _HashingWriter:
@@ -594,29 +608,50 @@ def _seal(
 # -- writing ------------------------------------------------------------------
 
 
-def _hash_file(path: Path) -> tuple[int, str]:
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file's content does: ctime cannot be set back from user space."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    stamp: tuple[int, ...]
+
+
+def _hash_file(path: Path, name: str) -> tuple[Member, _Source]:
+    """The member for a file and its stamp, taken before hashing, to detect a later change."""
     try:
-        return path.stat().st_size, sha256_file(path)
+        stamp = _stamp(path.stat())
+        member = Member(name, stamp[2], sha256_file(path))
     except OSError as exc:
         raise BundleInputError(f"{path}: cannot read ({exc.strerror})") from None
+    return member, _Source(path, stamp)
 
 
-def _stream(sources: Sequence[tuple[Member, Path | bytes]]) -> Iterator[bytes]:
+def _stream(sources: Sequence[tuple[Member, _Source | bytes]]) -> Iterator[bytes]:
+    """The members' bytes; a file whose stamp moved since it was hashed fails the write.
+
+    Comparing stamps rather than hashing again saves a pass over every byte;
+    and a change the stamps missed could only make a bundle the reader
+    refuses (it checks every member's hash), never one it accepts wrongly.
+    """
     for member, source in sources:
         if isinstance(source, bytes):
             yield source
             continue
-        digest, size = hashlib.sha256(), 0
+        size = 0
         try:
-            with source.open("rb") as f:
-                while size <= member.size and (block := f.read(_BLOCK)):
-                    digest.update(block)
+            with source.path.open("rb") as f:
+                same = _stamp(os.fstat(f.fileno())) == source.stamp
+                while same and size <= member.size and (block := f.read(_BLOCK)):
                     size += len(block)
                     yield block
+                same = same and _stamp(os.fstat(f.fileno())) == source.stamp
         except OSError as exc:
-            raise BundleInputError(f"{source}: cannot read ({exc.strerror})") from None
-        if size != member.size or digest.hexdigest() != member.sha256:
-            raise BundleInputError(f"{source} changed while the bundle was being written; try again")
+            raise BundleInputError(f"{source.path}: cannot read ({exc.strerror})") from None
+        if not same or size != member.size:
+            raise BundleInputError(f"{source.path} changed while the bundle was being written; try again")
 
 
 def write_bundle(
@@ -649,7 +684,7 @@ def write_bundle(
     assert isinstance(persona_id, str)
     if not isinstance(chunk_size, int) or not 1 << 10 <= chunk_size <= 4 << 20:
         raise BundleInputError("chunk_size must be 1 KiB..4 MiB")
-    sources: list[tuple[Member, Path | bytes]] = []
+    sources: list[tuple[Member, _Source | bytes]] = []
     if profile is not None:
         data = profile.model_dump_json().encode("utf-8")
         sources.append((Member(PROFILE_MEMBER, len(data), hashlib.sha256(data).hexdigest()), data))
@@ -657,7 +692,7 @@ def write_bundle(
         brain_export = Path(brain_export)
         if not brain_export.is_file():
             raise BundleInputError(f"{brain_export}: no such brain export file")
-        sources.append((Member(BRAIN_MEMBER, *_hash_file(brain_export)), brain_export))
+        sources.append(_hash_file(brain_export, BRAIN_MEMBER))
     seen: set[str] = set()
     for folder in adapters:
         folder = Path(folder)
@@ -665,13 +700,13 @@ def write_bundle(
             check_lora_folder(folder)
         except InferenceError as exc:
             raise BundleInputError(f"adapter {folder}: {exc}") from None
-        size, sha = _hash_file(folder / WEIGHTS_FILE)
+        weights = _hash_file(folder / WEIGHTS_FILE, WEIGHTS_FILE)
+        sha = weights[0].sha256
         if sha in seen:
             raise BundleInputError(f"adapter {folder}: the same weights ({sha}) are given twice")
         seen.add(sha)
-        config = folder / CONFIG_FILE
-        sources.append((Member(f"adapters/{sha}/{CONFIG_FILE}", *_hash_file(config)), config))
-        sources.append((Member(f"adapters/{sha}/{WEIGHTS_FILE}", size, sha), folder / WEIGHTS_FILE))
+        sources.append(_hash_file(folder / CONFIG_FILE, f"adapters/{sha}/{CONFIG_FILE}"))
+        sources.append((Member(f"adapters/{sha}/{WEIGHTS_FILE}", weights[0].size, sha), weights[1]))
     created_at = time.time()
     manifest = Manifest(persona_id, created_at, tuple(m for m, _ in sources))
     manifest.check(limits=BundleLimits())
@@ -772,8 +807,8 @@ def _check_header(h: _Header, limits: BundleLimits) -> None:
         )
 
 
-def _verify_signature(f: IO[bytes], h: _Header, size: int) -> bytes:
-    """Check the trailer signs everything before it; returns the digest signed."""
+def _verify_signature(f: IO[bytes], h: _Header, size: int) -> None:
+    """Check the trailer signs everything before it."""
     if size < h.end + TRAILER_BYTES:
         raise BundleTampered("the bundle is truncated: no room for its signature")
     f.seek(size - TRAILER_BYTES)
@@ -789,7 +824,6 @@ def _verify_signature(f: IO[bytes], h: _Header, size: int) -> bytes:
         raise BundleTampered(
             "the bundle's signature does not match its content: it was altered, truncated or reordered"
         ) from None
-    return digest
 
 
 def _digest_range(f: IO[bytes], end: int) -> bytes:
@@ -848,7 +882,7 @@ def _open_key(h: _Header, key: PassphraseKey | RecipientPrivateKey, limits: Bund
 
 
 class _Opener:
-    """Reads the chunks back in order, checking each; also re-hashes the file for the signature."""
+    """Reads the chunks back in order, checking each."""
 
     def __init__(self, f: IO[bytes], h: _Header, payload_key: bytes, region_end: int):
         self._f, self._h, self._aead = f, h, AESGCM(payload_key)
@@ -876,15 +910,13 @@ class _Opener:
                 "the bundle's last chunk fails authentication as the final one: "
                 "altered, truncated or extended"
             ) from None
-        f.seek(0)
-        self.digest = hashlib.sha256(f.read(h.end))
+        f.seek(h.end)
 
     def _next(self) -> None:
         if self._index >= self.chunks:
             raise BundleFormatError("the bundle's manifest declares more bytes than it holds")
         final = self._index == self.chunks - 1
         ct = self._f.read(self._last if final else self._ct)
-        self.digest.update(ct)
         try:
             nonce = _nonce(self._h.prefix, self._index)
             self._buf = self._aead.decrypt(nonce, ct, _ad(self._hd, self._index, final))
@@ -941,24 +973,26 @@ def read_bundle(
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise BundleInputError(f"{path}: not a regular file")
-        size = st.st_size
+        size, stamp = st.st_size, _stamp(st)
         if size > limits.max_bundle_bytes:
             raise BundleLimitExceeded(f"{path} is {size} bytes (limit {limits.max_bundle_bytes})")
         header = _read_header(f, size, limits)
-        signed = _verify_signature(f, header, size)
+        _verify_signature(f, header, size)
         _check_header(header, limits)
         pin = trusted.check(header.signer, header.persona_id)
         payload_key = _open_key(header, key, limits)
         opener = _Opener(f, header, payload_key, size - TRAILER_BYTES)
-        contents = _unpack(opener, header, into, limits)
-        if opener.digest.digest() != signed:
-            raise BundleTampered("the bundle changed while being read")  # pragma: no cover - races only
+        contents = _unpack(
+            opener, header, into, limits, unchanged=lambda: _stamp(os.fstat(f.fileno())) == stamp
+        )
         if pin:
             trusted.record(header.signer, header.persona_id)
     return contents
 
 
-def _unpack(opener: _Opener, h: _Header, into: Path, limits: BundleLimits) -> BundleContents:
+def _unpack(
+    opener: _Opener, h: _Header, into: Path, limits: BundleLimits, *, unchanged: Callable[[], bool]
+) -> BundleContents:
     frame_len = struct.unpack(">I", opener.read_bytes(4))[0]
     if frame_len > limits.max_manifest_bytes:
         raise BundleLimitExceeded(
@@ -995,6 +1029,11 @@ def _unpack(opener: _Opener, h: _Header, into: Path, limits: BundleLimits) -> Bu
         if not opener.done:
             raise BundleFormatError("the bundle holds bytes its manifest does not account for")
         profile = _check_members(tmp, manifest)
+        # The signature was checked on a first pass: the file must not have
+        # been written to since (its ctime would have moved), or what was
+        # decrypted is not what was verified.
+        if not unchanged():
+            raise BundleTampered("the bundle was modified while being read")
     paths = {m.path for m in manifest.members}
     adapters = sorted({into / "adapters" / p.split("/")[1] for p in paths if p.startswith("adapters/")})
     return BundleContents(
