@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+from pydantic import ValidationError
 
 from protocol.profile import PersonaStatus, Profile
 
@@ -267,8 +268,10 @@ def update(
         data["lineage"]["updated_at"] = time.time() if now is None else now
         try:
             new = Profile.model_validate_json(json.dumps(data))
-        except ValueError as exc:
-            raise InvalidChange("changes", str(exc).splitlines()[0]) from None
+        except ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False, include_context=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidChange(f"changes.{where}", first["msg"]) from None
         _write(db, new, insert=False)
         audit.append(
             actor=actor,
@@ -333,13 +336,6 @@ class Registry:
 
     async def archive(self, persona_id: str, *, actor: str) -> Profile:
         return await self.update(persona_id, {"status": "archived"}, actor=actor, action="persona.archive")
-
-    async def active_ids(self) -> list[str]:
-        def run(db: RawConnection) -> list[str]:
-            rows = db.execute("SELECT id FROM profiles WHERE status = 'active' ORDER BY id").fetchall()
-            return [r[0] for r in rows]
-
-        return await run_on(self._conn, run)
 
     async def run(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(raw_connection, *args)`` on the connection's thread (imports, other modules)."""

@@ -86,8 +86,9 @@ def test_refusals_change_nothing(db: Any, audit: AuditLog) -> None:
         with pytest.raises(InvalidChange) as exc:
             store.update(db, audit, "ada", bad, actor="cli:t")
         assert f"changes.{next(iter(bad))}" == exc.value.field
-    with pytest.raises(InvalidChange):
+    with pytest.raises(InvalidChange) as exc:
         store.update(db, audit, "ada", {"traits": {"humor": 101}}, actor="cli:t")
+    assert ("changes.traits.humor", "less than or equal to 100") == (exc.value.field, exc.value.reason[-25:])
     with pytest.raises(InvalidChange):
         store.create(db, audit, profile("bob", status="merged"), actor="cli:t")
     assert before == store.get(db, "ada")
