@@ -221,3 +221,16 @@ def test_no_plaintext_on_disk(tmp_path: Path, audit: AuditLog) -> None:
         if file.is_file():
             assert b"Zyxwvut" not in file.read_bytes(), file.name
             assert b"Ada" not in file.read_bytes() or file.name.startswith("audit"), file.name
+
+
+def test_truncated_database_is_refused_untouched(tmp_path: Path, audit: AuditLog) -> None:
+    path = tmp_path / "registry" / "registry.sqlite"
+    db = store.open_raw(path, KEY)
+    store.create(db, audit, profile("ada"), actor="cli:t")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    path.write_bytes(path.read_bytes()[:1000])
+    before = digests(path.parent)
+    with pytest.raises(RegistryWrongKey):
+        store.open_raw(path, KEY)
+    assert before == digests(path.parent)
