@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import json
 import math
 import os
@@ -447,13 +448,16 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
-def shingles(text: str) -> frozenset[tuple[str, ...]]:
-    """The word 3-shingles of ``text`` after normalisation (see the module's docstring)."""
-    words = _words(text)
+def _shingles_of(words: list[str], text: str) -> frozenset[tuple[str, ...]]:
     if len(words) < 3:
         # No words at all (only punctuation): the stripped text itself.
         return frozenset([tuple(words) if words else (text.strip(),)])
-    return frozenset(tuple(words[i : i + 3]) for i in range(len(words) - 2))
+    return frozenset(zip(words, words[1:], words[2:], strict=False))
+
+
+def shingles(text: str) -> frozenset[tuple[str, ...]]:
+    """The word 3-shingles of ``text`` after normalisation (see the module's docstring)."""
+    return _shingles_of(_words(text), text)
 
 
 def _prefix_length(size: int, threshold: float) -> int:
@@ -472,35 +476,41 @@ def find_near_duplicates(texts: Sequence[str], *, threshold: float) -> list[tupl
         raise InvalidInput("near_duplicate", "must be a number")
     if not 0.0 < threshold <= 1.0:
         raise InvalidInput("near_duplicate", "must be in (0, 1]")
-    groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
-    for position, text in enumerate(texts):
-        words = _words(text)
-        groups[tuple(words) if words else ("\0", text.strip())].append(position)
-    members = list(groups.values())
-    sets = [shingles(texts[group[0]]) for group in members]
+    groups: dict[tuple[str, ...], list[int]] = {}
     # Shingles as ints: smaller, faster to hash; a 64-bit collision is as
     # likely as not happening in any brain's lifetime.
-    int_sets = [frozenset(hash(s) for s in shingle_set) for shingle_set in sets]
+    int_sets: list[frozenset[int]] = []
+    for position, text in enumerate(texts):
+        words = _words(text)
+        key = tuple(words) if words else ("\0", text.strip())
+        group = groups.get(key)
+        if group is None:
+            groups[key] = group = []
+            int_sets.append(frozenset(map(hash, _shingles_of(words, text))))
+        group.append(position)
+    members = list(groups.values())
     frequency: Counter[int] = Counter()
     for int_set in int_sets:
         frequency.update(int_set)
+    # One global order, rarest first (ties in first-seen order, the sort being
+    # stable): the prefix filter needs every set ordered the same way.
+    rank = {token: n for n, token in enumerate(sorted(frequency, key=frequency.__getitem__))}
     index: dict[int, list[int]] = defaultdict(list)
     linked: set[tuple[int, int]] = set()
     for g, int_set in enumerate(int_sets):
         size = len(int_set)
-        ordered = sorted(int_set, key=lambda token: (frequency[token], token))
         candidates: set[int] = set()
-        for token in ordered[: _prefix_length(size, threshold)]:
+        for token in heapq.nsmallest(_prefix_length(size, threshold), int_set, key=rank.__getitem__):
             bucket = index[token]
             candidates.update(bucket)
             bucket.append(g)
         for other in candidates:
             other_set = int_sets[other]
-            small, large = sorted((size, len(other_set)))
-            if small < threshold * large - 1e-9:
+            other_size = len(other_set)
+            if min(size, other_size) < threshold * max(size, other_size) - 1e-9:
                 continue  # the length filter: Jaccard <= small / large
             common = len(int_set & other_set)
-            if common >= threshold * (size + len(other_set) - common) - 1e-9:
+            if common >= threshold * (size + other_size - common) - 1e-9:
                 linked.add((other, g))
     pairs: set[tuple[int, int]] = set()
     for group in members:
@@ -562,7 +572,8 @@ def _dedupe(memories: list[_Memory], threshold: float) -> tuple[list[_Memory], i
     for i in order:
         mine = memories[i]
         match = None
-        for j in sorted(neighbours.get(i, ()), key=lambda j: kept_at.get(j, math.inf)):
+        near = neighbours.get(i)
+        for j in sorted(near, key=lambda j: kept_at.get(j, math.inf)) if near else ():
             if j not in kept_at:
                 continue
             other = memories[j]
