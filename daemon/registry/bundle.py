@@ -423,8 +423,8 @@ class Manifest:
                 )
             members = tuple(Member(str(m["path"]), m["size"], str(m["sha256"])) for m in items)
             persona_id, created_at = doc["persona_id"], float(doc["created_at"])
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
-            raise BundleFormatError(f"the bundle's manifest is malformed ({exc!r})") from None
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise BundleFormatError(f"the bundle's manifest is malformed ({type(exc).__name__})") from None
         manifest = cls(persona_id, created_at, members)
         manifest.check(limits=limits)
         return manifest
@@ -684,6 +684,8 @@ def write_bundle(
     assert isinstance(persona_id, str)
     if not isinstance(chunk_size, int) or not 1 << 10 <= chunk_size <= 4 << 20:
         raise BundleInputError("chunk_size must be 1 KiB..4 MiB")
+    if not Path(path).parent.is_dir():
+        raise BundleInputError(f"{Path(path).parent}: no such folder")
     sources: list[tuple[Member, _Source | bytes]] = []
     if profile is not None:
         data = profile.model_dump_json().encode("utf-8")
@@ -759,7 +761,7 @@ def _read_header(f: IO[bytes], size: int, limits: BundleLimits) -> _Header:
         doc = json.loads(raw)
         if not isinstance(doc, dict):
             raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BundleTampered("the bundle's header is damaged (not a JSON object)") from None
     header = _Header(raw=raw, end=len(MAGIC) + 4 + length, doc=doc)
     if "signer" not in doc:

@@ -550,6 +550,8 @@ def member(path: str, data: bytes) -> Member:
         ("hash", BundleFormatError, "sha256"),
         ("manifest_size", BundleLimitExceeded, "manifest"),
         ("manifest_garbage", BundleFormatError, "malformed"),
+        ("manifest_deep", BundleFormatError, "malformed"),
+        ("manifest_not_object", BundleFormatError, "malformed"),
         ("other_persona", BundleFormatError, "different personas"),
         ("profile_of_other", BundleFormatError, "profile is of"),
         ("half_adapter", BundleFormatError, "lacks"),
@@ -572,6 +574,8 @@ def test_hostile_manifest(
         "hash": lambda: [frame([Member("profile.json", len(prof), "1" * 64)]), prof],
         "manifest_size": lambda: [struct.pack(">I", (1 << 20) + 1) + b"x" * ((1 << 20) + 1)],
         "manifest_garbage": lambda: [struct.pack(">I", 5) + b"{]]]]"],
+        "manifest_deep": lambda: [struct.pack(">I", 200_000) + b"[" * 200_000],
+        "manifest_not_object": lambda: [struct.pack(">I", 2) + b"[]"],
         "other_persona": lambda: [frame([], persona_id="bob")],
         "profile_of_other": lambda: [frame([member("profile.json", other)]), other],
         "half_adapter": lambda: [frame([member(f"adapters/{'a' * 64}/adapter_config.json", b"{}")]), b"{}"],
@@ -605,6 +609,10 @@ def test_hostile_costs_and_sizes(written: Path, tmp_path: Path, out: Path, signe
     refused(BundleLimitExceeded, written, signer, out, limits=BundleLimits(max_scrypt_log_n=LOW - 1))
     refused(BundleLimitExceeded, written, signer, out, limits=BundleLimits(max_total_bytes=100))
     refused(BundleLimitExceeded, written, signer, out, limits=BundleLimits(reserve_free_bytes=1 << 62))
+    # A header nested past Python's recursion limit.
+    deep = b"[" * 60_000
+    written.write_bytes(bundle.MAGIC + struct.pack(">I", len(deep)) + deep + b"\0" * 200)
+    refused(BundleTampered, written, signer, out)
     # The header length field pointing past the end of the file.
     data = bytearray(written.read_bytes())
     data[16:20] = struct.pack(">I", 0xFFFFFFF0)
@@ -659,11 +667,22 @@ def test_writer_refuses_bad_sources(
         {"profile": profile, "brain_export": None, "adapters": [broken]},
         {"profile": profile, "brain_export": None, "adapters": [tmp_path / "none"]},
         {"profile": profile, "brain_export": None, "adapters": [], "chunk_size": 10},
+        {"profile": profile, "brain_export": None, "adapters": [], "key": "a passphrase"},
+        {"profile": profile, "brain_export": None, "adapters": [], "signer": signer.public_hex},
     ]
     for kwargs in attempts:
         with pytest.raises(BundleInputError):
-            write_bundle(path, key=key, signer=signer, **kwargs)  # type: ignore[arg-type]
+            write_bundle(path, **{"key": key, "signer": signer, **kwargs})  # type: ignore[arg-type]
     assert b"old" == path.read_bytes()
+    with pytest.raises(BundleInputError, match="no such folder"):
+        write_bundle(
+            tmp_path / "nope" / "t.bundle",
+            profile=profile,
+            brain_export=None,
+            adapters=[],
+            key=key,
+            signer=signer,
+        )
     assert ["t.bundle"] == [p.name for p in tmp_path.iterdir() if p.name.startswith((".t", "t."))]
 
 
