@@ -100,7 +100,7 @@ NONCE_PREFIX_BYTES: Final = 8
 KEY_CHECK_BYTES: Final = 16
 #: 64 KiB: AES-GCM is fastest at this size here (bench/bundle.py), as in age.
 DEFAULT_CHUNK_SIZE: Final = 64 * 1024
-#: scrypt N = 2**17, r = 8, p = 1: 128 MiB and about half a second per try.
+#: scrypt N = 2**17, r = 8, p = 1: 128 MiB and about a second per try (bench/bundle.py).
 DEFAULT_SCRYPT_LOG_N: Final = 17
 MIN_SCRYPT_LOG_N: Final = 10
 MAX_SCRYPT_LOG_N: Final = 20
