@@ -1,9 +1,10 @@
 """Persona bundles: one encrypted, signed file with a persona's profile, brain
 export and adapters (the ``bundle`` format of ``persona.export``/``import``).
 
-This file is past 500 lines on purpose: the writer and the reader are two
-halves of one byte format, and keeping them (and the keys they share) side by
-side is what keeps them in step. The format, the key derivation, the chunk
+This file is about twice the usual 500 lines on purpose: the writer and the
+reader are two halves of one byte format, and the keys and trust rules are
+fields of its header checked at fixed points of the read; keeping all of it
+side by side is what keeps the two halves in step. The format, the key derivation, the chunk
 construction and the trust rules are specified in docs/bundle.md; this
 docstring only maps the code onto it.
 
@@ -344,7 +345,7 @@ class TrustPolicy:
         except (OSError, ValueError) as exc:
             raise BundleKeyError(f"{self.tofu_file}: not a readable trust list ({exc})") from None
         personas = doc.get("personas") if isinstance(doc, dict) else None
-        if doc.get("format") != "personad.trusted-signers" or not isinstance(personas, dict):
+        if not isinstance(personas, dict) or doc.get("format") != "personad.trusted-signers":
             raise BundleKeyError(f"{self.tofu_file}: not a personad trust list")
         return personas
 
@@ -966,6 +967,8 @@ def read_bundle(
         raise BundleInputError(f"{into} already exists; unpack into a new folder")
     if not into.parent.is_dir():
         raise BundleInputError(f"{into.parent}: no such folder")
+    if trusted.tofu_file is not None and not trusted.tofu_file.parent.is_dir():
+        raise BundleInputError(f"{trusted.tofu_file.parent}: no such folder for the trusted-signers list")
     try:
         # O_NONBLOCK: a FIFO put in the bundle's place must not hang the import.
         f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")

@@ -509,6 +509,15 @@ def test_trust_on_first_use(tmp_path: Path, out: Path, profile: Profile, signer:
         read_bundle(theirs, key=key, trusted=tofu, into=out / "2")
     read_bundle(mine, key=key, trusted=tofu, into=out / "3")
     assert ["1", "3"] == sorted(os.listdir(out))
+    # A damaged trust list is an error, left as it is.
+    for damaged in ('{"personas": []}', "[]", "{", "\xff"):
+        (state / "trusted-signers.json").write_text(damaged)
+        with pytest.raises(BundleKeyError, match="trust list"):
+            read_bundle(mine, key=key, trusted=tofu, into=out / "4")
+        assert damaged == (state / "trusted-signers.json").read_text()
+    with pytest.raises(BundleInputError, match="trusted-signers"):
+        read_bundle(mine, key=key, trusted=TrustPolicy.tofu(tmp_path / "nope"), into=out / "5")
+    assert ["1", "3"] == sorted(os.listdir(out))
 
 
 # -- hostile content, authentically signed ----------------------------------------
