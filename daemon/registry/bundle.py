@@ -414,7 +414,8 @@ class Manifest:
         try:
             doc = json.loads(raw)
             if doc["format"] != FORMAT or doc["format_version"] != FORMAT_VERSION:
-                raise BundleFormatError(f"manifest is {doc['format']!r} v{doc['format_version']!r}")
+                found = f"{doc['format']!r} version {doc['format_version']!r}"
+                raise BundleFormatError(f"the bundle's manifest is {found[:100]}")
             items = doc["members"]
             if not isinstance(items, list):
                 raise TypeError
@@ -431,7 +432,11 @@ class Manifest:
         return manifest
 
     def check(self, *, limits: BundleLimits) -> None:
-        """Member paths from the fixed set, no repeats, sizes within limits, adapters whole."""
+        """Member paths from the fixed set, no repeats, counts and sizes within limits, adapters whole."""
+        if len(self.members) > limits.max_members:
+            raise BundleLimitExceeded(
+                f"the bundle declares {len(self.members)} members (limit {limits.max_members})"
+            )
         seen: set[str] = set()
         folders: dict[str, set[str]] = {}
         total = 0
@@ -712,7 +717,10 @@ def write_bundle(
         sources.append((Member(f"adapters/{sha}/{WEIGHTS_FILE}", weights[0].size, sha), weights[1]))
     created_at = time.time()
     manifest = Manifest(persona_id, created_at, tuple(m for m, _ in sources))
-    manifest.check(limits=BundleLimits())
+    try:
+        manifest.check(limits=BundleLimits())  # what a default reader would refuse
+    except BundleFormatError as exc:
+        raise BundleInputError(f"cannot bundle this: {exc}") from None
     frame = manifest.to_json()
 
     def plaintext() -> Iterator[bytes]:

@@ -470,6 +470,34 @@ def test_reordered_and_dropped_chunks(written: Path, out: Path, signer: SigningK
         assert "fails authentication" in str(refused(BundleTampered, written, signer, out))
 
 
+def test_newer_format_version(written: Path, out: Path, signer: SigningKey) -> None:
+    """A genuine bundle of a format version we do not read is named as such, not as damage."""
+    data = written.read_bytes()
+    start, _ = layout(data)
+    header = json.loads(data[20:start])
+    header["format_version"] = 2
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    written.write_bytes(resign(bundle.MAGIC + struct.pack(">I", len(raw)) + raw + body(data)[start:], signer))
+    assert "version 2" in str(refused(BundleFormatError, written, signer, out))
+
+
+def test_writer_refuses_what_a_reader_would(tmp_path: Path, signer: SigningKey) -> None:
+    """More adapters than a default reader accepts: refused at write, not discovered at import."""
+    folders = [make_adapter(tmp_path / f"a{i}", seed=i, rank=1, width=8) for i in range(66)]
+    path = tmp_path / "many.bundle"
+    with pytest.raises(BundleInputError, match="members"):
+        write_bundle(
+            path,
+            profile=None,
+            brain_export=None,
+            adapters=folders,
+            key=PassphraseKey("p", log_n=LOW),
+            signer=signer,
+            persona_id="many",
+        )
+    assert not path.exists()
+
+
 def test_missing_signature(written: Path, out: Path, signer: SigningKey) -> None:
     """Signature stripped and the signer removed from the header: its own error; stripped only: tampered."""
     data = written.read_bytes()
@@ -560,6 +588,7 @@ def member(path: str, data: bytes) -> Member:
         ("manifest_size", BundleLimitExceeded, "manifest"),
         ("manifest_garbage", BundleFormatError, "malformed"),
         ("manifest_deep", BundleFormatError, "malformed"),
+        ("manifest_version", BundleFormatError, "version 2"),
         ("manifest_not_object", BundleFormatError, "malformed"),
         ("other_persona", BundleFormatError, "different personas"),
         ("profile_of_other", BundleFormatError, "profile is of"),
@@ -585,6 +614,10 @@ def test_hostile_manifest(
         "manifest_garbage": lambda: [struct.pack(">I", 5) + b"{]]]]"],
         "manifest_deep": lambda: [struct.pack(">I", 200_000) + b"[" * 200_000],
         "manifest_not_object": lambda: [struct.pack(">I", 2) + b"[]"],
+        "manifest_version": lambda: [
+            struct.pack(">I", len(v2)) + v2
+            for v2 in [frame([])[4:].replace(b'"format_version":1', b'"format_version":2')]
+        ],
         "other_persona": lambda: [frame([], persona_id="bob")],
         "profile_of_other": lambda: [frame([member("profile.json", other)]), other],
         "half_adapter": lambda: [frame([member(f"adapters/{'a' * 64}/adapter_config.json", b"{}")]), b"{}"],
