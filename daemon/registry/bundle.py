@@ -793,9 +793,9 @@ def _check_header(h: _Header, limits: BundleLimits) -> None:
     """The rest of the (now authenticated) header, against the limits."""
     doc = h.doc
     if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
+        found = f"{doc.get('format')!r} version {doc.get('format_version')!r}"
         raise BundleFormatError(
-            f"the bundle is {doc.get('format')!r} version {doc.get('format_version')!r}; "
-            f"this personad reads {FORMAT} version {FORMAT_VERSION}"
+            f"the bundle is {found[:100]}; this personad reads {FORMAT} version {FORMAT_VERSION}"
         )
     try:
         h.persona_id = doc["persona_id"]
