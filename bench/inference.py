@@ -30,6 +30,10 @@ Four three-level stacks share their upper levels, as a real hierarchy does:
    "190,735x" is not physically possible; this is the real ratio).
 5. RSS of the inference service with the model loaded (after serving a
    request) and of an idle persona daemon.
+6. constrained decoding: decode tokens/s of the base model held to a JSON
+   Schema (``json_schema``: the story as one JSON string, so both run the
+   full length) against the same request as free text, rounds interleaved;
+   the ratio is the cost of the grammar's mask per token (reported, no target).
 
 The last line is ``inference.py: ok`` only if every target holds (exit 0),
 else ``inference.py: FAIL`` (exit 1). Child processes are always stopped.
@@ -125,6 +129,22 @@ async def decode_speed(engine: AsyncEngine, stack: list[Any], rounds: int, token
             result = await engine.generate(ask(s, mode=m, tokens=tokens), owner="bench")
             samples[name].append(result.timings.tokens_per_s)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+#: A schema that lets the model write as long as free text: one JSON string.
+STORY_SCHEMA = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}
+
+
+async def constrained_speed(engine: AsyncEngine, rounds: int, tokens: int) -> tuple[float, float]:
+    """Median decode tokens/s without and with ``json_schema`` (the grammar compiled once, first)."""
+    held = ask([], tokens=tokens).model_copy(update={"json_schema": STORY_SCHEMA})
+    await engine.generate(held.model_copy(update={"max_tokens": 4}), owner="bench")
+    samples: dict[str, list[float]] = {"free": [], "held": []}
+    for _ in range(rounds):
+        for name, params in (("free", ask([], tokens=tokens)), ("held", held)):
+            result = await engine.generate(params, owner="bench")
+            samples[name].append(result.timings.tokens_per_s)
+    return statistics.median(samples["free"]), statistics.median(samples["held"])
 
 
 def switch_times(engine: Engine, a: list[Any], b: list[Any], repeats: int) -> dict[str, float]:
@@ -310,6 +330,11 @@ async def _measure(
             print(f"   {record.name:<20} {record.bytes:>10,} bytes   {loaded.bytes / record.bytes:8.1f}x")
         total = sum(r.bytes for r in store.resolve(LEAVES[0]))
         print(f"   whole 3-level stack  {total:>10,} bytes   {loaded.bytes / total:8.1f}x")
+
+        free, held = await constrained_speed(engine, rounds, tokens)
+        print(f"\n6. constrained decoding, batch 1, {tokens} tokens, median of {rounds} interleaved rounds")
+        print(f"   free text        {free:7.1f} tok/s")
+        print(f"   json_schema      {held:7.1f} tok/s   {held / free:5.3f}x free text")
     finally:
         await engine.close()
     return results

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -48,6 +48,9 @@ from .limits import EngineLimits
 from .model import LoadedModel
 from .scheduler import Job, Scheduler
 from .slots import AdapterSlots, Stack
+
+if TYPE_CHECKING:  # grammar.py imports xgrammar, loaded only for the first constrained request
+    from .grammar import Constraint, Grammars
 
 __all__ = ["BASE_ROW", "Engine"]
 
@@ -74,6 +77,10 @@ class _Row:
     pieces: int = 0
     batch_size: int = 1
     finish: str | None = None
+    #: The grammar holding this row's tokens (json_schema), None for free text.
+    constraint: Constraint | None = None
+    #: Why the row ended without a result (posted as its error).
+    failure: InferenceError | None = None
 
 
 class Engine(AdapterSlots):
@@ -86,6 +93,7 @@ class Engine(AdapterSlots):
         self.stop_ids = _stop_ids(loaded)
         self.served = 0
         self.running = 0
+        self._grammars: Grammars | None = None
 
     # -- stacks an owner keeps warm ------------------------------------------------------
 
@@ -139,6 +147,20 @@ class Engine(AdapterSlots):
                 f"this engine accepts at most {self.limits.max_prompt_tokens}"
             )
         return ids
+
+    def constrain(self, params: GenerateParams) -> Constraint | None:
+        """A fresh grammar state for a request with ``json_schema``; None for free text."""
+        if params.json_schema is None:
+            return None
+        if self._grammars is None:
+            from .grammar import Grammars
+
+            head = self.base.get_output_embeddings()
+            vocab = int(head.weight.shape[0]) if head is not None else int(self.base.config.vocab_size)
+            self._grammars = Grammars(
+                self.tokenizer, vocab_size=vocab, stop_ids=self.stop_ids, max_cached=self.limits.max_grammars
+            )
+        return self._grammars.constraint(params.json_schema)
 
     # -- generation ----------------------------------------------------------------------
 
@@ -209,6 +231,7 @@ class Engine(AdapterSlots):
         try:
             records = self.resolve(job.params.stack)
             ids = self.encode(job.params)
+            constraint = self.constrain(job.params)
             plan = self._plan_single(records, job.params.mode, decode=False)
             row = _Row(
                 job=job,
@@ -223,6 +246,7 @@ class Engine(AdapterSlots):
                 prefill_ms=0.0,
                 decode_started=0.0,
                 batch_size=batch_size,
+                constraint=constraint,
             )
             self._hold(row)
             try:
@@ -298,8 +322,17 @@ class Engine(AdapterSlots):
 
     def _accept(self, row: _Row, logits: torch.Tensor) -> None:
         """Pick the next token of a row, stream its text, and decide whether it is done."""
+        constraint = row.constraint
+        if constraint is not None:
+            constraint.mask(logits)
         token = _sample(logits, row.job.params, row.generator)
         params = row.job.params
+        if constraint is not None and not constraint.accept(token):
+            # Cannot happen after mask() (it allowed only what accept takes);
+            # if xgrammar ever disagrees with itself, fail this row, not the batch.
+            row.failure = InferenceError(f"constrained decoding: the grammar refused token {token}")
+            row.finish = "error"
+            return
         if token in self.stop_ids:
             row.finish = "stop"
             return
@@ -319,6 +352,9 @@ class Engine(AdapterSlots):
     def _finish(self, row: _Row) -> None:
         self._release(row)
         self.served += 1
+        if row.failure is not None:
+            row.job.emit("error", row.failure)
+            return
         decode_s = max(time.monotonic() - row.decode_started, 1e-9)
         text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
         if row.job.params.stream and len(text) > len(row.emitted):
@@ -343,6 +379,7 @@ class Engine(AdapterSlots):
                 total_ms=round(row.queued_ms + row.prefill_ms + decode_s * 1000, 3),
                 tokens_per_s=round(len(row.generated) / decode_s, 3),
             ),
+            constrained=row.constraint is not None,
         )
         row.job.emit("done", result)
 

@@ -7,6 +7,7 @@
     ├── AdapterCorrupt          the stored adapter is damaged
     ├── InvalidAdapterName      a name that is not a dotted adapter path
     ├── TrainingDataError       a training file is not chat-format JSONL
+    ├── InvalidSchema           a json_schema xgrammar cannot compile
     ├── Unsupported             the request cannot be served as asked
     ├── Overloaded              too many requests are already waiting
     └── EngineClosed            the engine stopped (shutting down)
@@ -66,6 +67,12 @@ class InvalidAdapterName(InferenceError):
 
 class TrainingDataError(InferenceError):
     """Raised when a training file is not valid chat-format JSONL (names the line)."""
+
+    code = ErrorCode.INVALID_PARAMS
+
+
+class InvalidSchema(InferenceError):
+    """Raised when inference.generate's ``json_schema`` cannot be compiled into a grammar."""
 
     code = ErrorCode.INVALID_PARAMS
 

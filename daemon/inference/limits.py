@@ -24,3 +24,5 @@ class EngineLimits:
     #: Requests one owner (a persona) may have waiting; OVERLOADED beyond, so
     #: one caller's flood fills its own queue and not everyone's.
     max_waiting_per_owner: int = 32
+    #: Compiled JSON-Schema grammars kept for reuse (constrained decoding); LRU beyond.
+    max_grammars: int = 16

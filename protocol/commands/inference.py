@@ -26,10 +26,11 @@ reserved range (JSON-RPC 2.0 §5.1 leaves the rest to the application).
 
 from __future__ import annotations
 
+import json
 from enum import IntEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from ..errors import ErrorCode
 from .bus import Empty
@@ -37,6 +38,7 @@ from .registry import StrictModel, StrictParams, register
 
 __all__ = [
     "ADAPTER_NAME_PATTERN",
+    "MAX_JSON_SCHEMA_BYTES",
     "MAX_MERGE_SOURCES",
     "MAX_MESSAGE_CHARS",
     "MAX_STACK_DEPTH",
@@ -76,6 +78,26 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 MAX_STACK_DEPTH = 8
 MAX_MESSAGE_CHARS = 32_000
 MAX_TOKENS = 2048
+#: Largest ``json_schema`` accepted by inference.generate, as compact JSON:
+#: the grammar compiled from it lives on the worker thread, which it blocks
+#: while compiling, so it is kept to what a structured reply needs.
+MAX_JSON_SCHEMA_BYTES = 32_768
+
+
+def _schema_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+    except (TypeError, ValueError):  # only Python callers can get here: the wire carries JSON
+        raise ValueError("not a JSON object") from None
+    if size > MAX_JSON_SCHEMA_BYTES:
+        raise ValueError(f"over {MAX_JSON_SCHEMA_BYTES} bytes as compact JSON")
+    return value
+
+
+#: A JSON Schema object (draft 2020-12 subset xgrammar compiles); null for free text.
+JsonSchema = Annotated[dict[str, Any] | None, AfterValidator(_schema_size)]
 
 
 class InferenceErrorCode(IntEnum):
@@ -178,6 +200,12 @@ class GenerateParams(StrictParams):
         None, description="makes sampling repeatable; omitted: random"
     )
     stream: bool = Field(True, description="send inference.token notifications as the text is produced")
+    json_schema: JsonSchema = Field(
+        None,
+        description="hold every generated token to this JSON Schema (constrained decoding, xgrammar): "
+        f"the text is then one JSON value it accepts, unless max_tokens cut it short; "
+        f"at most {MAX_JSON_SCHEMA_BYTES} bytes as compact JSON; null: free text",
+    )
 
 
 class GenerateResult(StrictModel):
@@ -192,6 +220,11 @@ class GenerateResult(StrictModel):
     batch_size: int = Field(description="most rows decoded together with this one")
     model: str = Field(description="the base model's name")
     timings: Timings = Field(description="where the time went")
+    constrained: bool = Field(
+        False,
+        description="true when json_schema held the decoding; then with finish_reason stop the text "
+        "is one JSON value the schema accepts",
+    )
 
 
 class TokenParams(StrictParams):
