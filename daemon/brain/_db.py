@@ -41,6 +41,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiosqlite
 import sqlcipher3.dbapi2 as sqlcipher  # ships no stubs: see pyproject.toml [tool.mypy]
@@ -88,8 +89,17 @@ def _key_pragma(key: bytes) -> str:
     return f"PRAGMA key = \"x'{key.hex()}'\""
 
 
+def read_only_uri(path: Path) -> str:
+    """A ``file:`` URI opening ``path`` read-only (``mode=ro``).
+
+    Quoted: a ``?`` or ``#`` in a folder name would otherwise end the path
+    and turn the rest into URI parameters, opening another file read-write.
+    """
+    return f"file:{quote(str(path.resolve()))}?mode=ro"
+
+
 def _keyed(path: Path, key: bytes, *, readonly: bool) -> RawConnection:
-    target = f"file:{path}?mode=ro" if readonly else str(path)
+    target = read_only_uri(path) if readonly else str(path)
     db = sqlcipher.connect(target, uri=readonly, isolation_level=None, check_same_thread=True)
     try:
         db.execute(_key_pragma(key))

@@ -95,12 +95,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from protocol.commands.brain import MAX_LABEL_CHARS
 
 from . import ops
-from ._db import RawConnection, connect_writer, create_private, sqlcipher
+from ._db import RawConnection, connect_writer, create_private, read_only_uri, sqlcipher
 from .errors import InvalidInput, SchemaTooNew, WrongKey
 from .migrations import LATEST
 from .validation import check_text, check_time, normalise_subject
@@ -188,15 +187,9 @@ def _check_source(field_name: str, path: object, key: bytes) -> Path:
     return path
 
 
-def _read_only_uri(path: Path) -> str:
-    # Quoted: a '?' or '#' in a folder name would otherwise end the path and
-    # turn the rest into URI parameters (mode=ro among them).
-    return f"file:{quote(str(path.resolve()))}?mode=ro"
-
-
 def _probe(path: Path, key: bytes) -> int:
     """The schema version of ``path``, read on a read-only connection; WrongKey if the key fails."""
-    db = sqlcipher.connect(_read_only_uri(path), uri=True, isolation_level=None)
+    db = sqlcipher.connect(read_only_uri(path), uri=True, isolation_level=None)
     try:
         db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
         db.execute("PRAGMA cipher_compatibility = 4")
@@ -282,7 +275,7 @@ def _remove_db(path: Path) -> None:
 def _attach(db: RawConnection, schema: str, path: Path, key: bytes) -> None:
     # mode=ro: SQLite opens the file O_RDONLY and never writes it or its WAL.
     # The key is bound as a parameter, in SQLCipher's raw-key form.
-    db.execute(f"ATTACH DATABASE ? AS {schema} KEY ?", (_read_only_uri(path), f"x'{key.hex()}'"))
+    db.execute(f"ATTACH DATABASE ? AS {schema} KEY ?", (read_only_uri(path), f"x'{key.hex()}'"))
     try:
         db.execute(f"SELECT count(*) FROM {schema}.sqlite_master").fetchone()
     except sqlcipher.DatabaseError as exc:

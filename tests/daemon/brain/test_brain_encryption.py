@@ -53,6 +53,21 @@ async def test_wrong_key_is_refused_and_file_unchanged(db_path: Path, key: bytes
         assert (await brain.stats()).counts["memories"] == 1
 
 
+async def test_wrong_key_under_a_folder_named_like_a_uri(tmp_path: Path, key: bytes) -> None:
+    """A '?' or '#' in the path cannot turn the read-only key check into another, writable file."""
+    folder = tmp_path / "odd?mode=rwc#x"
+    folder.mkdir()
+    db_path = folder / "brain.sqlite"
+    async with await Brain.open(db_path, key) as brain:
+        await brain.remember("something to keep")
+    before = data_digests(db_path)
+    listing = sorted(os.listdir(folder)), sorted(os.listdir(tmp_path))
+    with pytest.raises(WrongKey, match="wrong key"):
+        await Brain.open(db_path, os.urandom(32))
+    assert before == data_digests(db_path)
+    assert listing == (sorted(os.listdir(folder)), sorted(os.listdir(tmp_path)))
+
+
 async def test_plain_sqlite_file_is_refused_unchanged(db_path: Path, key: bytes) -> None:
     """An unencrypted SQLite file is not opened (nor encrypted over): WrongKey, unchanged."""
     import sqlite3
