@@ -75,8 +75,10 @@ ROLE_GRANTS: dict[str, tuple[str, ...]] = {
         "persona.status@persona:*",
         "persona.ping@persona:*",
         "chat@persona:*",
-        "*@cap:inference",
-        "*@inference:*",
+        # Generation and the warm-up calls a persona makes; not adapter.merge
+        # or anything else that writes the shared adapter store.
+        "inference.*@cap:inference",
+        "inference.*@inference:*",
         # Every persona serves chat at its own id; cap:chat reaches any one of
         # them, and any persona is a fair answer to that. Other capabilities
         # (a persona claiming "inference" would read the others' prompts)

@@ -41,9 +41,10 @@ the loaded model. Per-module rank or alpha patterns are refused (no trained
 adapter of ours has them, and folding them needs PEFT's pattern matching).
 Weights are written in float32 whatever the sources' dtype.
 
-Who may merge: an admin operation. Persona tokens hold ``*@cap:inference``
-(to generate), which the bus grant check lets through, so the service itself
-refuses callers that are personas (``FORBIDDEN``).
+Who may merge: an admin operation. Persona tokens hold only
+``inference.*@cap:inference`` (to generate), so the bus refuses them; the
+service also refuses callers that are personas (``FORBIDDEN``), in case an
+operator grants one more than that.
 
 This module imports torch only inside :func:`build_merge` and the helpers it
 calls: the protocol side (:func:`check_params`, :func:`check_caller`) is light.

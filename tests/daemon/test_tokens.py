@@ -59,7 +59,7 @@ def test_provide_grants_decide_which_capabilities_a_token_may_serve(state) -> No
     # The persona role serves chat and nothing else, whatever its call grants say.
     assert (True, False, False) == (
         persona.may_provide("chat"),
-        persona.may_provide("inference"),  # it may *call* *@cap:inference, not serve it
+        persona.may_provide("inference"),  # it may *call* inference.*@cap:inference, not serve it
         persona.may_provide("browser"),
     )
     admin = state.tokens().verify(state.admin_token)
@@ -187,3 +187,22 @@ print(state.persona_token("ada", create=True, grants=("browser_js@cap:browser",)
     assert "browser_js@cap:browser" in entry.grants
     assert outputs[0] == state.read_secret("persona-ada.token")
     assert ["persona:ada"] == [e.name for e in state.tokens().entries() if e.name.startswith("persona:")]
+
+
+def test_persona_tokens_generate_but_never_write_the_adapter_store(state) -> None:
+    """The persona role calls inference.* on cap:inference, and not adapter.merge (an admin write)."""
+    persona = state.tokens().verify(state.persona_token("ada", create=True))
+    assert persona is not None
+    allowed = {
+        (method, target): persona.allows(method, target)
+        for method in ("inference.generate", "inference.load_stack", "adapter.merge")
+        for target in ("cap:inference", "inference:main")
+    }
+    assert {
+        ("inference.generate", "cap:inference"): True,
+        ("inference.generate", "inference:main"): True,
+        ("inference.load_stack", "cap:inference"): True,
+        ("inference.load_stack", "inference:main"): True,
+        ("adapter.merge", "cap:inference"): False,
+        ("adapter.merge", "inference:main"): False,
+    } == allowed
