@@ -94,6 +94,12 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "persona.update": {"persona_id": "demo", "changes": {"traits": {"precision": 80}, "tags": ["legal"]}},
     "persona.archive": {"persona_id": "demo"},
+    "persona.generate": {
+        "role": "patent attorney",
+        "context": {"requires_precision": True},
+        "user_preferences": {"detail_level": "detailed"},
+        "base_traits": {"precision": 80},
+    },
 }
 
 #: What the bus itself may answer instead of the server, by kind of server.

@@ -196,3 +196,115 @@ register(
     served_by="cap:registry",
     errors=(_UNKNOWN, _CORRUPT),
 )
+
+
+# == persona.generate ==========================================================
+# (the generation slice: daemon/registry/generate.py computes the result;
+# docs/generation.md explains the prompt, the band, the flags and the preferences)
+
+#: How far the model may move a trait the caller gave in ``base_traits``
+#: (either way); traits not given start at 50 and may move by up to
+#: ``MAX_FREE_ADJUSTMENT``.
+BASE_TRAIT_BAND: Final = 15
+MAX_FREE_ADJUSTMENT: Final = 30
+
+#: What each ``context`` flag does to the traits, applied after the model's
+#: adjustments (and after the band), then held to 0..100.
+CONTEXT_FLAG_EFFECTS: Final[dict[str, dict[str, int]]] = {
+    "requires_precision": {"precision": 15, "focus": 5},
+    "requires_creativity": {"creativity": 15, "adaptability": 5},
+    "requires_empathy": {"empathy": 15, "collaboration": 5},
+    "requires_focus": {"focus": 15},
+    "requires_assertiveness": {"assertiveness": 15},
+    "requires_collaboration": {"collaboration": 15},
+    "requires_adaptability": {"adaptability": 15},
+    "requires_humor": {"humor": 15},
+    "formal": {"humor": -15, "precision": 5},
+}
+
+
+def _flag(name: str) -> bool:
+    effects = ", ".join(f"{trait} {delta:+d}" for trait, delta in CONTEXT_FLAG_EFFECTS[name].items())
+    flag: bool = Field(False, description=f"moves {effects} after the model")
+    return flag
+
+
+class GenerationContext(StrictParams):
+    """Where the persona will work: flags with documented trait effects, and notes for the prompt."""
+
+    requires_precision: bool = _flag("requires_precision")
+    requires_creativity: bool = _flag("requires_creativity")
+    requires_empathy: bool = _flag("requires_empathy")
+    requires_focus: bool = _flag("requires_focus")
+    requires_assertiveness: bool = _flag("requires_assertiveness")
+    requires_collaboration: bool = _flag("requires_collaboration")
+    requires_adaptability: bool = _flag("requires_adaptability")
+    requires_humor: bool = _flag("requires_humor")
+    formal: bool = _flag("formal")
+    notes: Annotated[str, Field(max_length=1000)] = Field(
+        "", description="free text about the setting, put in the prompt"
+    )
+
+
+class UserPreferences(StrictParams):
+    """How the person wants to be talked to: each one given is in the prompt and overrides the model."""
+
+    style: Annotated[str, Field(min_length=1, max_length=120)] | None = Field(
+        None, description="becomes communication.style (the model's own style otherwise)"
+    )
+    detail_level: Literal["brief", "balanced", "detailed"] | None = Field(
+        None, description="becomes communication.detail_level (balanced otherwise)"
+    )
+    notes: Annotated[str, Field(min_length=1, max_length=2000)] | None = Field(
+        None, description="becomes communication.notes"
+    )
+
+
+class PersonaGenerateParams(StrictParams):
+    role: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        description="what the persona is for, e.g. 'patent attorney'; becomes profile.role"
+    )
+    context: GenerationContext | None = Field(None, description="setting flags and notes")
+    user_preferences: UserPreferences | None = Field(None, description="communication preferences")
+    base_traits: TraitChanges | None = Field(
+        None,
+        description=f"traits to start from; the model may move each one given by at most "
+        f"±{BASE_TRAIT_BAND} (those not given start at 50 and move by at most ±{MAX_FREE_ADJUSTMENT})",
+    )
+    start: bool = Field(False, description="start the persona's daemon once it is stored")
+
+
+class AppliedAdjustment(StrictModel):
+    trait: str = Field(description="the trait")
+    requested: int = Field(description="the model's delta")
+    applied: int = Field(description="the delta kept after the band and 0..100")
+    reason: str = Field(description="the model's reason")
+
+
+class AppliedFlag(StrictModel):
+    flag: str = Field(description="the context flag")
+    trait: str = Field(description="the trait it moved")
+    delta: int = Field(description="how far it moved it (after 0..100)")
+
+
+class PersonaGenerateResult(StrictModel):
+    persona_id: str = Field(description="the new persona's id")
+    profile: Profile = Field(description="the generated profile (status draft, or active once started)")
+    adjustments: list[AppliedAdjustment] = Field(description="the model's trait adjustments, as applied")
+    context_applied: list[AppliedFlag] = Field(description="what the context flags did")
+    started: bool = Field(False, description="whether the persona's daemon was started")
+
+
+register(
+    "persona.generate",
+    params=PersonaGenerateParams,
+    result=PersonaGenerateResult,
+    summary="Write a new persona with the model, held to the profile's JSON Schema; base traits, "
+    "preferences and context flags honoured as documented.",
+    served_by="cap:registry",
+    errors=(
+        (ErrorCode.TARGET_OFFLINE, "no inference service is on the bus"),
+        (ErrorCode.TIMEOUT, "the model did not finish in time"),
+        (ErrorCode.INTERNAL_ERROR, "the model's output did not validate (never replaced by a template)"),
+    ),
+)
