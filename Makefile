@@ -45,6 +45,8 @@ bench: $(STAMP) system-deps
 	$(VENV)/bin/python bench/browser.py
 	$(VENV)/bin/python bench/inference.py
 	$(VENV)/bin/python bench/registry.py
+	$(VENV)/bin/python bench/bundle.py
+	$(VENV)/bin/python bench/lineage.py
 
 clean:
 	rm -rf $(VENV) .personad .pytest_cache .mypy_cache .ruff_cache
