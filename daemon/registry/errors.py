@@ -2,6 +2,26 @@
 
     PersonadError
     └── RegistryError             base of the registry's own failures
+        ├── RegistryWrongKey      the registry key does not open its database
+        ├── RegistryTooNew        a database or record from a newer version
+        ├── BadRecord             a stored record that does not validate
+        ├── UnknownPersona        no persona with that id
+        ├── PersonaExists         that id is taken
+        ├── InvalidChange         a profile change that is not allowed
+        ├── MigrationFailed       a migration step failed (rolled back)
+        ├── AuditError            the audit log's chain or head does not verify
+        ├── InvalidLineage        bad fork or merge arguments (lineage.py)
+        ├── CardError             a Character Card that cannot be read or written (cards.py)
+        │   ├── CardPngError      … because of its PNG
+        │   └── CardTooLarge      … because of a size limit
+        └── BundleError           an export bundle that cannot be written or read (bundle.py)
+            ├── BundleInputError, BundleKeyError
+            ├── BundleFormatError
+            │   └── BundleLimitExceeded
+            ├── BundleTampered, BundleSignatureMissing, UntrustedSigner
+            └── WrongBundleKey
+                ├── WrongPassphrase
+                └── WrongRecipientKey
 
 Each module adds its own subclasses here (one home for the tree), each
 saying when it is raised. Handlers translate them to RpcError at the bus
