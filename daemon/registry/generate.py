@@ -127,8 +127,19 @@ class GenerationFailed(RegistryError):
         self.code = code
 
 
+#: One worked exchange before the real request (role "maths tutor"): SmolLM2
+#: follows an example's register far better than a description. As a chat
+#: turn rather than inside the system text, which it copied name and reasons
+#: from ("maths needs exact steps" for a museum guide); tried both on six roles.
+_EXAMPLE: Final = (
+    '{"name": "Ada", "description": "A patient tutor who explains each step and checks '
+    'understanding before moving on.", "communication_style": "calm and encouraging", '
+    '"trait_adjustments": [{"trait": "empathy", "delta": 15, "reason": "learners need patience"}]}'
+)
+
+
 def build_messages(request: GenerateRequest) -> list[ChatMessage]:
-    """The prompt: a short system message and the request in plain words."""
+    """The prompt: a short system message, one worked example exchange, the request in plain words."""
     system = (
         "You create personas for an AI assistant. Answer with one JSON object: "
         "a first name for the persona, one short sentence on who it is and how it works, "
@@ -158,6 +169,8 @@ def build_messages(request: GenerateRequest) -> list[ChatMessage]:
             lines.append(f"Preferences: {prefs.notes}")
     return [
         ChatMessage(role="system", content=system),
+        ChatMessage(role="user", content="Role: maths tutor"),
+        ChatMessage(role="assistant", content=_EXAMPLE),
         ChatMessage(role="user", content="\n".join(lines)),
     ]
 

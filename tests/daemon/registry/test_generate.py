@@ -288,6 +288,16 @@ def test_the_grammar_is_the_generated_profiles_schema_within_budgets() -> None:
     assert 25 <= schema["properties"]["name"]["maxLength"]
 
 
+def test_the_worked_example_in_the_prompt_is_a_valid_answer() -> None:
+    """The example the model is shown must itself pass the grammar's rules and GeneratedProfile."""
+    messages = build_messages(request(role="gardener"))
+    assert ["system", "user", "assistant", "user"] == [m.role for m in messages]
+    example = GeneratedProfile.model_validate_json(messages[2].content)
+    assert re.fullmatch(NAME_PATTERN, example.name)
+    assert len(example.description) <= GENERATION_SCHEMA["properties"]["description"]["maxLength"]
+    assert len(example.trait_adjustments) <= GENERATION_SCHEMA["properties"]["trait_adjustments"]["maxItems"]
+
+
 # -- the acceptance on the real model ---------------------------------------------------
 
 ROLES: list[dict[str, Any]] = [
