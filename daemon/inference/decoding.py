@@ -15,6 +15,13 @@ request gets the next free seat is the scheduler's business
 
 Errors are per request: an unknown, corrupt or mismatched adapter fails the
 request that needs it, and the engine goes on serving the others.
+
+Constrained rows (``json_schema``) carry a grammar state from ``grammar.py``
+that masks their logits before sampling; rows without one skip it.
+
+Length: a little over 500 lines, because prefill, the decode loop and the
+per-row state they share (``_Row``) are one seam; the KV-cache helpers at
+the bottom (``_join``, ``_select``) are the next thing to move out.
 """
 
 from __future__ import annotations
