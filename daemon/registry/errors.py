@@ -11,6 +11,7 @@
         ├── MigrationFailed       a migration step failed (rolled back)
         ├── AuditError            the audit log's chain or head does not verify
         ├── InvalidLineage        bad fork or merge arguments (lineage.py)
+        ├── GenerationFailed      the model could not write a profile (generate.py)
         ├── CardError             a Character Card that cannot be read or written (cards.py)
         │   ├── CardPngError      … because of its PNG
         │   └── CardTooLarge      … because of a size limit
@@ -29,6 +30,8 @@ boundary.
 """
 
 from __future__ import annotations
+
+from protocol import ErrorCode
 
 from ..errors import PersonadError
 
@@ -214,3 +217,16 @@ class InvalidLineage(RegistryError):
         self.field = field
         self.reason = reason
         super().__init__(f"invalid {field}: {reason}")
+
+
+class GenerationFailed(RegistryError):
+    """Raised when the model could not write a profile: the call failed, or its output is unusable.
+
+    ``code`` is the wire code: the inference call's own (TARGET_OFFLINE,
+    TIMEOUT, MODEL_UNAVAILABLE …) when it failed, INTERNAL_ERROR when its
+    output did not validate.
+    """
+
+    def __init__(self, message: str, *, code: int = int(ErrorCode.INTERNAL_ERROR)) -> None:
+        super().__init__(message)
+        self.code = code

@@ -53,7 +53,7 @@ from protocol.profile import (
 )
 
 from ..errors import PersonadError
-from .errors import RegistryError
+from .errors import GenerationFailed
 
 __all__ = [
     "GENERATION_SCHEMA",
@@ -112,19 +112,6 @@ def _generation_schema() -> dict[str, Any]:
 
 #: The grammar of the model's answer: GeneratedProfile's JSON Schema with the budgets above.
 GENERATION_SCHEMA: Final = _generation_schema()
-
-
-class GenerationFailed(RegistryError):
-    """Raised when the model could not write a profile: the call failed, or its output is unusable.
-
-    ``code`` is the wire code: the inference call's own (TARGET_OFFLINE,
-    TIMEOUT, MODEL_UNAVAILABLE …) when it failed, INTERNAL_ERROR when its
-    output did not validate.
-    """
-
-    def __init__(self, message: str, *, code: int = ErrorCode.INTERNAL_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 #: One worked exchange before the real request (role "maths tutor"): SmolLM2
