@@ -62,7 +62,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protocol import ErrorCode, RpcError
-from protocol.commands.inference import MergeParams, MergeResult, StackEntry
+from protocol.commands.adapters import MergeParams, MergeResult
+from protocol.commands.inference import StackEntry
 
 from .adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterRecord, AdapterStore, chain, validate_name
 from .errors import AdapterIncompatible, InferenceError, Unsupported, to_rpc

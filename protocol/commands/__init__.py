@@ -3,7 +3,7 @@
 Importing this package registers them all in :data:`REGISTRY`.
 """
 
-from . import brain, browser, bus, inference, persona, personas  # noqa: F401  (imported to register their commands)
+from . import adapters, brain, browser, bus, inference, persona, personas  # noqa: F401  (imported to register their commands)
 from .registry import REGISTRY, Command, StrictModel, StrictParams, get, register
 
 __all__ = ["REGISTRY", "Command", "StrictModel", "StrictParams", "get", "register"]

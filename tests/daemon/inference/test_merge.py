@@ -29,7 +29,8 @@ from daemon.inference.merge import MergeParamsError, build_merge
 from daemon.inference.model import load_model
 from daemon.inference.service import InferenceService, service_token
 from protocol import ErrorCode, RpcError
-from protocol.commands.inference import InferenceErrorCode, MergeParams
+from protocol.commands.adapters import MergeParams
+from protocol.commands.inference import InferenceErrorCode
 from tests.conftest import WAIT, eventually, run_cli, start_bus_process
 from tests.daemon.inference.conftest import save_random_adapter
 
