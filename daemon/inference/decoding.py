@@ -1,5 +1,10 @@
 """Batched decoding: prompts in, tokens out, many stacks in one batch.
 
+(A little over 500 lines: the decode step, with its per-row grammar masks,
+is one loop whose invariants — which rows are live, whose KV cache is where
+— only hold when read whole; the grammar glue itself lives in grammar.py,
+the adapters in slots.py, the queue in scheduler.py.)
+
 :class:`Engine` is the worker-thread engine: :class:`~daemon.inference.slots.AdapterSlots`
 (the model and its adapters) plus the request-level work — prefill, the
 decode loop, streaming, pinning stacks for an owner, and status. Only the
