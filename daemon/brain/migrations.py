@@ -37,7 +37,7 @@ from typing import Any
 
 from .errors import MigrationFailed, SchemaTooNew
 
-__all__ = ["LATEST", "MIGRATIONS", "Step", "current_version", "migrate", "run_step"]
+__all__ = ["LATEST", "MIGRATIONS", "Step", "apply_step", "current_version", "migrate", "run_step"]
 
 # sqlcipher3 ships no type information; its Connection mirrors sqlite3's.
 RawConnection = Any
@@ -294,9 +294,16 @@ def current_version(db: RawConnection) -> int:
     return version
 
 
-def run_step(db: RawConnection, target: int) -> None:
-    """Run the one step that makes version ``target``, in its own transaction."""
-    step = MIGRATIONS[target - 1]
+def apply_step(
+    db: RawConnection, target: int, step: Step, *, failed: Callable[[int, str], Exception]
+) -> None:
+    """Run ``step`` and set ``user_version = target`` in one transaction.
+
+    A crash mid-step leaves the previous version, and the next start runs the
+    step again. A failing step is rolled back and raised as ``failed(target,
+    reason)``. Shared by every SQLCipher file with a chain (the brain, the
+    registry), each with its own error class.
+    """
     db.execute("BEGIN IMMEDIATE")
     try:
         step(db)
@@ -305,9 +312,14 @@ def run_step(db: RawConnection, target: int) -> None:
     except BaseException as exc:
         db.execute("ROLLBACK")
         if isinstance(exc, Exception):
-            raise MigrationFailed(target, f"{type(exc).__name__}: {exc}") from exc
+            raise failed(target, f"{type(exc).__name__}: {exc}") from exc
         raise
     db.execute("COMMIT")
+
+
+def run_step(db: RawConnection, target: int) -> None:
+    """Run the one brain step that makes version ``target``, in its own transaction."""
+    apply_step(db, target, MIGRATIONS[target - 1], failed=MigrationFailed)
 
 
 def migrate(db: RawConnection, path: Path, *, target: int = LATEST) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """The registry database's schema, as a numbered chain on ``PRAGMA user_version``.
 
-The brain's runner (:func:`daemon.brain.migrations.run_step`'s rules): each
+The brain's runner (:func:`daemon.brain.migrations.apply_step`): each
 step runs in one ``BEGIN IMMEDIATE`` transaction together with its
 ``user_version`` bump, so a crash mid-step leaves the previous version, and
 the next start runs the step again. A file newer than :data:`LATEST` is
@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..brain.migrations import apply_step
 from .errors import MigrationFailed, RegistryTooNew
 
 __all__ = ["LATEST", "MIGRATIONS", "current_version", "migrate", "run_step"]
@@ -80,18 +81,8 @@ def current_version(db: RawConnection) -> int:
 
 
 def run_step(db: RawConnection, target: int) -> None:
-    """Run the one step that makes version ``target``, in its own transaction."""
-    step = MIGRATIONS[target - 1]
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        step(db)
-        db.execute(f"PRAGMA user_version = {int(target)}")
-    except BaseException as exc:
-        db.execute("ROLLBACK")
-        if isinstance(exc, Exception):
-            raise MigrationFailed(target, f"{type(exc).__name__}: {exc}") from exc
-        raise
-    db.execute("COMMIT")
+    """Run the one registry step that makes version ``target``, in its own transaction."""
+    apply_step(db, target, MIGRATIONS[target - 1], failed=MigrationFailed)
 
 
 def migrate(db: RawConnection, path: Path, *, target: int = LATEST) -> tuple[int, int]:
