@@ -25,7 +25,7 @@ from . import __version__, logs, runtime
 from .chat_cli import TokenPrinter
 from .cli_common import DEFAULT_URL, common_parser
 from .errors import AuthError, BusUnavailable, ConfigError, PersonadError, StateDirError
-from .state import StateDir, find_token, resolve_state_dir
+from .state import StateDir, find_token, given_token, resolve_state_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,13 +265,8 @@ def _persona(args: argparse.Namespace, state: StateDir, url: str) -> int:
 
 
 def _persona_token(state: StateDir, persona_id: str, *, provides: tuple[str, ...]) -> str:
-    if token := os.environ.get("PERSONAD_TOKEN"):
+    if (token := given_token()) is not None:
         return token
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials:
-        path = Path(credentials) / "token"
-        if path.exists():
-            return path.read_text("utf-8").strip()
     # Development: the state dir is ours, so issue the persona its own token.
     # The capabilities its config declares are claimed in its hello, which the
     # bus accepts only with a provide:<cap> grant for each.

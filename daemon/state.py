@@ -182,6 +182,29 @@ class StateDir:
                 name=name, role=role, subject=subject, grants=grants, provides=provides, secret=secret
             ).token
 
+    def service_token(
+        self, secret: str, *, what: str, name: str, subject: str, provides: tuple[str, ...]
+    ) -> str:
+        """The token a service daemon joins with (role service, ``provide:`` its capabilities).
+
+        :func:`given_token` first (systemd, or an operator's choice); else, in
+        the bus's state dir, :meth:`own_token` issues or reuses ``secrets/<secret>``;
+        in another state dir only a token already placed in ``secrets/`` will do.
+        """
+        if (token := given_token()) is not None:
+            return token
+        if not self.tokens_path.exists():
+            if (token := self.read_secret(secret)) is not None:
+                return token
+            provide = "".join(f" --provide {cap}" for cap in provides)
+            raise AuthError(
+                f"no token for {what}: set PERSONAD_TOKEN, provide a systemd credential 'token', "
+                f"or run `personad init` first so that one can be issued "
+                f"(`personad token add --name {name} --role service --subject '{subject}'{provide}`; "
+                f"state dir {self.root})"
+            )
+        return self.own_token(secret, name=name, role="service", subject=subject, provides=provides)
+
     def write_secret(self, name: str, value: str) -> Path:
         ensure_private_dir(self.secrets)
         path = self.secrets / name
@@ -232,6 +255,16 @@ class StateDir:
                 f"--subject persona:{persona_id}` and pass it as PERSONAD_TOKEN"
             )
         return token
+
+
+def given_token() -> str | None:
+    """The token a daemon's environment gives it: $PERSONAD_TOKEN, else the systemd credential ``token``."""
+    if token := os.environ.get("PERSONAD_TOKEN"):
+        return token
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (path := Path(credentials) / "token").exists():
+        return path.read_text("utf-8").strip()
+    return None
 
 
 def find_token(state: StateDir, explicit: str | None = None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from protocol.commands.bus import NAME_PATTERN, SUBSCRIPTION_PATTERN
 
 from .. import runtime
-from ..errors import AuthError, ConfigError
+from ..errors import ConfigError
 from ..state import StateDir
 
 BROWSER_TOKEN_SECRET = "browser.token"
@@ -72,24 +72,13 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
 
 def worker_token(state: StateDir) -> str:
     """$PERSONAD_TOKEN, a systemd credential, or the state dir's browser token (created if needed)."""
-    if token := os.environ.get("PERSONAD_TOKEN"):
-        return token
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (path := Path(credentials) / "token").exists():
-        return path.read_text("utf-8").strip()
-    if not state.tokens_path.exists():
-        # Not the bus's state dir: a token placed in secrets/ is all there is.
-        if (token := state.read_secret(BROWSER_TOKEN_SECRET)) is not None:
-            return token
-        raise AuthError(
-            "no token for the browser worker: set PERSONAD_TOKEN, provide a systemd credential "
-            "'token', or run `personad init` first so that one can be issued "
-            "(`personad token add --name browser --role service --subject 'browser:*' --provide browser`)"
-        )
     # Role service: it serves cap:browser (provide:browser) and calls only the bus itself.
-    # own_token reissues a stored token issued before it needed provide:browser.
-    return state.own_token(
-        BROWSER_TOKEN_SECRET, name="browser", role="service", subject="browser:*", provides=("browser",)
+    return state.service_token(
+        BROWSER_TOKEN_SECRET,
+        what="the browser worker",
+        name="browser",
+        subject="browser:*",
+        provides=("browser",),
     )
 
 

@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from protocol.commands.bus import Empty
@@ -56,26 +55,11 @@ CAPABILITY = "inference"
 
 def service_token(state: StateDir, name: str) -> str:
     """The service's token: $PERSONAD_TOKEN, a systemd credential, else issued into the state dir."""
-    if token := os.environ.get("PERSONAD_TOKEN"):
-        return token
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (path := Path(credentials) / "token").exists():
-        return path.read_text("utf-8").strip()
-    secret = f"inference-{name}.token"
-    if not state.tokens_path.exists():
-        # Not the bus's state dir: a token placed in secrets/ is all there is.
-        if (token := state.read_secret(secret)) is not None:
-            return token
-        raise AuthError(
-            f"no token for the inference service: set PERSONAD_TOKEN, provide a systemd credential "
-            f"'token', or run `personad init` first (state dir {state.root})"
-        )
-    # It serves cap:inference, so its token must say so (provide:inference);
-    # own_token reissues a stored token issued before that was required.
-    return state.own_token(
-        secret,
+    # It serves cap:inference, so its token must say so (provide:inference).
+    return state.service_token(
+        f"inference-{name}.token",
+        what="the inference service",
         name=f"inference:{name}",
-        role="service",
         subject="inference:*",
         provides=(CAPABILITY,),
     )

@@ -17,7 +17,7 @@ from typing import Any
 from protocol import RpcError
 
 from .. import runtime
-from ..errors import AuthError, ConfigError
+from ..errors import ConfigError
 from ..state import StateDir, find_token
 
 REGISTRY_TOKEN_SECRET = "registry.token"
@@ -59,24 +59,11 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
 
 def registry_token(state: StateDir) -> str:
     """$PERSONAD_TOKEN, a systemd credential ``token``, or the state dir's registry token."""
-    if token := os.environ.get("PERSONAD_TOKEN"):
-        return token
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (path := Path(credentials) / "token").exists():
-        return path.read_text("utf-8").strip()
-    if not state.tokens_path.exists():
-        if (token := state.read_secret(REGISTRY_TOKEN_SECRET)) is not None:
-            return token
-        raise AuthError(
-            "no token for the registry: set PERSONAD_TOKEN, provide a systemd credential 'token', "
-            "or run `personad init` first so that one can be issued "
-            "(`personad token add --name registry --role service --subject registry:main --provide registry`)"
-        )
     # Role service (bus.* only) and provide:registry: it serves and calls nothing else.
-    return state.own_token(
+    return state.service_token(
         REGISTRY_TOKEN_SECRET,
+        what="the registry",
         name="registry",
-        role="service",
         subject="registry:main",
         provides=("registry",),
     )
