@@ -164,7 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
 # returns an argparse parser with the common options, and each handler is
 # ``handler(args, state, url) -> exit status``. Listed here, explicitly, so a
 # broken subsystem fails loudly instead of silently losing its verbs.
-ROLE_CLI_MODULES: tuple[str, ...] = ("daemon.browser.cli", "daemon.inference.cli", "daemon.registry.cli")
+ROLE_CLI_MODULES: tuple[str, ...] = (
+    "daemon.browser.cli",
+    "daemon.inference.cli",
+    "daemon.registry.cli",
+    "daemon.registry.cli_generate",
+    "daemon.registry.cli_lineage",
+    "daemon.registry.cli_transfer",
+    "daemon.registry.cli_erase",
+)
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
 LONG_RUNNING_VERBS: set[str] = {"browser", "inference", "registry"}
 #: Verbs whose process runs daemons until a stop signal (see runtime.ignore_stop_signals).

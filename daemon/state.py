@@ -183,9 +183,17 @@ class StateDir:
             ).token
 
     def service_token(
-        self, secret: str, *, what: str, name: str, subject: str, provides: tuple[str, ...]
+        self,
+        secret: str,
+        *,
+        what: str,
+        name: str,
+        subject: str,
+        provides: tuple[str, ...],
+        grants: tuple[str, ...] = (),
     ) -> str:
-        """The token a service daemon joins with (role service, ``provide:`` its capabilities).
+        """The token a service daemon joins with (role service, ``provide:`` its capabilities,
+        plus ``grants`` for what it calls on other services).
 
         :func:`given_token` first (systemd, or an operator's choice); else, in
         the bus's state dir, :meth:`own_token` issues or reuses ``secrets/<secret>``;
@@ -197,13 +205,16 @@ class StateDir:
             if (token := self.read_secret(secret)) is not None:
                 return token
             provide = "".join(f" --provide {cap}" for cap in provides)
+            provide += "".join(f" --grant '{grant}'" for grant in grants)
             raise AuthError(
                 f"no token for {what}: set PERSONAD_TOKEN, provide a systemd credential 'token', "
                 f"or run `personad init` first so that one can be issued "
                 f"(`personad token add --name {name} --role service --subject '{subject}'{provide}`; "
                 f"state dir {self.root})"
             )
-        return self.own_token(secret, name=name, role="service", subject=subject, provides=provides)
+        return self.own_token(
+            secret, name=name, role="service", subject=subject, grants=grants, provides=provides
+        )
 
     def write_secret(self, name: str, value: str) -> Path:
         ensure_private_dir(self.secrets)

@@ -57,16 +57,44 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
     }
 
 
+#: What the registry calls beyond the bus: the model for persona.generate,
+#: and the adapter store for persona.merge (a merged adapter) and
+#: persona.delete (the adapters no other persona uses).
+REGISTRY_GRANTS: tuple[str, ...] = (
+    "inference.generate@cap:inference",
+    "adapter.merge@cap:inference",
+    "adapter.delete@cap:inference",
+)
+
+
 def registry_token(state: StateDir) -> str:
     """$PERSONAD_TOKEN, a systemd credential ``token``, or the state dir's registry token."""
-    # Role service (bus.* only) and provide:registry: it serves and calls nothing else.
+    # Role service (bus.*), provide:registry, and exactly the calls it makes.
     return state.service_token(
         REGISTRY_TOKEN_SECRET,
         what="the registry",
         name="registry",
         subject="registry:main",
         provides=("registry",),
+        grants=REGISTRY_GRANTS,
     )
+
+
+def run_call(
+    args: argparse.Namespace,
+    state: StateDir,
+    url: str,
+    method: str,
+    params: dict[str, Any],
+    *,
+    deadline_ms: int = 30_000,
+) -> Any:
+    """Call ``method`` on cap:registry with the CLI's token; None (after printing the error) on failure."""
+    try:
+        return runtime.run(_call(url, find_token(state, args.token), method, params, deadline_ms))
+    except RpcError as exc:
+        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+        return None
 
 
 def _registry(args: argparse.Namespace, state: StateDir, url: str) -> int:
@@ -79,21 +107,11 @@ def _registry(args: argparse.Namespace, state: StateDir, url: str) -> int:
     return 0
 
 
-async def _call(url: str, token: str, method: str, params: dict[str, Any]) -> Any:
+async def _call(url: str, token: str, method: str, params: dict[str, Any], deadline_ms: int) -> Any:
     from ..client import BusClient
 
     async with BusClient(url, token=token, kind="cli") as client:
-        return await client.call(method, params, to="cap:registry", deadline_ms=30_000)
-
-
-def _run_call(
-    args: argparse.Namespace, state: StateDir, url: str, method: str, params: dict[str, Any]
-) -> Any:
-    try:
-        return runtime.run(_call(url, find_token(state, args.token), method, params))
-    except RpcError as exc:
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
-        return None
+        return await client.call(method, params, to="cap:registry", deadline_ms=deadline_ms)
 
 
 def _persona_list(args: argparse.Namespace, state: StateDir, url: str) -> int:
@@ -101,7 +119,7 @@ def _persona_list(args: argparse.Namespace, state: StateDir, url: str) -> int:
     rows: list[dict[str, Any]] = []
     cursor = None
     while True:
-        page = _run_call(args, state, url, "persona.list", {**filters, "limit": 500, "cursor": cursor})
+        page = run_call(args, state, url, "persona.list", {**filters, "limit": 500, "cursor": cursor})
         if page is None:
             return 1
         rows.extend(page["personas"])
@@ -120,7 +138,7 @@ def _persona_list(args: argparse.Namespace, state: StateDir, url: str) -> int:
 def _persona_show(args: argparse.Namespace, state: StateDir, url: str) -> int:
     import json
 
-    result = _run_call(args, state, url, "persona.get", {"persona_id": args.id})
+    result = run_call(args, state, url, "persona.get", {"persona_id": args.id})
     if result is None:
         return 1
     print(json.dumps(result["profile"], indent=2))

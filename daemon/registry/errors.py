@@ -85,10 +85,15 @@ class BadRecord(RegistryError):
 
 
 class UnknownPersona(RegistryError):
-    """Raised when an operation names a persona the registry does not hold."""
+    """Raised when an operation names a persona the registry does not hold.
 
-    def __init__(self, persona_id: str) -> None:
+    ``field`` is the params member that named it (``persona_id``, or e.g.
+    ``source_persona_id`` for a fork), so the error can say which one.
+    """
+
+    def __init__(self, persona_id: str, *, field: str = "persona_id") -> None:
         self.persona_id = persona_id
+        self.field = field
         super().__init__(f"no persona {persona_id!r} in the registry")
 
 

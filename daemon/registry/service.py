@@ -17,7 +17,6 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,10 @@ from ..dispatch import Dispatcher
 from ..errors import AuthError, ConfigError
 from ..persona.config import list_persona_ids, load_persona_config
 from ..systemd_notify import Notifier
-from . import store
-from .errors import InvalidChange, PersonaExists, RegistryError, UnknownPersona
+from . import serve_erase, serve_generate, serve_lineage, serve_transfer, store
+from .boundary import RegistryEnv, actor, translate
+from .errors import InvalidChange
+from .events import publish_change
 from .store import Registry
 
 log = logging.getLogger("personad.registry")
@@ -45,32 +46,9 @@ DEFAULT_ROLE = "assistant"
 IMPORT_ACTOR = "registry:import"
 
 
-def _translate(
-    fn: Callable[[Any, CallContext], Awaitable[Any]],
-) -> Callable[[Any, CallContext], Awaitable[Any]]:
-    async def wrapper(params: Any, ctx: CallContext) -> Any:
-        try:
-            return await fn(params, ctx)
-        except UnknownPersona as exc:
-            raise RpcError(
-                ErrorCode.INVALID_PARAMS, str(exc), {"field": "persona_id", "reason": "unknown_persona"}
-            ) from None
-        except PersonaExists as exc:
-            raise RpcError(
-                ErrorCode.INVALID_PARAMS, str(exc), {"field": "profile.id", "reason": "persona_exists"}
-            ) from None
-        except InvalidChange as exc:
-            raise RpcError(ErrorCode.INVALID_PARAMS, str(exc), {"field": exc.field}) from None
-        except RegistryError as exc:
-            log.error("%s failed: %s", ctx.request.method, exc)
-            raise RpcError(ErrorCode.INTERNAL_ERROR, str(exc)) from None
-
-    return wrapper
-
-
-def register_registry_commands(dispatcher: Dispatcher, registry: Registry) -> None:
-    def actor(ctx: CallContext) -> str:
-        return ctx.caller or "unknown"
+def register_registry_commands(dispatcher: Dispatcher, env: RegistryEnv) -> None:
+    """Every ``persona.*`` method: the record methods here, the other groups from their modules."""
+    registry = env.registry
 
     async def get(p: m.PersonaGetParams, ctx: CallContext) -> m.PersonaResult:
         return m.PersonaResult(profile=await registry.get(p.persona_id))
@@ -98,8 +76,12 @@ def register_registry_commands(dispatcher: Dispatcher, registry: Registry) -> No
             next_cursor=page.next_cursor,
         )
 
+    async def changed(ctx: CallContext, profile: Profile) -> m.PersonaResult:
+        await publish_change(ctx.client, profile.id, status=profile.status.value, action=ctx.request.method)
+        return m.PersonaResult(profile=profile)
+
     async def create(p: m.PersonaCreateParams, ctx: CallContext) -> m.PersonaResult:
-        return m.PersonaResult(profile=await registry.create(p.profile, actor=actor(ctx)))
+        return await changed(ctx, await registry.create(p.profile, actor=actor(ctx)))
 
     async def update(p: m.PersonaUpdateParams, ctx: CallContext) -> m.PersonaResult:
         # null means "not given", at every level (a partial traits object keeps the rest).
@@ -108,10 +90,10 @@ def register_registry_commands(dispatcher: Dispatcher, registry: Registry) -> No
             raise RpcError(
                 ErrorCode.INVALID_PARAMS, "invalid params: changes: nothing to change", {"field": "changes"}
             )
-        return m.PersonaResult(profile=await registry.update(p.persona_id, changes, actor=actor(ctx)))
+        return await changed(ctx, await registry.update(p.persona_id, changes, actor=actor(ctx)))
 
     async def archive(p: m.PersonaArchiveParams, ctx: CallContext) -> m.PersonaResult:
-        return m.PersonaResult(profile=await registry.archive(p.persona_id, actor=actor(ctx)))
+        return await changed(ctx, await registry.archive(p.persona_id, actor=actor(ctx)))
 
     for method, handler in (
         ("persona.get", get),
@@ -120,7 +102,9 @@ def register_registry_commands(dispatcher: Dispatcher, registry: Registry) -> No
         ("persona.update", update),
         ("persona.archive", archive),
     ):
-        dispatcher.register(method, _translate(handler))
+        dispatcher.register(method, translate(handler))
+    for group in (serve_generate, serve_lineage, serve_transfer, serve_erase):
+        group.register(dispatcher, env)
 
 
 # -- the TOML import ---------------------------------------------------------------
@@ -187,11 +171,19 @@ def import_configs(db: Any, audit: Any, config_dir: Path) -> dict[str, str]:
 
 
 class RegistryService:
-    def __init__(self, registry: Registry, *, url: str, token: str, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        url: str,
+        token: str,
+        state_root: Path,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.registry = registry
         self.notifier = notifier or Notifier.from_env()
         self.dispatcher = Dispatcher()
-        register_registry_commands(self.dispatcher, registry)
+        register_registry_commands(self.dispatcher, RegistryEnv(registry=registry, state_root=state_root))
         self.client = BusClient(
             url,
             token=token,
@@ -244,6 +236,6 @@ async def run_registry(state_dir: Path, config_dir: Path | None, *, url: str, to
             outcome = await registry.run(import_configs, registry.audit, config_dir)
             for persona_id, what in outcome.items():
                 log.info("config persona %s: %s", persona_id, what)
-        await RegistryService(registry, url=url, token=token).run(stop)
+        await RegistryService(registry, url=url, token=token, state_root=state_dir).run(stop)
     finally:
         await registry.close()

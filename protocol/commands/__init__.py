@@ -3,7 +3,18 @@
 Importing this package registers them all in :data:`REGISTRY`.
 """
 
-from . import adapters, brain, browser, bus, inference, persona, personas  # noqa: F401  (imported to register their commands)
+from . import (  # noqa: F401  (imported to register their commands)
+    adapters,
+    brain,
+    browser,
+    bus,
+    inference,
+    persona,
+    persona_erase,
+    persona_lineage,
+    persona_transfer,
+    personas,
+)
 from .registry import REGISTRY, Command, StrictModel, StrictParams, get, register
 
 __all__ = ["REGISTRY", "Command", "StrictModel", "StrictParams", "get", "register"]

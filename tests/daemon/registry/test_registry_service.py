@@ -12,7 +12,7 @@ import pytest
 
 from daemon.bus import Bus
 from daemon.registry.audit import verify
-from daemon.registry.cli import registry_token
+from daemon.registry.cli import REGISTRY_GRANTS, registry_token
 from daemon.registry.service import RegistryService, import_configs
 from daemon.registry.store import Registry
 from daemon.state import StateDir
@@ -22,7 +22,7 @@ from protocol import ErrorCode, RpcError
 @pytest.fixture
 async def registry(bus: Bus, state: StateDir) -> AsyncIterator[Registry]:
     reg = await Registry.open(state.root, environ={})
-    service = RegistryService(reg, url=bus.url, token=registry_token(state))
+    service = RegistryService(reg, url=bus.url, token=registry_token(state), state_root=state.root)
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     await service.client.wait_connected(15)
@@ -178,11 +178,17 @@ async def test_grants(registry: Registry, connect: Callable[..., Any], state: St
 
 
 async def test_registry_token_may_provide_only_registry(state: StateDir) -> None:
+    """It serves only cap:registry and calls only what its methods need of cap:inference."""
     token = registry_token(state)
     entry = state.tokens().verify(token)
     assert entry is not None
     assert ("service", "registry:main") == (entry.role, entry.subject)
-    assert {"bus.*", "provide:registry"} == set(entry.grants)
+    assert {"bus.*", "provide:registry", *REGISTRY_GRANTS} == set(entry.grants)
+    assert not entry.may_provide("inference")
+    assert entry.allows("adapter.merge", "cap:inference")
+    assert not entry.allows("inference.load_stack", "cap:inference")
+    assert not entry.allows("chat", "persona:ada")
+    assert not entry.allows("brain.query", "persona:ada")
 
 
 async def test_toml_import(registry: Registry, connect: Callable[..., Any], tmp_path: Path) -> None:

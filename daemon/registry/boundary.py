@@ -1,0 +1,74 @@
+"""What every ``persona.*`` handler of the registry shares: its environment and the error boundary.
+
+The registry serves its methods in groups, one module each: service.py
+(get, list, create, update, archive), serve_generate.py, serve_lineage.py
+(fork, merge), serve_transfer.py (export, import) and serve_erase.py
+(delete). Each group's ``register(dispatcher, env)`` wraps its handlers in
+:func:`translate`, so a registry error becomes the same RPC error whichever
+method raised it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol import ErrorCode, RpcError
+
+from ..client import CallContext
+from .errors import GenerationFailed, InvalidChange, PersonaExists, RegistryError, UnknownPersona
+from .store import Registry
+
+log = logging.getLogger("personad.registry")
+
+Handler = Callable[[Any, CallContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class RegistryEnv:
+    """What the handlers work with.
+
+    ``state_root`` is the state dir the registry shares with the personas it
+    manages under ``personad up``: their brains are at
+    ``<state_root>/personas/<id>/brain.sqlite`` with keys in
+    ``<state_root>/secrets/`` (daemon/brain/keys.py).
+    """
+
+    registry: Registry
+    state_root: Path
+
+
+def actor(ctx: CallContext) -> str:
+    """Who the audit log names for a change: the caller's client id, as the bus stamped it."""
+    return ctx.caller or "unknown"
+
+
+def translate(fn: Handler) -> Handler:
+    """Registry errors as RPC errors: INVALID_PARAMS naming the field, or INTERNAL_ERROR."""
+
+    async def wrapper(params: Any, ctx: CallContext) -> Any:
+        try:
+            return await fn(params, ctx)
+        except UnknownPersona as exc:
+            raise RpcError(
+                ErrorCode.INVALID_PARAMS,
+                f"invalid params: {exc.field}: {exc}",
+                {"field": exc.field, "reason": "unknown_persona"},
+            ) from None
+        except PersonaExists as exc:
+            raise RpcError(
+                ErrorCode.INVALID_PARAMS, str(exc), {"field": "profile.id", "reason": "persona_exists"}
+            ) from None
+        except InvalidChange as exc:
+            raise RpcError(ErrorCode.INVALID_PARAMS, str(exc), {"field": exc.field}) from None
+        except GenerationFailed as exc:
+            log.warning("%s failed: %s", ctx.request.method, exc)
+            raise RpcError(exc.code, str(exc)) from None
+        except RegistryError as exc:
+            log.error("%s failed: %s", ctx.request.method, exc)
+            raise RpcError(ErrorCode.INTERNAL_ERROR, str(exc)) from None
+
+    return wrapper

@@ -1,0 +1,10 @@
+"""persona.export and persona.import: bundles (bundle.py) and Character Cards (cards.py)."""
+
+from __future__ import annotations
+
+from ..dispatch import Dispatcher
+from .boundary import RegistryEnv
+
+
+def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
+    """Register this group's methods on ``dispatcher``."""

@@ -1,0 +1,3 @@
+"""persona.fork and persona.merge on ``cap:registry``: params, results and their ``register`` calls."""
+
+from __future__ import annotations

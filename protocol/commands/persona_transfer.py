@@ -1,0 +1,3 @@
+"""persona.export and persona.import on ``cap:registry``: params, results and their ``register`` calls."""
+
+from __future__ import annotations
