@@ -2,34 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon.bus import Bus
 from daemon.registry.audit import verify
 from daemon.registry.cli import REGISTRY_GRANTS, registry_token
-from daemon.registry.service import RegistryService, import_configs
+from daemon.registry.service import import_configs
 from daemon.registry.store import Registry
 from daemon.state import StateDir
 from protocol import ErrorCode, RpcError
+from tests.daemon.registry.conftest import Serving
 
 
 @pytest.fixture
-async def registry(bus: Bus, state: StateDir) -> AsyncIterator[Registry]:
-    reg = await Registry.open(state.root, environ={})
-    service = RegistryService(reg, url=bus.url, token=registry_token(state), state_root=state.root)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    await service.client.wait_connected(15)
-    yield reg
-    stop.set()
-    await task
-    await reg.close()
+def registry(serving: Serving) -> Registry:
+    return serving.registry
 
 
 def full(pid: str, **kw: Any) -> dict[str, Any]:

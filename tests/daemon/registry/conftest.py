@@ -1,0 +1,51 @@
+"""Fixtures for the registry's tests: the registry serving on a real bus, and the inference models.
+
+The tiny random model, its adapter store and ``make_adapter`` come from
+tests/daemon/inference/conftest.py (imported, so a registry test that needs
+a real cap:inference beside the registry gets the same model). ``store``
+lives in the same state dir as ``state``, as under ``personad up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from daemon.bus import Bus
+from daemon.registry.cli import registry_token
+from daemon.registry.service import RegistryService
+from daemon.registry.store import Registry
+from daemon.state import StateDir
+from tests.conftest import WAIT
+from tests.daemon.inference.conftest import (  # noqa: F401  (fixtures, imported to be found here)
+    load_tiny,
+    make_adapter,
+    store,
+    tiny_dir,
+)
+
+
+@dataclass
+class Serving:
+    registry: Registry
+    service: RegistryService
+    state: StateDir
+
+
+@pytest.fixture
+async def serving(bus: Bus, state: StateDir) -> AsyncIterator[Serving]:
+    """The registry open on ``state`` and serving cap:registry on ``bus`` as registry:main."""
+    registry = await Registry.open(state.root, environ={})
+    service = RegistryService(registry, url=bus.url, token=registry_token(state), state_root=state.root)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    await service.client.wait_connected(WAIT)
+    try:
+        yield Serving(registry, service, state)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT)
+        await registry.close()
