@@ -271,7 +271,15 @@ class PersonaGenerateParams(StrictParams):
         description=f"traits to start from; the model may move each one given by at most "
         f"±{BASE_TRAIT_BAND} (those not given start at 50 and move by at most ±{MAX_FREE_ADJUSTMENT})",
     )
-    start: bool = Field(False, description="start the persona's daemon once it is stored")
+    persona_id: PersonaId | None = Field(
+        None,
+        description="the new persona's id; by default a slug of the generated name, with -2, -3 … if taken",
+    )
+    start: bool = Field(
+        False,
+        description="store it active and wait (within the deadline) for its daemon to join the bus; "
+        "personad up starts it, under systemd the operator does",
+    )
 
 
 class AppliedAdjustment(StrictModel):
@@ -289,10 +297,12 @@ class AppliedFlag(StrictModel):
 
 class PersonaGenerateResult(StrictModel):
     persona_id: str = Field(description="the new persona's id")
-    profile: Profile = Field(description="the generated profile (status draft, or active once started)")
+    profile: Profile = Field(description="the stored profile (status draft; active with start: true)")
     adjustments: list[AppliedAdjustment] = Field(description="the model's trait adjustments, as applied")
     context_applied: list[AppliedFlag] = Field(description="what the context flags did")
-    started: bool = Field(False, description="whether the persona's daemon was started")
+    started: bool = Field(
+        False, description="whether persona:<id> joined the bus before the answer (start: true only)"
+    )
 
 
 register(
@@ -303,6 +313,7 @@ register(
     "preferences and context flags honoured as documented.",
     served_by="cap:registry",
     errors=(
+        (ErrorCode.INVALID_PARAMS, "persona_id is taken (data.reason = persona_exists)"),
         (ErrorCode.TARGET_OFFLINE, "no inference service is on the bus"),
         (ErrorCode.TIMEOUT, "the model did not finish in time"),
         (ErrorCode.INTERNAL_ERROR, "the model's output did not validate (never replaced by a template)"),
