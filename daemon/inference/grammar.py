@@ -20,6 +20,10 @@ Canonical JSON here is compact and *not* key-sorted: xgrammar writes object
 members in the schema's declared order, so two schemas that differ only in
 member order are different grammars.
 
+Strict JSON. xgrammar's grammar admits a few byte sequences strict parsers
+refuse (control characters, UTF-8-encoded surrogates, lone surrogate
+escapes); json_guard.py masks them per row.
+
 Whitespace. Grammars are compiled with ``any_whitespace=False``: a small model
 allowed free whitespace between JSON tokens can loop on newlines until
 ``max_tokens``; with it off the output is one compact line.
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import InvalidSchema
+from .json_guard import REFUSED, JsonByteGuard
 
 if TYPE_CHECKING:  # xgrammar is imported only once a schema arrives
     import xgrammar
@@ -60,7 +65,7 @@ class Constraint:
         *,
         vocab_size: int,
         stop_ids: list[int],
-        no_control: torch.Tensor,
+        guard: JsonByteGuard,
     ) -> None:
         import xgrammar as xgr
 
@@ -68,20 +73,25 @@ class Constraint:
         self.matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=stop_ids)
         self.bitmask = xgr.allocate_token_bitmask(1, vocab_size)
         self.vocab_size = vocab_size
-        self._no_control = no_control
+        self._guard = guard
+        self._guard_state = guard.start()
 
     def mask(self, logits: torch.Tensor) -> None:
-        """Set every token the grammar does not allow next to -inf, in place (one row)."""
+        """Set every token the grammar (or the byte guard) does not allow next to -inf, in place."""
         self.matcher.fill_next_token_bitmask(self.bitmask, 0)
-        self.bitmask &= self._no_control
+        self.bitmask &= self._guard.masks[self._guard_state]
         row = logits if logits.is_contiguous() else logits.contiguous()
         self._xgr.apply_token_bitmask_inplace(row, self.bitmask[0], vocab_size=self.vocab_size)
         if row is not logits:
             logits.copy_(row)
 
     def accept(self, token: int) -> bool:
-        """Advance past ``token``; False if the grammar refuses it (never after :meth:`mask`)."""
-        return bool(self.matcher.accept_token(token))
+        """Advance past ``token``; False if the grammar or guard refuses it (never after :meth:`mask`)."""
+        state = self._guard.advance(self._guard_state, token)
+        if state == REFUSED or not self.matcher.accept_token(token):
+            return False
+        self._guard_state = state
+        return True
 
     @property
     def terminated(self) -> bool:
@@ -109,7 +119,7 @@ class Grammars:
         # cache, so the engine's limits say how many grammars it keeps. One
         # compile thread: the worker is one thread and the machine is shared.
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
-        self.no_control = _no_control_mask(info.decoded_vocab, vocab_size, set(self.stop_ids))
+        self.guard = JsonByteGuard(info.decoded_vocab, vocab_size, set(self.stop_ids))
         self._cache: OrderedDict[str, xgrammar.CompiledGrammar] = OrderedDict()
         self._max_cached = max_cached
         self._lock = threading.Lock()
@@ -145,35 +155,10 @@ class Grammars:
             self.compile(schema),
             vocab_size=self.vocab_size,
             stop_ids=self.stop_ids,
-            no_control=self.no_control,
+            guard=self.guard,
         )
 
     @property
     def cached(self) -> int:
         with self._lock:
             return len(self._cache)
-
-
-def _no_control_mask(decoded: list[bytes], vocab_size: int, keep: set[int]) -> torch.Tensor:
-    """A bitmask row allowing every token except those whose bytes hold a control character.
-
-    xgrammar 0.2.9's JSON string rule lets raw control characters (U+0000 to
-    U+001F other than CR and LF) into strings, which JSON forbids (RFC 8259
-    §7) and strict parsers refuse; found by the tiny model's random output.
-    With compact whitespace no control character is valid anywhere in the
-    output, so such tokens are masked out for every constrained row. Stop
-    tokens are kept.
-    """
-    import xgrammar as xgr
-
-    bits = [True] * vocab_size
-    for token, raw in enumerate(decoded[:vocab_size]):
-        if token not in keep and any(b < 0x20 for b in raw):
-            bits[token] = False
-    mask = xgr.allocate_token_bitmask(1, vocab_size)
-    words = mask[0]
-    for token, allowed in enumerate(bits):
-        if not allowed:
-            word, bit = divmod(token, 32)
-            words[word] &= ~(1 << bit) if bit < 31 else 0x7FFFFFFF  # int32: bit 31 is the sign
-    return mask
