@@ -41,15 +41,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol import ErrorCode
 from protocol.commands.inference import ADAPTER_NAME_PATTERN, MAX_STACK_DEPTH, AdapterInfo, StackEntry
 
 from ..files import atomic_dir, atomic_write, file_lock
 from ..state import ensure_private_dir
-from .errors import AdapterCorrupt, AdapterNotFound, InvalidAdapterName, Unsupported
+from .errors import AdapterCorrupt, AdapterNotFound, InferenceError, InvalidAdapterName, Unsupported
 
 __all__ = [
     "CONFIG_FILE",
     "WEIGHTS_FILE",
+    "AdapterBusy",
+    "AdapterHashMismatch",
     "AdapterRecord",
     "AdapterStore",
     "chain",
@@ -83,6 +86,20 @@ _BEHAVIOUR_KEYS = (
     "modules_to_save",
     "layers_to_transform",
 )
+
+
+class AdapterBusy(Unsupported):
+    """Raised when an adapter cannot be deleted: ``reason`` is ``has_children`` or ``in_use``."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class AdapterHashMismatch(InferenceError):
+    """Raised when a delete names a hash the name no longer points to (it was retrained since)."""
+
+    code = ErrorCode.INVALID_PARAMS
 
 
 def validate_name(name: str) -> str:
@@ -478,6 +495,50 @@ class AdapterStore:
         doc = {"version": 1, "adapters": dict(sorted(names.items()))}
         atomic_write(self.index_path, json.dumps(doc, indent=2).encode("utf-8"), mode=0o600)
         self._cache = None
+
+    def delete(self, name: str, *, sha256: str | None = None) -> tuple[str, bool]:
+        """Remove ``name`` from the index, and its object when no other name points to it.
+
+        Returns (the sha256 it pointed to, whether the object was removed).
+        Refuses (:class:`AdapterBusy`, ``has_children``) a level other names
+        stack on: removing it would break their chains. With ``sha256``, a
+        name that now points elsewhere is :class:`AdapterHashMismatch` and
+        nothing changes. Whether a loaded model uses it is the engine's
+        question (adapter_admin.py), asked before this.
+        """
+        validate_name(name)
+        with self._locked():
+            index = dict(self._index())
+            if name not in index:
+                self.get(name)  # AdapterNotFound, naming what the store holds
+            sha = str(index[name]["sha256"])
+            if sha256 is not None and sha256 != sha:
+                raise AdapterHashMismatch(
+                    f"invalid params: sha256: {name!r} points to {sha[:12]}…, not {sha256[:12]}… "
+                    "(retrained since?); nothing deleted"
+                )
+            children = sorted(n for n in index if parent_of(n) == name)
+            if children:
+                raise AdapterBusy(
+                    f"adapter {name!r} is the parent of {', '.join(children)}: delete those first",
+                    reason="has_children",
+                )
+            del index[name]
+            blob_removed = not any(entry["sha256"] == sha for entry in index.values())
+            # The name goes first: a reader then never finds a name whose object is missing.
+            self._write_index(index)
+            if blob_removed:
+                self._remove_object(sha)
+        return sha, blob_removed
+
+    def _remove_object(self, sha: str) -> None:
+        """Take ``objects/<sha>/`` out in one rename, then delete its files (a reader sees all or none)."""
+        folder = self.object_path(sha)
+        if not folder.exists():
+            return
+        trash = self.root / f".deleted-{sha}-{os.getpid()}"
+        os.rename(folder, trash)
+        shutil.rmtree(trash)
 
     def export(self, name: str, dest: Path) -> AdapterRecord:
         """Write ``name`` as a standard PEFT folder at ``dest`` (new or empty)."""

@@ -43,6 +43,7 @@ from ..dispatch import Dispatcher
 from ..errors import AuthError
 from ..state import StateDir
 from ..systemd_notify import Notifier
+from .adapter_admin import register_delete_command
 from .backend import InferenceBackend
 from .errors import InferenceError, to_rpc
 from .merge import register_merge_command
@@ -104,8 +105,10 @@ def register_inference_commands(dispatcher: Dispatcher, backend: InferenceBacken
     dispatcher.register("inference.load_stack", _translated(load_stack))
     dispatcher.register("inference.unload", _translated(unload))
     dispatcher.register("inference.status", _translated(status))
-    # adapter.merge: admin work on the engine's worker thread (daemon/inference/merge.py).
+    # adapter.merge and adapter.delete: admin work on the engine's worker thread
+    # (daemon/inference/merge.py, adapter_admin.py).
     register_merge_command(dispatcher, backend)
+    register_delete_command(dispatcher, backend)
 
 
 class InferenceService:

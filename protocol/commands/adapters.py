@@ -1,9 +1,9 @@
-"""Merging adapters: ``adapter.merge`` on ``cap:inference`` (an admin operation).
+"""Admin work on the adapter store: ``adapter.merge`` and ``adapter.delete`` on ``cap:inference``.
 
 Apart from generation (inference.py) because it is a different job on the
-same provider: it writes a new adapter into the shared content-addressed
-store rather than serving a persona's request. docs/inference.md, "Merging
-adapters", says how each combination is computed.
+same provider: it writes the shared content-addressed store rather than
+serving a persona's request. docs/inference.md, "Merging adapters", says how
+each combination is computed, and "Deleting adapters" what a delete refuses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from ..errors import ErrorCode
 from .inference import MAX_STACK_DEPTH, AdapterName, InferenceErrorCode, Sha256, StackEntry
 from .registry import StrictModel, StrictParams, register
 
-__all__ = ["MAX_MERGE_SOURCES", "MergeCombination", "MergeParams", "MergeResult"]
+__all__ = [
+    "MAX_MERGE_SOURCES",
+    "AdapterDeleteParams",
+    "AdapterDeleteResult",
+    "MergeCombination",
+    "MergeParams",
+    "MergeResult",
+]
 
 #: How ``adapter.merge`` combines its sources. ``cat``: every level of every
 #: source's stack concatenated into one adapter (rank = the sum of theirs),
@@ -91,6 +98,46 @@ register(
             InferenceErrorCode.UNSUPPORTED,
             "the combination cannot be made (unequal ranks for linear/ties/dare, per-module patterns, "
             "rank too large)",
+        ),
+    ),
+)
+
+
+# -- adapter.delete ------------------------------------------------------------------------------
+
+
+class AdapterDeleteParams(StrictParams):
+    name: AdapterName = Field(description="the adapter's name in the store")
+    sha256: Sha256 | None = Field(
+        None,
+        description="what the caller believes the name points to (a profile's stack entry): if given and "
+        "the name now points elsewhere, nothing is deleted",
+    )
+
+
+class AdapterDeleteResult(StrictModel):
+    name: AdapterName = Field(description="the name removed from the index")
+    sha256: Sha256 = Field(description="the content address it pointed to")
+    blob_removed: bool = Field(
+        description="whether the weights (objects/<sha256>/) went too; false when another name holds them"
+    )
+
+
+register(
+    "adapter.delete",
+    params=AdapterDeleteParams,
+    result=AdapterDeleteResult,
+    summary="Remove an adapter's name from the store, and its weights when no other name holds them. "
+    "Refuses an adapter in use or with children. Admin (and the registry) only.",
+    served_by="cap:inference",
+    errors=(
+        (ErrorCode.FORBIDDEN, "personas may not delete adapters (an admin operation)"),
+        (ErrorCode.INVALID_PARAMS, "sha256 is not what the name points to (data.field = sha256)"),
+        (InferenceErrorCode.ADAPTER_NOT_FOUND, "no adapter by that name"),
+        (
+            InferenceErrorCode.UNSUPPORTED,
+            "the adapter is the parent of another stored adapter, or a running request or a pinned "
+            "stack uses it (data.reason = has_children | in_use)",
         ),
     ),
 )
