@@ -557,7 +557,11 @@ class _Source:
     sha256: str = ""
 
 
-def _open_source(p: m.PersonaImportParams, work: Path) -> _Source:
+#: Folders of the state dir an import never reads: keys, tokens and the registry's own files.
+_PRIVATE: Final = ("secrets", "registry")
+
+
+def _open_source(p: m.PersonaImportParams, work: Path, state_root: Path) -> _Source:
     if (p.path is None) == (p.data_b64 is None):
         if p.path is None:
             raise _refuse("path", "give path or data_b64")
@@ -576,6 +580,9 @@ def _open_source(p: m.PersonaImportParams, work: Path) -> _Source:
     path = Path(p.path)
     if not path.is_absolute():
         raise _refuse("path", "must be an absolute path (the registry's working folder is not yours)")
+    # The registry may read files its caller cannot; never its own secrets.
+    if any(path.resolve().is_relative_to(state_root.resolve() / name) for name in _PRIVATE):
+        raise _refuse("path", "is one of the state dir's private files", "not_a_file")
     try:
         # O_NONBLOCK: a FIFO in the file's place must not hang the registry.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -797,7 +804,7 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
         work = Path(tempfile.mkdtemp(prefix=".import-", dir=ensure_private_dir(state_root)))
         brain: _NewBrain | None = None
         try:
-            source = await asyncio.to_thread(_open_source, p, work)
+            source = await asyncio.to_thread(_open_source, p, work, state_root)
             fmt = p.format or _sniff(source)
             key = _import_key(p, fmt)
             early = p.persona_id

@@ -496,6 +496,7 @@ async def test_persona_and_observer_tokens_are_refused(
         ("persona.import", {"path": "{cards}/missing.json", "persona_id": "eve"}, "path"),
         ("persona.import", {"path": "{cards}/README.md", "persona_id": "eve"}, "path"),
         ("persona.import", {"path": "{cards}/v2_card.json"}, "persona_id"),
+        ("persona.import", {"path": "{state}/registry/registry.sqlite", "persona_id": "eve"}, "path"),
         ("persona.import", {"path": "{cards}/v2_card.json", "persona_id": "ada"}, "persona_id"),
         ("persona.import", {"path": "{cards}/v2_card.json", "persona_id": "Bad Id"}, "persona_id"),
         ("persona.import", {"path": "{cards}/v2_card.json", "persona_id": "eve", "format": "ccv3"}, "path"),
@@ -523,7 +524,8 @@ async def test_bad_params_name_the_field_and_change_nothing(
     admin = await connect(name="admin")
     await call(admin, "persona.create", {"profile": {"id": "ada", "name": "Ada", "role": "clerk"}})
     if isinstance(params.get("path"), str):
-        params = {**params, "path": params["path"].replace("{cards}", str(CARDS.resolve()))}
+        path = params["path"].replace("{cards}", str(CARDS.resolve())).replace("{state}", str(state.root))
+        params = {**params, "path": path}
     before = (snapshot(state.root), await call(admin, "persona.list", {}))
     error = await refused(admin, method, params)
     assert ErrorCode.INVALID_PARAMS == error.code
