@@ -194,23 +194,6 @@ def test_slow_reader_is_dropped_before_bus_memory_grows(state, spawn) -> None:
     assert 0 == bus.stop(signal.SIGTERM)
 
 
-def test_up_runs_everything_and_ctrl_c_stops_it(state, spawn) -> None:
-    """`personad up` starts the bus, inference, browser and personas; one SIGINT stops them all."""
-    # --no-demo: the demo trains three adapters (minutes, once); the pieces it
-    # shows are tested in tests/daemon/inference and tests/e2e/test_browser_e2e.py.
-    up = spawn("up", "--port", "0", "--no-demo")
-    up.wait_for_line(r"cap:inference is up", timeout=WAIT * 12)
-    up.wait_for_line(r"cap:browser is up")
-    up.wait_for_line(r"persona:demo \(Ada\) is up")
-    up.wait_for_line(r"Ctrl-C stops everything")
-    children = psutil.Process(up.popen.pid).children(recursive=True)
-    assert len(children) >= 4  # bus, inference, browser, persona
-    assert 0 == up.stop(signal.SIGINT)
-    assert "all stopped" in up.output()
-    _gone, alive = psutil.wait_procs(children, timeout=WAIT)
-    assert [] == alive
-
-
 def test_up_killed_outright_takes_its_children_with_it(state, spawn) -> None:
     """SIGKILL of `personad up` (no chance to stop anything) still stops every child, Chromium too."""
     up = spawn("up", "--port", "0", "--no-demo", "--no-inference")
