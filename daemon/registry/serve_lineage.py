@@ -1,7 +1,7 @@
 """persona.fork and persona.merge: profile (lineage.py), brain (brain/lineage.py) and adapters.
 
-Each method runs its steps in this order, so that the step most likely to
-fail comes before anything that is hard to take back:
+Each method runs its steps in this order: refusals first, then what is
+easiest to take back, and the registry's records last, in one transaction:
 
 1. check the params against the registry (ids, statuses, the new id) and
    compute the new profile (lineage.py, pure): a refusal here changes nothing;
@@ -13,13 +13,15 @@ fail comes before anything that is hard to take back:
    transaction, with their audit entries;
 5. publish ``registry.persona`` for each persona whose record changed.
 
-A failure in steps 2 to 4 removes what 2 created (brain, key, folders), so the state
-dir is as it was. The one thing a failure in 4 cannot take back is the
-adapter 3 stored (the registry does not write the adapter store; the
-content-addressed store holds it under its own name, used by no persona,
-and it is logged). Fork and merge are serialised with each other, so two of
-them never pick the same new id; the transaction re-checks what a
-concurrent ``persona.*`` call could have changed.
+A failure in steps 2 to 4 removes what 2 created (brain, key, folders) and,
+after 3, the adapter it stored (``adapter.delete``, name and hash: the name
+was free before, so no one else uses it), so the state dir is as it was. If
+that delete fails too (the inference service went away), the unused adapter
+stays in the store under its own name and a warning says so.
+
+Fork and merge are serialised with each other, so two of them never pick
+the same new id; the transaction re-checks what a concurrent ``persona.*``
+call could have changed.
 """
 
 from __future__ import annotations
@@ -369,6 +371,21 @@ async def merge_stacks(
     return result, [StackEntry(name=result.name, sha256=result.sha256)]
 
 
+async def drop_adapter(ctx: CallContext, adapter: MergeResult) -> None:
+    """Take back the adapter a failed merge stored (its name was free before: no one else uses it)."""
+    params = {"name": adapter.name, "sha256": adapter.sha256}
+    try:
+        await ctx.client.call("adapter.delete", params, to="cap:inference", deadline_ms=30_000)
+    except Exception as exc:  # the merge's own error is what the caller must see
+        log.warning(
+            "persona.merge failed after adapter.merge stored %s (%s…), and deleting it failed too: %s; "
+            "no persona uses it (adapter.delete on cap:inference removes it)",
+            adapter.name,
+            adapter.sha256[:12],
+            exc,
+        )
+
+
 # -- the registry transaction ------------------------------------------------------------------
 
 
@@ -511,11 +528,7 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
             except BaseException as exc:
                 undo.rollback()
                 if adapter is not None and not undo.kept:
-                    log.warning(
-                        "persona.merge failed after adapter.merge stored %s (%s…); no persona uses it",
-                        adapter.name,
-                        adapter.sha256[:12],
-                    )
+                    await drop_adapter(ctx, adapter)
                 if isinstance(exc, PersonaExists):
                     raise invalid(
                         "new_persona_id", f"persona {merged_id!r} exists", "persona_exists"

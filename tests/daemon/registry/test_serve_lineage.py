@@ -541,3 +541,50 @@ async def test_leftover_state_is_never_reused(
     assert ("new_persona_id", "state_exists") == (exc.value.data["field"], exc.value.data["reason"])
     assert before == snapshot(state.root)
     assert "ada-fork-2" == (await call(admin, "persona.fork", {"source_persona_id": "ada"}))["persona_id"]
+
+
+@pytest.mark.usefixtures("inference")
+async def test_a_failure_at_the_last_step_takes_everything_back(
+    serving: Serving,
+    connect: Callable[..., Any],
+    state: StateDir,
+    store: AdapterStore,
+    make_adapter: Callable[..., AdapterRecord],
+) -> None:
+    """The registry transaction refused (its audit log's tail damaged): brain, key and merged adapter go."""
+    admin = await connect(name="admin")
+    await create(admin, "ada", stack=stack_of(make_adapter("zoo", seed=1)))
+    await create(admin, "bob", stack=stack_of(make_adapter("farm", seed=3)))
+    await remember(state, "ada", [MemoryItem("ada knows the printer code")])
+    await remember(state, "bob", [MemoryItem("bob knows the wifi password")])
+    with serving.registry.audit.path.open("a") as log:
+        log.write('{"not": "an entry"}\n')
+    before, personas, adapters = snapshot(state.root), await listing(admin), store.names()
+    for method, params in (
+        ("persona.fork", {"source_persona_id": "ada"}),
+        ("persona.merge", {**MERGE, "new_persona_id": "adabob"}),
+    ):
+        with pytest.raises(RpcError) as exc:
+            await call(admin, method, params)
+        assert ErrorCode.INTERNAL_ERROR == exc.value.code, method
+        assert "audit" in exc.value.message
+        assert personas == await listing(admin)
+        assert adapters == store.names()
+        # The index was rewritten by the delete; everything else is as it was.
+        now = snapshot(state.root)
+        assert {k: v for k, v in before.items() if k != "adapters/index.json"} == {
+            k: v for k, v in now.items() if k != "adapters/index.json"
+        }
+
+
+async def test_a_fork_merged_back_keeps_the_one_stack(
+    serving: Serving, connect: Callable[..., Any], state: StateDir, make_adapter: Callable[..., AdapterRecord]
+) -> None:
+    """Both sources on the very same stack: referenced, not merged into twice its delta (no cap:inference)."""
+    admin = await connect(name="admin")
+    law = make_adapter("law", seed=1)
+    await create(admin, "ada", stack=stack_of(law))
+    await call(admin, "persona.fork", {"source_persona_id": "ada"})
+    result = await call(admin, "persona.merge", {**MERGE, "secondary_persona_id": "ada-fork-1"})
+    assert (None, stack_of(law)) == (result["adapter"], result["profile"]["stack"])
+    assert (["ada", "ada-fork-1"], None) == (result["profile"]["lineage"]["merged_from"], result["brain"])
