@@ -5,9 +5,12 @@ imports ``<config-dir>/personas/*.toml``), trains the demo adapters once,
 starts the inference service and the headless browser worker, then one
 persona daemon per *active* persona in the registry (the TOML ones and any
 created through the registry), each as its own process with its own token
-(as under systemd), and restarts any child that dies, with backoff. One
-Ctrl-C (or SIGTERM) stops them all: personas first, then the bus, each with
-SIGTERM and a grace period before SIGKILL.
+(as under systemd), and restarts any child that dies, with backoff. While it
+runs it follows the registry (supervisor_personas.py): a persona made active
+(``persona.generate`` with ``start: true``, ``persona.update``) is started, one
+archived, merged or deleted is stopped. One Ctrl-C (or SIGTERM) stops them
+all: personas first, then the bus, each with SIGTERM and a grace period
+before SIGKILL.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ from typing import Any
 from protocol import RpcError
 
 from .client import BusClient
-from .errors import BusUnavailable, ConfigError
-from .files import atomic_write
+from .errors import BusUnavailable
 from .persona.config import PersonaConfig, list_persona_ids, load_persona_config
 from .runtime import PARENT_PID_ENV
 from .state import StateDir, find_token
+from .supervisor_personas import RegistryFollower
 
 log = logging.getLogger("personad.up")
 
@@ -129,6 +132,12 @@ class Supervisor:
         self.port = port
         self.url = f"ws://{host}:{port}"
         self.children: list[Child] = []
+        #: The persona daemons running now, by id (each is also in ``children``).
+        self.personas: dict[str, Child] = {}
+        #: Set when a child is added or removed, so that _supervise watches the new set.
+        self._changed = asyncio.Event()
+        self._base_env: dict[str, str] = {}
+        self.follower: RegistryFollower | None = None
 
     def _argv(self, *verb: str) -> list[str]:
         return [sys.executable, "-m", "daemon", "--state-dir", str(self.state.root), *verb]
@@ -156,8 +165,16 @@ class Supervisor:
                 return 0
             stopper.cancel()
             startup.result()
-            return await self._supervise(stop)
+            assert self.follower is not None
+            following = asyncio.ensure_future(self.follower.follow())
+            try:
+                return await self._supervise(stop)
+            finally:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
         finally:
+            if self.follower is not None:  # before the bus goes, so it does not try to reconnect
+                await self.follower.close()
             for child in reversed([*self.children, *self.oneshots]):  # personas first, the bus last
                 await child.stop()
             if self._page_server is not None:
@@ -179,14 +196,21 @@ class Supervisor:
         self.port = int(self.url.rsplit(":", 1)[1])
         bus.argv = self._argv("bus", "--host", self.host, "--port", str(self.port))
         base_env["PERSONAD_URL"] = self.url
+        self._base_env = base_env
         await self._wait_healthy(bus)
 
-        registry = Child(
-            "registry", self._argv("registry", "--config-dir", str(self.config_dir)), base_env
-        )
+        registry = Child("registry", self._argv("registry", "--config-dir", str(self.config_dir)), base_env)
         self.children.append(registry)
         await registry.start()
-        configs = await self._active_personas()
+        self.follower = RegistryFollower(
+            self.state,
+            self.config_dir,
+            self.url,
+            start=self._start_persona,
+            stop=self._stop_persona,
+            running=lambda: self.personas,
+        )
+        configs = await self.follower.open()
 
         if self.inference and self.demo:
             # Trains legal → legal.patent → legal.patent.uspto once (cached by
@@ -214,57 +238,35 @@ class Supervisor:
             self.children.append(service)
             await service.start()
         for pid, (config, config_dir) in configs.items():
-            env = {
-                **base_env,
-                "PERSONAD_TOKEN": self.state.persona_token(
-                    pid, create=True, grants=tuple(config.grants), provides=tuple(config.capabilities)
-                ),
-                "PERSONAD_CONFIG_DIR": str(config_dir),
-            }
-            child = Child(f"persona:{pid}", self._argv("persona", pid), env)
-            self.children.append(child)
-            await child.start()
+            await self._start_persona(pid, config, config_dir, "")
         await self._show_ready(list(configs))
 
-    async def _active_personas(self, timeout: float = 60.0) -> dict[str, tuple[PersonaConfig, Path]]:
-        """Every active persona in the registry, with the config its daemon reads.
+    async def _start_persona(self, pid: str, config: PersonaConfig, config_dir: Path, why: str) -> None:
+        """One persona's daemon, with its own token (created or narrowed to its config's grants)."""
+        env = {
+            **self._base_env,
+            "PERSONAD_TOKEN": self.state.persona_token(
+                pid, create=True, grants=tuple(config.grants), provides=tuple(config.capabilities)
+            ),
+            "PERSONAD_CONFIG_DIR": str(config_dir),
+        }
+        child = Child(f"persona:{pid}", self._argv("persona", pid), env)
+        self.children.append(child)
+        self.personas[pid] = child
+        self._changed.set()
+        await child.start()
+        if why:
+            print(f"persona:{pid} started: {why}", flush=True)
 
-        A persona declared in TOML runs from its TOML (its grants live
-        there). One created through the registry has none: its daemon gets
-        a config written from the profile into ``<state>/registry/config/``
-        (id, name, description, capabilities; no extra grants), rewritten at
-        each start so that it follows the profile.
-        """
-        token = find_token(self.state)
-        ids: list[str] = []
-        async with BusClient(self.url, token=token, kind="cli", name="up-registry") as client:
-            deadline = time.monotonic() + timeout
-            while not (await client.call("bus.clients", {"capability": "registry"}))["clients"]:
-                if time.monotonic() > deadline:
-                    raise BusUnavailable(f"the registry did not come up within {timeout:.0f}s")
-                await asyncio.sleep(0.1)
-            cursor = None
-            while True:
-                page = await client.call(
-                    "persona.list", {"status": "active", "limit": 500, "cursor": cursor}, to="cap:registry"
-                )
-                ids += [p["id"] for p in page["personas"]]
-                if (cursor := page["next_cursor"]) is None:
-                    break
-            print("cap:registry is up", flush=True)
-            generated = self.state.root / "registry" / "config"
-            configs: dict[str, tuple[PersonaConfig, Path]] = {}
-            for pid in ids:
-                if (self.config_dir / "personas" / f"{pid}.toml").exists():
-                    configs[pid] = (load_persona_config(self.config_dir, pid), self.config_dir)
-                    continue
-                got = await client.call("persona.get", {"persona_id": pid}, to="cap:registry")
-                configs[pid] = (_write_profile_config(generated, got["profile"]), generated)
-        if not configs:
-            raise ConfigError(
-                f"no active personas: none in {self.config_dir}/personas/*.toml nor active in the registry"
-            )
-        return configs
+    async def _stop_persona(self, pid: str, why: str) -> None:
+        """Stop one persona's daemon and forget it (it is no longer watched, so not restarted)."""
+        child = self.personas.pop(pid, None)
+        if child is None:
+            return
+        self.children.remove(child)
+        self._changed.set()
+        await child.stop()
+        print(f"persona:{pid} stopped: {why}", flush=True)
 
     async def _wait_healthy(self, bus: Child, timeout: float = 20.0) -> None:
         http = f"http://{self.host}:{self.port}/healthz"
@@ -369,19 +371,26 @@ class Supervisor:
         return f"http://127.0.0.1:{server.server_address[1]}/"
 
     async def _supervise(self, stop: asyncio.Event) -> int:
-        """Restart children that die; give up on one that dies too often."""
+        """Restart children that die; give up on one that dies too often.
+
+        The set watched is rebuilt whenever the follower adds or removes a
+        persona; one it stopped on purpose is no longer in ``children`` and
+        is never restarted, even if it was waiting for its restart.
+        """
         while not stop.is_set():
+            self._changed.clear()
             waits = {asyncio.ensure_future(c.process.wait()): c for c in self.children if c.process}
             stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
-            for fut in [*waits, stopper]:
+            changed = asyncio.ensure_future(self._changed.wait())
+            done, _ = await asyncio.wait([*waits, stopper, changed], return_when=asyncio.FIRST_COMPLETED)
+            for fut in [*waits, stopper, changed]:
                 if fut not in done:
                     fut.cancel()
             if stop.is_set():
                 return 0
             for fut in done:
                 child = waits.get(fut)
-                if child is None:
+                if child is None or child not in self.children:
                     continue
                 now = time.monotonic()
                 child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW] + [now]
@@ -397,46 +406,9 @@ class Supervisor:
                 delay = min(30.0, 0.5 * 2 ** (len(child.restarts) - 1))
                 log.warning("%s exited with status %s; restarting in %.1fs", child.name, code, delay)
                 await asyncio.sleep(delay)
-                await child.start()
+                if child in self.children:  # not stopped by the follower meanwhile
+                    await child.start()
         return 0
-
-
-def _write_profile_config(config_dir: Path, profile: dict[str, Any]) -> PersonaConfig:
-    """The persona daemon's TOML for a registry-only persona, from its profile (validated first)."""
-    config = PersonaConfig.model_validate(
-        {
-            "id": profile["id"],
-            "name": profile["name"],
-            "description": profile["description"],
-            "capabilities": profile["capabilities"],
-        }
-    )
-    folder = config_dir / "personas"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lines = [
-        f"id = {_toml_str(config.id)}",
-        f"name = {_toml_str(config.name)}",
-        f"description = {_toml_str(config.description)}",
-        f"capabilities = [{', '.join(_toml_str(c) for c in config.capabilities)}]",
-    ]
-    atomic_write(folder / f"{config.id}.toml", ("\n".join(lines) + "\n").encode("utf-8"), mode=0o600)
-    return config
-
-
-def _toml_str(value: str) -> str:
-    """A TOML basic string: quotes, backslashes and every control character escaped.
-
-    Names and descriptions come from the wire; none may break out of its value.
-    """
-    out = []
-    for ch in value:
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
 
 
 async def _forward(stream: asyncio.StreamReader) -> None:
