@@ -237,6 +237,11 @@ def erase_files(state_root: Path, persona_id: str) -> Erased:
             brain_existed = True
             _shred(path)
             out.erased.append(f"{rel}/{path.name}")
+    if not folder.exists() and not folder.is_symlink():
+        out.warnings.append(
+            f"no {rel}/ in this state dir: if the persona ran with another state root (under systemd, "
+            f"/var/lib/private/personad/personas/{persona_id}), erase it there too (docs/erasure.md)"
+        )
     _erase_folder(folder, rel, out)
 
     key = key_path(state_root, persona_id)
