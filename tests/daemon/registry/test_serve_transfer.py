@@ -422,6 +422,18 @@ async def test_v2_json_card_imports_exports_and_reimports_whole(
     assert got["memories"] == again["memories"]
     second = await call(admin, "persona.export", {"persona_id": "haruhi2", "format": "ccv2"})
     assert json.loads(read(first["path"])) == json.loads(read(second["path"]))
+    # A memory learned later is exported only when asked for, as a new lorebook entry.
+    key = load_or_create_key(state.root, "haruhi", environ={})
+    async with await Brain.open(brain_path(state.root, "haruhi"), key) as brain:
+        await brain.remember("Kyon likes tea", subject="kyon", source="chat")
+    cards_only = await call(admin, "persona.export", {"persona_id": "haruhi", "format": "ccv2"})
+    everything = await call(
+        admin, "persona.export", {"persona_id": "haruhi", "format": "ccv2", "memories": "all"}
+    )
+    assert (got["memories"], got["memories"] + 1) == (cards_only["memories"], everything["memories"])
+    lore = parse_card_json(read(everything["path"])).data.character_book
+    assert lore is not None
+    assert "Kyon likes tea" == lore.entries[-1].content
     remainder_text = "Bot optimized for GPT-4"  # creator_notes: kept encrypted, never in plain files
     for file in state.root.rglob("*"):
         if file.is_file() and "exports" not in file.parts:
@@ -531,3 +543,19 @@ async def test_bad_params_name_the_field_and_change_nothing(
     assert ErrorCode.INVALID_PARAMS == error.code
     assert error.message.startswith(f"invalid params: {field}: "), error.message
     assert before == (snapshot(state.root), await call(admin, "persona.list", {}))
+
+
+async def test_a_cards_remainder_is_erased_with_its_persona(
+    serving: Serving, connect: Callable[..., Any], state: StateDir
+) -> None:
+    admin = await connect(name="admin")
+    raw = base64.b64encode((CARDS / "v2_card.json").read_bytes()).decode()
+    await call(admin, "persona.import", {"data_b64": raw, "persona_id": "haruhi"})
+    await call(admin, "persona.import", {"data_b64": raw, "persona_id": "kept"})
+
+    def remainders(db: Any) -> list[str]:
+        return [row[0] for row in db.execute("SELECT persona_id FROM card_remainders ORDER BY persona_id")]
+
+    assert ["haruhi", "kept"] == await serving.registry.run(remainders)
+    await call(admin, "persona.delete", {"persona_id": "haruhi", "confirm": "haruhi"})
+    assert ["kept"] == await serving.registry.run(remainders)
