@@ -8,6 +8,7 @@ every way a request is refused without changing anything.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -17,10 +18,12 @@ from typing import Any
 import pytest
 
 from daemon.bus import Bus
+from daemon.cli import build_parser
 from daemon.inference.adapters import AdapterStore
 from daemon.inference.engine import AsyncEngine
 from daemon.inference.service import InferenceService, service_token
 from daemon.registry.audit import verify
+from daemon.registry.cli_generate import _generate, generate_params
 from daemon.registry.events import PUBLISHER, TOPIC
 from daemon.registry.generate import NAME_PATTERN
 from daemon.registry.serve_generate import free_id, slug
@@ -262,3 +265,60 @@ async def test_bad_params_name_the_field(
     assert f"invalid params: {field}:" in exc.value.message
     assert field == ".".join(exc.value.data[0]["loc"])  # the validator's data: one entry per error
     assert [] == audit_entries(serving)
+
+
+# -- the CLI verb ----------------------------------------------------------------------
+
+
+def cli_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["persona-generate", *argv])
+
+
+@pytest.mark.usefixtures("inference")
+async def test_cli_prints_the_profile_and_what_the_rules_did(
+    serving: Serving, bus: Bus, state: StateDir, connect: Callable[..., Any], capsys: Any
+) -> None:
+    args = cli_args(
+        "court clerk",
+        "--trait",
+        "precision=90",
+        "--flag",
+        "formal",
+        "--style",
+        "terse",
+        "--detail",
+        "brief",
+        "--id",
+        "clerk",
+    )
+    assert {
+        "role": "court clerk",
+        "start": False,
+        "base_traits": {"precision": 90},
+        "context": {"formal": True},
+        "user_preferences": {"style": "terse", "detail_level": "brief"},
+        "persona_id": "clerk",
+    } == generate_params(args)
+    # The verb runs its own event loop (as in a terminal): on a thread beside the test's.
+    assert 0 == await asyncio.to_thread(_generate, args, state, bus.url)
+    out = capsys.readouterr().out
+    admin = await connect(name="admin")
+    profile = (await admin.call("persona.get", {"persona_id": "clerk"}, to="cap:registry"))["profile"]
+    lines = out.splitlines()
+    assert f"clerk: {profile['name']}, court clerk (draft)" == lines[0]
+    assert "  communication: terse; brief" == lines[2]
+    assert "  traits: " + "  ".join(f"{t} {profile['traits'][t]}" for t in TRAITS) == lines[3]
+    assert "    formal: humor -15" in lines
+    assert "    formal: precision +5" in lines
+
+    # An error is printed with its code, exit status 1: the id is taken now.
+    assert 1 == await asyncio.to_thread(_generate, args, state, bus.url)
+    assert "persona_id: persona 'clerk' already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["humour=50", "focus=101", "focus=high", "focus"])
+def test_cli_refuses_a_bad_trait_before_calling(bad: str, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli_args("clerk", "--trait", bad)
+    assert 2 == exc.value.code
+    assert f"argument --trait: {bad!r}" in capsys.readouterr().err
