@@ -172,7 +172,13 @@ class Erased:
 
 
 def _shred(path: Path) -> None:
-    """Overwrite a regular file with zeros, fsync, unlink (a symlink or special file: only unlinked)."""
+    """Overwrite a regular file with zeros, fsync, unlink.
+
+    A symlink or special file is only unlinked, never followed; so is a file
+    with other hard links: those names may be outside the persona's folder
+    (a daemon sharing the state root could link the registry's key into its
+    folder), and zeroing the shared inode would destroy them too.
+    """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
@@ -181,7 +187,7 @@ def _shred(path: Path) -> None:
         return
     try:
         info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode):
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
             left = info.st_size
             while left > 0:
                 left -= os.write(fd, _BLOCK[: min(len(_BLOCK), left)])

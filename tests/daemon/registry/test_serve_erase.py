@@ -394,3 +394,24 @@ async def test_a_retry_after_an_interrupted_erasure_finishes_it(
     assert ["registry profile"] == result["erased"]  # nothing else was left
     assert [] == files_holding(state.root, [MARKER, ADA_DESCRIPTION])
     assert verify(serving.registry.audit.path).ok
+
+
+async def test_links_in_the_folder_are_removed_never_followed(
+    serving: Serving, connect: Callable[..., Any], state: StateDir, tmp_path: Path
+) -> None:
+    """A symlink or a hard link in the persona's folder loses its name; what it points to keeps its bytes."""
+    admin = await connect(name="admin")
+    await call(admin, "persona.create", {"profile": profile("ada", ADA_DESCRIPTION, [])})
+    folder = prepare_session_dir(state.root, "ada")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the persona's")
+    (folder.artifacts / "soft").symlink_to(outside)
+    (folder.sessions / "hard").hardlink_to(state.tokens_path)
+    (folder.root / "linked-dir").symlink_to(tmp_path, target_is_directory=True)
+    tokens = state.tokens_path.read_bytes()
+    result = await erase(admin, "ada")
+    assert "personas/ada/ (3 files)" in result["erased"]
+    assert not folder.root.exists()
+    assert "not the persona's" == outside.read_text()
+    assert tokens == state.tokens_path.read_bytes()
+    assert outside.exists()
