@@ -85,35 +85,45 @@ def invalid(field: str, reason: str, why: str | None = None) -> RpcError:
 
 
 class Undo:
-    """The paths a fork or merge created, removed again (newest first) unless it is kept."""
+    """The paths a fork or merge created, removed again (newest first) unless it is kept.
+
+    Only what did not exist before is recorded. The new persona's own folder
+    is removed whole; a shared folder it had to create (``personas/``,
+    ``secrets/``) only while empty, since another persona may have put
+    something in it meanwhile.
+    """
 
     def __init__(self) -> None:
-        self.made: list[Path] = []
+        self.made: list[tuple[Path, bool]] = []  # (path, removed whole)
         self.kept = False
 
-    def folder(self, path: Path) -> None:
+    def folder(self, path: Path, *, own: bool) -> None:
         if not path.is_dir():
             path.mkdir(mode=0o700)
-            self.made.append(path)
+            self.made.append((path, own))
 
     def key(self, state_root: Path, persona_id: str) -> bytes:
         """A new brain key for ``persona_id`` (never the registry's own credentials: environ={})."""
-        secrets = state_root / "secrets"
+        secrets, path = state_root / "secrets", key_path(state_root, persona_id)
         if not secrets.is_dir():
-            self.made.append(secrets)  # load_or_create_key makes it
-        self.made.append(key_path(state_root, persona_id))
+            self.made.append((secrets, False))  # load_or_create_key makes it
+        if not path.exists():
+            self.made.append((path, True))
         return load_or_create_key(state_root, persona_id, environ={})
 
     def file(self, path: Path) -> None:
-        self.made.append(path)
+        self.made.append((path, True))
 
     def rollback(self) -> None:
         if self.kept:
             return
-        for path in reversed(self.made):
+        for path, whole in reversed(self.made):
             try:
                 if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
+                    if whole:
+                        shutil.rmtree(path)
+                    elif not any(path.iterdir()):
+                        path.rmdir()
                 else:
                     for suffix in ("", "-wal", "-shm", "-journal"):
                         with contextlib.suppress(FileNotFoundError):
@@ -242,8 +252,8 @@ async def fork_brain(
     try:
         source_key = load_or_create_key(root, source_id, environ={})
         dest = brain_path(root, fork_id)
-        undo.folder(dest.parent.parent)
-        undo.folder(dest.parent)
+        undo.folder(dest.parent.parent, own=False)
+        undo.folder(dest.parent, own=True)
         dest_key = undo.key(root, fork_id)
         undo.file(dest)
         report = await finish(
@@ -287,8 +297,8 @@ async def merge_brain(
             if side in present
         }
         dest = brain_path(root, merged_id)
-        undo.folder(dest.parent.parent)
-        undo.folder(dest.parent)
+        undo.folder(dest.parent.parent, own=False)
+        undo.folder(dest.parent, own=True)
         dest_key = undo.key(root, merged_id)
         undo.file(dest)
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".empty-") as tmp:
