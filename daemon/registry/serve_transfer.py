@@ -345,7 +345,13 @@ class _NewBrain:
         ensure_private_dir(folder)
         self.made_key = not key_path(self.state_root, self.persona_id).exists()
         key = load_or_create_key(self.state_root, self.persona_id, environ={})
-        _write_brain(dest, key, rows)
+        try:
+            _write_brain(dest, key, rows)
+        except InvalidInput:
+            # Another writer's brain is at dest (a fork, say), and it may use
+            # this key by now: it is not ours to remove.
+            self.made_key = False
+            raise
         self.written = True
 
     def undo(self) -> None:
@@ -745,6 +751,7 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
     """Register persona.export and persona.import on ``dispatcher``."""
     registry = env.registry
     state_root = env.state_root
+    writing = asyncio.Lock()
 
     async def exists(persona_id: str) -> bool:
         try:
@@ -803,6 +810,7 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
     async def import_(p: m.PersonaImportParams, ctx: CallContext) -> m.PersonaImportResult:
         work = Path(tempfile.mkdtemp(prefix=".import-", dir=ensure_private_dir(state_root)))
         brain: _NewBrain | None = None
+        held = False
         try:
             source = await asyncio.to_thread(_open_source, p, work, state_root)
             fmt = p.format or _sniff(source)
@@ -817,6 +825,10 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
             else:
                 prepared = await asyncio.to_thread(_prepare_card, p, source, fmt)
             profile = prepared.profile
+            # One import writes at a time: two imports of one id must not
+            # both see it free and then share (or remove) its brain key.
+            await writing.acquire()
+            held = True
             _check_free(state_root, profile.id, await exists(profile.id))
             memories = len(prepared.rows.get("memories", [])) if prepared.rows else 0
             if prepared.rows is not None:
@@ -825,6 +837,8 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
                     await asyncio.to_thread(brain.write, prepared.rows)
                 except BundleFormatError as exc:
                     raise _refuse(source.param, str(exc), "bad_format") from None
+                except InvalidInput as exc:  # another import made this brain since the check above
+                    raise _refuse("persona_id", str(exc), "persona_exists") from None
             adapters: list[str] = []
             if prepared.adapter_folders:
                 adapters = await asyncio.to_thread(
@@ -849,6 +863,8 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
         finally:
             if brain is not None:
                 await asyncio.to_thread(brain.undo)
+            if held:
+                writing.release()
             await asyncio.to_thread(shutil.rmtree, work, True)
         await publish_change(ctx.client, stored.id, status=stored.status.value, action="persona.import")
         return m.PersonaImportResult(

@@ -30,7 +30,7 @@ from daemon.bus import Bus, BusConfig
 from daemon.client import BusClient
 from daemon.inference.adapters import WEIGHTS_FILE, AdapterStore
 from daemon.registry.audit import verify
-from daemon.registry.bundle import RecipientPrivateKey
+from daemon.registry.bundle import PassphraseKey, RecipientPrivateKey, SigningKey, write_bundle
 from daemon.registry.cards import EXT, card_to_obj, parse_card_json, read_png_card
 from daemon.registry.cli import registry_token
 from daemon.registry.events import PUBLISHER, TOPIC
@@ -39,6 +39,7 @@ from daemon.registry.store import Registry
 from daemon.state import StateDir
 from protocol import ErrorCode, Notification, RpcError
 from protocol.commands.persona_transfer import MAX_INLINE_B64_CHARS
+from protocol.profile import Profile
 from tests.conftest import WAIT, eventually
 from tests.daemon.registry.conftest import Serving
 from tests.daemon.registry.test_bundle import make_adapter as make_lora_folder
@@ -392,10 +393,12 @@ async def test_tampered_bundle_and_wrong_passphrase_are_clear_and_change_nothing
 # -- cards ----------------------------------------------------------------------------
 
 
-def card_obj(data: bytes, png: bool) -> dict[str, Any]:
-    """A card as its parsed JSON, less what every export adds: our extension and the export's time."""
+def card_obj(data: bytes, png: bool, *, ours: bool = False) -> dict[str, Any]:
+    """A card as its parsed JSON, less the export's time and (unless ``ours``) our extension,
+    which every export adds (V3 asks an exporter to set modification_date)."""
     obj = card_to_obj(read_png_card(data) if png else parse_card_json(data))
-    obj["data"]["extensions"].pop(EXT, None)
+    if not ours:
+        obj["data"]["extensions"].pop(EXT, None)
     obj["data"].pop("modification_date", None)
     return obj
 
@@ -455,10 +458,12 @@ async def test_v3_png_card_imports_exports_and_reimports_whole(
     second = await call(
         admin, "persona.export", {"persona_id": "sera2", "format": "ccv3-png", "inline": True}
     )
-    assert card_obj(exported, True) == card_obj(base64.b64decode(second["data_b64"]), True)
+    assert card_obj(exported, True, ours=True) == card_obj(
+        base64.b64decode(second["data_b64"]), True, ours=True
+    )
     # The V3 card also exports as V3 JSON, the same card.
     as_json = await call(admin, "persona.export", {"persona_id": "sera", "format": "ccv3"})
-    assert card_obj(exported, True) == card_obj(read(as_json["path"]), False)
+    assert card_obj(exported, True, ours=True) == card_obj(read(as_json["path"]), False, ours=True)
 
 
 # -- grants and bad params --------------------------------------------------------------
@@ -559,3 +564,66 @@ async def test_a_cards_remainder_is_erased_with_its_persona(
     assert ["haruhi", "kept"] == await serving.registry.run(remainders)
     await call(admin, "persona.delete", {"persona_id": "haruhi", "confirm": "haruhi"})
     assert ["kept"] == await serving.registry.run(remainders)
+
+
+async def test_two_imports_of_one_id_at_once_make_one_persona(
+    serving: Serving, connect: Callable[..., Any], state: StateDir, tmp_path: Path
+) -> None:
+    admin = await connect(name="admin")
+    raw = base64.b64encode((CARDS / "v2_card.json").read_bytes()).decode()
+    params = {"data_b64": raw, "persona_id": "twin"}
+    outcomes = await asyncio.gather(
+        call(admin, "persona.import", params), call(admin, "persona.import", params), return_exceptions=True
+    )
+    made = [o for o in outcomes if isinstance(o, dict)]
+    errors = [o for o in outcomes if isinstance(o, RpcError)]
+    assert (1, 1) == (len(made), len(errors))
+    assert "persona_exists" == errors[0].data["reason"]
+    # The brain that stayed opens with the key that stayed.
+    assert made[0]["memories"] == len((await brain_tables(state.root, "twin", tmp_path))["memories"])
+
+
+async def test_a_bundle_whose_brain_does_not_fit_leaves_nothing_behind(
+    serving: Serving, connect: Callable[..., Any], state: StateDir, tmp_path: Path
+) -> None:
+    """Signed by a trusted key but with a goal the brain's CHECKs refuse: the half-made brain,
+    its new key and its folder are removed, and no persona appears."""
+    admin = await connect(name="admin")
+    when = "2026-12-01T00:00:00+00:00"
+    goal = {
+        "id": 1,
+        "title": "t",
+        "description": None,
+        "status": "someday",
+        "priority": 0.5,
+        "progress": 0.0,
+        "due_at": None,
+        "created_at": when,
+        "updated_at": when,
+    }
+    export = tmp_path / "brain.json"
+    doc = {"format": "personad.brain", "format_version": 1, "tables": {"memories": [], "goals": [goal]}}
+    export.write_text(json.dumps(doc))
+    bundle = tmp_path / "odd.pdbundle"
+    signer = SigningKey.load_or_create(state.root)
+    write_bundle(
+        bundle,
+        profile=Profile(id="odd", name="Odd", role="clerk"),
+        brain_export=export,
+        adapters=[],
+        key=PassphraseKey(PASSPHRASE),
+        signer=signer,
+    )
+    before = (snapshot(state.root), await call(admin, "persona.list", {}))
+    error = await refused(
+        admin, "persona.import", {"path": str(bundle), "passphrase": PASSPHRASE, "signer": signer.public_hex}
+    )
+    assert (ErrorCode.INVALID_PARAMS, "path", "bad_format") == (
+        error.code,
+        error.data["field"],
+        error.data["reason"],
+    )
+    assert "does not fit a brain" in error.message
+    assert before == (snapshot(state.root), await call(admin, "persona.list", {}))
+    assert not (state.root / "personas" / "odd").exists()
+    assert not key_path(state.root, "odd").exists()
