@@ -588,3 +588,24 @@ async def test_a_fork_merged_back_keeps_the_one_stack(
     result = await call(admin, "persona.merge", {**MERGE, "secondary_persona_id": "ada-fork-1"})
     assert (None, stack_of(law)) == (result["adapter"], result["profile"]["stack"])
     assert (["ada", "ada-fork-1"], None) == (result["profile"]["lineage"]["merged_from"], result["brain"])
+
+
+async def test_a_brain_that_does_not_open_changes_nothing(
+    serving: Serving, connect: Callable[..., Any], state: StateDir
+) -> None:
+    """A source brain whose key is gone: INTERNAL_ERROR naming the persona, and nothing left behind."""
+    admin = await connect(name="admin")
+    await create(admin, "ada")
+    await create(admin, "bob")
+    await remember(state, "ada", [MemoryItem("ada knows the printer code")])
+    await remember(state, "bob", [MemoryItem("bob knows the wifi password")])
+    key_path(state.root, "bob").unlink()
+    before, personas = snapshot(state.root), await listing(admin)
+    for method, params in (("persona.fork", {"source_persona_id": "bob"}), ("persona.merge", MERGE)):
+        with pytest.raises(RpcError) as exc:
+            await call(admin, method, params)
+        assert ErrorCode.INTERNAL_ERROR == exc.value.code
+        assert "'bob'" in exc.value.message
+        assert "nothing was changed" in exc.value.message
+        assert before == snapshot(state.root)
+        assert personas == await listing(admin)
