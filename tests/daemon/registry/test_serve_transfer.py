@@ -38,7 +38,7 @@ from daemon.registry.service import RegistryService
 from daemon.registry.store import Registry
 from daemon.state import StateDir
 from protocol import ErrorCode, Notification, RpcError
-from protocol.commands.persona_transfer import MAX_INLINE_B64_CHARS
+from protocol.commands.persona_transfer import MAX_INLINE_B64_CHARS, MAX_INLINE_BYTES
 from protocol.profile import Profile
 from tests.conftest import WAIT, eventually
 from tests.daemon.registry.conftest import Serving
@@ -627,3 +627,37 @@ async def test_a_bundle_whose_brain_does_not_fit_leaves_nothing_behind(
     assert before == (snapshot(state.root), await call(admin, "persona.list", {}))
     assert not (state.root / "personas" / "odd").exists()
     assert not key_path(state.root, "odd").exists()
+
+
+async def test_inline_past_the_limit_is_refused_and_leaves_no_file(
+    serving: Serving, connect: Callable[..., Any], state: StateDir, tmp_path: Path
+) -> None:
+    admin = await connect(name="admin")
+    big = AdapterStore.for_state(state.root).import_folder(
+        make_lora_folder(tmp_path / "big", seed=3, rank=16, width=8192), "big"
+    )
+    assert big.bytes > MAX_INLINE_BYTES
+    await call(
+        admin,
+        "persona.create",
+        {
+            "profile": {
+                "id": "ada",
+                "name": "Ada",
+                "role": "x",
+                "stack": [{"name": "big", "sha256": big.sha256}],
+            }
+        },
+    )
+    recipient = RecipientPrivateKey.generate().public_key().hex
+    params = {"persona_id": "ada", "format": "bundle", "recipient": recipient}
+    whole = await call(admin, "persona.export", params)  # by path, any size
+    assert whole["bytes"] > MAX_INLINE_BYTES
+    before = snapshot(state.root)
+    error = await refused(admin, "persona.export", {**params, "inline": True})
+    assert (ErrorCode.INVALID_PARAMS, "inline", "too_large") == (
+        error.code,
+        error.data["field"],
+        error.data["reason"],
+    )
+    assert before == snapshot(state.root)
