@@ -22,6 +22,10 @@ stays in the store under its own name and a warning says so.
 Fork and merge are serialised with each other, so two of them never pick
 the same new id; the transaction re-checks what a concurrent ``persona.*``
 call could have changed.
+
+(A little over 500 lines on purpose: every step shares the undo record and
+the rule that a worker thread is never abandoned; split, they would become
+a private API between two modules.)
 """
 
 from __future__ import annotations
@@ -111,8 +115,14 @@ class Undo:
             self.made.append((path, True))
         return load_or_create_key(state_root, persona_id, environ={})
 
-    def file(self, path: Path) -> None:
-        self.made.append((path, True))
+    def new_brain(self, state_root: Path, persona_id: str) -> tuple[Path, bytes]:
+        """Where the new persona's brain goes (its folder made), and its new key."""
+        dest = brain_path(state_root, persona_id)
+        self.folder(dest.parent.parent, own=False)
+        self.folder(dest.parent, own=True)
+        key = self.key(state_root, persona_id)
+        self.made.append((dest, True))  # written whole or not at all, but kept only on success
+        return dest, key
 
     def rollback(self) -> None:
         if self.kept:
@@ -251,11 +261,7 @@ async def fork_brain(
         return None  # never started: the fork starts empty too
     try:
         source_key = load_or_create_key(root, source_id, environ={})
-        dest = brain_path(root, fork_id)
-        undo.folder(dest.parent.parent, own=False)
-        undo.folder(dest.parent, own=True)
-        dest_key = undo.key(root, fork_id)
-        undo.file(dest)
+        dest, dest_key = undo.new_brain(root, fork_id)
         report = await finish(
             asyncio.to_thread(
                 copy_brain,
@@ -296,11 +302,7 @@ async def merge_brain(
             for side, pid in (("primary", primary_id), ("secondary", secondary_id))
             if side in present
         }
-        dest = brain_path(root, merged_id)
-        undo.folder(dest.parent.parent, own=False)
-        undo.folder(dest.parent, own=True)
-        dest_key = undo.key(root, merged_id)
-        undo.file(dest)
+        dest, dest_key = undo.new_brain(root, merged_id)
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".empty-") as tmp:
             for side in sources.keys() - set(present):
                 # One brain absent counts as empty: the same rules (near-duplicates
