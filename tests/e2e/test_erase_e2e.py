@@ -3,22 +3,32 @@
 A real persona daemon process remembers a marker and exports its brain; once
 it has stopped, `personad persona-delete` (confirmed by typing the id at a
 real terminal, a pty) erases it, and no file under the state dir holds the
-marker or the description any more.
+marker or the description any more. Under `personad up` (slow: SmolLM2
+behind cap:inference), persona.delete of a running persona archives it, up
+stops its daemon, and the erasure goes on, adapters included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from daemon.client import BusClient
+from daemon.inference.adapters import AdapterRecord, AdapterStore
 from daemon.registry.audit import verify
 from daemon.registry.keys import audit_path
 from daemon.state import StateDir
-from tests.conftest import REPO, WAIT, start_bus_process
+from tests.conftest import REPO, WAIT, ChatServices, Proc, eventually, start_bus_process
 from tests.conftest import run_cli as cli
+from tests.daemon.inference.conftest import save_random_adapter, tiny_dir  # noqa: F401  (a fixture)
 
 MARKER = "zq-e2e-marker-51c0de"
 DESCRIPTION = "Ada minds the Okonkwo family archive"
@@ -139,3 +149,78 @@ def test_persona_delete_cli_erases_a_real_persona(state, spawn, tmp_path) -> Non
     assert 1 == again.returncode
     assert "persona_id" in again.stderr
     registry.stop()
+
+
+# -- under personad up ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The converted SmolLM2 (the session's cache), so up does not convert it again."""
+    from daemon.inference.model import convert_smollm2
+
+    return convert_smollm2(tmp_path_factory.getbasetemp() / "smollm2-cache")
+
+
+async def on_bus(admin: BusClient) -> set[str]:
+    return {c["id"] for c in (await admin.call("bus.clients", {"kind": "persona"}))["clients"]}
+
+
+async def erase_under_up(up: Proc, url: str, token: str, shared: AdapterRecord, own: AdapterRecord) -> dict:
+    async with BusClient(url, token=token, kind="cli", name="e2e") as admin:
+        for pid, description, stack in (("bob", "Bob", [shared]), ("ada", DESCRIPTION, [shared, own])):
+            profile = {
+                "id": pid,
+                "name": pid.title(),
+                "role": "archivist",
+                "description": description,
+                "status": "active",
+                "stack": [r.entry.model_dump() for r in stack],
+            }
+            await admin.call("persona.create", {"profile": profile}, to="cap:registry")
+
+        async def running() -> bool:
+            return {"persona:ada", "persona:bob"} <= await on_bus(admin)
+
+        await eventually(running, timeout=WAIT * 2, what="up starting ada and bob")
+        await admin.call("memory.remember", {"content": f"{MARKER}: under up"}, to="persona:ada")
+        await admin.call("brain.export", {}, to="persona:ada")
+        # Nobody stops ada by hand: persona.delete archives her, up stops her daemon, the erasure goes on.
+        result: dict = await admin.call(
+            "persona.delete", {"persona_id": "ada", "confirm": "ada"}, to="cap:registry", deadline_ms=60_000
+        )
+        left = await on_bus(admin)
+        assert "persona:bob" in left
+        assert "persona:ada" not in left
+        bob = await admin.call("persona.get", {"persona_id": "bob"}, to="cap:registry")
+        assert "active" == bob["profile"]["status"]
+        return result
+
+
+@pytest.mark.slow
+def test_persona_delete_under_up_stops_the_daemon_then_erases(  # type: ignore[no-untyped-def]
+    state: StateDir,
+    spawn: Any,
+    smollm2: Path,
+    tiny_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    store = AdapterStore.for_state(state.root)
+    shared = store.import_folder(save_random_adapter(tiny_dir, tmp_path / "a", seed=1), "zoo")
+    own = store.import_folder(save_random_adapter(tiny_dir, tmp_path / "b", seed=2), "zoo.ada")
+    up = spawn("up", "--port", "0", "--no-browser", "--no-demo", env={"PERSONAD_MODEL": str(smollm2)})
+    url = up.wait_for_line(r"listening on (ws://\S+)").group(1)
+    up.wait_for_line(r"cap:inference is up", timeout=WAIT * 8)
+    up.wait_for_line(r"Ctrl-C stops everything", timeout=WAIT * 4)
+    ChatServices.drain(up)  # keep reading, so the children's logs never fill the pipe
+
+    result = asyncio.run(erase_under_up(up, url, state.admin_token, shared, own))  # type: ignore[attr-defined]
+
+    assert "personas/ada/brain.sqlite" in result["erased"]
+    assert [(own.sha256, True)] == [(a["sha256"], a["blob_removed"]) for a in result["adapters_deleted"]]
+    assert [shared.sha256] == [a["sha256"] for a in result["adapters_kept"]]
+    assert ["zoo"] == AdapterStore.for_state(state.root).names()
+    assert any("persona:ada stopped: the registry made it archived" in line for line in list(up.lines))
+    assert [] == files_holding(state.root, [MARKER, DESCRIPTION])
+    assert verify(audit_path(state.root)).ok
+    assert 0 == up.stop(signal.SIGINT, timeout=WAIT * 2)
