@@ -14,6 +14,9 @@ Versions:
 2. ``config_sources``: for personas imported from ``config/personas/*.toml``,
    the sha256 of the file last imported, so a start re-imports a TOML only
    when it changed; and an index on ``updated_at``.
+3. ``card_remainders``: what a Character Card import could not map onto
+   the profile (greetings, creator notes, unknown fields), one JSON record
+   per persona, so that export restores it; deleted with its profile.
 
 The *records* (the profile JSON) have their own chain: records.py.
 """
@@ -70,8 +73,18 @@ def _v2_config_sources(db: RawConnection) -> None:
     db.execute("CREATE INDEX profiles_updated ON profiles (updated_at)")
 
 
+def _v3_card_remainders(db: RawConnection) -> None:
+    db.execute(
+        """CREATE TABLE card_remainders (
+            persona_id TEXT PRIMARY KEY REFERENCES profiles(id) ON DELETE CASCADE,
+            record TEXT NOT NULL CHECK (json_valid(record)),
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID"""
+    )
+
+
 #: MIGRATIONS[i] takes the database from version i to version i + 1.
-MIGRATIONS: tuple[Step, ...] = (_v1_profiles, _v2_config_sources)
+MIGRATIONS: tuple[Step, ...] = (_v1_profiles, _v2_config_sources, _v3_card_remainders)
 LATEST = len(MIGRATIONS)
 
 

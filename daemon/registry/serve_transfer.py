@@ -371,23 +371,7 @@ class _NewBrain:
 # -- the card remainder, beside the profile in the registry's database ----------------
 
 
-def _ensure_remainders(db: Any) -> None:
-    # Deleted with the profile (foreign_keys is on for the registry's writer).
-    db.execute(
-        """CREATE TABLE IF NOT EXISTS card_remainders (
-            persona_id TEXT PRIMARY KEY REFERENCES profiles(id) ON DELETE CASCADE,
-            record TEXT NOT NULL CHECK (json_valid(record)),
-            created_at REAL NOT NULL
-        ) WITHOUT ROWID"""
-    )
-
-
 def _load_remainder(db: Any, persona_id: str) -> CardRemainder | None:
-    exists = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'card_remainders'"
-    ).fetchone()
-    if exists is None:
-        return None
     row = db.execute("SELECT record FROM card_remainders WHERE persona_id = ?", (persona_id,)).fetchone()
     return None if row is None else CardRemainder.model_validate_json(row[0])
 
@@ -411,7 +395,6 @@ def _create_imported(
             raise PersonaExists(profile.id)
         store._write(db, stored, insert=True)
         if remainder is not None:
-            _ensure_remainders(db)
             db.execute(
                 "INSERT INTO card_remainders (persona_id, record, created_at) VALUES (?, ?, ?)",
                 (profile.id, remainder.model_dump_json(), now),

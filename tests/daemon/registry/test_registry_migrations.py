@@ -40,14 +40,14 @@ RECORD = {
 
 
 def test_chain_is_numbered_from_one() -> None:
-    assert 2 == LATEST == len(MIGRATIONS)
+    assert 3 == LATEST == len(MIGRATIONS)
 
 
 def test_v0_to_latest_on_an_empty_file(tmp_path: Path) -> None:
     db = store.open_raw(tmp_path / "r.sqlite", KEY)
     assert LATEST == current_version(db)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"profiles", "profile_tags", "config_sources"} <= tables
+    assert {"profiles", "profile_tags", "config_sources", "card_remainders"} <= tables
     db.close()
 
 
@@ -64,7 +64,7 @@ def test_v1_file_with_rows_migrates_to_v2_keeping_them(tmp_path: Path) -> None:
     old.close()
 
     db = store.open_raw(path, KEY)
-    assert 2 == current_version(db)
+    assert LATEST == current_version(db)
     ada = store.get(db, "ada")
     assert ("Ada", "teacher", ["math"]) == (ada.name, ada.role, ada.tags)
     assert ["ada"] == [s.id for s in store.list_page(db, tag="math").personas]
@@ -74,6 +74,29 @@ def test_v1_file_with_rows_migrates_to_v2_keeping_them(tmp_path: Path) -> None:
     )
     update = store.update(db, AuditLog(tmp_path / "audit.log"), "ada", {"name": "Ada L."}, actor="t")
     assert "Ada L." == update.name
+    db.close()
+
+
+def test_v2_file_migrates_to_v3_and_a_remainder_goes_with_its_profile(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    old = build(path, 2)
+    old.execute(
+        "INSERT INTO profiles (id, schema_version, status, role, name, tags, record, created_at, updated_at) "
+        "VALUES ('ada', 1, 'active', 'teacher', 'Ada', '[\"math\"]', ?, 10.0, 20.0)",
+        (json.dumps(RECORD),),
+    )
+    old.execute(
+        "INSERT INTO config_sources (persona_id, sha256, imported_at) VALUES ('ada', ?, 1.0)", ("0" * 64,)
+    )
+    old.close()
+
+    db = store.open_raw(path, KEY)
+    assert 3 == current_version(db)
+    assert "Ada" == store.get(db, "ada").name
+    assert ("0" * 64,) == db.execute("SELECT sha256 FROM config_sources WHERE persona_id = 'ada'").fetchone()
+    db.execute("INSERT INTO card_remainders (persona_id, record, created_at) VALUES ('ada', '{}', 1.0)")
+    db.execute("DELETE FROM profiles WHERE id = 'ada'")
+    assert db.execute("SELECT count(*) FROM card_remainders").fetchone() == (0,)
     db.close()
 
 
