@@ -65,7 +65,7 @@ from .errors import UnknownPersona
 from .events import publish_change
 from .store import record_sha256
 
-__all__ = ["erase_files", "register"]
+__all__ = ["check_reachable", "erase_files", "register"]
 
 log = logging.getLogger("personad.registry")
 
@@ -93,8 +93,17 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
                 {"field": "confirm"},
             )
         profile = await env.registry.get(p.persona_id)
+        await asyncio.to_thread(check_reachable, env.state_root, p.persona_id)
         await _stop_daemon(env, ctx, profile)
-        files = await asyncio.to_thread(erase_files, env.state_root, p.persona_id)
+        try:
+            files = await asyncio.to_thread(erase_files, env.state_root, p.persona_id)
+        except OSError as exc:
+            raise RpcError(
+                ErrorCode.INTERNAL_ERROR,
+                f"could not erase {exc.filename or 'a file'}: {exc.strerror}; what was erased before it "
+                "stays erased and the profile is kept: fix it and call persona.delete again",
+                {"path": str(exc.filename)},
+            ) from None
         deleted, kept = await _delete_adapters(env, ctx, profile)
         details = {
             "record_sha256": record_sha256(profile),
@@ -180,20 +189,20 @@ def _shred(path: Path) -> None:
     folder), and zeroing the shared inode would destroy them too.
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        # A symlink (ELOOP), a socket, a FIFO: never follow it, just remove the name.
-        path.unlink(missing_ok=True)
+        info = path.lstat()
+    except FileNotFoundError:
         return
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
-            left = info.st_size
+    if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+        if not info.st_mode & stat.S_IWUSR:
+            os.chmod(path, 0o600)  # our own read-only file (an export kept 0400): still ours to wipe
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            left = os.fstat(fd).st_size
             while left > 0:
                 left -= os.write(fd, _BLOCK[: min(len(_BLOCK), left)])
             os.fsync(fd)
-    finally:
-        os.close(fd)
+        finally:
+            os.close(fd)
     path.unlink(missing_ok=True)
 
 
@@ -226,6 +235,56 @@ def _erase_folder(folder: Path, rel: str, out: Erased) -> None:
     out.erased.append(f"{rel}/ ({count} files)")
 
 
+def _files(state_root: Path, persona_id: str) -> list[Path]:
+    """The single files erase_files removes, besides the persona's folder."""
+    generated = state_root / "registry" / "config"
+    return [
+        key_path(state_root, persona_id),
+        generated / "personas" / f"{persona_id}.toml",
+        generated / f"{persona_id}.toml",
+        state_root / "secrets" / f"persona-{persona_id}.token",
+        state_root / "tokens.json",
+    ]
+
+
+def _blocked(path: Path, why: str) -> RpcError:
+    return RpcError(
+        ErrorCode.INTERNAL_ERROR,
+        f"cannot erase {path}: {why}; nothing was erased (under the systemd units each persona has its own "
+        "state dir and user: see docs/erasure.md)",
+        {"path": str(path)},
+    )
+
+
+def check_reachable(state_root: Path, persona_id: str) -> None:
+    """Raise (naming the path) unless erase_files can remove everything it would; changes nothing.
+
+    Checked before the daemon is stopped or a file touched, so a state dir the
+    registry may not write (another user's, under systemd) fails cleanly
+    rather than half way.
+    """
+    folder = brain_path(state_root, persona_id).parent
+    for path in [folder, *_files(state_root, persona_id)]:
+        try:
+            present = path.is_symlink() or path.exists()
+        except PermissionError:
+            raise _blocked(path, "permission denied (its folder cannot be searched)") from None
+        if present and not os.access(path.parent, os.W_OK | os.X_OK):
+            raise _blocked(path, f"its folder {path.parent} is not writable by the registry")
+    if folder.is_dir() and not folder.is_symlink():
+
+        def refuse(exc: OSError) -> None:
+            raise _blocked(Path(exc.filename or folder), exc.strerror or "unreadable")
+
+        for top, _dirs, names in os.walk(folder, onerror=refuse):
+            if not os.access(top, os.R_OK | os.W_OK | os.X_OK):
+                raise _blocked(Path(top), "not writable by the registry")
+            for name in names:
+                file = Path(top) / name
+                if not file.is_symlink() and file.stat().st_uid != os.getuid():
+                    raise _blocked(file, "owned by another user")
+
+
 def erase_files(state_root: Path, persona_id: str) -> Erased:
     """Remove the persona's folder, key, generated config and token from ``state_root``.
 
@@ -250,7 +309,7 @@ def erase_files(state_root: Path, persona_id: str) -> Erased:
         )
     _erase_folder(folder, rel, out)
 
-    key = key_path(state_root, persona_id)
+    key, *configs, secret, tokens = _files(state_root, persona_id)
     if key.exists() or key.is_symlink():
         _shred(key)
         _fsync_dir(key.parent)
@@ -260,19 +319,14 @@ def erase_files(state_root: Path, persona_id: str) -> Erased:
             f"the brain had no key file in secrets/: it was opened with a systemd credential 'brain-key' "
             f"(LoadCredential/LoadCredentialEncrypted of personad@{persona_id}); delete that credential too"
         )
-
-    generated = state_root / "registry" / "config"
-    for config in (generated / "personas" / f"{persona_id}.toml", generated / f"{persona_id}.toml"):
+    for config in configs:
         if config.exists() or config.is_symlink():
             _shred(config)
             out.erased.append(str(config.relative_to(state_root)))
-
-    tokens = state_root / "tokens.json"
     if tokens.exists():
         revoked = TokenStore(tokens).revoke(f"persona:{persona_id}")
         if revoked:
             out.erased.append(f"token persona:{persona_id} ({revoked} revoked in tokens.json)")
-    secret = state_root / "secrets" / f"persona-{persona_id}.token"
     if secret.exists() or secret.is_symlink():
         _shred(secret)
         out.erased.append(f"secrets/{secret.name}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -415,3 +416,36 @@ async def test_links_in_the_folder_are_removed_never_followed(
     assert "not the persona's" == outside.read_text()
     assert tokens == state.tokens_path.read_bytes()
     assert outside.exists()
+
+
+async def test_a_folder_the_registry_cannot_clear_fails_before_anything_changes(
+    serving: Serving, connect: Callable[..., Any], state: StateDir
+) -> None:
+    """A file it could not remove (another user's, a read-only folder) is named up front; nothing erased."""
+    admin = await connect(name="admin")
+    await call(admin, "persona.create", {"profile": profile("ada", ADA_DESCRIPTION, [])})
+    folder = prepare_session_dir(state.root, "ada")
+    key = load_or_create_key(state.root, "ada", environ={})
+    blocker = folder.sessions / "theirs.json"
+    blocker.write_text(MARKER)
+    if os.getuid() == 0:  # root may write anywhere: make the file another user's instead
+        os.chown(blocker, 65534, 65534)
+        where = str(blocker)
+    else:
+        folder.sessions.chmod(0o500)
+        where = str(folder.sessions)
+    before = (await call(admin, "persona.get", {"persona_id": "ada"}), len(audit_entries(serving)))
+    try:
+        with pytest.raises(RpcError) as blocked:
+            await erase(admin, "ada")
+    finally:
+        folder.sessions.chmod(0o700)
+    assert ErrorCode.INTERNAL_ERROR == blocked.value.code
+    assert where in blocked.value.message
+    assert "nothing was erased" in blocked.value.message
+    assert before == (await call(admin, "persona.get", {"persona_id": "ada"}), len(audit_entries(serving)))
+    assert key == load_or_create_key(state.root, "ada", environ={})
+    assert MARKER == blocker.read_text()
+    # Once the operator has dealt with it, the same call erases.
+    blocker.unlink()
+    assert "secrets/brain-ada.key" in (await erase(admin, "ada"))["erased"]
