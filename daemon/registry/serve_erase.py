@@ -7,7 +7,9 @@ so that calling again finishes the job (every step accepts what an earlier
 attempt already removed):
 
 1. ``confirm`` must repeat the id; an unknown id erases nothing.
-2. A daemon still on the bus as ``persona:<id>`` is asked to stop: the
+2. Every file to remove is checked to be removable (:func:`check_reachable`):
+   one that is not is named in the error and nothing changes. Then a
+   daemon still on the bus as ``persona:<id>`` is asked to stop: the
    profile is archived (stored, audited, ``registry.persona`` published, on
    which ``personad up`` stops it), then the call waits a bounded time for it
    to leave. If it stays, PERSONA_RUNNING and nothing is erased.
@@ -80,6 +82,9 @@ _BLOCK = bytes(1 << 20)
 
 def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
     """Register persona.delete on ``dispatcher``."""
+    # One erasure at a time: two for the same persona would race over the same
+    # files, and erasures are rare enough that waiting costs nothing.
+    one_at_a_time = asyncio.Lock()
 
     async def delete(p: PersonaDeleteParams, ctx: CallContext) -> PersonaDeleteResult:
         if ctx.caller is not None and ctx.caller.startswith("persona:"):
@@ -92,45 +97,49 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
                 "nothing erased",
                 {"field": "confirm"},
             )
-        profile = await env.registry.get(p.persona_id)
-        await asyncio.to_thread(check_reachable, env.state_root, p.persona_id)
-        await _stop_daemon(env, ctx, profile)
-        try:
-            files = await asyncio.to_thread(erase_files, env.state_root, p.persona_id)
-        except OSError as exc:
-            raise RpcError(
-                ErrorCode.INTERNAL_ERROR,
-                f"could not erase {exc.filename or 'a file'}: {exc.strerror}; what was erased before it "
-                "stays erased and the profile is kept: fix it and call persona.delete again",
-                {"path": str(exc.filename)},
-            ) from None
-        deleted, kept = await _delete_adapters(env, ctx, profile)
-        details = {
-            "record_sha256": record_sha256(profile),
-            "adapters_deleted": [a.sha256 for a in deleted],
-            "adapters_kept": [a.sha256 for a in kept],
-        }
-        from_toml = await env.registry.run(_delete_row, env.registry.audit, p.persona_id, actor(ctx), details)
-        await publish_change(ctx.client, p.persona_id, status="deleted", action="persona.delete")
-        warnings = list(files.warnings)
-        if from_toml:
-            warnings.append(
-                f"{p.persona_id} was imported from personas/{p.persona_id}.toml in the registry's config "
-                "dir: remove that file, or the registry's next start imports it again as a new persona "
-                "(same name and description, no memories)"
-            )
-        log.info(
-            "erased persona %s (%d items, %d adapters deleted)", p.persona_id, len(files.erased), len(deleted)
-        )
-        return PersonaDeleteResult(
-            persona_id=p.persona_id,
-            erased=[*files.erased, "registry profile"],
-            adapters_deleted=deleted,
-            adapters_kept=kept,
-            warnings=warnings,
-        )
+        async with one_at_a_time:
+            return await _erase(env, ctx, p.persona_id)
 
     dispatcher.register("persona.delete", translate(delete))
+
+
+async def _erase(env: RegistryEnv, ctx: CallContext, persona_id: str) -> PersonaDeleteResult:
+    """Steps 2 to 5 of the module's docstring, for a persona whose confirmation was checked."""
+    profile = await env.registry.get(persona_id)
+    await asyncio.to_thread(check_reachable, env.state_root, persona_id)
+    await _stop_daemon(env, ctx, profile)
+    try:
+        files = await asyncio.to_thread(erase_files, env.state_root, persona_id)
+    except OSError as exc:
+        raise RpcError(
+            ErrorCode.INTERNAL_ERROR,
+            f"could not erase {exc.filename or 'a file'}: {exc.strerror}; what was erased before it "
+            "stays erased and the profile is kept: fix it and call persona.delete again",
+            {"path": str(exc.filename)},
+        ) from None
+    deleted, kept = await _delete_adapters(env, ctx, profile)
+    details = {
+        "record_sha256": record_sha256(profile),
+        "adapters_deleted": [a.sha256 for a in deleted],
+        "adapters_kept": [a.sha256 for a in kept],
+    }
+    from_toml = await env.registry.run(_delete_row, env.registry.audit, persona_id, actor(ctx), details)
+    await publish_change(ctx.client, persona_id, status="deleted", action="persona.delete")
+    warnings = list(files.warnings)
+    if from_toml:
+        warnings.append(
+            f"{persona_id} was imported from personas/{persona_id}.toml in the registry's config "
+            "dir: remove that file, or the registry's next start imports it again as a new persona "
+            "(same name and description, no memories)"
+        )
+    log.info("erased persona %s (%d items, %d adapters deleted)", persona_id, len(files.erased), len(deleted))
+    return PersonaDeleteResult(
+        persona_id=persona_id,
+        erased=[*files.erased, "registry profile"],
+        adapters_deleted=deleted,
+        adapters_kept=kept,
+        warnings=warnings,
+    )
 
 
 # -- 2. a running daemon stops first ----------------------------------------------------
