@@ -203,6 +203,10 @@ async def test_erasure_leaves_no_trace_and_spares_the_other_persona(
 
     # No trace, in any file under the state dir (registry db and WAL, logs, tokens included).
     assert [] == files_holding(state.root, [MARKER, ADA_DESCRIPTION])
+    # The registry zeroes freed cells, and its WAL (older page images) was checkpointed and cut to nothing.
+    assert 1 == await serving.registry.run(lambda db: db.execute("PRAGMA secure_delete").fetchone()[0])
+    wal = serving.registry.path.with_name(serving.registry.path.name + "-wal")
+    assert not wal.exists() or 0 == wal.stat().st_size
     assert not (state.root / "personas" / "ada").exists()
     assert not (state.root / "secrets" / "brain-ada.key").exists()
     assert "persona:ada" not in {e.name for e in state.tokens().entries()}
