@@ -1,11 +1,17 @@
-"""End to end: `personad up` follows the registry: persona.generate starts a persona, archive stops it.
+"""`personad up` follows the registry: persona.generate starts a persona, archive stops it.
 
-The real supervisor in a temporary state dir on a free port, without the
-browser and the demo (SmolLM2 behind cap:inference, the demo persona from
-config/personas/demo.toml). Through the bus: a persona generated with
-``start: true`` is started by up, answers ``persona.status`` and ``chat``,
-and leaves the bus once archived; a ``registry.persona`` event published by
-anybody but the registry starts nothing.
+End to end, the real supervisor in a temporary state dir on a free port,
+without the browser and the demo (SmolLM2 behind cap:inference, the demo
+persona from config/personas/demo.toml). Through the bus: a persona
+generated with ``start: true`` is started by up, answers ``persona.status``
+and ``chat``, and leaves the bus once archived; a ``registry.persona`` event
+published by anybody but the registry starts nothing; after the bus is
+killed (and restarted by up) a persona made active is still started.
+
+First, faster, the follower alone (daemon/supervisor_personas.py) on a real
+bus and registry in this process, with the supervisor's start and stop
+recorded instead of processes spawned: every status, and every event it
+must ignore.
 """
 
 from __future__ import annotations
@@ -18,13 +24,95 @@ from typing import Any
 import psutil
 import pytest
 
+from daemon.bus import Bus
 from daemon.client import BusClient
-from daemon.registry.events import TOPIC
+from daemon.registry.events import TOPIC, publish_change
 from daemon.state import StateDir
+from daemon.supervisor_personas import GENERATED_CONFIG, RegistryFollower
 from protocol import ErrorCode, RpcError
 from tests.conftest import WAIT, ChatServices, Proc, eventually
+from tests.daemon.registry.conftest import Serving, serving  # noqa: F401  (the fixture)
 
-pytestmark = pytest.mark.slow
+
+async def test_the_follower_applies_the_registry_events_in_order_and_only_those(
+    serving: Serving,  # noqa: F811  (the fixture imported above)
+    bus: Bus,
+    connect: Any,
+    state: StateDir,
+    tmp_path: Path,
+) -> None:
+    running: dict[str, Path] = {}
+    log: list[tuple[str, str]] = []
+
+    async def start(pid: str, config: Any, config_dir: Path, why: str) -> None:
+        running[pid] = config_dir
+        log.append(("start", pid))
+
+    async def stop(pid: str, why: str) -> None:
+        del running[pid]
+        log.append(("stop", pid))
+
+    admin = await connect(name="admin")
+
+    async def registry(method: str, params: dict[str, Any]) -> Any:
+        return await admin.call(method, params, to="cap:registry")
+
+    def profile(pid: str, status: str) -> dict[str, Any]:
+        return {"profile": {"id": pid, "name": pid.title(), "role": "clerk", "status": status}}
+
+    await registry("persona.create", profile("kept", "active"))
+    await registry("persona.create", profile("drafty", "draft"))
+    config = tmp_path / "config"
+    (config / "personas").mkdir(parents=True)
+    follower = RegistryFollower(state, config, bus.url, start=start, stop=stop, running=lambda: running)
+    generated = state.root / GENERATED_CONFIG
+    following: asyncio.Task[None] | None = None
+    try:
+        configs = await follower.open(timeout=WAIT)
+        assert ["kept"] == list(configs)
+        assert generated == configs["kept"][1]
+        running["kept"] = generated  # as up starts it
+        following = asyncio.create_task(follower.follow())
+
+        # Ignored: events from anybody but registry:main, and malformed ones from it.
+        await admin.publish(TOPIC, {"persona_id": "drafty", "status": "active", "action": "x", "start": True})
+        client = serving.service.client
+        await client.publish(TOPIC, {"persona_id": "../etc", "status": "active"})
+        await client.publish(TOPIC, {"persona_id": "drafty"})
+        await client.publish(TOPIC, "drafty")
+        # Applied, in order.
+        await registry("persona.create", profile("fresh", "active"))
+        await eventually(lambda: "fresh" in running, what="fresh started")
+        assert [("start", "fresh")] == log  # nothing before it started drafty
+        toml = (generated / "personas" / "fresh.toml").read_text()
+        assert 'id = "fresh"\nname = "Fresh"\n' in toml
+        await registry("persona.update", {"persona_id": "fresh", "changes": {"status": "draft"}})
+        await registry("persona.update", {"persona_id": "fresh", "changes": {"name": "Renamed"}})
+        await registry("persona.update", {"persona_id": "fresh", "changes": {"status": "active"}})
+        # A change that keeps it active neither stops nor starts it.
+        await registry("persona.update", {"persona_id": "fresh", "changes": {"tags": ["x"]}})
+        await registry("persona.archive", {"persona_id": "fresh"})
+        await registry("persona.archive", {"persona_id": "kept"})
+        await eventually(lambda: not running, what="both stopped")
+        assert [
+            ("start", "fresh"),
+            ("stop", "fresh"),
+            ("start", "fresh"),
+            ("stop", "fresh"),
+            ("stop", "kept"),
+        ] == log
+        # Restarted from the profile as it is now.
+        assert 'name = "Renamed"' in (generated / "personas" / "fresh.toml").read_text()
+        # Deleted (as persona.delete announces it): its generated config goes too.
+        await publish_change(client, "fresh", status="deleted", action="persona.delete")
+        await eventually(lambda: not (generated / "personas" / "fresh.toml").exists(), what="config removed")
+        assert (generated / "personas" / "kept.toml").exists()
+    finally:
+        if following is not None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+        await follower.close()
+
 
 #: SmolLM2 writes a profile in ~12 s and a short reply in a few; generous for a busy machine.
 DEADLINE_MS = int(WAIT * 12 * 1000)
@@ -128,6 +216,7 @@ async def after_a_bus_restart(up: Proc, url: str, token: str) -> None:
         await admin.close()
 
 
+@pytest.mark.slow
 def test_up_starts_a_generated_persona_and_stops_it_when_archived(
     state: StateDir, spawn: Any, smollm2: Path
 ) -> None:
