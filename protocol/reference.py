@@ -84,6 +84,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "inference.load_stack": {"name": "legal.patent"},
     "inference.unload": {"stack": [{"name": "legal", "sha256": "0" * 64}]},
     "adapter.merge": {"sources": ["legal.patent", "medical"], "name": "legal-medical", "combination": "cat"},
+    "adapter.delete": {"name": "legal.patent.uspto"},
     "screenshot": {"url": "https://example.com/", "viewport": {"width": 800, "height": 600}},
     "browser_js": {"script": "document.title", "url": "https://example.com/"},
     "browser.navigate": {"url": "https://example.com/"},
@@ -100,6 +101,22 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "user_preferences": {"detail_level": "detailed"},
         "base_traits": {"precision": 80},
     },
+    "persona.fork": {
+        "source_persona_id": "demo",
+        "new_role": "tutor",
+        "modifications": {"traits": {"empathy": 80}},
+        "memory_filter": {"subjects": ["alice"]},
+    },
+    "persona.merge": {
+        "primary_persona_id": "demo",
+        "secondary_persona_id": "clerk",
+        "merge_strategy": "selective",
+        "name": "Demo and Clerk",
+        "description": "both",
+    },
+    "persona.export": {"persona_id": "demo", "format": "ccv3-png", "inline": True},
+    "persona.delete": {"persona_id": "demo", "confirm": "demo"},
+    "persona.import": {"path": "/home/me/demo.pdbundle", "passphrase": "correct horse battery staple"},
 }
 
 #: What the bus itself may answer instead of the server, by kind of server.

@@ -108,6 +108,7 @@ __all__ = [
     "DEFAULT_NEAR_DUPLICATE",
     "CopyReport",
     "MergeReport",
+    "build_brain",
     "copy_brain",
     "find_near_duplicates",
     "merge_brains",
@@ -296,7 +297,7 @@ def _reading(field_name: str, path: object) -> Iterator[None]:
         raise
 
 
-def _build(dest: Path, key: bytes, fill: Any) -> Any:
+def build_brain(dest: Path, key: bytes, fill: Any) -> Any:
     """Create a migrated brain in a temporary file, ``fill(db)`` it, and publish it at ``dest``."""
     tmp = _temp_beside(dest)
     create_private(tmp)
@@ -422,7 +423,7 @@ def copy_brain(
             result: tuple[int, int, int, int, int] = _transaction(db, work)
         return result
 
-    memories, total, skills, goals, evolution = _build(dest, dest_key, fill)
+    memories, total, skills, goals, evolution = build_brain(dest, dest_key, fill)
     return CopyReport(
         dest=dest,
         memories=memories,
@@ -730,5 +731,5 @@ def merge_brains(
             },
         )
 
-    report: MergeReport = _build(dest, dest_key, fill)
+    report: MergeReport = build_brain(dest, dest_key, fill)
     return dataclasses.replace(report, seconds=time.perf_counter() - started)

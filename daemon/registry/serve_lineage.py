@@ -59,7 +59,7 @@ from .boundary import RegistryEnv, actor, translate
 from .errors import InvalidLineage, PersonaExists, UnknownPersona
 from .events import publish_change
 from .lineage import fork_profile, merge_profiles
-from .store import RawConnection, _Tx, _write, get, record_sha256
+from .store import RawConnection, get, record_sha256, transaction, write_profile
 
 log = logging.getLogger("personad.registry")
 
@@ -411,7 +411,7 @@ def current(db: RawConnection, persona_id: str, field: str) -> Profile:
 def insert_new(db: RawConnection, profile: Profile) -> None:
     if db.execute("SELECT 1 FROM profiles WHERE id = ?", (profile.id,)).fetchone():
         raise PersonaExists(profile.id)
-    _write(db, profile, insert=True)
+    write_profile(db, profile, insert=True)
 
 
 def touched(profile: Profile, now: float, **changes: Any) -> Profile:
@@ -424,11 +424,11 @@ def store_fork(
     db: RawConnection, audit: AuditLog, fork: Profile, source_id: str, now: float, who: str
 ) -> Profile:
     """The fork inserted and the source's lineage touched, one transaction, both audited."""
-    with _Tx(db):
+    with transaction(db):
         # Re-read: a persona.update since the checks must not be undone.
         source = touched(current(db, source_id, "source_persona_id"), now)
         insert_new(db, fork)
-        _write(db, source, insert=False)
+        write_profile(db, source, insert=False)
         action = "persona.fork"
         details = {"forked_from": source_id, "record_sha256": record_sha256(fork)}
         audit.append(actor=who, action=action, persona_id=fork.id, details=details)
@@ -442,7 +442,7 @@ def store_merge(
 ) -> list[Profile]:
     """The merged persona inserted and both sources marked merged, one transaction, all audited."""
     primary_id, secondary_id = merged.lineage.merged_from
-    with _Tx(db):
+    with transaction(db):
         sources = []
         for persona_id, field in ((primary_id, "primary_persona_id"), (secondary_id, "secondary_persona_id")):
             profile = current(db, persona_id, field)
@@ -453,7 +453,7 @@ def store_merge(
         details |= {"record_sha256": record_sha256(merged), "adapter_sha256": adapter_sha256}
         audit.append(actor=who, action="persona.merge", persona_id=merged.id, details=details)
         for source in sources:
-            _write(db, source, insert=False)
+            write_profile(db, source, insert=False)
             details = {"merged_into": merged.id, "record_sha256": record_sha256(source)}
             audit.append(actor=who, action="persona.merge", persona_id=source.id, details=details)
     return sources

@@ -65,7 +65,7 @@ from ..brain import export as brain_export
 from ..brain._db import read_only_uri, sqlcipher
 from ..brain.errors import BrainError, InvalidInput, WrongKey
 from ..brain.keys import brain_path, key_path, load_or_create_key
-from ..brain.lineage import _build as build_brain
+from ..brain.lineage import build_brain
 from ..brain.migrations import LATEST as BRAIN_SCHEMA
 from ..brain.records import MemoryItem
 from ..brain.validation import memory_row
@@ -390,10 +390,10 @@ def _create_imported(
     stored = profile.model_copy(
         update={"lineage": profile.lineage.model_copy(update={"created_at": now, "updated_at": now})}
     )
-    with store._Tx(db):
+    with store.transaction(db):
         if db.execute("SELECT 1 FROM profiles WHERE id = ?", (profile.id,)).fetchone():
             raise PersonaExists(profile.id)
-        store._write(db, stored, insert=True)
+        store.write_profile(db, stored, insert=True)
         if remainder is not None:
             db.execute(
                 "INSERT INTO card_remainders (persona_id, record, created_at) VALUES (?, ?, ?)",

@@ -45,7 +45,7 @@ from .keys import audit_path, load_or_create_registry_key, registry_path
 from .migrations import LATEST, migrate
 from .records import dump_record, load_record
 
-__all__ = ["ListPage", "Registry", "Summary", "open_raw", "record_sha256"]
+__all__ = ["ListPage", "Registry", "Summary", "open_raw", "record_sha256", "transaction", "write_profile"]
 
 RawConnection = Any
 CACHE_KIB = 32 * 1024
@@ -172,7 +172,13 @@ def list_page(
     return ListPage(items, items[-1].id if len(rows) > limit else None)
 
 
-def _write(db: RawConnection, profile: Profile, *, insert: bool) -> None:
+def write_profile(db: RawConnection, profile: Profile, *, insert: bool) -> None:
+    """Insert or replace one profile row and its tags, as given (inside the caller's transaction).
+
+    No checks and no audit entry: create() and update() are the checked
+    paths; fork, merge and import use this to write several records and
+    their audit entries in one :class:`transaction`.
+    """
     values = (
         profile.schema_version,
         profile.status.value,
@@ -203,7 +209,7 @@ def _write(db: RawConnection, profile: Profile, *, insert: bool) -> None:
     )
 
 
-class _Tx:
+class transaction:
     """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
 
     def __init__(self, db: RawConnection) -> None:
@@ -227,10 +233,10 @@ def create(
     stored = profile.model_copy(
         update={"lineage": profile.lineage.model_copy(update={"created_at": now, "updated_at": now})}
     )
-    with _Tx(db):
+    with transaction(db):
         if db.execute("SELECT 1 FROM profiles WHERE id = ?", (profile.id,)).fetchone():
             raise PersonaExists(profile.id)
-        _write(db, stored, insert=True)
+        write_profile(db, stored, insert=True)
         audit.append(
             actor=actor,
             action="persona.create",
@@ -257,7 +263,7 @@ def update(
     for name in changes:
         if name not in _EDITABLE:
             raise InvalidChange(f"changes.{name}", "not editable (id and lineage never are)")
-    with _Tx(db):
+    with transaction(db):
         current = get(db, persona_id)
         data = current.model_dump(mode="json")
         for name, value in changes.items():
@@ -272,7 +278,7 @@ def update(
             first = exc.errors(include_url=False, include_input=False, include_context=False)[0]
             where = ".".join(str(p) for p in first["loc"])
             raise InvalidChange(f"changes.{where}", first["msg"]) from None
-        _write(db, new, insert=False)
+        write_profile(db, new, insert=False)
         audit.append(
             actor=actor,
             action=action,
