@@ -135,23 +135,31 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
             p, complete=complete_with(over_the_bus), persona_id=p.persona_id or _PROVISIONAL, now=time.time()
         )
         status = PersonaStatus.ACTIVE if p.start else PersonaStatus.DRAFT
-        base = slug(result.profile.name)
-        for attempt in range(_CREATE_ATTEMPTS):
-            persona_id = p.persona_id or await registry.run(free_id, base)
-            data = result.profile.model_dump(mode="json")
-            profile = Profile.model_validate({**data, "id": persona_id, "status": status.value})
-            try:
-                stored = await registry.create(profile, actor=actor(ctx))
-                break
-            except PersonaExists:
-                if p.persona_id is not None:
-                    raise _taken(persona_id) from None
-                if attempt == _CREATE_ATTEMPTS - 1:
-                    raise
-        log.info("generated persona %s (%s) for %s", persona_id, status.value, actor(ctx))
-        await publish_change(
-            ctx.client, persona_id, status=stored.status.value, action=ctx.request.method, start=p.start
-        )
+        draft = result.profile.model_dump(mode="json")
+
+        async def store_and_announce() -> Profile:
+            base = slug(result.profile.name)
+            for attempt in range(_CREATE_ATTEMPTS):
+                persona_id = p.persona_id or await registry.run(free_id, base)
+                profile = Profile.model_validate({**draft, "id": persona_id, "status": status.value})
+                try:
+                    stored: Profile = await registry.create(profile, actor=actor(ctx))
+                    break
+                except PersonaExists:
+                    if p.persona_id is not None:
+                        raise _taken(persona_id) from None
+                    if attempt == _CREATE_ATTEMPTS - 1:
+                        raise
+            log.info("generated persona %s (%s) for %s", stored.id, status.value, actor(ctx))
+            await publish_change(
+                ctx.client, stored.id, status=stored.status.value, action=ctx.request.method, start=p.start
+            )
+            return stored
+
+        # Shielded: a caller that gives up (the bus cancels at its deadline)
+        # must not leave a stored persona that up never heard of.
+        stored = await asyncio.shield(store_and_announce())
+        persona_id = stored.id
         started = p.start and await _on_bus(ctx, persona_id)
         return m.PersonaGenerateResult(
             persona_id=persona_id,
