@@ -96,7 +96,7 @@ def seed(state: Path, count: int) -> None:
             "status": "active" if i % 4 else "draft",
             "lineage": {"created_at": now, "updated_at": now},
         }
-        store._write(db, Profile.model_validate_json(json.dumps(raw)), insert=True)
+        store.write_profile(db, Profile.model_validate_json(json.dumps(raw)), insert=True)
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
