@@ -49,8 +49,10 @@ DEADLINE_MARGIN: Final = 0.5
 #: The model's budget when the caller gave no deadline (a profile takes ~12 s on SmolLM2).
 DEFAULT_GENERATION_SECONDS: Final = 300.0
 _POLL_SECONDS: Final = 0.2
-#: Room left in an id (at most 64 characters) for a ``-<n>`` suffix.
-_SLUG_MAX: Final = 56
+#: A generated id fits a systemd instance name: personad@<id> runs as the
+#: dynamic user ``persona-<id>``, and user names have at most 31 characters,
+#: so ids of at most 23; this leaves room for a ``-<n>`` suffix up to -999.
+_SLUG_MAX: Final = 19
 #: The id the library computes with before the real one is known (replaced before storing).
 _PROVISIONAL: Final = "generating"
 #: Two generations naming the same persona at the same moment: each retry takes the next free id.
