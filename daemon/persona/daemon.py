@@ -24,10 +24,14 @@ from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
 from ..errors import AuthError
 from ..systemd_notify import Notifier
+from .analytics import register_analytics_commands
 from .chat import register_chat_commands
 from .config import PersonaConfig
+from .knowledge import register_knowledge_commands
 from .memory import register_memory_commands
+from .plugins import register_plugins_commands
 from .session_dir import SessionDir
+from .sessions import register_sessions_commands
 from .universal import register_universal_commands
 
 log = logging.getLogger("personad.persona")
@@ -97,6 +101,13 @@ class PersonaDaemon:
                 log_interaction=brain.log_interaction,
             )
             register_universal_commands(self.dispatcher, self.client, self.session_dir)
+            for register_group in (
+                register_analytics_commands,
+                register_knowledge_commands,
+                register_plugins_commands,
+                register_sessions_commands,
+            ):
+                register_group(self.dispatcher, self.client, brain, self.session_dir)
             try:
                 failure = await self._serve(stop, brain)
             finally:

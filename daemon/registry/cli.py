@@ -58,12 +58,19 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
 
 
 #: What the registry calls beyond the bus: the model for persona.generate,
-#: and the adapter store for persona.merge (a merged adapter) and
-#: persona.delete (the adapters no other persona uses).
+#: the adapter store for persona.merge (a merged adapter) and
+#: persona.delete (the adapters no other persona uses), and for sessions the
+#: personas' analytics and knowledge (recommendations), their side of a
+#: session (joining its room), and their interactions log (closing one
+#: archives its transcript there).
 REGISTRY_GRANTS: tuple[str, ...] = (
     "inference.generate@cap:inference",
     "adapter.merge@cap:inference",
     "adapter.delete@cap:inference",
+    "persona.analytics@persona:*",
+    "persona.knowledge.search@persona:*",
+    "persona.session.*@persona:*",
+    "interactions.log@persona:*",
 )
 
 

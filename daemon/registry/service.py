@@ -31,7 +31,7 @@ from ..dispatch import Dispatcher
 from ..errors import AuthError, ConfigError
 from ..persona.config import list_persona_ids, load_persona_config
 from ..systemd_notify import Notifier
-from . import serve_erase, serve_generate, serve_lineage, serve_transfer, store
+from . import serve_erase, serve_generate, serve_lineage, serve_sessions, serve_transfer, store
 from .boundary import RegistryEnv, actor, translate
 from .errors import InvalidChange
 from .events import publish_change
@@ -103,7 +103,7 @@ def register_registry_commands(dispatcher: Dispatcher, env: RegistryEnv) -> None
         ("persona.archive", archive),
     ):
         dispatcher.register(method, translate(handler))
-    for group in (serve_generate, serve_lineage, serve_transfer, serve_erase):
+    for group in (serve_generate, serve_lineage, serve_transfer, serve_erase, serve_sessions):
         group.register(dispatcher, env)
 
 

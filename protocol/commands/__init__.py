@@ -5,15 +5,19 @@ Importing this package registers them all in :data:`REGISTRY`.
 
 from . import (  # noqa: F401  (imported to register their commands)
     adapters,
+    analytics,
     brain,
     browser,
     bus,
     inference,
+    knowledge,
     persona,
     persona_erase,
     persona_lineage,
     persona_transfer,
     personas,
+    plugins,
+    sessions,
 )
 from .registry import REGISTRY, Command, StrictModel, StrictParams, get, register
 

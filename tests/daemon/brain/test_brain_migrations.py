@@ -71,7 +71,21 @@ def seed_v2(db: Any) -> None:
     )
 
 
-SEEDS = {1: seed_v1, 2: seed_v2}
+def seed_v3(db: Any) -> None:
+    """v3 rows (FTS index and its triggers in place): the v2 ones, inserted through the triggers."""
+    seed_v2(db)
+
+
+def seed_v4(db: Any) -> None:
+    """v4 adds performance_records: one row, which v5 must keep."""
+    seed_v2(db)
+    db.execute(
+        "INSERT INTO performance_records (session_id, task, score, success, duration_s, recorded_at) "
+        "VALUES ('s1', 'draft a claim', 80, 1, 120.0, 1706745600.0)"
+    )
+
+
+SEEDS = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4}
 
 
 def test_every_step_has_a_seeded_starting_file() -> None:
@@ -116,6 +130,13 @@ async def test_older_file_migrates_to_latest_with_data_intact(db_path: Path, key
     db = raw(db_path, key)
     assert LATEST == db.execute("PRAGMA user_version").fetchone()[0]
     assert "ok" == db.execute("PRAGMA integrity_check").fetchone()[0]
+    if start == 4:
+        rows = db.execute("SELECT task, score FROM performance_records").fetchall()
+        assert [("draft a claim", 80.0)] == rows
+    # v5's knowledge table and its full-text index work on every migrated file.
+    db.execute("INSERT INTO knowledge (content, created_at, updated_at) VALUES ('claims define scope', 1, 1)")
+    found = db.execute("SELECT rowid FROM knowledge_fts WHERE knowledge_fts MATCH 'claim'").fetchall()
+    assert [(1,)] == found
     db.close()
 
 

@@ -1,0 +1,14 @@
+"""persona.plugin.add / remove / run and persona.plugins: signed plugins in a sandbox."""
+
+from __future__ import annotations
+
+from ..brain import Brain
+from ..client import BusClient
+from ..dispatch import Dispatcher
+from .session_dir import SessionDir
+
+
+def register_plugins_commands(
+    dispatcher: Dispatcher, client: BusClient, brain: Brain, session_dir: SessionDir
+) -> None:
+    """Register this group's methods on ``dispatcher``."""
