@@ -43,15 +43,13 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from safetensors.numpy import save_file
 
-from daemon.registry.bundle import (
-    DEFAULT_CHUNK_SIZE,
+from daemon.registry.bundle import DEFAULT_CHUNK_SIZE, read_bundle, write_bundle
+from daemon.registry.bundle_keys import (
     DEFAULT_SCRYPT_LOG_N,
     MIN_SCRYPT_LOG_N,
     PassphraseKey,
     SigningKey,
     TrustPolicy,
-    read_bundle,
-    write_bundle,
 )
 from protocol.profile import Profile
 

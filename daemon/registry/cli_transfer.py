@@ -161,7 +161,7 @@ def _looks_like_bundle(path: Path) -> bool:
 
 
 def _bundle_key(args: argparse.Namespace, state: StateDir, url: str) -> int:
-    from .bundle import RecipientPrivateKey, signing_public_key
+    from .bundle_keys import RecipientPrivateKey, signing_public_key
 
     if args.action == "signer":
         # The key the registry signs with; it shares this state dir.

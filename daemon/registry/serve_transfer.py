@@ -78,16 +78,8 @@ from ..state import ensure_private_dir
 from . import store
 from .audit import AuditLog
 from .boundary import RegistryEnv, actor, translate
-from .bundle import (
-    MAGIC,
-    PassphraseKey,
-    RecipientKey,
-    RecipientPrivateKey,
-    SigningKey,
-    TrustPolicy,
-    read_bundle,
-    write_bundle,
-)
+from .bundle import MAGIC, read_bundle, write_bundle
+from .bundle_keys import PassphraseKey, RecipientKey, RecipientPrivateKey, SigningKey, TrustPolicy
 from .cards import (
     CARD_SOURCE,
     V2,

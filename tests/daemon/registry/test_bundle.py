@@ -31,12 +31,15 @@ from daemon.registry.bundle import (
     BundleLimits,
     Manifest,
     Member,
+    read_bundle,
+    write_bundle,
+)
+from daemon.registry.bundle_keys import (
     PassphraseKey,
     RecipientPrivateKey,
     SigningKey,
     TrustPolicy,
-    read_bundle,
-    write_bundle,
+    signing_public_key,
 )
 from daemon.registry.errors import (
     BundleError,
@@ -360,7 +363,7 @@ def test_signing_key_file(tmp_path: Path) -> None:
     first = SigningKey.load_or_create(state)
     path = state / "secrets" / "bundle-signing.key"
     assert 0o600 == stat.S_IMODE(path.stat().st_mode)
-    assert first.public_hex == SigningKey.load_or_create(state).public_hex == bundle.signing_public_key(state)
+    assert first.public_hex == SigningKey.load_or_create(state).public_hex == signing_public_key(state)
     assert 64 == len(first.public_hex)
     assert first.public_hex not in path.read_text()  # the file holds the private half
     path.chmod(0o644)

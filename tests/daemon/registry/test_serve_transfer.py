@@ -30,7 +30,8 @@ from daemon.bus import Bus, BusConfig
 from daemon.client import BusClient
 from daemon.inference.adapters import WEIGHTS_FILE, AdapterStore
 from daemon.registry.audit import verify
-from daemon.registry.bundle import PassphraseKey, RecipientPrivateKey, SigningKey, write_bundle
+from daemon.registry.bundle import write_bundle
+from daemon.registry.bundle_keys import PassphraseKey, RecipientPrivateKey, SigningKey
 from daemon.registry.cards import EXT, card_to_obj, parse_card_json, read_png_card
 from daemon.registry.cli import registry_token
 from daemon.registry.events import PUBLISHER, TOPIC
