@@ -89,12 +89,10 @@ from .cards import (
     MemoryDraft,
     card_to_json,
     card_to_persona,
-    minimal_png,
     parse_card_json,
     persona_to_card,
-    read_png_card,
-    write_png_card,
 )
+from .cards_png import minimal_png, read_png_card, write_png_card
 from .errors import (
     BundleError,
     BundleFormatError,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.registry.cards import read_png_card
+from daemon.registry.cards_png import read_png_card
 from tests.conftest import run_cli as cli
 from tests.conftest import start_bus_process
 

@@ -34,13 +34,10 @@ from daemon.registry.cards import (
     card_to_obj,
     card_to_persona,
     convert_card,
-    minimal_png,
     parse_card_json,
     persona_to_card,
-    read_png_card,
-    read_png_chunks,
-    write_png_card,
 )
+from daemon.registry.cards_png import minimal_png, read_png_card, read_png_chunks, write_png_card
 from daemon.registry.errors import CardError, CardPngError, CardTooLarge, RegistryError
 from protocol.profile import Communication, Profile, Traits
 

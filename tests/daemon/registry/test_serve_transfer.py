@@ -32,7 +32,8 @@ from daemon.inference.adapters import WEIGHTS_FILE, AdapterStore
 from daemon.registry.audit import verify
 from daemon.registry.bundle import write_bundle
 from daemon.registry.bundle_keys import PassphraseKey, RecipientPrivateKey, SigningKey
-from daemon.registry.cards import EXT, card_to_obj, parse_card_json, read_png_card
+from daemon.registry.cards import EXT, card_to_obj, parse_card_json
+from daemon.registry.cards_png import read_png_card
 from daemon.registry.cli import registry_token
 from daemon.registry.events import PUBLISHER, TOPIC
 from daemon.registry.service import RegistryService
