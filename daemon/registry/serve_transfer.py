@@ -1,8 +1,10 @@
 """persona.export and persona.import: bundles (bundle.py) and Character Cards (cards.py) on the bus.
 
-(Longer than the usual 500 lines on purpose: export and import are two
-halves of one mapping, the persona's brain to a file and back, and their
-brain, adapter and remainder helpers only make sense side by side.)
+This module holds the bus handlers, the params checks (every refusal named
+by its field) and the file transport; reading and rebuilding the brain
+itself, with no bus in it, is transfer_brain.py. Export and import stay side
+by side here because they are two halves of one mapping, a persona to a file
+and back.
 
 Files, not frames, carry a persona (the bus's frames are capped, 16 MiB by
 default, and a bundle with adapters is far larger). An export is written
@@ -39,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import logging
@@ -50,9 +51,7 @@ import stat
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -62,13 +61,8 @@ from protocol.commands.inference import StackEntry as InferenceStackEntry
 from protocol.profile import PersonaStatus, Profile
 
 from ..brain import export as brain_export
-from ..brain._db import read_only_uri, sqlcipher
-from ..brain.errors import BrainError, InvalidInput, WrongKey
-from ..brain.keys import brain_path, key_path, load_or_create_key
-from ..brain.lineage import build_brain
+from ..brain.errors import BrainError, InvalidInput
 from ..brain.migrations import LATEST as BRAIN_SCHEMA
-from ..brain.records import MemoryItem
-from ..brain.validation import memory_row
 from ..client import CallContext
 from ..dispatch import Dispatcher
 from ..files import atomic_dir, atomic_write, file_lock
@@ -81,12 +75,10 @@ from .boundary import RegistryEnv, actor, translate
 from .bundle import MAGIC, read_bundle, write_bundle
 from .bundle_keys import PassphraseKey, RecipientKey, RecipientPrivateKey, SigningKey, TrustPolicy
 from .cards import (
-    CARD_SOURCE,
     V2,
     V3,
     CardLimits,
     CardRemainder,
-    MemoryDraft,
     card_to_json,
     card_to_persona,
     parse_card_json,
@@ -109,6 +101,7 @@ from .errors import (
     WrongBundleKey,
 )
 from .events import publish_change
+from .transfer_brain import NewBrain, brain_reader, brain_rows, has_brain, memory_rows, read_memories
 
 log = logging.getLogger("personad.registry")
 
@@ -134,228 +127,6 @@ def _sha256_file(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-# -- the brain: read-only export, rebuild under a new key -----------------------------
-
-
-def _has_brain(state_root: Path, persona_id: str) -> bool:
-    """A brain with data (an empty file, never written, is none)."""
-    path = brain_path(state_root, persona_id)
-    return any(
-        os.path.exists(f"{path}{suffix}") and os.stat(f"{path}{suffix}").st_size > 0
-        for suffix in ("", "-wal")
-    )
-
-
-@contextlib.contextmanager
-def _brain_reader(state_root: Path, persona_id: str) -> Iterator[Any]:
-    """A read-only connection to the persona's brain, keyed; the persona may be running.
-
-    ``mode=ro``: SQLite never writes the file or its WAL, so reading cannot
-    disturb the persona's own writer. ``environ={}``: in the registry's
-    process $CREDENTIALS_DIRECTORY holds the registry's credentials, not the
-    persona's brain key.
-    """
-    path = brain_path(state_root, persona_id)
-    key = load_or_create_key(state_root, persona_id, environ={})
-    db = sqlcipher.connect(read_only_uri(path), uri=True, isolation_level=None)
-    try:
-        db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
-        db.execute("PRAGMA cipher_compatibility = 4")
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlcipher.DatabaseError:
-            raise WrongKey(path) from None
-        if version != BRAIN_SCHEMA:
-            raise _refuse(
-                "persona_id",
-                f"the brain has schema version {version}, not {BRAIN_SCHEMA}; start the persona once "
-                "to migrate it, then export",
-                "brain_schema",
-            )
-        yield db
-    finally:
-        db.close()
-
-
-def _read_memories(state_root: Path, persona_id: str, which: str) -> list[MemoryDraft]:
-    """The memories a card export carries: those made from a card, or all, in id order."""
-    where = "" if which == "all" else "WHERE source = ?"
-    args: tuple[str, ...] = () if which == "all" else (CARD_SOURCE,)
-    with _brain_reader(state_root, persona_id) as db:
-        rows = db.execute(
-            f"SELECT content, context, relevance, source, subject, pinned, kind FROM memories {where} "
-            "ORDER BY id",
-            args,
-        ).fetchall()
-    return [
-        MemoryDraft(
-            content=content,
-            context=None if context is None else json.loads(context),
-            relevance=float(relevance),
-            source=source,
-            subject=subject,
-            pinned=bool(pinned),
-            kind=kind,
-        )
-        for content, context, relevance, source, subject, pinned, kind in rows
-    ]
-
-
-def _epoch(value: Any) -> Any:
-    return None if value is None else datetime.fromisoformat(value).timestamp()
-
-
-def _json_text(value: Any) -> Any:
-    return None if value is None else json.dumps(value, ensure_ascii=False)
-
-
-def _flag(value: Any) -> int:
-    if not isinstance(value, bool):
-        raise ValueError("pinned is not a boolean")
-    return int(value)
-
-
-#: The inverse of brain/export.py's converters, by the converter it used.
-_INVERSE: Final[dict[Callable[[Any], Any], Callable[[Any], Any]]] = {
-    brain_export._time: _epoch,
-    brain_export._json: _json_text,
-    brain_export._bool: _flag,
-}
-
-
-def _brain_rows(doc: Any) -> dict[str, list[tuple[Any, ...]]]:
-    """The rows of a ``personad.brain`` document, as the brain's columns hold them.
-
-    Every memory goes through the brain's own validation (memory_row), as a
-    ``remember`` would; the other tables are held to the schema's CHECKs
-    when inserted. Raises BundleFormatError naming what is wrong.
-    """
-    if (
-        not isinstance(doc, dict)
-        or doc.get("format") != brain_export.FORMAT
-        or doc.get("format_version") != brain_export.FORMAT_VERSION
-        or not isinstance(doc.get("tables"), dict)
-    ):
-        raise BundleFormatError(
-            f"the brain export is not a {brain_export.FORMAT} version {brain_export.FORMAT_VERSION} document"
-        )
-    out: dict[str, list[tuple[Any, ...]]] = {}
-    for table, (_order, columns) in brain_export.TABLES.items():
-        rows = doc["tables"].get(table, [])
-        if not isinstance(rows, list):
-            raise BundleFormatError(f"the brain export's {table} is not a list")
-        names = [name for name, _ in columns]
-        converted: list[tuple[Any, ...]] = []
-        for index, row in enumerate(rows):
-            if not isinstance(row, dict) or set(row) != set(names):
-                raise BundleFormatError(
-                    f"the brain export's {table}[{index}] does not have the columns {names}"
-                )
-            try:
-                values = {
-                    name: (_INVERSE[convert](row[name]) if convert is not None else row[name])
-                    for name, convert in columns
-                }
-                if table == "memories":
-                    item = MemoryItem(
-                        row["content"],
-                        row["context"],
-                        row["relevance"],
-                        row["source"],
-                        row["subject"],
-                        row["pinned"],
-                        row["kind"],
-                    )
-                    checked = memory_row(item, values["created_at"])
-                    values.update(zip(names[1:], checked, strict=True))
-            except (ValueError, TypeError, InvalidInput) as exc:
-                raise BundleFormatError(f"the brain export's {table}[{index}] is invalid: {exc}") from None
-            converted.append(tuple(values[name] for name in names))
-        out[table] = converted
-    return out
-
-
-def _write_brain(dest: Path, key: bytes, rows: dict[str, list[tuple[Any, ...]]]) -> None:
-    """A new brain at ``dest`` holding ``rows`` (ids kept), built aside and linked into place."""
-
-    def fill(db: Any) -> None:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for table, (_order, columns) in brain_export.TABLES.items():
-                names = ", ".join(name for name, _ in columns)
-                marks = ", ".join("?" * len(columns))
-                # Table and column names are ours (export.TABLES), never from the file.
-                db.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows.get(table, []))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-    try:
-        build_brain(dest, key, fill)
-    except sqlcipher.IntegrityError as exc:
-        raise BundleFormatError(f"the brain export does not fit a brain: {exc}") from None
-
-
-def _memory_rows(drafts: list[MemoryDraft], now: float) -> dict[str, list[tuple[Any, ...]]]:
-    """A card's memories as brain rows (ids assigned in order)."""
-    rows = []
-    for index, draft in enumerate(drafts, start=1):
-        item = MemoryItem(
-            draft.content,
-            draft.context,
-            draft.relevance,
-            draft.source,
-            draft.subject,
-            draft.pinned,
-            draft.kind,
-        )
-        rows.append((index, *memory_row(item, now)))
-    return {"memories": rows}
-
-
-@dataclass
-class _NewBrain:
-    """A brain an import is writing, and how to take it back if the import fails."""
-
-    state_root: Path
-    persona_id: str
-    made_folder: bool = False
-    made_key: bool = False
-    written: bool = False
-
-    def write(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
-        dest = brain_path(self.state_root, self.persona_id)
-        folder = dest.parent
-        ensure_private_dir(ensure_private_dir(self.state_root) / "personas")
-        self.made_folder = not folder.exists()
-        ensure_private_dir(folder)
-        self.made_key = not key_path(self.state_root, self.persona_id).exists()
-        key = load_or_create_key(self.state_root, self.persona_id, environ={})
-        try:
-            _write_brain(dest, key, rows)
-        except InvalidInput:
-            # Another writer's brain is at dest (a fork, say), and it may use
-            # this key by now: it is not ours to remove.
-            self.made_key = False
-            raise
-        self.written = True
-
-    def undo(self) -> None:
-        dest = brain_path(self.state_root, self.persona_id)
-        if self.written:
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{dest}{suffix}")
-        if self.made_key:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(key_path(self.state_root, self.persona_id))
-        if self.made_folder:
-            with contextlib.suppress(OSError):
-                dest.parent.rmdir()
 
 
 # -- the card remainder, beside the profile in the registry's database ----------------
@@ -477,33 +248,33 @@ def _export_bundle(state_root: Path, profile: Profile, key: PassphraseKey | Reci
     signer = SigningKey.load_or_create(state_root)
     folders = _stack_folders(state_root, profile)
     path = _export_path(state_root, profile.id, "bundle")
-    has_brain = _has_brain(state_root, profile.id)
+    found = has_brain(state_root, profile.id)
     counts: dict[str, int] = {}
     # The brain's export is plaintext: it lives, 0600 in a 0700 folder of
     # the persona's own, only while the bundle is sealed.
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
     try:
         export = None
-        if has_brain:
+        if found:
             export = work / "brain.json"
-            with _brain_reader(state_root, profile.id) as db:
+            with brain_reader(state_root, profile.id) as db:
                 counts = brain_export.export_sync(db, export, BRAIN_SCHEMA).counts
         write_bundle(path, profile=profile, brain_export=export, adapters=folders, key=key, signer=signer)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return _Exported(path, has_brain, counts.get("memories", 0), len(folders), signer.public_hex)
+    return _Exported(path, found, counts.get("memories", 0), len(folders), signer.public_hex)
 
 
 def _export_card(
     state_root: Path, profile: Profile, remainder: CardRemainder | None, fmt: str, which: str
 ) -> _Exported:
-    has_brain = _has_brain(state_root, profile.id)
-    memories = _read_memories(state_root, profile.id, which) if has_brain else []
+    found = has_brain(state_root, profile.id)
+    memories = read_memories(state_root, profile.id, which) if found else []
     card = persona_to_card(profile, memories, remainder, spec=V2 if fmt == "ccv2" else V3, now=time.time())
     data = card_to_json(card) if fmt != "ccv3-png" else write_png_card(minimal_png(), card)
     path = _export_path(state_root, profile.id, fmt)
     atomic_write(path, data, mode=0o600)
-    return _Exported(path, has_brain, len(memories))
+    return _Exported(path, found, len(memories))
 
 
 def _export_key(p: m.PersonaExportParams) -> PassphraseKey | RecipientKey | None:
@@ -662,7 +433,7 @@ def _prepare_card(p: m.PersonaImportParams, source: _Source, fmt: str) -> _Prepa
     except CardError as exc:
         raise _refuse(source.param, str(exc), "bad_format") from None
     try:
-        rows = _memory_rows(drafts, time.time()) if drafts else None
+        rows = memory_rows(drafts, time.time()) if drafts else None
     except InvalidInput as exc:
         raise _refuse(source.param, f"a card memory is invalid: {exc}", "bad_format") from None
     found = "ccv3-png" if fmt == "ccv3-png" else ("ccv2" if card.spec == V2 else "ccv3")
@@ -693,7 +464,7 @@ def _prepare_bundle(
                 source.param, f"its brain export is over {MAX_BRAIN_EXPORT_BYTES} bytes", "too_large"
             )
         try:
-            rows = _brain_rows(json.loads(contents.brain_export.read_bytes()))
+            rows = brain_rows(json.loads(contents.brain_export.read_bytes()))
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise _refuse(source.param, "its brain export is not JSON", "bad_format") from None
         except BundleFormatError as exc:
@@ -709,7 +480,7 @@ def _check_free(state_root: Path, persona_id: str, taken: bool) -> None:
         raise _refuse(
             "persona_id", f"persona {persona_id!r} exists; give another persona_id", "persona_exists"
         )
-    if _has_brain(state_root, persona_id):
+    if has_brain(state_root, persona_id):
         raise _refuse(
             "persona_id",
             f"a brain for {persona_id!r} already exists in the state dir; give another persona_id",
@@ -782,7 +553,7 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
 
     async def import_(p: m.PersonaImportParams, ctx: CallContext) -> m.PersonaImportResult:
         work = Path(tempfile.mkdtemp(prefix=".import-", dir=ensure_private_dir(state_root)))
-        brain: _NewBrain | None = None
+        brain: NewBrain | None = None
         held = False
         try:
             source = await asyncio.to_thread(_open_source, p, work, state_root)
@@ -805,7 +576,7 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
             _check_free(state_root, profile.id, await exists(profile.id))
             memories = len(prepared.rows.get("memories", [])) if prepared.rows else 0
             if prepared.rows is not None:
-                brain = _NewBrain(state_root, profile.id)
+                brain = NewBrain(state_root, profile.id)
                 try:
                     await asyncio.to_thread(brain.write, prepared.rows)
                 except BundleFormatError as exc:

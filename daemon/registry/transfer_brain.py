@@ -1,0 +1,265 @@
+"""The brain side of persona.export and persona.import: reading a persona's brain
+read-only for an export, rebuilding one from a bundle's brain export or a
+card's memories under a new key, and taking a half-made brain back.
+
+Apart from serve_transfer.py because this is SQLCipher and brain-schema work
+(rows, converters, key files) with no bus in it; serve_transfer.py keeps the
+handlers, the params checks and moving the files. Every function here is
+synchronous and blocking: callers run it with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from protocol import ErrorCode, RpcError
+
+from ..brain import export as brain_export
+from ..brain._db import read_only_uri, sqlcipher
+from ..brain.errors import InvalidInput, WrongKey
+from ..brain.keys import brain_path, key_path, load_or_create_key
+from ..brain.lineage import build_brain
+from ..brain.migrations import LATEST as BRAIN_SCHEMA
+from ..brain.records import MemoryItem
+from ..brain.validation import memory_row
+from ..state import ensure_private_dir
+from .cards import CARD_SOURCE, MemoryDraft
+from .errors import BundleFormatError
+
+__all__ = [
+    "NewBrain",
+    "brain_reader",
+    "brain_rows",
+    "has_brain",
+    "memory_rows",
+    "read_memories",
+    "write_brain",
+]
+
+
+def has_brain(state_root: Path, persona_id: str) -> bool:
+    """A brain with data (an empty file, never written, is none)."""
+    path = brain_path(state_root, persona_id)
+    return any(
+        os.path.exists(f"{path}{suffix}") and os.stat(f"{path}{suffix}").st_size > 0
+        for suffix in ("", "-wal")
+    )
+
+
+@contextlib.contextmanager
+def brain_reader(state_root: Path, persona_id: str) -> Iterator[Any]:
+    """A read-only connection to the persona's brain, keyed; the persona may be running.
+
+    ``mode=ro``: SQLite never writes the file or its WAL, so reading cannot
+    disturb the persona's own writer. ``environ={}``: in the registry's
+    process $CREDENTIALS_DIRECTORY holds the registry's credentials, not the
+    persona's brain key.
+    """
+    path = brain_path(state_root, persona_id)
+    key = load_or_create_key(state_root, persona_id, environ={})
+    db = sqlcipher.connect(read_only_uri(path), uri=True, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+        db.execute("PRAGMA cipher_compatibility = 4")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlcipher.DatabaseError:
+            raise WrongKey(path) from None
+        if version != BRAIN_SCHEMA:
+            # An export names the persona: this is a refusal of persona_id, in
+            # serve_transfer.py's INVALID_PARAMS shape.
+            raise RpcError(
+                ErrorCode.INVALID_PARAMS,
+                f"invalid params: persona_id: the brain has schema version {version}, not {BRAIN_SCHEMA}; "
+                "start the persona once to migrate it, then export",
+                {"field": "persona_id", "reason": "brain_schema"},
+            )
+        yield db
+    finally:
+        db.close()
+
+
+def read_memories(state_root: Path, persona_id: str, which: str) -> list[MemoryDraft]:
+    """The memories a card export carries: those made from a card, or all, in id order."""
+    where = "" if which == "all" else "WHERE source = ?"
+    args: tuple[str, ...] = () if which == "all" else (CARD_SOURCE,)
+    with brain_reader(state_root, persona_id) as db:
+        rows = db.execute(
+            f"SELECT content, context, relevance, source, subject, pinned, kind FROM memories {where} "
+            "ORDER BY id",
+            args,
+        ).fetchall()
+    return [
+        MemoryDraft(
+            content=content,
+            context=None if context is None else json.loads(context),
+            relevance=float(relevance),
+            source=source,
+            subject=subject,
+            pinned=bool(pinned),
+            kind=kind,
+        )
+        for content, context, relevance, source, subject, pinned, kind in rows
+    ]
+
+
+def _epoch(value: Any) -> Any:
+    return None if value is None else datetime.fromisoformat(value).timestamp()
+
+
+def _json_text(value: Any) -> Any:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _flag(value: Any) -> int:
+    if not isinstance(value, bool):
+        raise ValueError("pinned is not a boolean")
+    return int(value)
+
+
+#: The inverse of brain/export.py's converters, by the converter it used.
+_INVERSE: Final[dict[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    brain_export._time: _epoch,
+    brain_export._json: _json_text,
+    brain_export._bool: _flag,
+}
+
+
+def brain_rows(doc: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows of a ``personad.brain`` document, as the brain's columns hold them.
+
+    Every memory goes through the brain's own validation (memory_row), as a
+    ``remember`` would; the other tables are held to the schema's CHECKs
+    when inserted. Raises BundleFormatError naming what is wrong.
+    """
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != brain_export.FORMAT
+        or doc.get("format_version") != brain_export.FORMAT_VERSION
+        or not isinstance(doc.get("tables"), dict)
+    ):
+        raise BundleFormatError(
+            f"the brain export is not a {brain_export.FORMAT} version {brain_export.FORMAT_VERSION} document"
+        )
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for table, (_order, columns) in brain_export.TABLES.items():
+        rows = doc["tables"].get(table, [])
+        if not isinstance(rows, list):
+            raise BundleFormatError(f"the brain export's {table} is not a list")
+        names = [name for name, _ in columns]
+        converted: list[tuple[Any, ...]] = []
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict) or set(row) != set(names):
+                raise BundleFormatError(
+                    f"the brain export's {table}[{index}] does not have the columns {names}"
+                )
+            try:
+                values = {
+                    name: (_INVERSE[convert](row[name]) if convert is not None else row[name])
+                    for name, convert in columns
+                }
+                if table == "memories":
+                    item = MemoryItem(
+                        row["content"],
+                        row["context"],
+                        row["relevance"],
+                        row["source"],
+                        row["subject"],
+                        row["pinned"],
+                        row["kind"],
+                    )
+                    checked = memory_row(item, values["created_at"])
+                    values.update(zip(names[1:], checked, strict=True))
+            except (ValueError, TypeError, InvalidInput) as exc:
+                raise BundleFormatError(f"the brain export's {table}[{index}] is invalid: {exc}") from None
+            converted.append(tuple(values[name] for name in names))
+        out[table] = converted
+    return out
+
+
+def write_brain(dest: Path, key: bytes, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    """A new brain at ``dest`` holding ``rows`` (ids kept), built aside and linked into place."""
+
+    def fill(db: Any) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, (_order, columns) in brain_export.TABLES.items():
+                names = ", ".join(name for name, _ in columns)
+                marks = ", ".join("?" * len(columns))
+                # Table and column names are ours (export.TABLES), never from the file.
+                db.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows.get(table, []))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    try:
+        build_brain(dest, key, fill)
+    except sqlcipher.IntegrityError as exc:
+        raise BundleFormatError(f"the brain export does not fit a brain: {exc}") from None
+
+
+def memory_rows(drafts: list[MemoryDraft], now: float) -> dict[str, list[tuple[Any, ...]]]:
+    """A card's memories as brain rows (ids assigned in order)."""
+    rows = []
+    for index, draft in enumerate(drafts, start=1):
+        item = MemoryItem(
+            draft.content,
+            draft.context,
+            draft.relevance,
+            draft.source,
+            draft.subject,
+            draft.pinned,
+            draft.kind,
+        )
+        rows.append((index, *memory_row(item, now)))
+    return {"memories": rows}
+
+
+@dataclass
+class NewBrain:
+    """A brain an import is writing, and how to take it back if the import fails."""
+
+    state_root: Path
+    persona_id: str
+    made_folder: bool = False
+    made_key: bool = False
+    written: bool = False
+
+    def write(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+        dest = brain_path(self.state_root, self.persona_id)
+        folder = dest.parent
+        ensure_private_dir(ensure_private_dir(self.state_root) / "personas")
+        self.made_folder = not folder.exists()
+        ensure_private_dir(folder)
+        self.made_key = not key_path(self.state_root, self.persona_id).exists()
+        key = load_or_create_key(self.state_root, self.persona_id, environ={})
+        try:
+            write_brain(dest, key, rows)
+        except InvalidInput:
+            # Another writer's brain is at dest (a fork, say), and it may use
+            # this key by now: it is not ours to remove.
+            self.made_key = False
+            raise
+        self.written = True
+
+    def undo(self) -> None:
+        dest = brain_path(self.state_root, self.persona_id)
+        if self.written:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{dest}{suffix}")
+        if self.made_key:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(key_path(self.state_root, self.persona_id))
+        if self.made_folder:
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()
