@@ -10,6 +10,7 @@ torch: each handler imports what it needs when it runs, so ``personad
     personad adapter export NAME PATH
     personad adapter merge A B [C …] --name NEW [--combination cat|linear|ties|dare_linear|dare_ties]
                                   (asks the running inference service: adapter.merge)
+    personad adapter delete NAME [--sha256 H]   (asks the running service: adapter.delete)
     personad adapter train NAME --data FILE.jsonl [--rank R] [--epochs E] …
     personad adapter demo            (train the demo stack once; cached)
 """
@@ -53,7 +54,7 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
         "--max-waiting-per-owner", type=int, default=32, help="requests one caller may have queued"
     )
 
-    adapter = verb("adapter", "manage LoRA adapters: list, import, export, merge, train, demo")
+    adapter = verb("adapter", "manage LoRA adapters: list, import, export, merge, delete, train, demo")
     actions = adapter.add_subparsers(dest="adapter_verb", required=True, metavar="ACTION")
     actions.add_parser("list", parents=[common], help="list stored adapters")
     imp = actions.add_parser("import", parents=[common], help="store a PEFT LoRA adapter folder under a name")
@@ -79,6 +80,14 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
     merge.add_argument("--density", type=float, default=None, help="for ties and dare_* (default 0.5)")
     merge.add_argument("--token", default=None, help="an admin token (default: the state dir's)")
     merge.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
+    delete = actions.add_parser(
+        "delete",
+        parents=[common],
+        help="delete a stored adapter, via the running inference service (which knows what is in use)",
+    )
+    delete.add_argument("name", help="the adapter's name")
+    delete.add_argument("--sha256", default=None, help="refuse unless the name still points to this hash")
+    delete.add_argument("--token", default=None, help="an admin token (default: the state dir's)")
     train = actions.add_parser(
         "train", parents=[common], help="train one LoRA level on chat JSONL, its parents active and frozen"
     )
@@ -152,6 +161,8 @@ def _adapter(args: argparse.Namespace, state: StateDir, url: str) -> int:
         return 0
     if action == "merge":
         return _merge(args, state, url)
+    if action == "delete":
+        return _delete(args, state, url)
     from .demo import progress_bar
 
     if action == "train":
@@ -184,14 +195,47 @@ def _adapter(args: argparse.Namespace, state: StateDir, url: str) -> int:
     return 0
 
 
-def _merge(args: argparse.Namespace, state: StateDir, url: str) -> int:
-    """``adapter merge``: the service holds the model the sources are checked against, so ask it."""
+def _ask_service(
+    state: StateDir, url: str, token: str | None, method: str, params: dict[str, object], timeout: float
+) -> dict[str, object] | None:
+    """Call ``method`` on cap:inference; None after printing ``error <code>: <message>``."""
     from protocol import RpcError
 
     from .. import runtime
     from ..client import BusClient
-    from ..errors import ConfigError
     from ..state import find_token
+
+    secret = find_token(state, token)
+
+    async def call() -> dict[str, object]:
+        async with BusClient(url, token=secret, kind="cli") as client:
+            return dict(
+                await client.call(method, params, to="cap:inference", deadline_ms=int(timeout * 1000))
+            )
+
+    try:
+        return runtime.run(call())
+    except RpcError as exc:
+        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+        return None
+
+
+def _delete(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    """``adapter delete``: the service owns the store and knows what is loaded or pinned, so ask it."""
+    params: dict[str, object] = {"name": args.name}
+    if args.sha256 is not None:
+        params["sha256"] = args.sha256
+    result = _ask_service(state, url, args.token, "adapter.delete", params, 60.0)
+    if result is None:
+        return 1
+    what = "name and weights" if result["blob_removed"] else "name (the weights stay: another name uses them)"
+    print(f"deleted {result['name']} ({str(result['sha256'])[:12]}…): {what}")
+    return 0
+
+
+def _merge(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    """``adapter merge``: the service holds the model the sources are checked against, so ask it."""
+    from ..errors import ConfigError
 
     params: dict[str, object] = {"sources": args.sources, "name": args.name, "combination": args.combination}
     if args.weights is not None:
@@ -201,19 +245,8 @@ def _merge(args: argparse.Namespace, state: StateDir, url: str) -> int:
             raise ConfigError(f"--weights must be comma-separated numbers, not {args.weights!r}") from None
     if args.density is not None:
         params["density"] = args.density
-    token = find_token(state, args.token)
-
-    async def call() -> dict[str, object]:
-        async with BusClient(url, token=token, kind="cli") as client:
-            result = await client.call(
-                "adapter.merge", params, to="cap:inference", deadline_ms=int(args.timeout * 1000)
-            )
-            return dict(result)
-
-    try:
-        result = runtime.run(call())
-    except RpcError as exc:
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+    result = _ask_service(state, url, args.token, "adapter.merge", params, args.timeout)
+    if result is None:
         return 1
     kind = "exact" if result["exact"] else "approximate"
     print(

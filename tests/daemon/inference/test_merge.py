@@ -452,3 +452,14 @@ def test_cli_merge_against_a_real_inference_process(state, spawn, tiny_dir, tmp_
     )
     assert linear.returncode == 1
     assert "equal rank" in linear.stderr
+    # `adapter delete` asks the same service: a wrong hash is refused, then the name and weights go.
+    wrong = run_cli(state, "adapter", "delete", "merged", "--sha256", "0" * 64, url=url, timeout=WAIT * 2)
+    assert wrong.returncode == 1
+    assert "sha256" in wrong.stderr
+    gone = run_cli(
+        state, "adapter", "delete", "merged", "--sha256", record.sha256, url=url, timeout=WAIT * 2
+    )
+    assert gone.returncode == 0, gone.stderr
+    assert f"deleted merged ({record.sha256[:12]}…): name and weights" in gone.stdout
+    assert "merged" not in store.names()
+    assert not record.path.exists()
