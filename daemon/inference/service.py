@@ -45,6 +45,7 @@ from ..state import StateDir
 from ..systemd_notify import Notifier
 from .adapter_admin import register_delete_command
 from .backend import InferenceBackend
+from .embed import register_embed_command
 from .errors import InferenceError, to_rpc
 from .merge import register_merge_command
 
@@ -109,6 +110,9 @@ def register_inference_commands(dispatcher: Dispatcher, backend: InferenceBacken
     # (daemon/inference/merge.py, adapter_admin.py).
     register_merge_command(dispatcher, backend)
     register_delete_command(dispatcher, backend)
+    # inference.embed: sentence embeddings for the personas' knowledge search,
+    # on their own thread (daemon/inference/embed.py).
+    register_embed_command(dispatcher)
 
 
 class InferenceService:

@@ -1,0 +1,254 @@
+"""persona.knowledge.* end to end: a real persona daemon, a real bus, real embeddings from cap:inference.
+
+The embeddings come from the real all-MiniLM-L6-v2 (daemon/inference/embed.py)
+served as ``inference.embed`` on ``cap:inference`` by a client holding the
+inference service's own token; the persona process itself loads no model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.brain import load_or_create_key
+from daemon.brain.recall import STOP_WORDS
+from daemon.client import BusClient
+from daemon.dispatch import Dispatcher
+from daemon.inference.embed import Embedder, register_embed_command
+from daemon.inference.service import service_token
+from daemon.persona.config import PersonaConfig
+from daemon.persona.daemon import PersonaDaemon
+from daemon.persona.session_dir import prepare_session_dir
+from protocol import ErrorCode, RpcError
+from tests.conftest import WAIT, eventually
+
+PARAPHRASES = Path(__file__).with_name("knowledge_paraphrases.json")
+ADA = "persona:ada"
+
+
+def load_paraphrases() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(PARAPHRASES.read_text(encoding="utf-8"))
+    return data
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"\w+", text.lower()) if w not in STOP_WORDS}
+
+
+def _related(a: str, b: str) -> bool:
+    """Stemming-ish sameness, stricter than FTS5's porter: one a prefix of the other, or 5 letters in common."""
+    short, long = sorted((a, b), key=len)
+    return (
+        short == long or (len(short) >= 3 and long.startswith(short)) or (len(short) >= 5 and a[:5] == b[:5])
+    )
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[Embedder]:
+    """One real embedder for the module (loading the model takes seconds)."""
+    running = Embedder(threads=1)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+async def embed_service(bus, state, embedder) -> AsyncIterator[Any]:  # type: ignore[no-untyped-def]
+    """Factory: serve inference.embed on cap:inference (start() again after stop() to come back)."""
+    clients: list[BusClient] = []
+
+    async def start() -> BusClient:
+        dispatcher = Dispatcher()
+        register_embed_command(dispatcher, embedder)
+        client = BusClient(
+            bus.url,
+            token=service_token(state, "main"),
+            kind="inference",
+            name="main",
+            capabilities=["inference"],
+            handler=dispatcher,
+        )
+        await client.start()
+        await client.wait_connected(WAIT)
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def ada(bus, state) -> AsyncIterator[PersonaDaemon]:  # type: ignore[no-untyped-def]
+    """The persona daemon ada, in-process, with its brain open."""
+    daemon = PersonaDaemon(
+        PersonaConfig(id="ada", name="Ada"),
+        prepare_session_dir(state.root, "ada"),
+        url=bus.url,
+        token=state.persona_token("ada", create=True),
+        brain_key=load_or_create_key(state.root, "ada"),
+    )
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(daemon.run(stop))
+    await eventually(lambda: ADA in bus.router.clients, what="ada connected")
+    yield daemon
+    stop.set()
+    await asyncio.wait_for(task, WAIT)
+
+
+async def unembedded(daemon: PersonaDaemon) -> int:
+    assert daemon.brain is not None
+    count: int = await daemon.brain.read(
+        lambda db: db.execute("SELECT count(*) FROM knowledge WHERE embedding IS NULL").fetchone()[0]
+    )
+    return count
+
+
+def test_paraphrase_set_shares_no_word_with_its_answers() -> None:
+    """≥ 40 documents and ≥ 40 queries; no query shares a content word (stemming-ish) with its answer."""
+    data = load_paraphrases()
+    documents = {d["id"]: d["content"] for d in data["documents"]}
+    assert len(documents) >= 40
+    assert len(data["queries"]) >= 40
+    for item in data["queries"]:
+        shared = [
+            (q, d) for q in _words(item["query"]) for d in _words(documents[item["answer"]]) if _related(q, d)
+        ]
+        assert [] == shared, item["query"]
+
+
+async def test_hybrid_search_finds_paraphrases_full_text_cannot(ada, connect, embed_service) -> None:
+    """Added while cap:inference is offline: full text only (reranked false); once it is back,
+    the first search embeds the backlog and hybrid recall@10 beats full text's."""
+    caller = await connect()
+    data = load_paraphrases()
+    ids: dict[str, int] = {}
+    for doc in data["documents"]:
+        added = await caller.call("persona.knowledge.add", {"content": doc["content"]}, to=ADA)
+        assert added["embedded"] is False
+        ids[doc["id"]] = added["id"]
+    assert len(ids) == await unembedded(ada)
+
+    async def recall_at_10() -> tuple[float, set[bool]]:
+        found, modes = 0, set()
+        for item in data["queries"]:
+            result = await caller.call("persona.knowledge.search", {"query": item["query"]}, to=ADA)
+            modes.add(result["reranked"])
+            found += ids[item["answer"]] in [hit["id"] for hit in result["hits"]]
+        return found / len(data["queries"]), modes
+
+    full_text, modes = await recall_at_10()
+    assert {False} == modes
+    await embed_service()
+    hybrid, modes = await recall_at_10()
+    assert {True} == modes
+    assert 0 == await unembedded(ada)
+    assert hybrid >= 0.8, hybrid
+    assert hybrid > full_text + 0.5, (hybrid, full_text)
+
+
+async def test_add_embeds_now_and_backfills_the_offline_ones(ada, connect, embed_service) -> None:
+    """An add while online stores its embedding and those of items added while offline."""
+    caller = await connect()
+    first = await caller.call("persona.knowledge.add", {"content": "Tides follow the moon."}, to=ADA)
+    assert (False, 0) == (first["embedded"], first["backfilled"])
+    await embed_service()
+    second = await caller.call(
+        "persona.knowledge.add", {"content": "Salt lowers water's freezing point."}, to=ADA
+    )
+    assert (True, 1) == (second["embedded"], second["backfilled"])
+    assert 0 == await unembedded(ada)
+    result = await caller.call("persona.knowledge.search", {"query": "why the sea rises and falls"}, to=ADA)
+    assert result["reranked"] is True
+    assert first["id"] == result["hits"][0]["id"]
+    top = result["hits"][0]
+    expected = 0.65 * top["semantic_score"] + 0.25 * top["text_score"] + 0.10 * top["relevance"]
+    assert top["score"] == pytest.approx(expected)
+
+
+async def test_tags_filter_and_full_text_scores(ada, connect) -> None:
+    """Search keeps items carrying every tag asked for; offline it ranks by BM25 and relevance only."""
+    caller = await connect()
+    items = [
+        ("GDPR fines reach four percent of turnover.", ["law", "eu"], 0.9),
+        ("GDPR applies to processors as well as controllers.", ["law"], 0.5),
+        ("GDPR is pronounced letter by letter.", ["trivia"], 0.1),
+    ]
+    for content, tags, relevance in items:
+        await caller.call(
+            "persona.knowledge.add", {"content": content, "tags": tags, "relevance_score": relevance}, to=ADA
+        )
+    both = await caller.call("persona.knowledge.search", {"query": "gdpr", "tags": ["law", "eu"]}, to=ADA)
+    assert [items[0][0]] == [hit["content"] for hit in both["hits"]]
+    law = await caller.call("persona.knowledge.search", {"query": "gdpr", "tags": ["law"]}, to=ADA)
+    assert [items[0][0], items[1][0]] == [hit["content"] for hit in law["hits"]]
+    every = await caller.call("persona.knowledge.search", {"query": "gdpr", "limit": 2}, to=ADA)
+    assert every["reranked"] is False
+    assert 2 == len(every["hits"])
+    for hit in every["hits"]:
+        assert hit["semantic_score"] is None
+        assert hit["score"] == pytest.approx(0.8 * hit["text_score"] + 0.2 * hit["relevance"])
+    nothing = await caller.call("persona.knowledge.search", {"query": "zeppelin"}, to=ADA)
+    assert [] == nothing["hits"]
+
+
+async def test_prune_by_relevance_then_count(ada, connect) -> None:
+    """min_relevance removes the low ones, max_items keeps the most relevant; neither is refused."""
+    caller = await connect()
+    for i, relevance in enumerate([0.1, 0.2, 0.6, 0.7, 0.8, 0.9]):
+        await caller.call(
+            "persona.knowledge.add", {"content": f"fact number {i}", "relevance_score": relevance}, to=ADA
+        )
+    pruned = await caller.call("persona.knowledge.prune", {"min_relevance": 0.5}, to=ADA)
+    assert {"removed": 2, "remaining": 4} == pruned
+    pruned = await caller.call("persona.knowledge.prune", {"max_items": 2}, to=ADA)
+    assert {"removed": 2, "remaining": 2} == pruned
+    left = await caller.call("persona.knowledge.search", {"query": "fact"}, to=ADA)
+    assert {"fact number 4", "fact number 5"} == {hit["content"] for hit in left["hits"]}
+    with pytest.raises(RpcError) as info:
+        await caller.call("persona.knowledge.prune", {}, to=ADA)
+    assert (ErrorCode.INVALID_PARAMS, "min_relevance") == (info.value.code, info.value.data["field"])
+    assert 2 == len((await caller.call("persona.knowledge.search", {"query": "fact"}, to=ADA))["hits"])
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "field"),
+    [
+        ("persona.knowledge.add", {"content": "   "}, "content"),
+        ("persona.knowledge.add", {"content": "x", "relevance_score": 1.5}, "relevance_score"),
+        ("persona.knowledge.add", {"content": "x", "tags": ["a", "a"]}, "tags"),
+        ("persona.knowledge.add", {"content": "x", "tags": ["no spaces"]}, "tags"),
+        ("persona.knowledge.search", {"query": ""}, "query"),
+        ("persona.knowledge.search", {"query": "x", "limit": 0}, "limit"),
+        ("persona.knowledge.prune", {"max_items": -1}, "max_items"),
+    ],
+)
+async def test_bad_params_name_the_field_and_change_nothing(ada, connect, method, params, field) -> None:
+    caller = await connect()
+    with pytest.raises(RpcError) as info:
+        await caller.call(method, params, to=ADA)
+    assert ErrorCode.INVALID_PARAMS == info.value.code
+    assert info.value.message.startswith(f"invalid params: {field}")
+    assert field == info.value.data[0]["loc"][0]
+    assert ada.brain is not None
+    assert 0 == await ada.brain.read(lambda db: db.execute("SELECT count(*) FROM knowledge").fetchone()[0])
+
+
+async def test_another_persona_may_not_touch_adas_knowledge(ada, connect, state) -> None:
+    """bob's persona token holds no persona.knowledge.* grant on persona:ada: FORBIDDEN, nothing stored."""
+    bob = await connect(token=state.persona_token("bob", create=True), kind="persona", name="bob")
+    for method, params in [
+        ("persona.knowledge.add", {"content": "bob was here"}),
+        ("persona.knowledge.search", {"query": "bob"}),
+        ("persona.knowledge.prune", {"max_items": 0}),
+    ]:
+        with pytest.raises(RpcError) as info:
+            await bob.call(method, params, to=ADA)
+        assert ErrorCode.FORBIDDEN == info.value.code, method
+    assert ada.brain is not None
+    assert 0 == await ada.brain.read(lambda db: db.execute("SELECT count(*) FROM knowledge").fetchone()[0])
