@@ -42,7 +42,7 @@ def _words(text: str) -> set[str]:
 
 
 def _related(a: str, b: str) -> bool:
-    """Stemming-ish sameness, stricter than FTS5's porter: one a prefix of the other, or 5 letters in common."""
+    """Stemming-ish sameness, stricter than porter: one a prefix of the other, or 5 letters in common."""
     short, long = sorted((a, b), key=len)
     return (
         short == long or (len(short) >= 3 and long.startswith(short)) or (len(short) >= 5 and a[:5] == b[:5])
