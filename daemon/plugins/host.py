@@ -266,9 +266,10 @@ class PluginHost:
         name = _text(params, "name", 400)
         if name not in await asyncio.to_thread(self._documents):
             raise ValueError(f"name: {name!r} is not a document here (see list_documents)")
-        data = (self.artifacts / name).read_bytes()
-        if len(data) > MAX_DOCUMENT_BYTES:
+        path = self.artifacts / name
+        if (await asyncio.to_thread(path.stat)).st_size > MAX_DOCUMENT_BYTES:
             raise ValueError(f"name: {name} is over {MAX_DOCUMENT_BYTES} bytes")
+        data = await asyncio.to_thread(path.read_bytes)
         return {"content": data.decode("utf-8", "replace")}
 
     async def _ch_write_artifact(self, manifest: Manifest, params: dict[str, Any]) -> Any:
