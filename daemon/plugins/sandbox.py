@@ -44,6 +44,7 @@ from typing import Any, Final
 
 from .errors import PluginError
 from .manifest import Manifest
+from .seccomp import network_filter
 
 __all__ = ["ChannelDenied", "RunOutcome", "bwrap_argv", "classify", "run_sandboxed"]
 
@@ -98,8 +99,11 @@ def _python_roots() -> list[Path]:
     return sorted(roots)
 
 
-def bwrap_argv(folder: Path, manifest: Manifest) -> list[str]:
-    """The full command line: prlimit, bwrap and the plugin's Python."""
+def bwrap_argv(folder: Path, manifest: Manifest, *, seccomp_fd: int | None = None) -> list[str]:
+    """The full command line: prlimit, bwrap and the plugin's Python.
+
+    ``seccomp_fd``: a readable fd holding the compiled seccomp program (bwrap reads it to EOF).
+    """
     bwrap = shutil.which("bwrap")
     prlimit = shutil.which("prlimit")
     if bwrap is None or prlimit is None:
@@ -131,6 +135,8 @@ def bwrap_argv(folder: Path, manifest: Manifest) -> list[str]:
         "--hostname", "plugin",
         "--ro-bind", "/usr", "/usr",
     ]  # fmt: skip
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     for name in ("lib", "lib64", "lib32", "bin", "sbin"):
         path = Path("/") / name
         if path.is_symlink():
@@ -198,17 +204,27 @@ def classify(
 
 async def run_sandboxed(folder: Path, manifest: Manifest, payload: Any, handle: ChannelHandler) -> RunOutcome:
     """Run the plugin in ``folder`` on ``payload``; answer its requests with ``handle``."""
-    argv = bwrap_argv(folder, manifest)
+    program = None if "network" in manifest.permissions else network_filter()
+    seccomp_fd = None
+    if program is not None:
+        seccomp_fd = os.memfd_create("plugin-seccomp")
+        os.write(seccomp_fd, program)
+        os.lseek(seccomp_fd, 0, os.SEEK_SET)
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        limit=MAX_LINE_BYTES,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *bwrap_argv(folder, manifest, seccomp_fd=seccomp_fd),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            limit=MAX_LINE_BYTES,
+            env={"PATH": "/usr/bin:/bin"},
+            pass_fds=() if seccomp_fd is None else (seccomp_fd,),
+        )
+    finally:
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
     assert proc.stdin is not None
     assert proc.stdout is not None
     assert proc.stderr is not None

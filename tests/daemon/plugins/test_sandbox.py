@@ -46,6 +46,7 @@ async def test_a_plugin_runs_unprivileged_and_its_run_is_recorded(
             "caps": caps,
             "sees_state": os.path.exists({str(state.root)!r}),
             "root": sorted(os.listdir("/")),
+            "seccomp": [l.split()[1] for l in status.splitlines() if l.startswith("Seccomp:")],
         }})
         """,
     )
@@ -56,6 +57,7 @@ async def test_a_plugin_runs_unprivileged_and_its_run_is_recorded(
     assert 65534 == output["uid"]
     assert {"0000000000000000"} == set(output["caps"])
     assert output["sees_state"] is False
+    assert ["2"] == output["seccomp"]  # filter mode: the network filter is on
     # Nothing of the host but the read-only system and interpreter folders, and its own.
     assert {"plugin", "tmp", "proc", "dev", "usr", "run"} <= set(output["root"])
     assert not {"etc", "home", "var", "srv", "mnt"} & set(output["root"])
@@ -222,3 +224,40 @@ async def test_garbage_on_the_channel_is_stopped_as_bad_output(
     result = await install_and_run(connect, folder)
     assert (False, "bad_output") == (result["ok"], result["stopped_by"])
     assert "hello, host" in result["error"]
+
+
+async def test_creating_an_inet_socket_fails_at_once_without_network(
+    persona: PersonaDaemon, connect: Connect, make_plugin: MakePlugin, trusted_key: SigningKey
+) -> None:
+    """The seccomp filter refuses socket() for every family but AF_UNIX: no connect needed to be stopped."""
+    folder = make_plugin(
+        "raw",
+        """
+        import socket
+        left, right = socket.socketpair()  # AF_UNIX stays usable
+        left.sendall(b"x"); assert right.recv(1) == b"x"
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        """,
+    )
+    result = await install_and_run(connect, folder)
+    assert (False, "network_denied") == (result["ok"], result["stopped_by"])
+    assert "Address family not supported" in result["error"]
+
+
+async def test_with_the_network_permission_sockets_can_be_made(
+    persona: PersonaDaemon, connect: Connect, make_plugin: MakePlugin, trusted_key: SigningKey
+) -> None:
+    folder = make_plugin(
+        "netok",
+        """
+        import socket, personad_plugin as host
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 0))
+        seccomp = [l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp:")]
+        host.finish({"bound": s.getsockname()[1] > 0, "seccomp": seccomp})
+        """,
+        permissions=("network",),
+    )
+    result = await install_and_run(connect, folder)
+    assert result["ok"], result
+    assert {"bound": True, "seccomp": ["0"]} == result["output"]
