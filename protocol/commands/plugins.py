@@ -68,15 +68,15 @@ class PluginStatsModel(StrictModel):
 
 
 class PluginInfo(StrictModel):
-    id: str
-    name: str
-    version: str
-    description: str
+    id: str = Field(description="the manifest's id; the folder name under plugins/")
+    name: str = Field(description="the manifest's name")
+    version: str = Field(description="the manifest's version")
+    description: str = Field(description="the manifest's description")
     permissions: list[str] = Field(description="from the fixed vocabulary (docs/plugins.md)")
     risk: Risk = Field(description="the highest risk among its permissions")
     signer: str = Field(description="the public key (64 hex digits) that signed it")
     limits: dict[str, float] = Field(description="memory_mb, cpu_s, wall_s for each run")
-    stats: PluginStatsModel
+    stats: PluginStatsModel = Field(description="measured from plugins/runs.jsonl")
 
 
 _FORBIDDEN_ADD = (
@@ -96,7 +96,7 @@ class PluginAddParams(StrictParams):
 
 
 class PluginAddResult(StrictModel):
-    plugin: PluginInfo
+    plugin: PluginInfo = Field(description="the installed plugin")
 
 
 register(
@@ -118,7 +118,7 @@ register(
 
 
 class PluginsResult(StrictModel):
-    plugins: list[PluginInfo]
+    plugins: list[PluginInfo] = Field(description="installed plugins, by id")
 
 
 register(
@@ -133,7 +133,7 @@ register(
 
 
 class PluginRemoveParams(StrictParams):
-    plugin_id: PluginId
+    plugin_id: PluginId = Field(description="an installed plugin's id")
 
 
 class PluginRemoveResult(StrictModel):
@@ -152,14 +152,14 @@ register(
 
 
 class PluginRunParams(StrictParams):
-    plugin_id: PluginId
+    plugin_id: PluginId = Field(description="an installed plugin's id")
     input: Annotated[Any, AfterValidator(_input_size)] = Field(
         None, description="any JSON value, handed to the plugin as its input"
     )
 
 
 class PluginRunResult(StrictModel):
-    plugin_id: str
+    plugin_id: str = Field(description="the plugin that ran")
     ok: bool = Field(description="the plugin finished and exited 0")
     output: Any = Field(description="what the plugin finished with; null when it failed")
     stopped_by: StoppedBy | None = Field(description="what stopped a failed run")
