@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from daemon.brain import load_or_create_key
-from daemon.brain.recall import STOP_WORDS
+from daemon.brain.recall import STOP_WORDS, query_terms
 from daemon.client import BusClient
 from daemon.dispatch import Dispatcher
 from daemon.inference.embed import Embedder, register_embed_command
@@ -120,6 +121,23 @@ def test_paraphrase_set_shares_no_word_with_its_answers() -> None:
             (q, d) for q in _words(item["query"]) for d in _words(documents[item["answer"]]) if _related(q, d)
         ]
         assert [] == shared, item["query"]
+
+
+def test_paraphrase_queries_do_not_match_their_answers_in_fts5() -> None:
+    """The same check by FTS5 itself, with the brain's porter tokenizer and recall's query words."""
+    data = load_paraphrases()
+    db = sqlite3.connect(":memory:")
+    db.execute(
+        "CREATE VIRTUAL TABLE f USING fts5(content, tokenize = 'porter unicode61 remove_diacritics 2')"
+    )
+    rowids = {
+        doc["id"]: db.execute("INSERT INTO f (content) VALUES (?)", (doc["content"],)).lastrowid
+        for doc in data["documents"]
+    }
+    for item in data["queries"]:
+        match = " OR ".join(f'"{term}"' for term in query_terms(item["query"]))
+        matched = {row[0] for row in db.execute("SELECT rowid FROM f WHERE f MATCH ?", (match,))}
+        assert rowids[item["answer"]] not in matched, item["query"]
 
 
 async def test_hybrid_search_finds_paraphrases_full_text_cannot(ada, connect, embed_service) -> None:
