@@ -91,7 +91,13 @@ class PluginHost:
     async def add(self, source: Path, *, replace: bool = False) -> InstalledPlugin:
         """Verify ``source`` (signature, trust, manifest) and copy it in as ``plugins/<id>/``."""
         async with self._lock:
-            return await asyncio.to_thread(self._add, source, replace)
+            try:
+                return await asyncio.to_thread(self._add, source, replace)
+            except OSError as exc:
+                # A file we may not read, or one that went away mid-copy: the folder's problem.
+                raise PluginError(
+                    "bad_folder", f"cannot read {exc.filename or source}: {exc.strerror}"
+                ) from None
 
     def _add(self, source: Path, replace: bool) -> InstalledPlugin:
         source = source.absolute()

@@ -68,7 +68,11 @@ def list_files(folder: Path) -> list[str]:
         raise PluginError("bad_folder", f"{folder} is not a folder")
     found: list[str] = []
     total = 0
-    for root, dirs, files in os.walk(folder):
+
+    def unreadable(exc: OSError) -> None:
+        raise PluginError("bad_folder", f"cannot read {exc.filename}: {exc.strerror}")
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         for name in [*dirs, *files]:
             path = Path(root) / name
             mode = path.lstat().st_mode

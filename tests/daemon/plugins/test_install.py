@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -173,6 +174,16 @@ async def test_bad_params_name_the_field_and_change_nothing(
     error = await refused(admin, "persona.plugin.add", {"path": str(folder)})
     assert (ErrorCode.INVALID_PARAMS, "bad_manifest") == (error.code, error.data["reason"])
     assert "permissions" in str(error)
+    # A folder with a special file in it (here a fifo, which would block a reader) is not a plugin.
+    folder = make_plugin("piped", HELLO)
+    os.mkfifo(folder / "pipe")
+    error = await refused(admin, "persona.plugin.add", {"path": str(folder)})
+    assert (ErrorCode.INVALID_PARAMS, "bad_folder", "path") == (
+        error.code,
+        error.data["reason"],
+        error.data["field"],
+    )
+    assert "only regular files" in str(error)
     assert [] == installed(persona)
 
 

@@ -6,9 +6,12 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from daemon.client import BusClient
 from daemon.persona.daemon import PersonaDaemon
 from daemon.state import StateDir
+from protocol import ErrorCode, RpcError
 from tests.daemon.plugins.conftest import MakePlugin, SigningKey
 
 Connect = Callable[..., Awaitable[BusClient]]
@@ -261,3 +264,22 @@ async def test_with_the_network_permission_sockets_can_be_made(
     result = await install_and_run(connect, folder)
     assert result["ok"], result
     assert {"bound": True, "seccomp": ["0"]} == result["output"]
+
+
+async def test_without_bwrap_a_run_is_refused_and_nothing_runs_unsandboxed(
+    persona: PersonaDaemon,
+    connect: Connect,
+    make_plugin: MakePlugin,
+    trusted_key: SigningKey,
+    tmp_path: Any,
+    monkeypatch: Any,
+) -> None:
+    marker = tmp_path / "ran"
+    folder = make_plugin("eager", f"open({str(marker)!r}, 'w').write('ran')\n")
+    admin = await connect()
+    await admin.call("persona.plugin.add", {"path": str(folder)}, to="persona:ada")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(RpcError) as info:
+        await admin.call("persona.plugin.run", {"plugin_id": "eager"}, to="persona:ada")
+    assert (ErrorCode.INTERNAL_ERROR, "sandbox_unavailable") == (info.value.code, info.value.data["reason"])
+    assert not marker.exists()
