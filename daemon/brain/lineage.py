@@ -18,6 +18,7 @@ memories            yes      the knowledge; a fork may filter them
 skills              yes      what it can do (its adapters are referenced
                              by hash, never copied)
 goals               yes      what it is working towards
+knowledge           yes      its documents, with their embeddings
 evolution_history   yes      how its adapters came to be
 interactions        no       the conversation log with other personas is
                              the source's own relationship history
@@ -69,6 +70,13 @@ rated one; a tie goes to the primary); ``usage_count`` is the sum of both,
 ``acquired_at`` the earlier, ``last_used_at`` the later; ``effectiveness``
 and ``rated_uses`` stay the winner's (the effectiveness is the mean of those
 rated uses, which summing would misstate).
+
+**Knowledge** (``persona.knowledge.*``): a copy keeps every item with its
+id, embedding and model name. A merge takes the union with near-duplicates
+folded by the same Jaccard rule as memories (no subjects here); the one kept
+has the higher relevance, then the newer ``created_at``, then the primary's,
+then the lower id, and takes the union of both items' tags. Embeddings are
+carried as stored (they depend on the text only), so nothing is re-embedded.
 
 **Goals:** the union; a goal with the same normalised title and description
 in both (a fork's copy) is kept once, the one updated last (tie: primary's).
@@ -125,6 +133,7 @@ _WORD = re.compile(r"\w+")
 _MEMORY_COLUMNS = "content, kind, source, subject, context, relevance, pinned, created_at"
 _GOAL_COLUMNS = "title, description, status, priority, progress, due_at, created_at, updated_at"
 _EVOLUTION_COLUMNS = "trigger_pattern, lora_generated, success_rate, created_at"
+_KNOWLEDGE_COLUMNS = "content, context, tags, relevance, embedding, embed_model, created_at, updated_at"
 _SKILL_COLUMNS = (
     "skill_id, lora_hash, description, effectiveness, rated_uses, usage_count, acquired_at, last_used_at"
 )
@@ -141,6 +150,7 @@ class CopyReport:
     goals: int
     evolution_history: int
     seconds: float
+    knowledge: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +168,8 @@ class MergeReport:
     evolution_history: int
     seconds: float
     dropped_by_side: dict[str, int] = field(default_factory=dict)
+    knowledge: int = 0
+    knowledge_dropped_duplicates: int = 0
 
 
 # -- arguments -----------------------------------------------------------------------
@@ -383,10 +395,10 @@ def copy_brain(
     dest = _check_dest(dest, [source])
     where, params = _memory_filter(wanted_subjects, wanted_tags, lo, hi)
 
-    def fill(db: RawConnection) -> tuple[int, int, int, int, int]:
+    def fill(db: RawConnection) -> tuple[int, int, int, int, int, int]:
         _attach(db, "src", source, source_key)
 
-        def work() -> tuple[int, int, int, int, int]:
+        def work() -> tuple[int, int, int, int, int, int]:
             memories = db.execute(
                 f"INSERT INTO memories (id, {_MEMORY_COLUMNS}) "
                 f"SELECT m.id, {', '.join('m.' + c.strip() for c in _MEMORY_COLUMNS.split(','))} "
@@ -417,13 +429,18 @@ def copy_brain(
                 f"FROM src.sqlite_sequence AS s WHERE s.name IN {tables} AND NOT EXISTS "
                 "(SELECT 1 FROM main.sqlite_sequence AS m WHERE m.name = s.name)"
             )
-            return memories, total, skills, goals, evolution
+            # Its FTS rows follow by the insert trigger, as for memories.
+            knowledge = db.execute(
+                f"INSERT INTO knowledge (id, {_KNOWLEDGE_COLUMNS}) "
+                f"SELECT id, {_KNOWLEDGE_COLUMNS} FROM src.knowledge ORDER BY id"
+            ).rowcount
+            return memories, total, skills, goals, evolution, knowledge
 
         with _reading("source", source):
-            result: tuple[int, int, int, int, int] = _transaction(db, work)
+            result: tuple[int, int, int, int, int, int] = _transaction(db, work)
         return result
 
-    memories, total, skills, goals, evolution = build_brain(dest, dest_key, fill)
+    memories, total, skills, goals, evolution, knowledge = build_brain(dest, dest_key, fill)
     return CopyReport(
         dest=dest,
         memories=memories,
@@ -432,6 +449,7 @@ def copy_brain(
         goals=goals,
         evolution_history=evolution,
         seconds=time.perf_counter() - started,
+        knowledge=knowledge,
     )
 
 
@@ -582,6 +600,61 @@ def _dedupe(memories: list[_Memory], threshold: float) -> tuple[list[_Memory], i
     return kept, len(memories) - len(kept)
 
 
+@dataclass(slots=True)
+class _Knowledge:
+    side: int  # 0 primary, 1 secondary
+    id: int
+    content: str
+    tags: str  # a JSON array
+    relevance: float
+    created_at: float
+
+    def priority(self) -> tuple[float, float, int, int]:
+        return (-self.relevance, -self.created_at, self.side, self.id)
+
+
+def _dedupe_knowledge(items: list[_Knowledge], threshold: float) -> tuple[list[_Knowledge], int]:
+    """Keep items in priority order unless a near-duplicate was kept before; the kept take the tags."""
+    neighbours: dict[int, list[int]] = defaultdict(list)
+    for a, b in find_near_duplicates([k.content for k in items], threshold=threshold):
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    kept_at: dict[int, int] = {}
+    kept: list[_Knowledge] = []
+    for i in sorted(range(len(items)), key=lambda i: items[i].priority()):
+        near = [j for j in neighbours.get(i, ()) if j in kept_at]
+        if not near:
+            kept_at[i] = len(kept)
+            kept.append(items[i])
+            continue
+        held = kept[min(kept_at[j] for j in near)]
+        tags = json.loads(held.tags)
+        extra = [t for t in json.loads(items[i].tags) if t not in tags]
+        if extra:
+            held.tags = json.dumps(tags + extra)
+    return kept, len(items) - len(kept)
+
+
+def _write_knowledge(db: RawConnection, kept: list[_Knowledge]) -> None:
+    """Insert the kept items (tags possibly widened) in created_at order, their embeddings as stored."""
+    db.execute(
+        "CREATE TEMP TABLE keep_knowledge (side INTEGER, src_id INTEGER, tags TEXT, "
+        "PRIMARY KEY (side, src_id)) WITHOUT ROWID"
+    )
+    db.executemany("INSERT INTO temp.keep_knowledge VALUES (?, ?, ?)", ((k.side, k.id, k.tags) for k in kept))
+    picked = " UNION ALL ".join(
+        f"SELECT k.side AS side, x.id AS src_id, x.content, x.context, k.tags, x.relevance, x.embedding, "
+        f"x.embed_model, x.created_at, x.updated_at "
+        f"FROM temp.keep_knowledge k JOIN {schema}.knowledge x ON x.id = k.src_id WHERE k.side = {side}"
+        for side, schema in enumerate(("p", "s"))
+    )
+    db.execute(
+        f"INSERT INTO knowledge ({_KNOWLEDGE_COLUMNS}) SELECT {_KNOWLEDGE_COLUMNS} FROM ({picked}) "
+        "ORDER BY created_at, side, src_id"
+    )
+    db.execute("DROP TABLE temp.keep_knowledge")
+
+
 def _merge_skills(primary: list[SqlRow], secondary: list[SqlRow]) -> tuple[list[SqlRow], int]:
     by_id = {row[0]: row for row in primary}
     both = 0
@@ -653,6 +726,7 @@ def merge_brains(
             memories: list[_Memory] = []
             skills: list[list[SqlRow]] = []
             goals: list[list[SqlRow]] = []
+            knowledge: list[_Knowledge] = []
             for side, (schema, name, path) in enumerate(
                 (("p", "primary", primary), ("s", "secondary", secondary))
             ):
@@ -666,11 +740,18 @@ def merge_brains(
                     ]
                     skills.append(db.execute(f"SELECT {_SKILL_COLUMNS} FROM {schema}.skills").fetchall())
                     goals.append(db.execute(f"SELECT {_GOAL_COLUMNS} FROM {schema}.goals").fetchall())
+                    knowledge += [
+                        _Knowledge(side, *row)
+                        for row in db.execute(
+                            f"SELECT id, content, tags, relevance, created_at FROM {schema}.knowledge"
+                        )
+                    ]
         finally:
             db.execute("COMMIT")
         kept, dropped = _dedupe(memories, float(near_duplicate))
         merged_skills, skills_in_both = _merge_skills(skills[0], skills[1])
         merged_goals = _merge_goals(goals[0], goals[1])
+        kept_knowledge, knowledge_dropped = _dedupe_knowledge(knowledge, float(near_duplicate))
 
         def work() -> int:
             db.execute(
@@ -707,6 +788,7 @@ def merge_brains(
                 f"UNION ALL SELECT {_EVOLUTION_COLUMNS}, 1, id FROM s.evolution_history) "
                 "ORDER BY created_at, side, id"
             )
+            _write_knowledge(db, kept_knowledge)
             return int(written)
 
         with _reading("primary or secondary", f"{primary} or {secondary}"):
@@ -729,6 +811,8 @@ def merge_brains(
                 "primary": primary_total - from_primary,
                 "secondary": len(memories) - primary_total - (len(kept) - from_primary),
             },
+            knowledge=len(kept_knowledge),
+            knowledge_dropped_duplicates=knowledge_dropped,
         )
 
     report: MergeReport = build_brain(dest, dest_key, fill)
