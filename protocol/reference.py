@@ -116,6 +116,9 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "persona.export": {"persona_id": "demo", "format": "ccv3-png", "inline": True},
     "persona.delete": {"persona_id": "demo", "confirm": "demo"},
+    "persona.plugin.add": {"path": "/srv/plugins/report"},
+    "persona.plugin.run": {"plugin_id": "report", "input": {"topic": "audit"}},
+    "persona.plugin.remove": {"plugin_id": "report"},
     "persona.import": {"path": "/home/me/demo.pdbundle", "passphrase": "correct horse battery staple"},
 }
 
