@@ -24,18 +24,17 @@ refuses it before it reaches here.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from protocol import ErrorCode, RpcError
 from protocol.commands import analytics as m
 
 from ..brain import Brain
-from ..brain.performance import NewRecord, Rollup, insert_records, window_figures
+from ..brain.performance import Figures, NewRecord, Rollup, insert_records, window_figures
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
 from . import analytics_rules as rules
@@ -86,9 +85,11 @@ class _Profile:
 def read_plugin_runs(plugins_dir: Path) -> tuple[int, list[m.PluginImpact] | None]:
     """Installed plugins, and per-plugin run figures from ``plugins/runs.jsonl`` (None: no runs).
 
-    A run line is a JSON object with ``plugin_id``, ``ok`` (bool) and
-    ``duration_s`` (number); lines without a plugin id or ``ok`` are skipped,
-    so a line being appended while we read is not an error.
+    A run line is a JSON object with ``plugin_id``, ``ok`` (bool),
+    ``duration_s`` (number) and ``stopped_by`` (the limit that stopped a
+    failed run, or null), as the plugin host writes them; other members are
+    ignored, and lines without a plugin id or ``ok`` are skipped, so a line
+    being appended while we read is not an error.
     """
     try:
         installed = sum(1 for p in plugins_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -105,7 +106,7 @@ def read_plugin_runs(plugins_dir: Path) -> tuple[int, list[m.PluginImpact] | Non
     lines = data.splitlines()
     if len(data) == MAX_RUNS_LOG_BYTES and size > MAX_RUNS_LOG_BYTES:
         lines = lines[1:]  # the first line is cut
-    runs: dict[str, list[tuple[bool, float | None]]] = {}
+    runs: dict[str, list[tuple[bool, float | None, str | None]]] = {}
     for line in lines:
         try:
             run = json.loads(line)
@@ -119,14 +120,19 @@ def read_plugin_runs(plugins_dir: Path) -> tuple[int, list[m.PluginImpact] | Non
         seconds = (
             float(duration) if isinstance(duration, int | float) and not isinstance(duration, bool) else None
         )
-        runs.setdefault(pid, []).append((ok, seconds))
+        stopped = run.get("stopped_by")
+        runs.setdefault(pid, []).append((ok, seconds, stopped if isinstance(stopped, str) else None))
     if not runs:
         return installed, None
     impact = []
     for pid in sorted(runs):
         outcomes = runs[pid]
-        durations = [d for _, d in outcomes if d is not None]
-        failures = sum(1 for ok, _ in outcomes if not ok)
+        durations = [d for _, d, _ in outcomes if d is not None]
+        failures = sum(1 for ok, _, _ in outcomes if not ok)
+        stopped_by: dict[str, int] = {}
+        for ok, _, why in outcomes:
+            if not ok and why:
+                stopped_by[why] = stopped_by.get(why, 0) + 1
         impact.append(
             m.PluginImpact(
                 plugin_id=pid,
@@ -134,9 +140,16 @@ def read_plugin_runs(plugins_dir: Path) -> tuple[int, list[m.PluginImpact] | Non
                 failures=failures,
                 success_rate=round(1 - failures / len(outcomes), 4),
                 mean_duration_s=round(sum(durations) / len(durations), 4) if durations else None,
+                stopped_by=stopped_by,
             )
         )
     return installed, impact
+
+
+def _on_reader(
+    db: Any, rollup: Rollup, window_days: int, now: float, plugins_dir: Path
+) -> tuple[Figures, tuple[int, list[m.PluginImpact] | None]]:
+    return window_figures(db, rollup, window_days, now), read_plugin_runs(plugins_dir)
 
 
 def _round(x: float | None, digits: int = 4) -> float | None:
@@ -154,8 +167,9 @@ async def analytics(
 ) -> m.AnalyticsResult:
     """The analytics result for ``window_days`` up to ``now`` (default: the current time)."""
     now = time.time() if now is None else now
-    f = await brain.read(window_figures, rollup, window_days, now)
-    installed, plugins = await asyncio.to_thread(read_plugin_runs, session_dir.plugins)
+    # One hop to the reader thread for everything that blocks: the rollup,
+    # the knowledge lookups and the plugin runs file.
+    f, (installed, plugins) = await brain.read(_on_reader, rollup, window_days, now, session_dir.plugins)
     coverage = sum(t.knowledge_hit for t in f.topics) / len(f.topics) if f.topics else None
     name, role, status = profile
     return m.AnalyticsResult(

@@ -187,8 +187,13 @@ def _plugin_recommendations(plugins: list[PluginImpact] | None) -> list[Recommen
             figure="plugin_performance_impact",
             value=p.plugin_id,
             threshold=LOW_PLUGIN_SUCCESS,
-            message=f"Plugin '{p.plugin_id}' failed {p.failures} of {p.runs} runs: "
-            "check its limits and permissions.",
+            message=f"Plugin '{p.plugin_id}' failed {p.failures} of {p.runs} runs"
+            + (
+                f", most often stopped by {max(p.stopped_by, key=lambda k: (p.stopped_by[k], k))}"
+                if p.stopped_by
+                else ""
+            )
+            + ": check its limits and permissions.",
         )
         for p in plugins or []
         if p.runs >= 3 and p.success_rate < LOW_PLUGIN_SUCCESS

@@ -130,10 +130,11 @@ class TopicScore(StrictModel):
 
 class PluginImpact(StrictModel):
     plugin_id: str
-    runs: int
-    failures: int
-    success_rate: float
-    mean_duration_s: float | None
+    runs: int = Field(description="runs recorded in plugins/runs.jsonl")
+    failures: int = Field(description="runs that did not end ok")
+    success_rate: float = Field(description="1 - failures / runs")
+    mean_duration_s: float | None = Field(description="mean wall-clock time of a run; null without durations")
+    stopped_by: dict[str, int] = Field(description="failed runs by what stopped them: memory, cpu_time …")
 
 
 class Recommendation(StrictModel):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 
 from daemon.brain import load_or_create_key
-from daemon.brain.performance import DAY_S, NewRecord, day_of, insert_records
+from daemon.brain.performance import DAY_S, Figures, NewRecord, TopicFigure, day_of, insert_records
 from daemon.bus import Bus
 from daemon.persona import analytics_rules as rules
 from daemon.persona.analytics import RUNS_LOG, read_plugin_runs
@@ -291,7 +291,7 @@ async def test_plugin_runs_fill_plugin_figures(personas, connect, state: StateDi
     (plugins / "report").mkdir()
     lines = [
         {"plugin_id": "summarise", "ok": True, "duration_s": 1.5},
-        {"plugin_id": "summarise", "ok": False, "duration_s": 2.5, "limit": "memory"},
+        {"plugin_id": "summarise", "ok": False, "duration_s": 2.5, "stopped_by": "memory", "calls": 3},
         {"plugin_id": "summarise", "ok": False, "duration_s": 0.5},
         {"plugin_id": "report", "ok": True},
     ]
@@ -301,11 +301,26 @@ async def test_plugin_runs_fill_plugin_figures(personas, connect, state: StateDi
     r = await admin.call("persona.analytics", {}, to="persona:ada")
     assert 2 == r["active_plugins"]
     assert [
-        {"plugin_id": "report", "runs": 1, "failures": 0, "success_rate": 1.0, "mean_duration_s": None},
-        {"plugin_id": "summarise", "runs": 3, "failures": 2, "success_rate": 0.3333, "mean_duration_s": 1.5},
+        {
+            "plugin_id": "report",
+            "runs": 1,
+            "failures": 0,
+            "success_rate": 1.0,
+            "mean_duration_s": None,
+            "stopped_by": {},
+        },
+        {
+            "plugin_id": "summarise",
+            "runs": 3,
+            "failures": 2,
+            "success_rate": 0.3333,
+            "mean_duration_s": 1.5,
+            "stopped_by": {"memory": 1},
+        },
     ] == r["plugin_performance_impact"]
     flagged = [rec for rec in r["recommendations"] if rec["figure"] == "plugin_performance_impact"]
     assert ["summarise"] == [rec["value"] for rec in flagged]
+    assert "most often stopped by memory" in flagged[0]["message"]
     assert (0, None) == read_plugin_runs(state.root / "nowhere")
 
 
@@ -395,3 +410,96 @@ async def test_cli_prints_and_plots_the_series(personas, bus: Bus, state: StateD
     # An unknown persona: the bus's error, exit 1.
     args = parser.parse_args(["analytics", "nobody"])
     assert 1 == await asyncio.to_thread(handlers["analytics"], args, state, bus.url)
+
+
+async def test_rollup_follows_new_and_removed_records(personas, connect) -> None:
+    """Records added after a first analytics call are counted; rows removed from the table are too."""
+    ada = await personas("ada")
+    assert ada.brain is not None
+    admin = await connect()
+    now = time.time()
+    await _write(ada, [NewRecord(f"s{i}", "triage", 60 + i, True, 10, recorded_at=now - i) for i in range(5)])
+    first = await admin.call("persona.analytics", {}, to="persona:ada")
+    assert (5, 62.0) == (first["total_records"], first["average_score"])
+    record = {"session_id": "late", "task": "triage", "score": 100, "success": False, "duration_s": 1}
+    await admin.call("persona.performance.record", record, to="persona:ada")
+    second = await admin.call("persona.analytics", {}, to="persona:ada")
+    assert (6, 68.33, 6) == (second["total_records"], second["average_score"], second["total_sessions"])
+
+    def remove_the_best(db) -> None:
+        db.execute("DELETE FROM performance_records WHERE score >= 64")
+
+    await ada.brain.write(remove_the_best)
+    third = await admin.call("persona.analytics", {}, to="persona:ada")
+    assert (4, 61.5, 1.0) == (third["total_records"], third["average_score"], third["success_rate"])
+
+
+def _figures(**changes) -> Figures:
+    base = {
+        "window_days": 30,
+        "records": 40,
+        "total_sessions": 25,
+        "sessions_completed": 25,
+        "unique_tasks": 3,
+        "repeat_tasks": 3,
+        "usage_streak": 3,
+        "total_usage_s": 3600.0,
+        "average_score": 88.0,
+        "success_rate": 0.95,
+        "early_score": 88.0,
+        "late_score": 88.0,
+        "trend": [],
+        "topics": [],
+    }
+    return Figures(**{**base, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "earned", "tier"),
+    [
+        ({}, "expert", "expert"),
+        ({"total_sessions": 19}, "advanced", "advanced"),
+        ({"success_rate": 0.89}, "advanced", "advanced"),
+        ({"average_score": 84.9}, "advanced", "advanced"),
+        ({"average_score": 60.0, "success_rate": 0.6}, "proficient", "proficient"),
+        ({"early_score": 100.0, "late_score": 90.0}, "expert", "advanced"),  # -10 %: a decline
+        ({"early_score": 100.0, "late_score": 90.1}, "expert", "expert"),
+        ({"average_score": 40.0, "early_score": 50.0, "late_score": 30.0}, "novice", "novice"),
+        ({"records": 0, "average_score": None, "success_rate": None}, "novice", "novice"),
+    ],
+)
+def test_tier_thresholds(changes, earned, tier) -> None:
+    """Each tier's three minimums, and the one-tier demotion at a growth rate of -10 % or worse."""
+    f = _figures(**changes)
+    assert (earned, tier) == (rules.earned_tier(f), rules.tier(f))
+
+
+def test_growth_rate_formula() -> None:
+    assert rules.growth_rate(_figures(early_score=80.0, late_score=60.0)) == -0.25
+    assert (
+        rules.growth_rate(_figures(early_score=0.0, late_score=5.0)) == 5.0
+    )  # the denominator is at least 1
+    assert rules.growth_rate(_figures(early_score=None, late_score=None)) is None
+
+
+def test_next_tier_opportunities_name_the_missing_figures() -> None:
+    """An advanced persona short of expert on sessions only is told exactly that; strengths are named."""
+    strong = TopicFigure("code review", 12, 92.0, 0, knowledge_hit=False)
+    opps = rules.opportunities(_figures(total_sessions=12, topics=[strong]))
+    assert [("total_sessions", 12.0, 20.0), ("top_topics", "code review", None)] == [
+        (o.figure, o.value, o.target) for o in opps
+    ]
+    assert "add what you learn to the knowledge base" in opps[1].message
+    assert [] == [
+        o for o in rules.opportunities(_figures()) if o.figure != "top_topics"
+    ]  # expert: no next tier
+
+
+def test_weak_topic_and_coverage_recommendations() -> None:
+    weak = TopicFigure("deployment", 4, 60.0, 1, knowledge_hit=False)
+    fine = TopicFigure("code review", 10, 90.0, 0, knowledge_hit=True)
+    recs = rules.recommendations(_figures(topics=[fine, weak]), 30, 0.5, None)
+    by_figure = {r.figure: r for r in recs}
+    assert {"top_topics", "knowledge_coverage"} == set(by_figure)
+    assert ("deployment", 73.0) == (by_figure["top_topics"].value, by_figure["top_topics"].threshold)
+    assert "'deployment'" in by_figure["knowledge_coverage"].message
