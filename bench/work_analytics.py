@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from daemon.brain import Brain, load_or_create_key  # noqa: E402
 from daemon.brain.performance import DAY_S, NewRecord, Rollup, insert_records  # noqa: E402
 from daemon.client import BusClient  # noqa: E402
-from daemon.persona.analytics import analytics  # noqa: E402
+from daemon.persona.analytics import PluginRuns, analytics  # noqa: E402
 from daemon.persona.session_dir import prepare_session_dir  # noqa: E402
 from daemon.state import StateDir  # noqa: E402
 from protocol import RpcError  # noqa: E402
@@ -108,10 +108,11 @@ async def seed_and_time_in_process(state: StateDir, records: int, calls: int) ->
         await brain.write(knowledge)
         profile = (PERSONA, "engineer", "active")
         rollup = Rollup()
+        plugins = PluginRuns(session_dir.plugins)
         timings = []
         for i in range(calls + 20):
             t0 = time.perf_counter()
-            await analytics(brain, rollup, session_dir, PERSONA, profile, 30)
+            await analytics(brain, rollup, plugins, PERSONA, profile, 30)
             if i >= 20:
                 timings.append((time.perf_counter() - t0) * 1000)
     return timings

@@ -1,9 +1,9 @@
 """persona.performance.record and persona.analytics: the persona's work, recorded and measured.
 
 Records go into the persona's brain (``performance_records``, through
-:mod:`daemon.brain.performance`); analytics reads them back as aggregate
-figures in one snapshot and applies :mod:`.analytics_rules`. Three parts come
-from elsewhere:
+:mod:`daemon.brain.performance`); analytics keeps a per-day rollup of them
+(read in full once, then only the rows added since), merges the window's
+days and applies :mod:`.analytics_rules`. Three parts come from elsewhere:
 
 * the name, role and status are the registry's (``persona.get`` on
   cap:registry, which every persona token may call), cached for
@@ -13,8 +13,8 @@ from elsewhere:
 * ``active_plugins`` counts the plugin folders installed in the persona's
   ``plugins/`` folder;
 * ``plugin_performance_impact`` is read from the runs log the plugin runner
-  appends to, ``plugins/runs.jsonl`` (one JSON object per run); absent or
-  empty, it is null.
+  appends to, ``plugins/runs.jsonl`` (one JSON object per run), again only
+  when its size or mtime changed; absent or empty, it is null.
 
 Who may call: both methods are the operator's (admin tokens, or a token
 granted them); the registry's token is granted persona.analytics for session
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from protocol import ErrorCode, RpcError
+from protocol import RpcError
 from protocol.commands import analytics as m
 
 from ..brain import Brain
@@ -40,7 +40,14 @@ from ..dispatch import Dispatcher
 from . import analytics_rules as rules
 from .session_dir import SessionDir
 
-__all__ = ["PROFILE_TTL_S", "RUNS_LOG", "read_plugin_runs", "register_analytics_commands"]
+__all__ = [
+    "PROFILE_TTL_S",
+    "RUNS_LOG",
+    "PluginRuns",
+    "analytics",
+    "read_plugin_runs",
+    "register_analytics_commands",
+]
 
 log = logging.getLogger("personad.persona.analytics")
 
@@ -146,10 +153,33 @@ def read_plugin_runs(plugins_dir: Path) -> tuple[int, list[m.PluginImpact] | Non
     return installed, impact
 
 
+class PluginRuns:
+    """:func:`read_plugin_runs`, read again only when the folder or the runs log changed."""
+
+    def __init__(self, plugins_dir: Path) -> None:
+        self.plugins_dir = plugins_dir
+        self._seen: tuple[int, int, int] | None = None
+        self._value: tuple[int, list[m.PluginImpact] | None] = (0, None)
+
+    def read(self) -> tuple[int, list[m.PluginImpact] | None]:
+        try:
+            folder = self.plugins_dir.stat().st_mtime_ns
+        except OSError:
+            return 0, None
+        try:
+            log_stat = (self.plugins_dir / RUNS_LOG).stat()
+            seen = (folder, log_stat.st_mtime_ns, log_stat.st_size)
+        except OSError:
+            seen = (folder, -1, -1)
+        if seen != self._seen:
+            self._value, self._seen = read_plugin_runs(self.plugins_dir), seen
+        return self._value
+
+
 def _on_reader(
-    db: Any, rollup: Rollup, window_days: int, now: float, plugins_dir: Path
+    db: Any, rollup: Rollup, window_days: int, now: float, plugins: PluginRuns
 ) -> tuple[Figures, tuple[int, list[m.PluginImpact] | None]]:
-    return window_figures(db, rollup, window_days, now), read_plugin_runs(plugins_dir)
+    return window_figures(db, rollup, window_days, now), plugins.read()
 
 
 def _round(x: float | None, digits: int = 4) -> float | None:
@@ -159,7 +189,7 @@ def _round(x: float | None, digits: int = 4) -> float | None:
 async def analytics(
     brain: Brain,
     rollup: Rollup,
-    session_dir: SessionDir,
+    plugins: PluginRuns,
     persona_id: str,
     profile: tuple[str, str | None, str | None],
     window_days: int,
@@ -169,7 +199,7 @@ async def analytics(
     now = time.time() if now is None else now
     # One hop to the reader thread for everything that blocks: the rollup,
     # the knowledge lookups and the plugin runs file.
-    f, (installed, plugins) = await brain.read(_on_reader, rollup, window_days, now, session_dir.plugins)
+    f, (installed, impact) = await brain.read(_on_reader, rollup, window_days, now, plugins)
     coverage = sum(t.knowledge_hit for t in f.topics) / len(f.topics) if f.topics else None
     name, role, status = profile
     return m.AnalyticsResult(
@@ -209,9 +239,9 @@ async def analytics(
         ],
         knowledge_coverage=_round(coverage),
         active_plugins=installed,
-        plugin_performance_impact=plugins,
+        plugin_performance_impact=impact,
         tier=rules.tier(f),
-        recommendations=rules.recommendations(f, window_days, coverage, plugins),
+        recommendations=rules.recommendations(f, window_days, coverage, impact),
         growth_opportunities=rules.opportunities(f),
     )
 
@@ -224,6 +254,7 @@ def register_analytics_commands(
     profile = _Profile(client, persona_id)
     # Read in full on the first analytics call, then only what was added.
     rollup = Rollup()
+    plugins = PluginRuns(session_dir.plugins)
 
     async def record(p: m.PerformanceRecordParams, ctx: CallContext) -> m.PerformanceRecordResult:
         new = NewRecord(
@@ -235,16 +266,13 @@ def register_analytics_commands(
             user_feedback=p.user_feedback,
             context=p.context,
         )
-        try:
-            [(rid, at)] = await brain.write(insert_records, [new])
-        except Exception as exc:  # the table's CHECKs: unreachable through the model, kept explicit
-            if type(exc).__name__ == "IntegrityError":
-                raise RpcError(ErrorCode.INVALID_PARAMS, f"invalid params: record refused: {exc}") from None
-            raise
+        # The model's bounds are the table's CHECKs: a record that passed
+        # validation is stored (a CHECK failing here would be our bug: INTERNAL_ERROR).
+        [(rid, at)] = await brain.write(insert_records, [new])
         return m.PerformanceRecordResult(id=rid, recorded_at=at)
 
     async def analyse(p: m.AnalyticsParams, ctx: CallContext) -> m.AnalyticsResult:
-        return await analytics(brain, rollup, session_dir, persona_id, await profile.get(), p.window)
+        return await analytics(brain, rollup, plugins, persona_id, await profile.get(), p.window)
 
     dispatcher.register("persona.performance.record", record)
     dispatcher.register("persona.analytics", analyse)

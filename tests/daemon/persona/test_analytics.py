@@ -321,6 +321,17 @@ async def test_plugin_runs_fill_plugin_figures(personas, connect, state: StateDi
     flagged = [rec for rec in r["recommendations"] if rec["figure"] == "plugin_performance_impact"]
     assert ["summarise"] == [rec["value"] for rec in flagged]
     assert "most often stopped by memory" in flagged[0]["message"]
+    # A run appended later, and a plugin removed, show on the next call.
+    with (plugins / RUNS_LOG).open("a") as f:
+        f.write(
+            json.dumps({"plugin_id": "report", "ok": False, "duration_s": 3.0, "stopped_by": "wall_clock"})
+            + "\n"
+        )
+    (plugins / "report").rmdir()
+    r = await admin.call("persona.analytics", {}, to="persona:ada")
+    assert 1 == r["active_plugins"]
+    report = r["plugin_performance_impact"][0]
+    assert (2, 1, {"wall_clock": 1}) == (report["runs"], report["failures"], report["stopped_by"])
     assert (0, None) == read_plugin_runs(state.root / "nowhere")
 
 
