@@ -97,7 +97,7 @@ register(
 
 class AnalyticsParams(StrictParams):
     window: Annotated[int, Field(ge=1, le=MAX_WINDOW_DAYS)] = Field(
-        30, description="the period analysed, in days up to now (the streak looks at all history)"
+        30, description="the period analysed: this many UTC days up to and including today"
     )
 
 
@@ -105,11 +105,14 @@ class GrowthStats(StrictModel):
     sessions_completed: int = Field(description="distinct sessions with at least one successful record")
     unique_tasks: int = Field(description="distinct tasks (case-insensitive)")
     repeat_tasks: int = Field(description="tasks recorded at least twice")
-    usage_streak: int = Field(description="consecutive days with a record, ending today or yesterday")
+    usage_streak: int = Field(
+        description="consecutive UTC days with a record back from the latest one; 0 if that is before "
+        "yesterday (all history, not only the window)"
+    )
     total_usage_time_h: float = Field(description="sum of the records' durations, in hours")
     growth_rate: float | None = Field(
         description="relative change of the mean score from the earlier to the later half of the "
-        "records' time span (-0.2: scores fell 20 %); null with fewer than two distinct times"
+        "days with records (-0.2: scores fell 20 %); null with records on fewer than two days"
     )
 
 
@@ -129,7 +132,7 @@ class TopicScore(StrictModel):
 
 
 class PluginImpact(StrictModel):
-    plugin_id: str
+    plugin_id: str = Field(description="the plugin's id (its folder under plugins/)")
     runs: int = Field(description="runs recorded in plugins/runs.jsonl")
     failures: int = Field(description="runs that did not end ok")
     success_rate: float = Field(description="1 - failures / runs")
@@ -141,29 +144,31 @@ class Recommendation(StrictModel):
     figure: str = Field(description="the figure that triggered it")
     value: float | str | None = Field(description="the figure's value")
     threshold: float | None = Field(description="the threshold it crossed")
-    message: str
+    message: str = Field(description="what to do, quoting the data")
 
 
 class GrowthOpportunity(StrictModel):
     figure: str = Field(description="the figure it would raise")
     value: float | str | None = Field(description="the figure's value now")
     target: float | str | None = Field(description="what it would take")
-    message: str
+    message: str = Field(description="the opportunity, quoting the data")
 
 
 class AnalyticsResult(StrictModel):
-    persona_id: str
+    persona_id: str = Field(description="the persona that answered")
     persona_name: str = Field(description="from the registry's profile; the id when the registry is away")
     role: str | None = Field(description="from the registry's profile; null when the registry is away")
     status: str | None = Field(description="the registry's status for the persona; null when it is away")
-    window_days: int
-    generated_at: float
-    growth_stats: GrowthStats
+    window_days: int = Field(description="the window: this many UTC days up to and including today")
+    generated_at: float = Field(description="when the answer was computed, seconds since the epoch")
+    growth_stats: GrowthStats = Field(description="sessions, tasks, streak, usage and growth rate")
     total_sessions: int = Field(description="distinct session ids in the window")
     total_records: int = Field(description="records in the window")
     average_score: float | None = Field(description="mean score in the window; null without records")
     success_rate: float | None = Field(description="share of successful records; null without records")
-    performance_trend: list[TrendPoint] = Field(description="one point per day of the window, at most 30")
+    performance_trend: list[TrendPoint] = Field(
+        description="one point per day of the window; past 30 days, per group of ceil(window/30) days"
+    )
     top_topics: list[TopicScore] = Field(description="the five topics with most records")
     knowledge_coverage: float | None = Field(
         description="share of the top topics the knowledge base matches; null without topics"
@@ -172,9 +177,11 @@ class AnalyticsResult(StrictModel):
     plugin_performance_impact: list[PluginImpact] | None = Field(
         description="per plugin, from its recorded runs; null when no plugin has run"
     )
-    tier: Tier
-    recommendations: list[Recommendation]
-    growth_opportunities: list[GrowthOpportunity]
+    tier: Tier = Field(description="novice, proficient, advanced or expert (docs/analytics.md, Tiers)")
+    recommendations: list[Recommendation] = Field(description="what to act on, each naming its figure")
+    growth_opportunities: list[GrowthOpportunity] = Field(
+        description="the next tier's missing minimums, and strengths to build on"
+    )
 
 
 register(
