@@ -173,6 +173,7 @@ ROLE_CLI_MODULES: tuple[str, ...] = (
     "daemon.registry.cli_transfer",
     "daemon.registry.cli_erase",
     "daemon.plugins.cli",
+    "daemon.persona.cli_analytics",
 )
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
 LONG_RUNNING_VERBS: set[str] = {"browser", "inference", "registry"}

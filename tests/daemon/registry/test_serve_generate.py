@@ -22,6 +22,7 @@ from daemon.cli import build_parser
 from daemon.inference.adapters import AdapterStore
 from daemon.inference.engine import AsyncEngine
 from daemon.inference.service import InferenceService, service_token
+from daemon.registry import serve_generate
 from daemon.registry.audit import verify
 from daemon.registry.cli_generate import _generate, generate_params
 from daemon.registry.events import PUBLISHER, TOPIC
@@ -163,11 +164,16 @@ async def test_start_waits_for_the_daemon_to_join(
 
 @pytest.mark.usefixtures("inference")
 async def test_start_with_nobody_to_start_it_answers_not_started(
-    serving: Serving, connect: Callable[..., Any]
+    serving: Serving, connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Under systemd nobody follows the event: the answer comes before the deadline, started false."""
+    """Under systemd nobody follows the event: after the bounded wait the answer says started false.
+
+    The wait is shortened (the model's time is not: a loaded machine may take
+    seconds), so the test shows the outcome, not how long it takes.
+    """
+    monkeypatch.setattr(serve_generate, "START_WAIT_SECONDS", 1.0)
     admin = await connect(name="admin")
-    result = await generate(admin, {"role": "clerk", "start": True}, deadline_ms=int(WAIT * 1000 / 3))
+    result = await generate(admin, {"role": "clerk", "start": True}, deadline_ms=int(WAIT * 4000))
     assert (False, "active") == (result["started"], result["profile"]["status"])
     got = await admin.call("persona.get", {"persona_id": result["persona_id"]}, to="cap:registry")
     assert "active" == got["profile"]["status"]
