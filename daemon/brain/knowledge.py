@@ -36,7 +36,6 @@ not embedded (it is re-embedded like a new one).
 
 from __future__ import annotations
 
-import heapq
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +66,7 @@ __all__ = [
 
 FTS_CANDIDATES = 200
 POOL = 300
-MATCH_BUDGET = 2_000
+MATCH_BUDGET = 1_000
 W_SEMANTIC, W_TEXT, W_RELEVANCE = 0.65, 0.25, 0.10
 W_TEXT_ONLY, W_RELEVANCE_ONLY = 0.80, 0.20
 
@@ -231,34 +230,45 @@ def candidates_sync(
 def rank(
     candidates: list[Candidate], query_vector: list[float] | None, limit: int, *, has_terms: bool = True
 ) -> list[Scored]:
-    """Score the candidates (the module's formula) and keep the best ``limit``.
+    """Score the candidates (the module's formula) and keep the best ``limit``; ties go to the newer id.
 
     ``has_terms``: the query had words to match; without any (punctuation
-    only), full-text ranking falls back to the pool by relevance.
+    only), full-text ranking falls back to the pool by relevance. Vectorised:
+    the candidates are up to FTS_CANDIDATES + POOL, scored in one pass.
     """
+    if query_vector is None:
+        candidates = [c for c in candidates if c.bm25 is not None or not has_terms]
     if not candidates:
         return []
-    best = min((c.bm25 for c in candidates if c.bm25 is not None), default=None)
-    text = [c.bm25 / best if c.bm25 is not None and best else 0.0 for c in candidates]
+    ids = np.fromiter((c.id for c in candidates), dtype=np.int64, count=len(candidates))
+    relevance = np.fromiter((c.relevance for c in candidates), dtype=np.float64, count=len(candidates))
+    bm25 = np.fromiter(
+        (c.bm25 if c.bm25 is not None else 0.0 for c in candidates), dtype=np.float64, count=len(candidates)
+    )
+    best = bm25.min()
+    # bm25 is negative, more negative is better: relative to the best, in (0, 1]; 0 for pool items.
+    text = bm25 / best if best < 0 else np.zeros_like(bm25)
+    semantic: np.ndarray[Any, np.dtype[np.float64]] | None = None
     if query_vector is None:
-        scored = [
-            Scored(c.id, W_TEXT_ONLY * t + W_RELEVANCE_ONLY * c.relevance, t, None)
-            for c, t in zip(candidates, text, strict=True)
-            if c.bm25 is not None or not has_terms
-        ]
-        return heapq.nlargest(limit, scored, key=lambda s: (s.score, s.id))
-    embedded = [i for i, c in enumerate(candidates) if c.embedding is not None]
-    semantic = [0.0] * len(candidates)
-    if embedded:
-        matrix = np.frombuffer(b"".join(candidates[i].embedding or b"" for i in embedded), dtype="<f4")
-        cosines = matrix.reshape(len(embedded), -1) @ np.asarray(query_vector, dtype=np.float32)
-        for i, cos in zip(embedded, cosines.tolist(), strict=True):
-            semantic[i] = max(0.0, min(1.0, cos))
-    scored = [
-        Scored(c.id, W_SEMANTIC * s + W_TEXT * t + W_RELEVANCE * c.relevance, t, s)
-        for c, t, s in zip(candidates, text, semantic, strict=True)
+        score = W_TEXT_ONLY * text + W_RELEVANCE_ONLY * relevance
+    else:
+        semantic = np.zeros(len(candidates))
+        embedded = [i for i, c in enumerate(candidates) if c.embedding is not None]
+        if embedded:
+            matrix = np.frombuffer(b"".join(candidates[i].embedding or b"" for i in embedded), dtype="<f4")
+            cosines = matrix.reshape(len(embedded), -1) @ np.asarray(query_vector, dtype="<f4")
+            semantic[embedded] = np.clip(cosines, 0.0, 1.0)
+        score = W_SEMANTIC * semantic + W_TEXT * text + W_RELEVANCE * relevance
+    order = np.lexsort((-ids, -score))[:limit]  # score descending, then the newer (higher) id
+    return [
+        Scored(
+            int(ids[i]),
+            float(score[i]),
+            float(text[i]),
+            float(semantic[i]) if semantic is not None else None,
+        )
+        for i in order
     ]
-    return heapq.nlargest(limit, scored, key=lambda s: (s.score, s.id))
 
 
 def hits_sync(db: Any, ids: list[int]) -> dict[int, dict[str, Any]]:

@@ -10,11 +10,11 @@ loads a model.
 is durable before the answer whatever the inference service does), then
 embeds it in one call together with up to ``MAX_EMBED_BATCH - 1`` older items
 still lacking an embedding (the backfill), so items added while the service
-was offline are embedded by the next add that reaches it. ``search`` embeds
-the query together with any of its candidates still lacking one (up to the
-same bound) and stores those too, so a search is never worse for an
-un-embedded item than the next one. Items outside both stay searchable by
-their words until then.
+was offline are embedded by the next add that reaches it. ``search`` asks
+for the query's embedding while the brain finds the candidates (the two
+waits overlap); when the service answered and some candidates still lack
+one, it embeds those (up to the same bound), stores them and ranks with
+them. Items outside both stay searchable by their words until then.
 
 **Offline.** If ``inference.embed`` fails in any way (service offline, timeout,
 model missing, a malformed answer), add answers ``embedded: false`` and search
@@ -28,6 +28,7 @@ token may call ``persona.knowledge.search`` (session recommendations).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -112,16 +113,25 @@ def register_knowledge_commands(
 
     async def search(p: k.KnowledgeSearchParams, ctx: CallContext) -> k.KnowledgeSearchResult:
         tags = list(p.tags) if p.tags else None
-        candidates: list[kb.Candidate] = await brain.read(
-            kb.candidates_sync, p.query, tags, k.EMBED_MODEL, True
-        )
-        missing = [c.id for c in candidates if c.embedding is None][:room]
-        pending: list[tuple[int, str]] = await brain.read(kb.pending_sync, k.EMBED_MODEL, room, missing)
-        vectors = await embed_and_store([p.query], pending)
+        # The query's embedding does not depend on the candidates: ask for it
+        # while the brain finds them, so the two waits overlap.
+        asked = asyncio.create_task(embed_texts(client, [p.query]))
+        try:
+            candidates: list[kb.Candidate] = await brain.read(
+                kb.candidates_sync, p.query, tags, k.EMBED_MODEL, True
+            )
+        except BaseException:
+            asked.cancel()
+            raise
+        vectors = await asked
         query_vector = vectors[0] if vectors is not None else None
-        if query_vector is not None and pending:
-            # Read the fresh embeddings back rather than patching them in: one code path ranks.
-            candidates = await brain.read(kb.candidates_sync, p.query, tags, k.EMBED_MODEL, True)
+        missing = [c.id for c in candidates if c.embedding is None][:room]
+        if query_vector is not None and missing:
+            # Candidates added while cap:inference was offline: embed them now (the service
+            # just answered), store them, and read the candidates again so one code path ranks.
+            pending: list[tuple[int, str]] = await brain.read(kb.pending_sync, k.EMBED_MODEL, room, missing)
+            if pending and await embed_and_store([], pending) is not None:
+                candidates = await brain.read(kb.candidates_sync, p.query, tags, k.EMBED_MODEL, True)
         ranked = kb.rank(candidates, query_vector, p.limit, has_terms=bool(query_terms(p.query)))
         rows = await brain.read(kb.hits_sync, [s.id for s in ranked])
         hits = [
