@@ -2,8 +2,8 @@
 
 The tiny random model is the hard case for a grammar: left alone it writes
 noise, so any output that is valid JSON of the schema is the grammar's doing.
-SmolLM2 then shows the same on the real model, with the profile schema the
-registry uses.
+The real model under the profile schema the registry uses is the acceptance
+in tests/daemon/registry/test_generate.py (20 roles on SmolLM2).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from daemon.inference.adapters import AdapterStore
 from daemon.inference.engine import AsyncEngine
 from daemon.inference.errors import InvalidSchema
-from daemon.inference.model import load_model
 from daemon.inference.service import InferenceService, service_token
 from protocol import ErrorCode, RpcError
 from protocol.commands.inference import MAX_JSON_SCHEMA_BYTES, GenerateParams
@@ -170,71 +169,3 @@ async def test_bad_schema_over_the_bus_is_invalid_params_naming_the_field(
     finally:
         stop.set()
         await asyncio.wait_for(task, WAIT)
-
-
-# -- the real model ------------------------------------------------------------------------
-
-
-class Adjustment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    trait: Literal["focus", "creativity", "precision", "humor", "empathy", "assertiveness"]
-    delta: Annotated[int, Field(ge=-30, le=30)]
-
-
-class Sketch(BaseModel):
-    """A persona sketch with every string bounded, as a registry would ask for one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: Annotated[str, Field(min_length=1, max_length=32)]
-    description: Annotated[str, Field(min_length=1, max_length=160)]
-    style: Annotated[str, Field(min_length=1, max_length=40)]
-    adjustments: Annotated[list[Adjustment], Field(max_length=3)]
-
-
-@pytest.fixture(scope="module")
-def smollm2_loaded(smollm2_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
-    return load_model(smollm2_dir, state_root=tmp_path_factory.mktemp("smollm2-grammar"))
-
-
-async def test_smollm2_fills_the_profile_schema(smollm2_loaded, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """SmolLM2 under a profile-like grammar: three sampled answers, each valid; free text is not JSON.
-
-    Every string has a maxLength: with a 200-character one SmolLM2 was seen to
-    loop inside it ("adjadjadj…") until max_tokens, valid so far but unfinished.
-    """
-    engine = await AsyncEngine.open(
-        state_root=tmp_path, store=AdapterStore.for_state(tmp_path / "state"), loaded=smollm2_loaded
-    )
-    try:
-        schema = Sketch.model_json_schema()
-        for seed, role in enumerate(("patent attorney", "kindergarten teacher", "sommelier")):
-            result = await engine.generate(
-                GenerateParams(
-                    messages=[
-                        {"role": "system", "content": "Describe a persona as JSON."},
-                        {"role": "user", "content": f"A persona for the role: {role}."},
-                    ],
-                    json_schema=schema,
-                    max_tokens=400,  # > the longest answer Sketch allows, even one byte per token
-                    temperature=0.7,
-                    seed=seed,
-                    stream=False,
-                ),
-                owner="t",
-            )
-            assert result.constrained
-            assert "stop" == result.finish_reason, result.text
-            Sketch.model_validate_json(result.text)
-        free = await engine.generate(
-            GenerateParams(
-                messages=[{"role": "user", "content": "Say hello."}], max_tokens=12, temperature=0.0
-            ),
-            owner="t",
-        )
-        assert not free.constrained
-        with pytest.raises(json.JSONDecodeError):
-            json.loads(free.text)
-    finally:
-        await engine.close()
