@@ -188,12 +188,14 @@ def _fts_candidates(db: Any, query: str, where: str, where_params: list[Any]) ->
         if row is not None:
             window, params = "AND rowid >= ?", [match, row[0]]
     # The subquery keeps FTS5 the outer loop: bm25() is defined only while it drives the scan.
+    # The join to the items is only for a tag filter: their rows are large (an embedding
+    # each), and a lookup per match would read a page per match.
+    join = f"JOIN knowledge k ON k.id = f.id WHERE {where}" if where_params else ""
     rows: list[tuple[int, float]] = db.execute(
         f"""SELECT f.id, f.b FROM
               (SELECT rowid AS id, bm25(knowledge_fts) AS b FROM knowledge_fts
                WHERE knowledge_fts MATCH ? {window}) f
-            JOIN knowledge k ON k.id = f.id
-            WHERE {where}
+            {join}
             ORDER BY f.b LIMIT {FTS_CANDIDATES}""",
         [*params, *where_params],
     ).fetchall()
