@@ -17,6 +17,7 @@ personas costs one indexed read of (id, updated_at) plus the arithmetic.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -174,6 +175,7 @@ PartName = Literal["role_fit", "knowledge", "analytics", "traits", "availability
 def _part(name: PartName, value: float, explanation: str) -> ScorePart:
     value = min(1.0, max(0.0, value))
     weight = WEIGHTS[name]
+    # The contribution from the unrounded value: _quick computes it the same way.
     # model_construct: built from our own numbers, and ranking 1,000 personas makes 5,000 of them.
     return ScorePart.model_construct(
         name=name,
@@ -201,16 +203,9 @@ def traits_fit(flags: list[str], persona: PersonaFacts) -> ScorePart:
     """Traits the context flags call for, weighted by the flag table's deltas (a negative delta inverts)."""
     if not flags:
         return _part("traits", NEUTRAL, "no context flags: neutral")
-    total = 0.0
-    weight = 0.0
-    shown: list[str] = []
-    for flag in flags:
-        for trait, delta in CONTEXT_FLAG_EFFECTS[flag].items():
-            level = persona.traits[trait] / 100
-            total += abs(delta) * (level if delta > 0 else 1 - level)
-            weight += abs(delta)
-            shown.append(f"{trait} {persona.traits[trait]}{'' if delta > 0 else ' (lower is better)'}")
-    return _part("traits", total / weight, f"{', '.join(flags)}: {', '.join(shown)}")
+    table = _flag_table(flags)
+    shown = [f"{t} {persona.traits[t]}{'' if d > 0 else ' (lower is better)'}" for t, d in table]
+    return _part("traits", _traits_value(table, persona.traits), f"{', '.join(flags)}: {', '.join(shown)}")
 
 
 def availability(online: bool) -> ScorePart:
@@ -306,6 +301,85 @@ async def _ask_all(call: Call, ids: Iterable[str], method: str, params: dict[str
     return dict(await asyncio.gather(*(one(pid) for pid in ids)))
 
 
+def _quick(
+    persona: PersonaFacts,
+    words: frozenset[str],
+    table: list[tuple[str, int]],
+    is_online: bool,
+    remote: tuple[float, float],
+) -> float:
+    """The score the full parts add up to, without building them (ranking 1,000 personas).
+
+    ``remote`` holds the knowledge and analytics contributions, already weighed.
+    """
+    # The same numbers, in the same order, as _part and recommendation(): the scores are equal.
+    w_role, _, _, w_traits, w_available = _WEIGHT_ORDER
+    role = len(words & persona.words) / len(words) if words else 0.0
+    traits = _traits_value(table, persona.traits) if table else NEUTRAL
+    return round(
+        sum(
+            (
+                round(role * w_role, 4),
+                remote[0],
+                remote[1],
+                round(traits * w_traits, 4),
+                round((1.0 if is_online else 0.0) * w_available, 4),
+            )
+        ),
+        4,
+    )
+
+
+_WEIGHT_ORDER: Final = (
+    WEIGHTS["role_fit"],
+    WEIGHTS["knowledge"],
+    WEIGHTS["analytics"],
+    WEIGHTS["traits"],
+    WEIGHTS["availability"],
+)
+
+
+def _flag_table(flags: list[str]) -> list[tuple[str, int]]:
+    return [(trait, delta) for flag in flags for trait, delta in CONTEXT_FLAG_EFFECTS[flag].items()]
+
+
+def _traits_value(table: list[tuple[str, int]], traits: dict[str, int]) -> float:
+    total = 0.0
+    weight = 0
+    for trait, delta in table:
+        level = traits[trait] / 100
+        total += abs(delta) * (level if delta > 0 else 1 - level)
+        weight += abs(delta)
+    return round(total / weight, 4)
+
+
+def recommendation(
+    persona: PersonaFacts,
+    *,
+    words: frozenset[str],
+    flags: list[str],
+    is_online: bool,
+    knowledge: Any,
+    analytics: Any,
+) -> Recommendation:
+    """One persona's five parts, explained, and their sum."""
+    parts = [
+        role_fit(words, persona),
+        knowledge_part(is_online, knowledge),
+        analytics_part(is_online, analytics),
+        traits_fit(flags, persona),
+        availability(is_online),
+    ]
+    return Recommendation.model_construct(
+        persona_id=persona.id,
+        name=persona.name,
+        role=persona.role,
+        online=is_online,
+        score=round(sum(p.contribution for p in parts), 4),
+        parts=parts,
+    )
+
+
 async def rank(
     personas: list[PersonaFacts],
     *,
@@ -315,32 +389,39 @@ async def rank(
     call: Call,
     limit: int,
 ) -> list[Recommendation]:
-    """Score every persona, best first (ties by id), and keep ``limit``."""
+    """Score every persona, best first (ties by id), and explain the best ``limit``.
+
+    Every persona is scored by :func:`_quick` (numbers only); the explained
+    parts are built for the ones returned, and add up to the same score.
+    """
     words = content_words(topic)
+    table = _flag_table(flags)
     reachable = [p.id for p in personas if p.id in online]
     knowledge, analytics = await asyncio.gather(
         _ask_all(call, reachable, "persona.knowledge.search", {"query": topic, "limit": KNOWLEDGE_LIMIT}),
         _ask_all(call, reachable, "persona.analytics", {}),
     )
-    scored: list[Recommendation] = []
-    for persona in personas:
-        is_online = persona.id in online
-        parts = [
-            role_fit(words, persona),
-            knowledge_part(is_online, knowledge.get(persona.id)),
-            analytics_part(is_online, analytics.get(persona.id)),
-            traits_fit(flags, persona),
-            availability(is_online),
-        ]
-        scored.append(
-            Recommendation.model_construct(
-                persona_id=persona.id,
-                name=persona.name,
-                role=persona.role,
-                online=is_online,
-                score=round(sum(p.contribution for p in parts), 4),
-                parts=parts,
-            )
+    remote = {
+        pid: (
+            knowledge_part(True, knowledge[pid]).contribution,
+            analytics_part(True, analytics[pid]).contribution,
         )
-    scored.sort(key=lambda r: (-r.score, r.persona_id))
-    return scored[:limit]
+        for pid in reachable
+    }
+    offline = (knowledge_part(False, None).contribution, analytics_part(False, None).contribution)
+    best = heapq.nsmallest(
+        limit,
+        personas,
+        key=lambda p: (-_quick(p, words, table, p.id in online, remote.get(p.id, offline)), p.id),
+    )
+    return [
+        recommendation(
+            p,
+            words=words,
+            flags=flags,
+            is_online=p.id in online,
+            knowledge=knowledge.get(p.id),
+            analytics=analytics.get(p.id),
+        )
+        for p in best
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from daemon.registry.serve_sessions import TRANSCRIPT_BUDGET, Session, transcrip
 from daemon.state import StateDir
 from protocol import ErrorCode, Notification, RpcError
 from protocol.commands import sessions as m
+from protocol.profile import TRAITS
 from tests.conftest import WAIT, eventually
 
 pytestmark = pytest.mark.usefixtures("serving")
@@ -461,3 +463,35 @@ def test_the_archived_transcript_keeps_the_most_relevant_within_budget() -> None
     kept = [i["id"] for i in record["insights"]]
     assert kept == list(range(200, 200 - len(kept), -1))  # the most relevant first
     assert len(kept) > 10
+
+
+def test_the_quick_score_that_orders_equals_the_explained_parts_sum() -> None:
+    rng = random.Random(3)
+    vocabulary = ["ledger", "audit", "invoice", "poem", "patent", "claim", "care", "budget"]
+    words = score.content_words("ledger audit of patent claims")
+    flag_sets: list[list[str]] = [[], ["requires_precision"], ["formal", "requires_empathy"]]
+    answers: list[tuple[bool, Any, Any]] = [
+        (False, None, None),
+        (True, RpcError(ErrorCode.METHOD_NOT_FOUND, "no"), RpcError(ErrorCode.TIMEOUT, "slow")),
+        (True, {"hits": [1, 2, 3]}, {"total_sessions": 4, "average_score": 77.7, "success_rate": 0.75}),
+        (True, {"hits": list(range(9))}, {"total_sessions": 0, "average_score": None, "success_rate": None}),
+    ]
+    for n in range(300):
+        persona = score.PersonaFacts(
+            id=f"p{n}",
+            name="P",
+            role="r",
+            words=frozenset(rng.sample(vocabulary, rng.randint(0, 5))),
+            traits={t: rng.randint(0, 100) for t in TRAITS},
+        )
+        flags = flag_sets[n % 3]
+        online, knowledge, analytics = answers[n % 4]
+        full = score.recommendation(
+            persona, words=words, flags=flags, is_online=online, knowledge=knowledge, analytics=analytics
+        )
+        remote = (
+            score.knowledge_part(online, knowledge).contribution,
+            score.analytics_part(online, analytics).contribution,
+        )
+        quick = score._quick(persona, words, score._flag_table(flags), online, remote)
+        assert full.score == quick, (n, full.parts)
