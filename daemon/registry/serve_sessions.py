@@ -197,7 +197,7 @@ class Sessions:
                 )
             client = ctx.client
             for who in new:
-                await client.call("bus.room.invite", {"room": session.room, "client": who})
+                await in_room(client, "bus.room.invite", {"room": session.room, "client": who})
             try:
                 await client.call(
                     "persona.session.join",
@@ -297,7 +297,7 @@ class Sessions:
     async def _empty_room(self, client: BusClient, session: Session) -> None:
         """Take everyone out (they get room.presence ``removed``), withdraw invitations, leave."""
         try:
-            room = await client.call("bus.room.members", {"room": session.room})
+            room = await in_room(client, "bus.room.members", {"room": session.room})
         except RpcError as exc:
             log.warning("session %s: room %s: %s", session.id, session.room, exc.message)
             return
@@ -305,21 +305,33 @@ class Sessions:
         for who in sorted(set(room["members"]) | set(room["invited"])):
             if who != me:
                 await _quietly(client, "bus.room.remove", {"room": session.room, "member": who})
-        await _quietly(client, "bus.room.leave", {"room": session.room})
+        if me in room["members"]:  # a reconnect may have taken us out already
+            await _quietly(client, "bus.room.leave", {"room": session.room})
+
+
+async def in_room(client: BusClient, method: str, params: dict[str, Any]) -> Any:
+    """A ``bus.room.*`` call as a member: rejoin first if the bus no longer counts us in.
+
+    A reconnect takes the registry out of its rooms; the room lives on while
+    others are in it, and its owner (still ``registry:main``) may re-enter.
+    """
+    try:
+        return await client.call(method, params)
+    except RpcError as exc:
+        if exc.code != ErrorCode.FORBIDDEN:
+            raise
+    await client.call("bus.room.join", {"room": params["room"]})
+    return await client.call(method, params)
 
 
 async def _send(client: BusClient, room: str, data: dict[str, Any]) -> int:
-    """Send into the room, rejoining it first if a reconnect took the registry out."""
-    for attempt in (1, 2):
-        try:
-            result = await client.call("bus.room.send", {"room": room, "data": data})
-            return int(result["delivered"])
-        except RpcError as exc:
-            if exc.code != ErrorCode.FORBIDDEN or attempt == 2:
-                log.warning("room %s: insight not sent: %s", room, exc.message)
-                return 0
-            await _quietly(client, "bus.room.join", {"room": room})
-    return 0
+    """Send into the room; 0 delivered (logged) if it cannot be reached now."""
+    try:
+        result = await in_room(client, "bus.room.send", {"room": room, "data": data})
+    except RpcError as exc:
+        log.warning("room %s: insight not sent: %s", room, exc.message)
+        return 0
+    return int(result["delivered"])
 
 
 async def _quietly(client: BusClient, method: str, params: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from protocol import ErrorCode, Notification, RpcError
 from protocol.commands import sessions as m
 from protocol.profile import TRAITS
 from tests.conftest import WAIT, eventually
+from tests.daemon.registry.conftest import Serving
 
 pytestmark = pytest.mark.usefixtures("serving")
 
@@ -495,3 +496,26 @@ def test_the_quick_score_that_orders_equals_the_explained_parts_sum() -> None:
         )
         quick = score._quick(persona, words, score._flag_table(flags), online, remote)
         assert full.score == quick, (n, full.parts)
+
+
+async def test_the_registry_reenters_a_room_it_was_taken_out_of(
+    connect: Callable[..., Any], personas: Callable[[str], Any], serving: Serving
+) -> None:
+    admin = await connect(name="admin")
+    for pid in ("ada", "bob"):
+        await call(admin, "persona.create", {"profile": profile(pid, "auditor", "", 50)})
+        await personas(pid)
+    session = (await call(admin, "session.create", {"topic": "books"}))["session"]
+    await call(admin, "session.participants.add", {"session_id": session["id"], "persona_id": "ada"})
+    # What a reconnect does to the registry: it is no longer a member (ada keeps the room alive).
+    await serving.service.client.call("bus.room.leave", {"room": session["room"]})
+    await call(admin, "session.participants.add", {"session_id": session["id"], "persona_id": "bob"})
+    params = {"session_id": session["id"], "persona_id": "ada", "insight_type": "note", "content": "c"}
+    shared = await call(admin, "session.insight", {**params, "relevance_score": 0.5})
+    assert 2 == shared["delivered"]
+    await serving.service.client.call("bus.room.leave", {"room": session["room"]})
+    closed = await call(admin, "session.close", {"session_id": session["id"]})
+    assert all(a["interaction_id"] for a in closed["archived"])
+    room = await admin.call("bus.room.members", {"room": session["room"]})
+    assert [] == room["members"]
+    assert [] == room["invited"]
