@@ -111,23 +111,23 @@ class SessionCreateParams(StrictParams):
 class ParticipantModel(StrictModel):
     client_id: ClientId = Field(description="persona:<id> for a persona, the person's client id otherwise")
     persona_id: str | None = Field(None, description="set for a persona")
-    added_at: float
+    added_at: float = Field(description="when it was added, seconds since the epoch")
 
 
 class SessionModel(StrictModel):
-    id: str
-    topic: str
+    id: str = Field(description="s-<12 hex>")
+    topic: str = Field(description="what it is about")
     room: Room = Field(description="the bus room (bus.room.*); the registry owns it")
-    context: SessionContext
-    status: Literal["active", "closed"]
-    created_at: float
+    context: SessionContext = Field(description="what it needs")
+    status: Literal["active", "closed"] = Field(description="active until session.close")
+    created_at: float = Field(description="seconds since the epoch")
     created_by: str = Field(description="the client id that created it")
-    participants: list[ParticipantModel]
+    participants: list[ParticipantModel] = Field(description="personas and people, in the order added")
     insights: int = Field(description="how many insights were shared")
 
 
 class SessionResult(StrictModel):
-    session: SessionModel
+    session: SessionModel = Field(description="the session now")
 
 
 register(
@@ -171,7 +171,9 @@ class SessionRecommendationsParams(StrictParams):
 
 
 class ScorePart(StrictModel):
-    name: Literal["role_fit", "knowledge", "analytics", "traits", "availability"]
+    name: Literal["role_fit", "knowledge", "analytics", "traits", "availability"] = Field(
+        description="which part (docs/sessions.md has its formula)"
+    )
     value: float = Field(description="the part's value in [0, 1]")
     weight: float = Field(description="its weight; the weights sum to 1")
     contribution: float = Field(description="value times weight")
@@ -179,16 +181,18 @@ class ScorePart(StrictModel):
 
 
 class Recommendation(StrictModel):
-    persona_id: str
-    name: str
-    role: str
-    online: bool
+    persona_id: str = Field(description="the persona")
+    name: str = Field(description="its name")
+    role: str = Field(description="its role")
+    online: bool = Field(description="whether it is on the bus now")
     score: float = Field(description="the sum of the parts' contributions, in [0, 1]")
-    parts: list[ScorePart]
+    parts: list[ScorePart] = Field(
+        description="role_fit, knowledge, analytics, traits, availability, in that order"
+    )
 
 
 class SessionRecommendationsResult(StrictModel):
-    topic: str
+    topic: str = Field(description="the topic ranked for")
     considered: int = Field(description="active personas scored")
     recommendations: list[Recommendation] = Field(description="best first; ties by persona id")
 
@@ -237,22 +241,24 @@ class SessionInsightParams(StrictParams):
     insight_type: Annotated[str, Field(pattern=INSIGHT_TYPE_PATTERN)] = Field(
         description="a short lowercase kind, e.g. observation, risk, answer"
     )
-    content: Annotated[str, Field(min_length=1, max_length=MAX_INSIGHT_CHARS)]
+    content: Annotated[str, Field(min_length=1, max_length=MAX_INSIGHT_CHARS)] = Field(
+        description="the insight, in words"
+    )
     relevance_score: Annotated[float, Field(ge=0, le=1)] = Field(description="in [0, 1]")
 
 
 class InsightModel(StrictModel):
     id: int = Field(description="its number in the session, from 1")
-    persona_id: str
-    insight_type: str
-    content: str
-    relevance_score: float
-    shared_at: float
+    persona_id: str = Field(description="the participant persona it is from")
+    insight_type: str = Field(description="its kind, as given")
+    content: str = Field(description="the insight")
+    relevance_score: float = Field(description="in [0, 1], as given")
+    shared_at: float = Field(description="when the registry stored it, seconds since the epoch")
     shared_by: str = Field(description="the client id that sent it")
 
 
 class SessionInsightResult(StrictModel):
-    insight: InsightModel
+    insight: InsightModel = Field(description="the insight as stored")
     delivered: int = Field(description="how many room members it was sent to")
 
 
@@ -278,13 +284,13 @@ class SessionCloseParams(StrictParams):
 
 
 class ArchiveOutcome(StrictModel):
-    persona_id: str
+    persona_id: str = Field(description="a participant persona")
     interaction_id: int | None = Field(None, description="the row in its interactions log")
     error: str | None = Field(None, description="why it could not be archived there")
 
 
 class SessionCloseResult(StrictModel):
-    session: SessionModel
+    session: SessionModel = Field(description="the session as it closed")
     archived: list[ArchiveOutcome] = Field(description="one per participant persona")
 
 
@@ -304,13 +310,13 @@ register(
 class PersonaSessionJoinParams(StrictParams):
     session_id: SessionId
     room: Room = Field(description="the session's bus room; the persona must have been invited")
-    topic: Topic
+    topic: Topic = Field(description="the session's topic")
 
 
 class PersonaSessionJoinResult(StrictModel):
-    session_id: str
-    room: str
-    members: list[str]
+    session_id: str = Field(description="the session joined")
+    room: str = Field(description="its room")
+    members: list[str] = Field(description="the room's members now")
 
 
 register(
@@ -325,21 +331,21 @@ register(
 
 
 class ReceivedMessage(StrictModel):
-    sender: str
-    data: Any = None
-    received_at: float
+    sender: str = Field(description="who sent it (registry:main for insights)")
+    data: Any = Field(None, description="what was sent")
+    received_at: float = Field(description="when it arrived, seconds since the epoch")
 
 
 class PersonaSessionModel(StrictModel):
-    session_id: str
-    room: str
-    topic: str
-    joined_at: float
+    session_id: str = Field(description="the session")
+    room: str = Field(description="its room")
+    topic: str = Field(description="its topic")
+    joined_at: float = Field(description="when the persona joined, seconds since the epoch")
     received: list[ReceivedMessage] = Field(description="room messages received, oldest first (bounded)")
 
 
 class PersonaSessionListResult(StrictModel):
-    sessions: list[PersonaSessionModel]
+    sessions: list[PersonaSessionModel] = Field(description="the sessions this persona is in")
 
 
 class PersonaSessionListParams(StrictParams):
