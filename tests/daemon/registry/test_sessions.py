@@ -7,6 +7,7 @@ is read back out of the persona's brain with brain.query.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import random
@@ -20,6 +21,7 @@ from daemon.bus import Bus
 from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
 from daemon.persona.session_dir import prepare_session_dir
+from daemon.registry import cli_sessions
 from daemon.registry import sessions_score as score
 from daemon.registry.serve_sessions import TRANSCRIPT_BUDGET, Session, transcript
 from daemon.state import StateDir
@@ -519,3 +521,44 @@ async def test_the_registry_reenters_a_room_it_was_taken_out_of(
     room = await admin.call("bus.room.members", {"room": session["room"]})
     assert [] == room["members"]
     assert [] == room["invited"]
+
+
+async def test_the_cli_verbs_print_the_ranking_explained_and_the_open_sessions(
+    connect: Callable[..., Any],
+    personas: Callable[[str], Any],
+    bus: Bus,
+    state: StateDir,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PERSONAD_TOKEN", raising=False)
+    admin = await connect(name="admin")
+    await call(admin, "persona.create", {"profile": profile("ada", "ledger auditor", "audits ledgers", 90)})
+    await call(admin, "persona.create", {"profile": profile("cyd", "poet", "writes verses", 10)})
+    await personas("ada")
+    parser = argparse.ArgumentParser()
+    verbs = parser.add_subparsers(dest="verb")
+    handlers = cli_sessions.add_verbs(lambda name, help: verbs.add_parser(name, help=help))
+
+    async def run(*argv: str) -> int:
+        args = parser.parse_args(list(argv))
+        code: int = await asyncio.to_thread(handlers[args.verb], args, state, bus.url)
+        return code
+
+    assert 0 == await run("session-recommend", "ledger audit", "--flag", "requires_precision", "--limit", "2")
+    out = capsys.readouterr().out.splitlines()
+    assert "2 active personas scored for 'ledger audit'" == out[0]
+    assert out[1].startswith("1. ada ")
+    assert "online" in out[1]
+    assert any("traits" in line and "requires_precision: precision 90" in line for line in out)
+    assert any(line.startswith("2. cyd ") and "offline" in line for line in out)
+    assert 0 == await run("sessions")
+    assert "no open sessions" == capsys.readouterr().out.strip()
+    sid = (await call(admin, "session.create", {"topic": "books"}))["session"]["id"]
+    await call(admin, "session.participants.add", {"session_id": sid, "persona_id": "ada"})
+    assert 0 == await run("sessions")
+    listed = capsys.readouterr().out
+    assert f"{sid}  'books'" in listed
+    assert "participants: persona:ada; insights: 0" in listed
+    assert 1 == await run("session-recommend", "ledger", "--limit", "0")
+    assert "invalid params: limit" in capsys.readouterr().err
