@@ -196,24 +196,15 @@ class Sessions:
                     ErrorCode.OVERLOADED, f"session {session.id} has {m.MAX_PARTICIPANTS} participants"
                 )
             client = ctx.client
-            for who in new:
-                await in_room(client, "bus.room.invite", {"room": session.room, "client": who})
             try:
-                await client.call(
-                    "persona.session.join",
-                    {"session_id": session.id, "room": session.room, "topic": session.topic},
-                    to=member,
-                    deadline_ms=PERSONA_DEADLINE_MS,
-                )
-            except RpcError as exc:
+                for who in new:
+                    await in_room(client, "bus.room.invite", {"room": session.room, "client": who})
+                await self._join(client, session, p.persona_id)
+            except RpcError:
                 # Nothing changes: the invitations made for this call are withdrawn.
                 for who in new:
                     await _quietly(client, "bus.room.remove", {"room": session.room, "member": who})
-                raise RpcError(
-                    exc.code,
-                    f"persona {p.persona_id!r} could not join session {session.id}: {exc.message}",
-                    {"field": "persona_id"},
-                ) from None
+                raise
             now = time.time()
             for who in new:
                 persona_id = p.persona_id if who == member else None
@@ -221,6 +212,22 @@ class Sessions:
                     client_id=who, persona_id=persona_id, added_at=now
                 )
             return m.SessionResult(session=session.model())
+
+    async def _join(self, client: BusClient, session: Session, persona_id: str) -> None:
+        """Ask the invited persona to join the room; its failure names ``persona_id``."""
+        try:
+            await client.call(
+                "persona.session.join",
+                {"session_id": session.id, "room": session.room, "topic": session.topic},
+                to=f"persona:{persona_id}",
+                deadline_ms=PERSONA_DEADLINE_MS,
+            )
+        except RpcError as exc:
+            raise RpcError(
+                exc.code,
+                f"persona {persona_id!r} could not join session {session.id}: {exc.message}",
+                {"field": "persona_id"},
+            ) from None
 
     async def insight(self, p: m.SessionInsightParams, ctx: CallContext) -> m.SessionInsightResult:
         session = self.get(p.session_id)
