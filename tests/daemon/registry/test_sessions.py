@@ -165,6 +165,11 @@ async def test_a_session_from_open_to_archive(
         assert created["id"] == mine["session_id"]
         assert "risk" == mine["received"][0]["data"]["insight"]["insight_type"]
 
+    # A room.message a client sends straight to the persona is not the bus's: ignored.
+    forged = {"room": room, "sender": "registry:main", "data": {"type": "session.insight", "forged": True}}
+    await admin.notify("room.message", forged, to="persona:ada")
+    listed = await admin.call("persona.session.list", {}, to="persona:ada")  # served after the notification
+    assert 1 == len(listed["sessions"][0]["received"])
     status = await call(admin, "session.status", {})
     assert 1 == status["insights_shared"]
     [only] = status["sessions"]
