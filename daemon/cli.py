@@ -174,6 +174,7 @@ ROLE_CLI_MODULES: tuple[str, ...] = (
     "daemon.registry.cli_erase",
     "daemon.plugins.cli",
     "daemon.persona.cli_analytics",
+    "daemon.registry.cli_sessions",
 )
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
 LONG_RUNNING_VERBS: set[str] = {"browser", "inference", "registry"}

@@ -161,6 +161,8 @@ class BusClient:
         self.codec = codec
         self._handler = handler
         self._on_notification = on_notification
+        #: More notification callbacks, added after construction (add_notification_listener).
+        self._listeners: list[NotificationCallback] = []
         self._reconnect = reconnect
         self._open_timeout = open_timeout
         self.default_deadline_ms = default_deadline_ms
@@ -426,13 +428,25 @@ class BusClient:
                 task = self._serving.get((link.generation, message.params.get("id")))  # type: ignore[arg-type]
                 if task is not None:
                     task.cancel()
-            elif self._on_notification is not None:
-                self._run_callback(self._on_notification, message)
+            else:
+                if self._on_notification is not None:
+                    self._run_callback(self._on_notification, message)
+                for listener in self._listeners:
+                    self._run_callback(listener, message)
         else:
             key = (link.generation, message.id)
             task = self._spawn(self._serve(link, message), f"serve-{message.method}")
             self._serving[key] = task
             task.add_done_callback(lambda _t: self._serving.pop(key, None))
+
+    def add_notification_listener(self, callback: NotificationCallback) -> None:
+        """Also call ``callback`` for every notification (events, room messages …), after the others.
+
+        For parts of a daemon that register once the client exists (a
+        persona's sessions); each callback sees every notification and
+        picks its own. A failing callback is logged and harms no other.
+        """
+        self._listeners.append(callback)
 
     def _run_callback(self, callback: Callable[[Notification], Any], message: Notification) -> None:
         try:

@@ -90,6 +90,9 @@ ROLE_GRANTS: dict[str, tuple[str, ...]] = {
         # not even their own: persona.create/update/archive are the operator's.
         "persona.get@cap:registry",
         "persona.list@cap:registry",
+        # A persona may share an insight in a session it takes part in; the
+        # registry checks that it posts as itself and is a participant.
+        "session.insight@cap:registry",
     ),
     # Providers (browser worker, inference service) serve; they call only the bus.
     "service": ("bus.*",),

@@ -16,9 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from protocol import Notification
 from protocol.commands import sessions as m
@@ -93,26 +91,11 @@ class PersonaSessions:
         return m.PersonaSessionListResult(sessions=[j.model() for j in self.by_room.values()])
 
 
-def _listen(client: BusClient, callback: Callable[[Notification], None]) -> None:
-    """Add ``callback`` to the client's notifications, after whatever was there.
-
-    The daemon builds its BusClient before the groups register, and the
-    client takes one notification callback; chaining keeps any other.
-    """
-    previous: Callable[[Notification], Any] | None = client._on_notification
-
-    def both(message: Notification) -> Any:
-        callback(message)
-        return previous(message) if previous is not None else None
-
-    client._on_notification = both
-
-
 def register_sessions_commands(
     dispatcher: Dispatcher, client: BusClient, brain: Brain, session_dir: SessionDir
 ) -> None:
     """Register this group's methods on ``dispatcher``."""
     sessions = PersonaSessions(client)
-    _listen(client, sessions.on_notification)
+    client.add_notification_listener(sessions.on_notification)
     dispatcher.register("persona.session.join", sessions.join)
     dispatcher.register("persona.session.list", sessions.list_)

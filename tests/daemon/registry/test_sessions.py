@@ -387,7 +387,8 @@ async def test_who_may_call_sessions(
         "content": "x",
         "relevance_score": 0.5,
     }
-    # A persona's token and an observer's hold no session.* grant: the bus refuses them.
+    # An observer's token holds no session.* grant, a persona's only session.insight (the
+    # registry then checks it posts as itself): everything else the bus refuses.
     persona = await connect(kind="persona", name="bob", token=state.persona_token("bob", create=True))
     observer = await connect(
         name="watch", token=state.issue_token(name="watch", role="observer", subject="cli:*").token
@@ -410,14 +411,11 @@ async def test_who_may_call_sessions(
         with pytest.raises(RpcError) as exc:
             await persona.call(method, params, to="persona:ada")
         assert ErrorCode.FORBIDDEN == exc.value.code
-    # A persona granted session.insight shares as itself only.
-    grant = ("session.insight@cap:registry",)
+    # A persona (its role grants session.insight) shares as itself only.
     await call(admin, "persona.create", {"profile": profile("cyd", "auditor", "", 50)})
     await personas("cyd")
     await call(admin, "session.participants.add", {"session_id": sid, "persona_id": "cyd"})
-    cyd = await connect(
-        kind="persona", name="cyd2", token=state.persona_token("cyd2", create=True, grants=grant)
-    )
+    cyd = await connect(kind="persona", name="cyd2", token=state.persona_token("cyd2", create=True))
     error = await expect_error(cyd, "session.insight", insight, ErrorCode.FORBIDDEN)
     assert "only as itself" in error.message
     assert 0 == (await call(admin, "session.status", {}))["insights_shared"]
