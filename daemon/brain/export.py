@@ -145,6 +145,34 @@ TABLES: dict[str, tuple[str, list[tuple[str, Callable[[Any], Any] | None]]]] = {
             ("created_at", _time),
         ],
     ),
+    "performance_records": (
+        "id",
+        [
+            ("id", None),
+            ("session_id", None),
+            ("task", None),
+            ("score", None),
+            ("success", _bool),
+            ("duration_s", None),
+            ("user_feedback", None),
+            ("context", _json),
+            ("recorded_at", _time),
+        ],
+    ),
+    # Without the embeddings: they are the model's, not the persona's, and are
+    # made again (by whichever model is current) where the export is read.
+    "knowledge": (
+        "id",
+        [
+            ("id", None),
+            ("content", None),
+            ("context", None),
+            ("tags", _json),
+            ("relevance", None),
+            ("created_at", _time),
+            ("updated_at", _time),
+        ],
+    ),
 }
 
 

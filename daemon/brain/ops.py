@@ -40,7 +40,16 @@ __all__ = [
     "stats",
 ]
 
-TABLES = ("memories", "skills", "interactions", "goals", "emotions", "evolution_history")
+TABLES = (
+    "memories",
+    "skills",
+    "interactions",
+    "goals",
+    "emotions",
+    "evolution_history",
+    "performance_records",
+    "knowledge",
+)
 
 _INSERT_MEMORY = (
     "INSERT INTO memories (content, kind, source, subject, context, relevance, pinned, "
@@ -224,9 +233,11 @@ def erase(db: Any, subject: str | None) -> dict[str, int]:
         else:
             for table in ("memories", "interactions", "emotions"):
                 removed[table] = db.execute(f"DELETE FROM {table} WHERE subject = ?", (subject,)).rowcount
-        # The external-content index still holds the erased words (delete
-        # markers only hide them); 'rebuild' writes it anew from memories.
+        # The external-content indexes still hold the erased words (delete
+        # markers only hide them); 'rebuild' writes each anew from its table.
         db.execute("INSERT INTO memories_fts (memories_fts) VALUES ('rebuild')")
+        if subject is None:
+            db.execute("INSERT INTO knowledge_fts (knowledge_fts) VALUES ('rebuild')")
         return removed
 
     removed: dict[str, int] = in_transaction(db, delete)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,9 +55,22 @@ async def test_erase_everything(db_path: Path, key: bytes) -> None:
         await fill(brain)
         await brain.goals_set("adopt whiskerton")
         await brain.skill_upsert("cats", description="whiskerton care")
+
+        def work_and_knowledge(db: Any) -> None:
+            db.execute(
+                "INSERT INTO performance_records (session_id, task, score, success, duration_s, "
+                "user_feedback, recorded_at) VALUES ('s', 'groom', 90, 1, 60, 'whiskerton purred', 1)"
+            )
+            db.execute(
+                "INSERT INTO knowledge (content, created_at, updated_at) "
+                "VALUES ('whiskerton sheds in spring', 1, 1)"
+            )
+
+        await brain.write(work_and_knowledge)
         summary = await brain.erase(everything=True, confirm="erase everything")
         assert summary.subject is None
         assert 80 == summary.removed["memories"]
+        assert (1, 1) == (summary.removed["performance_records"], summary.removed["knowledge"])
         assert all(0 == n for n in (await brain.stats()).counts.values())
         assert summary.bytes_after < summary.bytes_before
         pages = plaintext(db_path, key)

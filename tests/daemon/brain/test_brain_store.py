@@ -175,7 +175,8 @@ async def test_stats(brain: Brain, db_path: Path) -> None:
     assert 1 == stats.counts["memories"]
     assert stats.files["-wal"] > 0
     assert stats.bytes_on_disk == sum(stats.files.values())
-    assert 3 == stats.schema_version
+    assert 5 == stats.schema_version
+    assert {"performance_records", "knowledge"} <= set(stats.counts)
 
 
 async def test_closed_brain_refuses_work(db_path: Path, key: bytes) -> None:
