@@ -14,10 +14,12 @@ saved with ``save_pretrained``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
+from daemon.bus import Bus
 from daemon.inference.adapters import AdapterRecord, AdapterStore
+from daemon.inference.engine import AsyncEngine
 from daemon.inference.model import LoadedModel, load_model
+from daemon.inference.service import InferenceService, service_token
+from daemon.state import StateDir
+from tests.conftest import WAIT, eventually
 
 # One intra-op thread: test runs share a machine with few cores, and torch's
 # default (one thread per core) in every process would oversubscribe them.
@@ -230,3 +237,35 @@ def trained_store(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> A
             store, name, data, loaded=load_model(tiny_dir, state_root=root), config=tiny_train_config()
         )
     return store
+
+
+# -- cap:inference in the test's loop ----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving_inference(
+    bus: Bus, state: StateDir, engine: AsyncEngine
+) -> AsyncIterator[InferenceService]:
+    """``engine`` served on ``bus`` as inference:main (cap:inference, its own service token) for the block."""
+    running = InferenceService(engine, url=bus.url, token=service_token(state, "main"))
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(running.run(stop))
+    try:
+        await eventually(lambda: "inference:main" in bus.router.clients, what="inference connected")
+        yield running
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT)
+
+
+@pytest.fixture
+async def inference(
+    bus: Bus, state: StateDir, store: AdapterStore, load_tiny: Callable[..., LoadedModel]
+) -> AsyncIterator[InferenceService]:
+    """cap:inference with the tiny model, on the test's bus and state dir (and its adapter store)."""
+    engine = await AsyncEngine.open(state_root=store.root.parent, store=store, loaded=load_tiny())
+    try:
+        async with serving_inference(bus, state, engine) as running:
+            yield running
+    finally:
+        await engine.close()

@@ -8,9 +8,8 @@ name points to, and only admins (and the registry's token) may delete.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,13 @@ from daemon.inference.adapters import (
     AdapterRecord,
     AdapterStore,
 )
-from daemon.inference.engine import AsyncEngine
 from daemon.inference.errors import AdapterNotFound
-from daemon.inference.service import InferenceService, service_token
+from daemon.inference.service import InferenceService
 from daemon.registry.cli import registry_token
 from daemon.state import StateDir
 from protocol import ErrorCode, RpcError
 from protocol.commands.inference import InferenceErrorCode
-from tests.conftest import WAIT, eventually
+from tests.conftest import eventually
 
 
 def index_bytes(store: AdapterStore) -> bytes:
@@ -88,27 +86,12 @@ def test_refusals_change_nothing(store: AdapterStore, make_adapter: Any) -> None
 # -- through the bus ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def service(
-    bus: Bus, state: StateDir, store: AdapterStore, load_tiny: Any
-) -> AsyncIterator[InferenceService]:
-    engine = await AsyncEngine.open(state_root=store.root.parent, store=store, loaded=load_tiny())
-    running = InferenceService(engine, url=bus.url, token=service_token(state, "main"))
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(running.run(stop))
-    await eventually(lambda: "inference:main" in bus.router.clients, what="service connected")
-    yield running
-    stop.set()
-    await asyncio.wait_for(task, WAIT)
-    await engine.close()
-
-
 async def delete(client: BusClient, params: dict[str, Any]) -> Any:
     return await client.call("adapter.delete", params, to="cap:inference", deadline_ms=30_000)
 
 
 async def test_admin_and_registry_delete_through_the_bus(
-    service: InferenceService,
+    inference: InferenceService,
     connect: Callable[..., Any],
     store: AdapterStore,
     make_adapter: Any,
@@ -127,7 +110,7 @@ async def test_admin_and_registry_delete_through_the_bus(
             to="cap:inference",
             deadline_ms=60_000,
         )
-    engine = service.backend.engine  # type: ignore[attr-defined]
+    engine = inference.backend.engine  # type: ignore[attr-defined]
     assert cat.sha256 in engine._component
     assert any(cat.sha256 in s for s in engine._merged)
     answer = await delete(admin, {"name": "zoo.cat", "sha256": cat.sha256})
@@ -143,7 +126,7 @@ async def test_admin_and_registry_delete_through_the_bus(
 
 
 async def test_personas_and_observers_are_refused(
-    service: InferenceService, bus: Bus, state: StateDir, store: AdapterStore, make_adapter: Any
+    inference: InferenceService, bus: Bus, state: StateDir, store: AdapterStore, make_adapter: Any
 ) -> None:
     make_adapter("zoo", seed=1)
     before = index_bytes(store)
@@ -175,7 +158,7 @@ async def test_personas_and_observers_are_refused(
     ],
 )
 async def test_bad_params_name_the_field(
-    service: InferenceService,
+    inference: InferenceService,
     connect: Callable[..., Any],
     store: AdapterStore,
     make_adapter: Any,
@@ -193,7 +176,7 @@ async def test_bad_params_name_the_field(
 
 
 async def test_refusals_through_the_bus_change_nothing(
-    service: InferenceService,
+    inference: InferenceService,
     bus: Bus,
     connect: Callable[..., Any],
     store: AdapterStore,

@@ -8,12 +8,11 @@ source files (B · A · scaling).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,13 @@ from safetensors.torch import load_file
 
 from daemon.client import BusClient
 from daemon.inference.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterRecord, AdapterStore
-from daemon.inference.engine import AsyncEngine
 from daemon.inference.errors import AdapterCorrupt, AdapterIncompatible, AdapterNotFound, Unsupported
 from daemon.inference.merge import MergeParamsError, build_merge
 from daemon.inference.model import load_model
-from daemon.inference.service import InferenceService, service_token
 from protocol import ErrorCode, RpcError
 from protocol.commands.adapters import MergeParams
 from protocol.commands.inference import InferenceErrorCode
-from tests.conftest import WAIT, eventually, run_cli, start_bus_process
+from tests.conftest import WAIT, run_cli, start_bus_process
 from tests.daemon.inference.conftest import save_random_adapter
 
 IDS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 2, 1, 50]])
@@ -351,20 +348,7 @@ def test_params_are_validated_on_the_wire_model() -> None:
 # -- through the bus -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def service(bus, state, store, load_tiny) -> AsyncIterator[InferenceService]:  # type: ignore[no-untyped-def]
-    engine = await AsyncEngine.open(state_root=store.root.parent, store=store, loaded=load_tiny())
-    running = InferenceService(engine, url=bus.url, token=service_token(state, "main"))
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(running.run(stop))
-    await eventually(lambda: "inference:main" in bus.router.clients, what="service connected")
-    yield running
-    stop.set()
-    await asyncio.wait_for(task, WAIT)
-    await engine.close()
-
-
-@pytest.mark.usefixtures("service")
+@pytest.mark.usefixtures("inference")
 async def test_bus_merge_for_admin_refused_for_personas(  # type: ignore[no-untyped-def]
     bus, state, connect, store, stacks, make_adapter
 ) -> None:
@@ -456,9 +440,7 @@ def test_cli_merge_against_a_real_inference_process(state, spawn, tiny_dir, tmp_
     wrong = run_cli(state, "adapter", "delete", "merged", "--sha256", "0" * 64, url=url, timeout=WAIT * 2)
     assert wrong.returncode == 1
     assert "sha256" in wrong.stderr
-    gone = run_cli(
-        state, "adapter", "delete", "merged", "--sha256", record.sha256, url=url, timeout=WAIT * 2
-    )
+    gone = run_cli(state, "adapter", "delete", "merged", "--sha256", record.sha256, url=url, timeout=WAIT * 2)
     assert gone.returncode == 0, gone.stderr
     assert f"deleted merged ({record.sha256[:12]}…): name and weights" in gone.stdout
     assert "merged" not in store.names()

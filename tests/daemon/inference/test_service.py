@@ -12,14 +12,14 @@ from daemon.client import BusClient
 from daemon.dispatch import Dispatcher
 from daemon.inference.adapters import AdapterStore
 from daemon.inference.engine import AsyncEngine
-from daemon.inference.service import InferenceService, service_token
+from daemon.inference.service import InferenceService
 from daemon.persona.chat import PersonaChat, ask_persona, register_chat_commands
 from daemon.persona.config import PersonaConfig
 from daemon.persona.session_dir import prepare_session_dir
 from protocol import ErrorCode, RpcError
 from protocol.commands.inference import InferenceErrorCode
-from tests.conftest import WAIT, eventually
-from tests.daemon.inference.conftest import save_random_adapter
+from tests.conftest import WAIT
+from tests.daemon.inference.conftest import save_random_adapter, serving_inference
 
 QUESTION = {"message": "Say something.", "max_tokens": 10, "temperature": 0.0}
 
@@ -36,13 +36,8 @@ async def engine(trained_store: AdapterStore, load_tiny) -> AsyncIterator[AsyncE
 @pytest.fixture
 async def service(bus, state, engine) -> AsyncIterator[InferenceService]:  # type: ignore[no-untyped-def]
     """The inference service on the test bus, with its own (service-role) token."""
-    running = InferenceService(engine, url=bus.url, token=service_token(state, "main"))
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(running.run(stop))
-    await eventually(lambda: "inference:main" in bus.router.clients, what="service connected")
-    yield running
-    stop.set()
-    await asyncio.wait_for(task, WAIT)
+    async with serving_inference(bus, state, engine) as running:
+        yield running
 
 
 @pytest.fixture

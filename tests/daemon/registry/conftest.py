@@ -21,6 +21,7 @@ from daemon.registry.store import Registry
 from daemon.state import StateDir
 from tests.conftest import WAIT
 from tests.daemon.inference.conftest import (  # noqa: F401  (fixtures, imported to be found here)
+    inference,
     load_tiny,
     make_adapter,
     store,

@@ -21,8 +21,6 @@ from daemon.brain import Brain, load_or_create_key
 from daemon.bus import Bus
 from daemon.client import BusClient
 from daemon.inference.adapters import AdapterRecord, AdapterStore
-from daemon.inference.engine import AsyncEngine
-from daemon.inference.service import InferenceService, service_token
 from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
 from daemon.persona.session_dir import prepare_session_dir
@@ -75,20 +73,6 @@ def files_holding(root: Path, needles: list[str]) -> list[str]:
 
 def audit_entries(serving: Serving) -> list[dict[str, Any]]:
     return [json.loads(line) for line in serving.registry.audit.path.read_text().splitlines()]
-
-
-@pytest.fixture
-async def inference(bus: Bus, state: StateDir, store: AdapterStore, load_tiny: Any) -> AsyncIterator[None]:
-    """cap:inference on the same bus and state dir, the tiny model loaded."""
-    engine = await AsyncEngine.open(state_root=store.root.parent, store=store, loaded=load_tiny())
-    running = InferenceService(engine, url=bus.url, token=service_token(state, "main"))
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(running.run(stop))
-    await eventually(lambda: "inference:main" in bus.router.clients, what="inference connected")
-    yield
-    stop.set()
-    await asyncio.wait_for(task, WAIT)
-    await engine.close()
 
 
 class RunningPersona:

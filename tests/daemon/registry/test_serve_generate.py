@@ -21,7 +21,6 @@ from daemon.bus import Bus
 from daemon.cli import build_parser
 from daemon.inference.adapters import AdapterStore
 from daemon.inference.engine import AsyncEngine
-from daemon.inference.service import InferenceService, service_token
 from daemon.registry import serve_generate
 from daemon.registry.audit import verify
 from daemon.registry.cli_generate import _generate, generate_params
@@ -34,6 +33,7 @@ from protocol.commands.personas import BASE_TRAIT_BAND, CONTEXT_FLAG_EFFECTS, MA
 from protocol.messages import Notification
 from protocol.profile import PERSONA_ID_PATTERN, TRAITS, Profile
 from tests.conftest import WAIT, eventually
+from tests.daemon.inference.conftest import serving_inference
 from tests.daemon.registry.conftest import Serving
 
 DEADLINE_MS = int(WAIT * 8 * 1000)
@@ -46,14 +46,11 @@ async def inference(bus: Bus, state: StateDir, store: AdapterStore, load_tiny: A
     # A random model has no real context limit (RoPE): room for a whole profile spelt byte by byte.
     loaded.model.config.max_position_embeddings = 4096
     engine = await AsyncEngine.open(state_root=store.root.parent, store=store, loaded=loaded)
-    running = InferenceService(engine, url=bus.url, token=service_token(state, "main"))
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(running.run(stop))
-    await eventually(lambda: "inference:main" in bus.router.clients, what="inference connected")
-    yield
-    stop.set()
-    await asyncio.wait_for(task, WAIT)
-    await engine.close()
+    try:
+        async with serving_inference(bus, state, engine):
+            yield
+    finally:
+        await engine.close()
 
 
 async def generate(client: Any, params: dict[str, Any], deadline_ms: int = DEADLINE_MS) -> Any:

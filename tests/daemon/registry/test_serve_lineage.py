@@ -8,10 +8,9 @@ files (``delta`` of tests/daemon/inference/test_merge.py).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,13 @@ import torch
 from daemon.brain import Brain, MemoryItem
 from daemon.brain.errors import WrongKey
 from daemon.brain.keys import brain_path, key_path, load_or_create_key
-from daemon.bus import Bus
 from daemon.inference.adapters import AdapterRecord, AdapterStore
-from daemon.inference.engine import AsyncEngine
-from daemon.inference.service import InferenceService, service_token
 from daemon.registry.audit import verify
 from daemon.registry.events import PUBLISHER, TOPIC
 from daemon.state import StateDir
 from protocol import ErrorCode, RpcError
 from protocol.messages import Notification
-from tests.conftest import WAIT, eventually
+from tests.conftest import eventually
 from tests.daemon.inference.test_merge import delta
 from tests.daemon.registry.conftest import Serving
 
@@ -106,20 +102,6 @@ def event_data(inbox: list[Notification]) -> list[tuple[str, str, str]]:
         data = params["data"]
         out.append((data["persona_id"], data["status"], data["action"]))
     return out
-
-
-@pytest.fixture
-async def inference(bus: Bus, state: StateDir, store: AdapterStore, load_tiny: Any) -> AsyncIterator[None]:
-    """cap:inference with the tiny model, on the registry's bus and state dir (its adapter store)."""
-    engine = await AsyncEngine.open(state_root=store.root.parent, store=store, loaded=load_tiny())
-    running = InferenceService(engine, url=bus.url, token=service_token(state, "main"))
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(running.run(stop))
-    await eventually(lambda: "inference:main" in bus.router.clients, what="inference connected")
-    yield
-    stop.set()
-    await asyncio.wait_for(task, WAIT)
-    await engine.close()
 
 
 # -- fork -------------------------------------------------------------------------------------
