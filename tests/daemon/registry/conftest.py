@@ -14,12 +14,16 @@ from dataclasses import dataclass
 
 import pytest
 
+from daemon.brain.keys import load_or_create_key
 from daemon.bus import Bus
+from daemon.persona.config import PersonaConfig
+from daemon.persona.daemon import PersonaDaemon
+from daemon.persona.session_dir import prepare_session_dir
 from daemon.registry.cli import registry_token
 from daemon.registry.service import RegistryService
 from daemon.registry.store import Registry
 from daemon.state import StateDir
-from tests.conftest import WAIT
+from tests.conftest import WAIT, eventually
 from tests.daemon.inference.conftest import (  # noqa: F401  (fixtures, imported to be found here)
     inference,
     load_tiny,
@@ -50,3 +54,32 @@ async def serving(bus: Bus, state: StateDir) -> AsyncIterator[Serving]:
         stop.set()
         await asyncio.wait_for(task, WAIT)
         await registry.close()
+
+
+class RunningPersona:
+    """A real PersonaDaemon in this loop, on the bus as persona:<id>, with its own brain and token."""
+
+    def __init__(self, bus: Bus, state: StateDir, pid: str, description: str = "") -> None:
+        config = PersonaConfig(id=pid, name=pid.title(), description=description, capabilities=["chat"])
+        self.daemon = PersonaDaemon(
+            config,
+            prepare_session_dir(state.root, pid),
+            url=bus.url,
+            token=state.persona_token(pid, create=True),
+            brain_key=load_or_create_key(state.root, pid, environ={}),
+        )
+        self.bus = bus
+        self.client_id = f"persona:{pid}"
+        self.stop = asyncio.Event()
+        self.task: asyncio.Future[None] | None = None
+
+    async def start(self) -> RunningPersona:
+        self.task = asyncio.ensure_future(self.daemon.run(self.stop))
+        await eventually(lambda: self.client_id in self.bus.router.clients, what=f"{self.client_id} up")
+        return self
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, WAIT)
+            self.task = None

@@ -21,8 +21,6 @@ from daemon.brain import Brain, load_or_create_key
 from daemon.bus import Bus
 from daemon.client import BusClient
 from daemon.inference.adapters import AdapterRecord, AdapterStore
-from daemon.persona.config import PersonaConfig
-from daemon.persona.daemon import PersonaDaemon
 from daemon.persona.session_dir import prepare_session_dir
 from daemon.registry.audit import verify
 from daemon.registry.events import PUBLISHER, TOPIC
@@ -31,8 +29,8 @@ from daemon.registry.service import import_configs
 from daemon.state import StateDir
 from protocol import ErrorCode, Notification, RpcError
 from protocol.commands.persona_erase import PersonaEraseErrorCode
-from tests.conftest import WAIT, eventually
-from tests.daemon.registry.conftest import Serving
+from tests.conftest import eventually
+from tests.daemon.registry.conftest import RunningPersona, Serving
 
 MARKER = "zq-marker-Erasure-7f3a91"
 ADA_DESCRIPTION = "Ada keeps the ledger of the Vandermonde account"
@@ -73,36 +71,6 @@ def files_holding(root: Path, needles: list[str]) -> list[str]:
 
 def audit_entries(serving: Serving) -> list[dict[str, Any]]:
     return [json.loads(line) for line in serving.registry.audit.path.read_text().splitlines()]
-
-
-class RunningPersona:
-    """A real PersonaDaemon in this loop, on the bus as persona:<id>, with its own brain."""
-
-    def __init__(self, bus: Bus, state: StateDir, pid: str, description: str) -> None:
-        config = PersonaConfig(id=pid, name=pid.title(), description=description, capabilities=["chat"])
-        self.daemon = PersonaDaemon(
-            config,
-            prepare_session_dir(state.root, pid),
-            url=bus.url,
-            token=state.persona_token(pid, create=True),
-            brain_key=load_or_create_key(state.root, pid, environ={}),
-        )
-        self.bus = bus
-        self.client_id = f"persona:{pid}"
-        self.stop = asyncio.Event()
-        self.task: asyncio.Future[None] | None = None
-
-    async def start(self) -> None:
-        self.task = asyncio.ensure_future(self.daemon.run(self.stop))
-        await eventually(
-            lambda: self.client_id in self.bus.router.clients, what=f"{self.client_id} connected"
-        )
-
-    async def close(self) -> None:
-        self.stop.set()
-        if self.task is not None:
-            await asyncio.wait_for(self.task, WAIT)
-            self.task = None
 
 
 @pytest.fixture

@@ -16,11 +16,7 @@ from typing import Any
 
 import pytest
 
-from daemon.brain import load_or_create_key
 from daemon.bus import Bus
-from daemon.persona.config import PersonaConfig
-from daemon.persona.daemon import PersonaDaemon
-from daemon.persona.session_dir import prepare_session_dir
 from daemon.registry import cli_sessions
 from daemon.registry import sessions_score as score
 from daemon.registry.serve_sessions import TRANSCRIPT_BUDGET, Session, transcript
@@ -28,8 +24,8 @@ from daemon.state import StateDir
 from protocol import ErrorCode, Notification, RpcError
 from protocol.commands import sessions as m
 from protocol.profile import TRAITS
-from tests.conftest import WAIT, eventually
-from tests.daemon.registry.conftest import Serving
+from tests.conftest import eventually
+from tests.daemon.registry.conftest import RunningPersona, Serving
 
 pytestmark = pytest.mark.usefixtures("serving")
 
@@ -48,35 +44,6 @@ def profile(pid: str, role: str, description: str, precision: int, **more: Any) 
         "traits": {"precision": precision, "focus": precision},
         **more,
     }
-
-
-class RunningPersona:
-    """A real PersonaDaemon in this loop, on the bus as persona:<id>."""
-
-    def __init__(self, bus: Bus, state: StateDir, pid: str) -> None:
-        config = PersonaConfig(id=pid, name=pid.title(), description="", capabilities=["chat"])
-        self.daemon = PersonaDaemon(
-            config,
-            prepare_session_dir(state.root, pid),
-            url=bus.url,
-            token=state.persona_token(pid, create=True),
-            brain_key=load_or_create_key(state.root, pid, environ={}),
-        )
-        self.bus = bus
-        self.client_id = f"persona:{pid}"
-        self.stop = asyncio.Event()
-        self.task: asyncio.Future[None] | None = None
-
-    async def start(self) -> RunningPersona:
-        self.task = asyncio.ensure_future(self.daemon.run(self.stop))
-        await eventually(lambda: self.client_id in self.bus.router.clients, what=f"{self.client_id} up")
-        return self
-
-    async def close(self) -> None:
-        self.stop.set()
-        if self.task is not None:
-            await asyncio.wait_for(self.task, WAIT)
-            self.task = None
 
 
 @pytest.fixture
