@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from protocol.commands.knowledge import MAX_EMBED_TEXT_CHARS
+
 from .ops import in_transaction
 from .recall import query_terms
 from .records import from_epoch
@@ -88,8 +90,14 @@ class Scored:
 
 
 def embedding_text(content: str, context: str | None) -> str:
-    """What is embedded for an item: its content, then its context on the next line."""
-    return content if not context else f"{content}\n{context}"
+    """What is embedded for an item: its content, then its context on the next line.
+
+    Cut at inference.embed's limit per text: the model reads only its first
+    256 tokens anyway, and one over-long text would fail every batch it is in
+    (the backfill would retry it, oldest first, forever).
+    """
+    text = content if not context else f"{content}\n{context}"
+    return text[:MAX_EMBED_TEXT_CHARS]
 
 
 def embedding_blob(vector: list[float]) -> bytes:

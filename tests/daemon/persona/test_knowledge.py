@@ -189,6 +189,25 @@ async def test_add_embeds_now_and_backfills_the_offline_ones(ada, connect, embed
     assert top["score"] == pytest.approx(expected)
 
 
+async def test_a_long_item_is_embedded_and_does_not_block_the_backfill(ada, connect, embed_service) -> None:
+    """Content past inference.embed's per-text limit is embedded by its beginning (the model reads 256)."""
+    caller = await connect()
+    await embed_service()
+    long = await caller.call("persona.knowledge.add", {"content": "volcanic eruptions " * 1500}, to=ADA)
+    short = await caller.call("persona.knowledge.add", {"content": "lava and ash"}, to=ADA)
+    assert (True, True) == (long["embedded"], short["embedded"])
+    assert 0 == await unembedded(ada)
+
+
+async def test_a_query_without_words_ranks_by_relevance(ada, connect) -> None:
+    """Offline and with nothing to match, the pool is ranked by stored relevance."""
+    caller = await connect()
+    for content, relevance in [("low", 0.1), ("high", 0.9), ("middle", 0.5)]:
+        await caller.call("persona.knowledge.add", {"content": content, "relevance_score": relevance}, to=ADA)
+    result = await caller.call("persona.knowledge.search", {"query": "?!"}, to=ADA)
+    assert (False, ["high", "middle", "low"]) == (result["reranked"], [h["content"] for h in result["hits"]])
+
+
 async def test_tags_filter_and_full_text_scores(ada, connect) -> None:
     """Search keeps items carrying every tag asked for; offline it ranks by BM25 and relevance only."""
     caller = await connect()
