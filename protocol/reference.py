@@ -127,6 +127,19 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "context": {"tags": ["python", "security"]},
     },
     "persona.analytics": {"window": 30},
+    "persona.knowledge.add": {
+        "content": "GDPR fines reach 4% of annual worldwide turnover.",
+        "context": "EU privacy law notes",
+        "tags": ["law", "eu"],
+        "relevance_score": 0.8,
+    },
+    "persona.knowledge.search": {
+        "query": "penalties for breaking EU privacy rules",
+        "tags": ["law"],
+        "limit": 5,
+    },
+    "persona.knowledge.prune": {"min_relevance": 0.2, "max_items": 50000},
+    "inference.embed": {"texts": ["a cat sleeps on the sofa", "a kitten naps on the couch"]},
     "session.create": {"topic": "patent claims review", "context": {"requires_precision": True}},
     "session.recommendations": {
         "topic": "patent claims review",
