@@ -5,7 +5,7 @@ Each ``*_sync`` function takes the sqlcipher connection and runs on a
 persona's handlers (daemon/persona/knowledge.py) call them and fetch the
 embeddings from ``cap:inference`` in between.
 
-**Candidates.** A search scores a bounded pool of items, never the table:
+**Candidates.** A search scores a bounded set of items, never the table:
 
 1. full-text: the query's words (recall's :func:`~daemon.brain.recall.query_terms`:
    lower-cased, stop words dropped) OR-ed as quoted FTS5 strings over content
@@ -14,10 +14,14 @@ embeddings from ``cap:inference`` in between.
    up to at most :data:`MATCH_BUDGET` (a word in most items says nothing and
    would cost a BM25 per row); if even the rarest is over, only the newest
    ``MATCH_BUDGET`` matches are ranked.
-2. the pool: the :data:`POOL` items with the highest stored relevance (newest
-   first among equals; the ``knowledge_relevance`` index) that step 1 did not
-   return. A paraphrase shares no word with its answer, so without this pool
-   the embeddings could only re-order what the words already found.
+2. semantic: the items nearest the query's embedding among **every**
+   embedded item, proposed by the persona's in-memory vector index
+   (:mod:`daemon.brain.knowledge_index`) and read here by id
+   (:func:`rows_sync`). A paraphrase shares no word with its answer: this is
+   how it is found.
+3. the pool, only for a query with no words at all (punctuation): the
+   :data:`POOL` items with the highest stored relevance (newest first among
+   equals; the ``knowledge_relevance`` index).
 
 Both honour the tag filter (an item must carry every tag asked for).
 
@@ -26,8 +30,8 @@ Both honour the tag filter (an item must carry every tag asked for).
     text(i)     = bm25(i) / min(bm25 over the candidates)  in (0, 1]; 0 if no word matched
     semantic(i) = max(0, cos(query, item))                 in [0, 1]; 0 if the item has no embedding
     re-ranked:  score = 0.65 semantic + 0.25 text + 0.10 relevance
-    full text:  score = 0.80 text + 0.20 relevance         (pool items are left out,
-                                                            unless the query has no words at all)
+    full text:  score = 0.80 text + 0.20 relevance         (semantic candidates are left out;
+                                                            the pool is kept only for a wordless query)
 
 Embeddings are unit float32 vectors stored as little-endian BLOBs with the
 model's name; an item whose model differs from the current one counts as
@@ -63,6 +67,7 @@ __all__ = [
     "pending_sync",
     "prune_sync",
     "rank",
+    "rows_sync",
     "store_embeddings_sync",
 ]
 
@@ -76,7 +81,7 @@ W_TEXT_ONLY, W_RELEVANCE_ONLY = 0.80, 0.20
 @dataclass(frozen=True, slots=True)
 class Candidate:
     id: int
-    bm25: float | None  # None: from the pool, no word matched
+    bm25: float | None  # None: semantic or pool candidate, no word matched
     relevance: float
     embedding: bytes | None  # None: not embedded (or by another model)
 
@@ -213,7 +218,7 @@ def _fts_candidates(db: Any, query: str, where: str, where_params: list[Any]) ->
 def candidates_sync(
     db: Any, query: str, tags: list[str] | None, model: str, with_pool: bool
 ) -> list[Candidate]:
-    """The search's candidates: full-text matches, plus the relevance pool when ``with_pool``."""
+    """Full-text candidates, plus the relevance pool when ``with_pool`` or the query has no words."""
     where, where_params = _tag_filter(tags)
     matched = dict(_fts_candidates(db, query, where, where_params))
     ids = list(matched)
@@ -244,7 +249,7 @@ def rank(
 
     ``has_terms``: the query had words to match; without any (punctuation
     only), full-text ranking falls back to the pool by relevance. Vectorised:
-    the candidates are up to FTS_CANDIDATES + POOL, scored in one pass.
+    the candidates are a few hundred at most, scored in one pass.
     """
     if query_vector is None:
         candidates = [c for c in candidates if c.bm25 is not None or not has_terms]
@@ -281,6 +286,24 @@ def rank(
     ]
 
 
+def rows_sync(db: Any, ids: list[int], tags: list[str] | None, model: str, limit: int) -> list[Candidate]:
+    """Semantic candidates: the items among ``ids`` (nearest first) carrying ``tags``, the first ``limit``.
+
+    Deleted ids are skipped, so a stale index can never bring back an item.
+    """
+    if not ids:
+        return []
+    where, where_params = _tag_filter(tags)
+    rows = db.execute(
+        "SELECT k.id, k.relevance, k.embedding, k.embed_model FROM knowledge k "
+        f"WHERE k.id IN ({', '.join('?' * len(ids))}) AND {where}",
+        [*ids, *where_params],
+    ).fetchall()
+    order = {item_id: i for i, item_id in enumerate(ids)}
+    rows.sort(key=lambda row: order[row[0]])
+    return [Candidate(row[0], None, row[1], row[2] if row[3] == model else None) for row in rows[:limit]]
+
+
 def hits_sync(db: Any, ids: list[int]) -> dict[int, dict[str, Any]]:
     """The ranked items in full, by id."""
     if not ids:
@@ -308,20 +331,31 @@ def count_sync(db: Any) -> int:
     return int(count)
 
 
-def prune_sync(db: Any, min_relevance: float | None, max_items: int | None) -> tuple[int, int]:
-    """Delete items under ``min_relevance``, then all but the best ``max_items``; (removed, remaining)."""
+def prune_sync(db: Any, min_relevance: float | None, max_items: int | None) -> tuple[list[int], int]:
+    """Delete items under ``min_relevance``, then all but the best ``max_items``; (removed ids, remaining).
 
-    def work(db: Any) -> tuple[int, int]:
-        removed = 0
+    The ids let the persona's vector index forget exactly what was deleted.
+    """
+
+    def work(db: Any) -> tuple[list[int], int]:
+        removed: list[int] = []
         if min_relevance is not None:
-            removed += db.execute("DELETE FROM knowledge WHERE relevance < ?", (min_relevance,)).rowcount
+            removed += [
+                row[0]
+                for row in db.execute(
+                    "DELETE FROM knowledge WHERE relevance < ? RETURNING id", (min_relevance,)
+                ).fetchall()
+            ]
         if max_items is not None:
-            removed += db.execute(
-                "DELETE FROM knowledge WHERE id NOT IN "
-                "(SELECT id FROM knowledge ORDER BY relevance DESC, id DESC LIMIT ?)",
-                (max_items,),
-            ).rowcount
+            removed += [
+                row[0]
+                for row in db.execute(
+                    "DELETE FROM knowledge WHERE id NOT IN "
+                    "(SELECT id FROM knowledge ORDER BY relevance DESC, id DESC LIMIT ?) RETURNING id",
+                    (max_items,),
+                ).fetchall()
+            ]
         return removed, count_sync(db)
 
-    result: tuple[int, int] = in_transaction(db, work)
+    result: tuple[list[int], int] = in_transaction(db, work)
     return result

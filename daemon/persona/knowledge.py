@@ -11,10 +11,19 @@ is durable before the answer whatever the inference service does), then
 embeds it in one call together with up to ``MAX_EMBED_BATCH - 1`` older items
 still lacking an embedding (the backfill), so items added while the service
 was offline are embedded by the next add that reaches it. ``search`` asks
-for the query's embedding while the brain finds the candidates (the two
-waits overlap); when the service answered and some candidates still lack
-one, it embeds those (up to the same bound), stores them and ranks with
+for the query's embedding while the brain finds the full-text candidates
+(the two waits overlap); when the service answered and some candidates still
+lack one, it embeds those (up to the same bound), stores them and ranks with
 them. Items outside both stay searchable by their words until then.
+
+**The vector index.** The semantic candidates come from a
+:class:`~daemon.brain.knowledge_index.VectorIndex` over every embedded item,
+held by :class:`LiveIndex`: built from the brain on the first search that
+has a query embedding, then kept in step by this module, which is the only
+writer of the brain's knowledge (every stored embedding is added to it, every
+pruned id removed). Changes made while the build reads the table are
+journalled and replayed onto it. Nothing is persisted: a restarted daemon
+builds it again from the table.
 
 **Offline.** If ``inference.embed`` fails in any way (service offline, timeout,
 model missing, a malformed answer), add answers ``embedded: false`` and search
@@ -31,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,12 +49,21 @@ from protocol.commands import knowledge as k
 
 from ..brain import Brain
 from ..brain import knowledge as kb
+from ..brain.knowledge_index import VectorIndex, load_sync
 from ..brain.recall import query_terms
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
 from .session_dir import SessionDir
 
-__all__ = ["EMBED_DEADLINE_MS", "embed_texts", "register_knowledge_commands"]
+__all__ = [
+    "EMBED_DEADLINE_MS",
+    "SEMANTIC_CANDIDATES",
+    "TAGGED_NEAREST",
+    "LiveIndex",
+    "embed_texts",
+    "live_index",
+    "register_knowledge_commands",
+]
 
 log = logging.getLogger("personad.persona.knowledge")
 
@@ -52,6 +71,70 @@ log = logging.getLogger("personad.persona.knowledge")
 #: first call after the service starts loads the model (seconds), later ones
 #: take milliseconds.
 EMBED_DEADLINE_MS = 15_000
+
+#: Semantic candidates a search adds to the full-text ones (those not already among them).
+SEMANTIC_CANDIDATES = 100
+#: With a tag filter, the nearest items asked of the index (which knows no tags), of which
+#: the first SEMANTIC_CANDIDATES carrying the tags are kept.
+TAGGED_NEAREST = 1_000
+
+
+def live_index(brain: Brain) -> LiveIndex | None:
+    """The index kept for ``brain`` by the knowledge methods registered on it (for tests and figures)."""
+    return _LIVE.get(brain)
+
+
+class LiveIndex:
+    """The persona's vector index: built on first use, then kept in step with this daemon's writes."""
+
+    def __init__(self) -> None:
+        self._index: VectorIndex | None = None
+        self._lock = asyncio.Lock()
+        # While a build reads the table, changes committed meanwhile may or may not be in its
+        # snapshot: they are noted here, in order, and replayed (both operations are idempotent).
+        self._journal: list[tuple[bool, Any]] | None = None
+        #: Items may lack an embedding (added offline, or by another model): searches embed the
+        #: oldest of them while this holds. Unknown at start, so True; cleared when none is left.
+        self.backlog = True
+
+    @property
+    def built(self) -> VectorIndex | None:
+        """The index if it has been built (for tests and figures)."""
+        return self._index
+
+    async def get(self, brain: Brain) -> VectorIndex:
+        """The index, built from ``brain`` (the one whose writes it follows) on the first call."""
+        if self._index is not None:
+            return self._index
+        async with self._lock:
+            if self._index is None:
+                self._journal = []
+                try:
+                    index: VectorIndex = await brain.read(load_sync, k.EMBED_MODEL, k.EMBED_DIM)
+                    for upsert, arg in self._journal:
+                        if upsert:
+                            index.upsert(arg)
+                        else:
+                            index.remove(arg)
+                    self._index = index
+                finally:
+                    self._journal = None
+                log.info("knowledge index built: %d items, %.1f MB", len(index), index.nbytes / 1e6)
+            return self._index
+
+    def stored(self, items: list[tuple[int, bytes]]) -> None:
+        """Embeddings (by the current model) were just stored."""
+        if self._index is not None:
+            self._index.upsert(items)
+        elif self._journal is not None:
+            self._journal.append((True, items))
+
+    def removed(self, ids: list[int]) -> None:
+        """Items were just deleted."""
+        if self._index is not None:
+            self._index.remove(ids)
+        elif self._journal is not None:
+            self._journal.append((False, ids))
 
 
 async def embed_texts(client: BusClient, texts: list[str]) -> list[list[float]] | None:
@@ -79,11 +162,16 @@ async def embed_texts(client: BusClient, texts: list[str]) -> list[list[float]] 
     return result.vectors
 
 
+#: Each open brain's index (weak: it goes with the brain; the index holds no reference to it).
+_LIVE: weakref.WeakKeyDictionary[Brain, LiveIndex] = weakref.WeakKeyDictionary()
+
+
 def register_knowledge_commands(
     dispatcher: Dispatcher, client: BusClient, brain: Brain, session_dir: SessionDir
 ) -> None:
     """Register this group's methods on ``dispatcher``."""
     room = k.MAX_EMBED_BATCH - 1
+    live = _LIVE[brain] = LiveIndex()
 
     async def embed_and_store(first: list[str], pending: list[tuple[int, str]]) -> list[list[float]] | None:
         """Embed ``first`` and the pending items in one call; store the items'; ``first``'s vectors."""
@@ -96,42 +184,88 @@ def register_knowledge_commands(
         ]
         if items:
             await brain.write(kb.store_embeddings_sync, k.EMBED_MODEL, items, time.time())
+            live.stored(items)
         return vectors[: len(first)]
 
     async def add(p: k.KnowledgeAddParams, ctx: CallContext) -> k.KnowledgeAddResult:
         item_id = await brain.write(
             kb.add_sync, p.content, p.context, list(p.tags or []), p.relevance_score, time.time()
         )
-        pending: list[tuple[int, str]] = await brain.read(kb.pending_sync, k.EMBED_MODEL, room + 1)
+        # Looking for older items without a vector reads every row's embedding column (there is
+        # no index on it), so only while some may remain.
+        pending: list[tuple[int, str]] = (
+            await brain.read(kb.pending_sync, k.EMBED_MODEL, room + 1) if live.backlog else []
+        )
         # The new item first, then the oldest of the rest (it is among them unless the backlog is long).
         mine = [(i, text) for i, text in pending if i == item_id] or [
             (item_id, kb.embedding_text(p.content, p.context))
         ]
         others = [(i, text) for i, text in pending if i != item_id][:room]
         embedded = await embed_and_store([], [*mine, *others]) is not None
+        # Items remain without a vector unless this call embedded all there were.
+        live.backlog = not embedded or len(pending) > room
         return k.KnowledgeAddResult(id=item_id, embedded=embedded, backfilled=len(others) if embedded else 0)
+
+    async def catch_up(candidates: list[kb.Candidate]) -> bool:
+        """Embed candidates lacking a vector, then the oldest of the backlog (up to ``room`` in all).
+
+        Called once the service has just answered a search. Full-text candidates first (the
+        search ranks with them); then, while items added offline may remain, the oldest of
+        them, so that the index comes to hold every item. True if candidates were embedded.
+        """
+        missing = [c.id for c in candidates if c.embedding is None][:room]
+        todo: list[tuple[int, str]] = (
+            await brain.read(kb.pending_sync, k.EMBED_MODEL, room, missing) if missing else []
+        )
+        drained = False
+        if live.backlog and len(todo) < room:
+            chosen = {item_id for item_id, _ in todo}
+            oldest: list[tuple[int, str]] = await brain.read(kb.pending_sync, k.EMBED_MODEL, room + 1)
+            rest = [(item_id, text) for item_id, text in oldest if item_id not in chosen]
+            drained = len(rest) <= room - len(todo)
+            todo += rest[: room - len(todo)]
+        if not todo:
+            live.backlog = live.backlog and not drained
+            return False
+        if await embed_and_store([], todo) is None:
+            return False
+        if drained:
+            live.backlog = False
+        return bool(missing)
+
+    async def semantic(
+        query_vector: list[float], tags: list[str] | None, known: list[kb.Candidate]
+    ) -> list[kb.Candidate]:
+        """The items nearest the query in the whole base that are not among ``known``."""
+        index = await live.get(brain)
+        nearest = await asyncio.to_thread(
+            index.top, query_vector, TAGGED_NEAREST if tags else SEMANTIC_CANDIDATES
+        )
+        seen = {c.id for c in known}
+        ids = [item_id for item_id, _ in nearest if item_id not in seen]
+        rows: list[kb.Candidate] = await brain.read(
+            kb.rows_sync, ids, tags, k.EMBED_MODEL, SEMANTIC_CANDIDATES
+        )
+        return rows
 
     async def search(p: k.KnowledgeSearchParams, ctx: CallContext) -> k.KnowledgeSearchResult:
         tags = list(p.tags) if p.tags else None
-        # The query's embedding does not depend on the candidates: ask for it
+        # The query's embedding does not depend on the full-text candidates: ask for it
         # while the brain finds them, so the two waits overlap.
         asked = asyncio.create_task(embed_texts(client, [p.query]))
         try:
             candidates: list[kb.Candidate] = await brain.read(
-                kb.candidates_sync, p.query, tags, k.EMBED_MODEL, True
+                kb.candidates_sync, p.query, tags, k.EMBED_MODEL, False
             )
         except BaseException:
             asked.cancel()
             raise
         vectors = await asked
         query_vector = vectors[0] if vectors is not None else None
-        missing = [c.id for c in candidates if c.embedding is None][:room]
-        if query_vector is not None and missing:
-            # Candidates added while cap:inference was offline: embed them now (the service
-            # just answered), store them, and read the candidates again so one code path ranks.
-            pending: list[tuple[int, str]] = await brain.read(kb.pending_sync, k.EMBED_MODEL, room, missing)
-            if pending and await embed_and_store([], pending) is not None:
-                candidates = await brain.read(kb.candidates_sync, p.query, tags, k.EMBED_MODEL, True)
+        if query_vector is not None:
+            if await catch_up(candidates):
+                candidates = await brain.read(kb.candidates_sync, p.query, tags, k.EMBED_MODEL, False)
+            candidates = [*candidates, *await semantic(query_vector, tags, candidates)]
         ranked = kb.rank(candidates, query_vector, p.limit, has_terms=bool(query_terms(p.query)))
         rows = await brain.read(kb.hits_sync, [s.id for s in ranked])
         hits = [
@@ -153,7 +287,8 @@ def register_knowledge_commands(
                 {"field": "min_relevance"},
             )
         removed, remaining = await brain.write(kb.prune_sync, p.min_relevance, p.max_items)
-        return k.KnowledgePruneResult(removed=removed, remaining=remaining)
+        live.removed(removed)
+        return k.KnowledgePruneResult(removed=len(removed), remaining=remaining)
 
     handlers: dict[str, Callable[..., Awaitable[Any]]] = {
         "persona.knowledge.add": add,

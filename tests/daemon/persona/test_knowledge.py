@@ -8,6 +8,7 @@ inference service's own token; the persona process itself loads no model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
@@ -25,6 +26,7 @@ from daemon.inference.embed import Embedder, register_embed_command
 from daemon.inference.service import service_token
 from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
+from daemon.persona.knowledge import SEMANTIC_CANDIDATES, live_index
 from daemon.persona.session_dir import prepare_session_dir
 from protocol import ErrorCode, RpcError
 from tests.conftest import WAIT, eventually
@@ -84,9 +86,9 @@ async def embed_service(bus, state, embedder) -> AsyncIterator[Any]:  # type: ig
         await client.close()
 
 
-@pytest.fixture
-async def ada(bus, state) -> AsyncIterator[PersonaDaemon]:  # type: ignore[no-untyped-def]
-    """The persona daemon ada, in-process, with its brain open."""
+@contextlib.asynccontextmanager
+async def running_ada(bus, state) -> AsyncIterator[PersonaDaemon]:  # type: ignore[no-untyped-def]
+    """The persona daemon ada, in-process, with its brain open (the same brain on every start)."""
     daemon = PersonaDaemon(
         PersonaConfig(id="ada", name="Ada"),
         prepare_session_dir(state.root, "ada"),
@@ -97,9 +99,19 @@ async def ada(bus, state) -> AsyncIterator[PersonaDaemon]:  # type: ignore[no-un
     stop = asyncio.Event()
     task = asyncio.ensure_future(daemon.run(stop))
     await eventually(lambda: ADA in bus.router.clients, what="ada connected")
-    yield daemon
-    stop.set()
-    await asyncio.wait_for(task, WAIT)
+    try:
+        yield daemon
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT)
+        await eventually(lambda: ADA not in bus.router.clients, what="ada gone")
+
+
+@pytest.fixture
+async def ada(bus, state) -> AsyncIterator[PersonaDaemon]:  # type: ignore[no-untyped-def]
+    """The persona daemon ada, in-process, with its brain open."""
+    async with running_ada(bus, state) as daemon:
+        yield daemon
 
 
 async def unembedded(daemon: PersonaDaemon) -> int:
@@ -168,6 +180,93 @@ async def test_hybrid_search_finds_paraphrases_full_text_cannot(ada, connect, em
     assert 0 == await unembedded(ada)
     assert hybrid >= 0.8, hybrid
     assert hybrid > full_text + 0.5, (hybrid, full_text)
+
+
+async def recall_at_10(caller: BusClient, ids: dict[str, int]) -> float:
+    """recall@10 of persona.knowledge.search on the paraphrase set (every search re-ranked)."""
+    queries = load_paraphrases()["queries"]
+    found = 0
+    for item in queries:
+        result = await caller.call("persona.knowledge.search", {"query": item["query"]}, to=ADA)
+        assert result["reranked"] is True
+        found += ids[item["answer"]] in [hit["id"] for hit in result["hits"]]
+    return found / len(queries)
+
+
+async def add_paraphrase_documents(caller: BusClient) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    for doc in load_paraphrases()["documents"]:
+        ids[doc["id"]] = (await caller.call("persona.knowledge.add", {"content": doc["content"]}, to=ADA))[
+            "id"
+        ]
+    return ids
+
+
+async def test_paraphrases_are_found_among_many_newer_items(ada, connect, embed_service) -> None:
+    """600 newer items of equal relevance (twice the old relevance pool) do not hide a paraphrase:
+    the semantic candidates come from an index over every embedded item. Added offline, the
+    backlog is embedded by searches, oldest first, into the index."""
+    caller = await connect()
+    ids = await add_paraphrase_documents(caller)
+    for i in range(600):
+        content = f"Inventory note {i}: shelf {i % 37} holds {i % 11 + 1} boxes of part number {1000 + i}."
+        await caller.call("persona.knowledge.add", {"content": content}, to=ADA)
+    await embed_service()
+    searches = 0
+    while await unembedded(ada):
+        await caller.call("persona.knowledge.search", {"query": "shelf boxes"}, to=ADA)
+        searches += 1
+    assert searches <= 11  # 645 items, 63 per search
+    live = live_index(ada.brain)
+    assert live is not None
+    assert live.built is not None
+    assert len(live.built) == 645
+    assert await recall_at_10(caller, ids) >= 0.9
+
+
+async def test_the_index_follows_add_and_prune_and_is_rebuilt_after_a_restart(
+    bus, state, connect, embed_service
+) -> None:
+    """An item added after the index is built is found by meaning; a pruned one is gone from the
+    index and never returned; a restarted daemon builds the same index from its brain."""
+    caller = await connect()
+    await embed_service()
+    query = "Which planet has the most moons?"
+    async with running_ada(bus, state) as daemon:
+        ids = await add_paraphrase_documents(caller)
+        before = await recall_at_10(caller, ids)
+        live = live_index(daemon.brain)
+        assert live is not None
+        assert live.built is not None
+        assert len(live.built) == len(ids)
+        added = await caller.call(
+            "persona.knowledge.add",
+            {
+                "content": "Saturn is orbited by well over a hundred natural satellites.",
+                "relevance_score": 0.1,
+            },
+            to=ADA,
+        )
+        assert added["id"] in live.built
+        hits = (await caller.call("persona.knowledge.search", {"query": query}, to=ADA))["hits"]
+        assert added["id"] == hits[0]["id"]
+        pruned = await caller.call("persona.knowledge.prune", {"min_relevance": 0.2}, to=ADA)
+        assert 1 == pruned["removed"]
+        assert added["id"] not in live.built
+        assert len(live.built) == len(ids)
+        result = await caller.call("persona.knowledge.search", {"query": query, "limit": 50}, to=ADA)
+        assert added["id"] not in [hit["id"] for hit in result["hits"]]
+        assert result["candidates"] <= len(ids)
+        nearest = live.built.top([0.0] * 383 + [1.0], SEMANTIC_CANDIDATES)
+    async with running_ada(bus, state) as daemon:
+        assert live_index(daemon.brain) is not live
+        assert await recall_at_10(caller, ids) == before
+        again = live_index(daemon.brain)
+        assert again is not None
+        assert again.built is not None
+        assert len(again.built) == len(ids)
+        assert added["id"] not in again.built
+        assert again.built.top([0.0] * 383 + [1.0], SEMANTIC_CANDIDATES) == nearest
 
 
 async def test_add_embeds_now_and_backfills_the_offline_ones(ada, connect, embed_service) -> None:
