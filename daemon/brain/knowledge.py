@@ -142,19 +142,24 @@ def pending_sync(db: Any, model: str, limit: int, ids: list[int] | None = None) 
     return [(row[0], embedding_text(row[1], row[2])) for row in rows]
 
 
-def store_embeddings_sync(db: Any, model: str, items: list[tuple[int, bytes]], now: float) -> int:
-    """Store embeddings by id (items deleted meanwhile are skipped); how many were stored."""
+def store_embeddings_sync(db: Any, model: str, items: list[tuple[int, bytes]], now: float) -> list[int]:
+    """Store embeddings by id; the ids stored (items deleted meanwhile are skipped).
 
-    def work(db: Any) -> int:
-        stored = 0
+    The ids tell the persona's vector index which vectors now exist: an item
+    pruned while its embedding was being computed must not enter it.
+    """
+
+    def work(db: Any) -> list[int]:
+        stored: list[int] = []
         for item_id, blob in items:
-            stored += db.execute(
+            if db.execute(
                 "UPDATE knowledge SET embedding = ?, embed_model = ?, updated_at = ? WHERE id = ?",
                 (blob, model, now, item_id),
-            ).rowcount
+            ).rowcount:
+                stored.append(item_id)
         return stored
 
-    result: int = in_transaction(db, work)
+    result: list[int] = in_transaction(db, work)
     return result
 
 

@@ -183,8 +183,9 @@ def register_knowledge_commands(
             for (item_id, _), v in zip(pending, vectors[len(first) :], strict=True)
         ]
         if items:
-            await brain.write(kb.store_embeddings_sync, k.EMBED_MODEL, items, time.time())
-            live.stored(items)
+            stored: list[int] = await brain.write(kb.store_embeddings_sync, k.EMBED_MODEL, items, time.time())
+            kept = set(stored)
+            live.stored([(item_id, blob) for item_id, blob in items if item_id in kept])
         return vectors[: len(first)]
 
     async def add(p: k.KnowledgeAddParams, ctx: CallContext) -> k.KnowledgeAddResult:

@@ -388,3 +388,30 @@ async def test_another_persona_may_not_touch_adas_knowledge(ada, connect, state)
         assert ErrorCode.FORBIDDEN == info.value.code, method
     assert ada.brain is not None
     assert 0 == await ada.brain.read(lambda db: db.execute("SELECT count(*) FROM knowledge").fetchone()[0])
+
+
+async def test_semantic_candidates_honour_the_tag_filter(ada, connect, embed_service) -> None:
+    """With tags, the index's nearest items are kept only if they carry them: a tagged paraphrase
+    is found by meaning, an untagged answer never comes back."""
+    caller = await connect()
+    await embed_service()
+    data = load_paraphrases()
+    tagged: dict[str, bool] = {}
+    ids: dict[str, int] = {}
+    for n, doc in enumerate(data["documents"]):
+        tagged[doc["id"]] = n % 2 == 0
+        params = {"content": doc["content"], "tags": ["even"] if tagged[doc["id"]] else ["odd"]}
+        ids[doc["id"]] = (await caller.call("persona.knowledge.add", params, to=ADA))["id"]
+    found = expected = 0
+    for item in data["queries"]:
+        result = await caller.call(
+            "persona.knowledge.search", {"query": item["query"], "tags": ["even"]}, to=ADA
+        )
+        assert all(hit["tags"] == ["even"] for hit in result["hits"])
+        hit_ids = [hit["id"] for hit in result["hits"]]
+        if tagged[item["answer"]]:
+            expected += 1
+            found += ids[item["answer"]] in hit_ids
+        else:
+            assert ids[item["answer"]] not in hit_ids
+    assert found >= 0.9 * expected
