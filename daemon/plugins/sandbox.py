@@ -133,6 +133,10 @@ def bwrap_argv(folder: Path, manifest: Manifest, *, seccomp_fd: int | None = Non
         "--die-with-parent",
         "--new-session",
         "--hostname", "plugin",
+        # The private /tmp comes first: bwrap mounts in order, so a tmpfs laid
+        # after the binds would hide any of them that lives under /tmp (a venv
+        # or a checkout there, as in a CI runner's work dir).
+        "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
         "--ro-bind", "/usr", "/usr",
     ]  # fmt: skip
     if seccomp_fd is not None:
@@ -153,7 +157,6 @@ def bwrap_argv(folder: Path, manifest: Manifest, *, seccomp_fd: int | None = Non
     argv += [
         "--ro-bind", str(API_FILE), f"{API_DIR}/personad_plugin.py",
         "--ro-bind", str(folder), "/plugin",
-        "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
         "--proc", "/proc",
         "--dev", "/dev",
         "--chdir", "/plugin",

@@ -283,3 +283,21 @@ async def test_without_bwrap_a_run_is_refused_and_nothing_runs_unsandboxed(
         await admin.call("persona.plugin.run", {"plugin_id": "eager"}, to="persona:ada")
     assert (ErrorCode.INTERNAL_ERROR, "sandbox_unavailable") == (info.value.code, info.value.data["reason"])
     assert not marker.exists()
+
+
+def test_the_private_tmp_is_mounted_before_anything_that_may_live_under_tmp(tmp_path: Any) -> None:
+    """bwrap mounts in order: a tmpfs on /tmp laid after the binds hid a venv or checkout under /tmp.
+
+    Found by a test run from a fresh clone in /tmp, where every plugin crashed:
+    its interpreter was no longer there.
+    """
+    from daemon.plugins.manifest import Manifest
+    from daemon.plugins.sandbox import bwrap_argv
+
+    manifest = Manifest(id="probe", name="Probe", version="1.0.0", entry="main.py", permissions=[])
+    argv = bwrap_argv(tmp_path, manifest)
+    tmpfs = argv.index("--tmpfs")
+    assert "/tmp" == argv[tmpfs + 1]
+    binds = [i for i, arg in enumerate(argv) if arg == "--ro-bind"]
+    assert binds, argv
+    assert all(tmpfs < i for i in binds), argv
