@@ -266,7 +266,7 @@ def rank(
         (c.bm25 if c.bm25 is not None else 0.0 for c in candidates), dtype=np.float64, count=len(candidates)
     )
     best = bm25.min()
-    # bm25 is negative, more negative is better: relative to the best, in (0, 1]; 0 for pool items.
+    # bm25 is negative, more negative is better: relative to the best, in (0, 1]; 0 where no word matched.
     text = bm25 / best if best < 0 else np.zeros_like(bm25)
     semantic: np.ndarray[Any, np.dtype[np.float64]] | None = None
     if query_vector is None:
