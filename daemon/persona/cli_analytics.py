@@ -78,6 +78,11 @@ def _num(x: float | None, fmt: str = ".1f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _percent(x: float | None, fmt: str) -> str:
+    """``x`` (a fraction) as a percentage, or ``n/a`` when there is too little data for it."""
+    return "n/a" if x is None else f"{format(x * 100, fmt)} %"
+
+
 def summary(r: dict[str, Any]) -> str:
     """A few readable lines: who, tier, the headline figures, then each recommendation."""
     g = r["growth_stats"]
@@ -85,8 +90,8 @@ def summary(r: dict[str, Any]) -> str:
     lines = [
         f"{r['persona_name']} ({r['persona_id']}), {r['role'] or 'role unknown'}: tier {r['tier']}",
         f"last {r['window_days']} days: {r['total_sessions']} sessions, {r['total_records']} records, "
-        f"average score {_num(r['average_score'])}, success {_num(_pct(r['success_rate']), '.0f')} %, "
-        f"growth {_num(_pct(rate), '+.0f')} %",
+        f"average score {_num(r['average_score'])}, success {_percent(r['success_rate'], '.0f')}, "
+        f"growth {_percent(rate, '+.0f')}",
         f"streak {g['usage_streak']} days, {g['unique_tasks']} tasks ({g['repeat_tasks']} repeated), "
         f"{g['total_usage_time_h']:.1f} h",
         "topics: " + (", ".join(f"{t['topic']} {t['score']:.0f}" for t in r["top_topics"]) or "-"),
@@ -94,10 +99,6 @@ def summary(r: dict[str, Any]) -> str:
     lines += [f"! {rec['message']} [{rec['figure']}]" for rec in r["recommendations"]]
     lines += [f"+ {opp['message']} [{opp['figure']}]" for opp in r["growth_opportunities"]]
     return "\n".join(lines)
-
-
-def _pct(x: float | None) -> float | None:
-    return None if x is None else x * 100
 
 
 def build_figure(r: dict[str, Any]) -> Figure:
