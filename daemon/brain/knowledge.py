@@ -49,7 +49,7 @@ import numpy as np
 from protocol.commands.knowledge import MAX_EMBED_TEXT_CHARS
 
 from .ops import in_transaction
-from .recall import query_terms
+from .recall import admit_rarest, query_terms
 from .records import from_epoch
 
 __all__ = [
@@ -176,25 +176,9 @@ def _tag_filter(tags: list[str] | None) -> tuple[str, list[Any]]:
 
 def _fts_candidates(db: Any, query: str, where: str, where_params: list[Any]) -> list[tuple[int, float]]:
     """(id, bm25) of the best FTS_CANDIDATES full-text matches, within the match budget."""
-    frequencies: list[tuple[int, str]] = []
-    for term in query_terms(query):
-        (count,) = db.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM knowledge_fts WHERE knowledge_fts MATCH ? "
-            f"LIMIT {MATCH_BUDGET + 1})",
-            (_phrase(term),),
-        ).fetchone()
-        if count:
-            frequencies.append((count, term))
+    frequencies, admitted, total = admit_rarest(db, "knowledge_fts", query_terms(query), MATCH_BUDGET)
     if not frequencies:
         return []
-    frequencies.sort()
-    admitted: list[str] = []
-    total = 0
-    for count, term in frequencies:
-        if admitted and total + count > MATCH_BUDGET:
-            break
-        admitted.append(term)
-        total += count
     match = " OR ".join(_phrase(t) for t in admitted)
     window, params = "", [match]
     if total > MATCH_BUDGET:

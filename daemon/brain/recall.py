@@ -134,6 +134,36 @@ def _phrase(term: str) -> str:
     return '"' + term.replace('"', '""') + '"'
 
 
+def admit_rarest(
+    db: Any, fts_table: str, terms: list[str], budget: int
+) -> tuple[list[tuple[int, str]], list[str], int]:
+    """Which words to OR together so that a full-text query stays within ``budget`` matches.
+
+    Returns every word's (match count, word) with any match, rarest first
+    (each counted up to ``budget + 1``, so a common word costs no more than
+    the budget), the words admitted rarest first while their counts add up to
+    at most ``budget`` (the first is always admitted), and that total.
+    ``fts_table`` is ours (memories_fts, knowledge_fts), never the caller's.
+    """
+    frequencies: list[tuple[int, str]] = []
+    for term in terms:
+        (count,) = db.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {fts_table} WHERE {fts_table} MATCH ? LIMIT {budget + 1})",
+            (_phrase(term),),
+        ).fetchone()
+        if count:
+            frequencies.append((count, term))
+    frequencies.sort()
+    admitted: list[str] = []
+    total = 0
+    for count, term in frequencies:
+        if admitted and total + count > budget:
+            break
+        admitted.append(term)
+        total += count
+    return frequencies, admitted, total
+
+
 def recency(age_s: float, half_life_s: float) -> float:
     """0.5 ** (age / half-life); a memory from the future counts as brand new."""
     return float(0.5 ** (max(age_s, 0.0) / half_life_s))
@@ -163,28 +193,10 @@ def recall_sync(
         ).fetchall()
         return _top(db, candidates, limit, now, weights)
 
-    # 1. document frequency of each word, counted up to the budget
-    frequencies: list[tuple[int, str]] = []
-    for term in terms:
-        (count,) = db.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ? "
-            f"LIMIT {CANDIDATE_BUDGET + 1})",
-            (_phrase(term),),
-        ).fetchone()
-        if count:
-            frequencies.append((count, term))
+    # 1-2. document frequency of each word, then the rarest first while the budget holds
+    frequencies, admitted, total = admit_rarest(db, "memories_fts", terms, CANDIDATE_BUDGET)
     if not frequencies:
         return []
-    frequencies.sort()
-
-    # 2. rarest first while the budget holds
-    admitted: list[str] = []
-    total = 0
-    for count, term in frequencies:
-        if admitted and total + count > CANDIDATE_BUDGET:
-            break
-        admitted.append(term)
-        total += count
 
     # 3. every word is common: rank only the newest matches
     floor: int | None = None
