@@ -227,32 +227,27 @@ async def test_knowledge_and_analytics_parts_come_from_the_persona(
     await call(admin, "persona.create", {"profile": profile("bob", "auditor", "checks books", 70)})
     await personas("ada")
     await personas("bob")
-    try:
-        for n in range(3):
-            await admin.call(
-                "persona.knowledge.add",
-                {
-                    "content": f"Reconciliation rule {n}: match each invoice to a ledger line",
-                    "tags": ["ledger"],
-                },
-                to="persona:ada",
-            )
-        for n, score_ in enumerate((80, 90)):
-            await admin.call(
-                "persona.performance.record",
-                {
-                    "session_id": f"s{n}",
-                    "task": "reconcile",
-                    "score": score_,
-                    "success": True,
-                    "duration_s": 60,
-                },
-                to="persona:ada",
-            )
-    except RpcError as exc:
-        if exc.code == ErrorCode.METHOD_NOT_FOUND:
-            pytest.skip(f"persona.knowledge.* / persona.performance.* not served yet: {exc.message}")
-        raise
+    for n in range(3):
+        await admin.call(
+            "persona.knowledge.add",
+            {
+                "content": f"Reconciliation rule {n}: match each invoice to a ledger line",
+                "tags": ["ledger"],
+            },
+            to="persona:ada",
+        )
+    for n, score_ in enumerate((80, 90)):
+        await admin.call(
+            "persona.performance.record",
+            {
+                "session_id": f"s{n}",
+                "task": "reconcile",
+                "score": score_,
+                "success": True,
+                "duration_s": 60,
+            },
+            to="persona:ada",
+        )
     answer = await call(admin, "session.recommendations", {"topic": "invoice reconciliation"})
     parts = {r["persona_id"]: {p["name"]: p for p in r["parts"]} for r in answer["recommendations"]}
     assert parts["ada"]["knowledge"]["value"] > 0
