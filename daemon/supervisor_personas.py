@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
@@ -40,11 +39,11 @@ from pydantic import ValidationError
 
 from protocol import ErrorCode, RpcError
 from protocol.messages import Notification
-from protocol.profile import PERSONA_ID_PATTERN
 
 from .client import BusClient
 from .errors import BusUnavailable, ConfigError, PersonadError
 from .files import atomic_write
+from .ids import is_persona_id
 from .persona.config import PersonaConfig, load_persona_config
 from .registry.events import PUBLISHER, TOPIC
 from .state import StateDir, find_token
@@ -149,7 +148,7 @@ class RegistryFollower:
         data = params.get("data")
         persona_id = data.get("persona_id") if isinstance(data, dict) else None
         status = data.get("status") if isinstance(data, dict) else None
-        if not isinstance(persona_id, str) or not re.fullmatch(PERSONA_ID_PATTERN, persona_id):
+        if not isinstance(persona_id, str) or not is_persona_id(persona_id):
             log.warning("ignoring a %s event without a valid persona_id: %r", TOPIC, data)
             return
         if not isinstance(status, str):
