@@ -1,6 +1,9 @@
 """Persona bundles: one encrypted, signed file with a persona's profile, brain
 export and adapters (the ``bundle`` format of ``persona.export``/``import``).
 
+One file (over 500 lines) because the writer and the reader are two halves of one byte format
+that must change together; the keys, the one clean seam, are already in bundle_keys.py.
+
 This module is the byte format: the manifest, the chunk construction, and
 the writer and the reader, two halves of one format kept side by side so
 they stay in step. The keys and the trust policy callers pass in, with the

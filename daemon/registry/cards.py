@@ -1,5 +1,8 @@
 """Character Cards V1, V2 and V3: parse, write, and map onto a persona.
 
+One file (over 500 lines) because the card models and the persona mapping share one notion of
+what the card said; the PNG layer, the one clean seam, is already in cards_png.py.
+
 This module holds the card models, their JSON and the mapping; the models
 and the mapping share one notion of "what the card said", which is what the
 round-trip rules (docs/cards.md) are about, so they stay together. Embedding

@@ -1,5 +1,8 @@
 """persona.export and persona.import: bundles (bundle.py) and Character Cards (cards.py) on the bus.
 
+One file (over 500 lines) because export and import are two halves of one mapping sharing its
+params checks; the brain work, the one clean seam, is already in transfer_brain.py.
+
 This module holds the bus handlers, the params checks (every refusal named
 by its field) and the file transport; reading and rebuilding the brain
 itself, with no bus in it, is transfer_brain.py. Export and import stay side

@@ -1,5 +1,8 @@
 """Persona bundles: real files, real keys, a real brain export, real safetensors adapters.
 
+One file (over 500 lines) because every test shares the written-bundle fixtures and the
+tampering helpers, one test per refusal.
+
 Every refusal is checked for its own error class and for leaving nothing
 behind: the target folder does not appear and no temporary folder is left
 beside it. Tampering is done the way an attacker would: on the bytes of the

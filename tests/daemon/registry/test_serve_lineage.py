@@ -1,5 +1,8 @@
 """persona.fork and persona.merge through a real bus: brains, keys, lineage, adapters, grants, refusals.
 
+One file (over 500 lines) because fork and merge tests share the brain, snapshot and event
+helpers, one test per step that can fail.
+
 The registry serves cap:registry (``serving``); for merges with stacks a real
 inference service with the tiny model serves cap:inference on the same bus
 and state dir, and the merged adapter's delta is recomputed from the stored

@@ -1,5 +1,8 @@
 """persona.export and persona.import through a real bus: bundles, cards, refusals, grants, secrecy.
 
+One file (over 500 lines) because export and import are tested as round trips of each other,
+sharing the installation, brain and snapshot helpers.
+
 Everything goes through cap:registry on 127.0.0.1: the registry of the
 ``serving`` fixture, and for the cross-installation round trip a second
 state dir with its own bus and registry. Brains are real SQLCipher brains,

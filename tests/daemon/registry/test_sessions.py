@@ -1,5 +1,8 @@
 """session.* on a real bus: the registry serving cap:registry and real persona daemons.
 
+One file (over 500 lines) because every test shares the persona daemons fixture and the
+helpers for people on the bus, one test per session.* behaviour.
+
 The personas are PersonaDaemons in this loop with their own brains; people
 are plain bus clients. Nothing is faked: rooms are the bus's, the archive
 is read back out of the persona's brain with brain.query.
