@@ -4,24 +4,20 @@ the bus by a persona whose chat runs the tiny model in-process."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from daemon.brain import load_or_create_key
 from daemon.bus import Bus
 from daemon.client import BusClient
-from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
-from daemon.persona.session_dir import prepare_session_dir
 from daemon.plugins.cli import add_verbs
 from daemon.state import StateDir
-from daemon.systemd_notify import Notifier
-from tests.conftest import REPO, WAIT, eventually
+from tests.conftest import REPO, WAIT
 from tests.daemon.inference.conftest import build_tiny_model
+from tests.daemon.persona.running import running_persona
 
 EXAMPLES = REPO / "examples" / "plugins"
 
@@ -62,20 +58,8 @@ async def ada(
 ) -> AsyncIterator[PersonaDaemon]:
     monkeypatch.setenv("PERSONAD_INFERENCE", "inprocess")
     monkeypatch.setenv("PERSONAD_MODEL", str(tiny_model))
-    daemon = PersonaDaemon(
-        PersonaConfig(id="ada", name="Ada", description="A careful analyst."),
-        prepare_session_dir(state.root, "ada"),
-        url=bus.url,
-        token=state.persona_token("ada", create=True),
-        brain_key=load_or_create_key(state.root, "ada", environ={}),
-        notifier=Notifier.from_env({}),
-    )
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(daemon.run(stop))
-    await eventually(lambda: "persona:ada" in bus.router.clients, what="persona connected")
-    yield daemon
-    stop.set()
-    await asyncio.wait_for(task, WAIT)
+    async with running_persona(bus, state, "ada", description="A careful analyst.") as daemon:
+        yield daemon
 
 
 async def test_the_summariser_asks_the_persona_through_the_channel(

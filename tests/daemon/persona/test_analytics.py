@@ -10,65 +10,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import pytest
 
-from daemon.brain import load_or_create_key
 from daemon.brain.performance import DAY_S, Figures, NewRecord, TopicFigure, day_of, insert_records
 from daemon.bus import Bus
 from daemon.persona import analytics_rules as rules
 from daemon.persona.analytics import RUNS_LOG, read_plugin_runs
 from daemon.persona.cli_analytics import PLOT_DPI, PLOT_SIZE_IN, add_verbs, build_figure
-from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
-from daemon.persona.session_dir import prepare_session_dir
 from daemon.registry.cli import registry_token
 from daemon.registry.service import RegistryService
 from daemon.registry.store import Registry
 from daemon.state import StateDir
 from protocol import ErrorCode, RpcError
 from protocol.profile import PersonaStatus, Profile
-from tests.conftest import WAIT, eventually
-
-
-@dataclass
-class Running:
-    daemon: PersonaDaemon
-    stop: asyncio.Event
-    task: asyncio.Task[None]
+from tests.conftest import WAIT
+from tests.daemon.persona.running import running_persona
 
 
 @pytest.fixture
 async def personas(bus: Bus, state: StateDir) -> AsyncIterator[Callable[[str], Awaitable[PersonaDaemon]]]:
     """Factory: ``await start("ada")`` runs persona ``ada`` in-process on ``bus`` until the test ends."""
-    running: list[Running] = []
+    async with contextlib.AsyncExitStack() as running:
 
-    async def start(persona_id: str) -> PersonaDaemon:
-        daemon = PersonaDaemon(
-            PersonaConfig(id=persona_id, name=persona_id.title()),
-            prepare_session_dir(state.root, persona_id),
-            url=bus.url,
-            token=state.persona_token(persona_id, create=True),
-            brain_key=load_or_create_key(state.root, persona_id, environ={}),
-        )
-        stop = asyncio.Event()
-        running.append(Running(daemon, stop, asyncio.create_task(daemon.run(stop))))
-        await eventually(
-            lambda: f"persona:{persona_id}" in bus.router.clients, what=f"{persona_id} connected"
-        )
-        return daemon
+        async def start(persona_id: str) -> PersonaDaemon:
+            return await running.enter_async_context(running_persona(bus, state, persona_id))
 
-    yield start
-    for r in running:
-        r.stop.set()
-    for r in running:
-        await asyncio.wait_for(r.task, WAIT)
+        yield start
 
 
 @pytest.fixture

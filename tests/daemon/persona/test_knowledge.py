@@ -7,8 +7,6 @@ inference service's own token; the persona process itself loads no model.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 import sqlite3
@@ -18,18 +16,16 @@ from typing import Any
 
 import pytest
 
-from daemon.brain import load_or_create_key
 from daemon.brain.recall import STOP_WORDS, query_terms
 from daemon.client import BusClient
 from daemon.dispatch import Dispatcher
 from daemon.inference.embed import Embedder, register_embed_command
 from daemon.inference.service import service_token
-from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
 from daemon.persona.knowledge import SEMANTIC_CANDIDATES, live_index
-from daemon.persona.session_dir import prepare_session_dir
 from protocol import ErrorCode, RpcError
-from tests.conftest import WAIT, eventually
+from tests.conftest import WAIT
+from tests.daemon.persona.running import running_persona
 
 PARAPHRASES = Path(__file__).with_name("knowledge_paraphrases.json")
 ADA = "persona:ada"
@@ -86,31 +82,10 @@ async def embed_service(bus, state, embedder) -> AsyncIterator[Any]:  # type: ig
         await client.close()
 
 
-@contextlib.asynccontextmanager
-async def running_ada(bus, state) -> AsyncIterator[PersonaDaemon]:  # type: ignore[no-untyped-def]
-    """The persona daemon ada, in-process, with its brain open (the same brain on every start)."""
-    daemon = PersonaDaemon(
-        PersonaConfig(id="ada", name="Ada"),
-        prepare_session_dir(state.root, "ada"),
-        url=bus.url,
-        token=state.persona_token("ada", create=True),
-        brain_key=load_or_create_key(state.root, "ada"),
-    )
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(daemon.run(stop))
-    await eventually(lambda: ADA in bus.router.clients, what="ada connected")
-    try:
-        yield daemon
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, WAIT)
-        await eventually(lambda: ADA not in bus.router.clients, what="ada gone")
-
-
 @pytest.fixture
 async def ada(bus, state) -> AsyncIterator[PersonaDaemon]:  # type: ignore[no-untyped-def]
-    """The persona daemon ada, in-process, with its brain open."""
-    async with running_ada(bus, state) as daemon:
+    """The persona daemon ada, in-process, with its brain open (the same brain on every start)."""
+    async with running_persona(bus, state, "ada") as daemon:
         yield daemon
 
 
@@ -232,7 +207,7 @@ async def test_the_index_follows_add_and_prune_and_is_rebuilt_after_a_restart(
     caller = await connect()
     await embed_service()
     query = "Which planet has the most moons?"
-    async with running_ada(bus, state) as daemon:
+    async with running_persona(bus, state, "ada") as daemon:
         ids = await add_paraphrase_documents(caller)
         before = await recall_at_10(caller, ids)
         live = live_index(daemon.brain)
@@ -258,7 +233,7 @@ async def test_the_index_follows_add_and_prune_and_is_rebuilt_after_a_restart(
         assert added["id"] not in [hit["id"] for hit in result["hits"]]
         assert result["candidates"] <= len(ids)
         nearest = live.built.top([0.0] * 383 + [1.0], SEMANTIC_CANDIDATES)
-    async with running_ada(bus, state) as daemon:
+    async with running_persona(bus, state, "ada") as daemon:
         assert live_index(daemon.brain) is not live
         assert await recall_at_10(caller, ids) == before
         again = live_index(daemon.brain)

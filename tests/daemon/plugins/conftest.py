@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import textwrap
 from collections.abc import AsyncIterator, Callable
@@ -12,16 +11,12 @@ from typing import Any
 
 import pytest
 
-from daemon.brain import load_or_create_key
 from daemon.bus import Bus
-from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
-from daemon.persona.session_dir import prepare_session_dir
 from daemon.plugins.signing import generate_key, load_private_key, sign_folder
 from daemon.plugins.trust import TrustStore
 from daemon.state import StateDir
-from daemon.systemd_notify import Notifier
-from tests.conftest import WAIT, eventually
+from tests.daemon.persona.running import running_persona
 
 
 @dataclass(frozen=True)
@@ -83,17 +78,5 @@ def make_plugin(tmp_path: Path, signing_key: SigningKey) -> MakePlugin:
 @pytest.fixture
 async def persona(bus: Bus, state: StateDir) -> AsyncIterator[PersonaDaemon]:
     """Persona "ada" serving on the bus (its brain open, its plugins commands registered)."""
-    daemon = PersonaDaemon(
-        PersonaConfig(id="ada", name="Ada", description="A careful analyst."),
-        prepare_session_dir(state.root, "ada"),
-        url=bus.url,
-        token=state.persona_token("ada", create=True),
-        brain_key=load_or_create_key(state.root, "ada", environ={}),
-        notifier=Notifier.from_env({}),
-    )
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(daemon.run(stop))
-    await eventually(lambda: "persona:ada" in bus.router.clients, what="persona connected")
-    yield daemon
-    stop.set()
-    await asyncio.wait_for(task, WAIT)
+    async with running_persona(bus, state, "ada", description="A careful analyst.") as daemon:
+        yield daemon
