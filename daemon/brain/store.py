@@ -14,6 +14,9 @@ This module is the public face: it checks every argument (:mod:`.validation`)
 and hands the work to the connection's thread (:mod:`.ops`,
 :mod:`.retention`, :mod:`.recall`, :mod:`.export`). Retention runs every
 ``interval_s`` in the daemon's TaskGroup (:meth:`Brain.run_retention`).
+
+One file because it is one class's public surface, each method only argument
+checks and a hand-off; the work itself already lives in the modules above.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """The adapter store: standard PEFT LoRA folders, content-addressed, with a name index.
 
+One file because its writers (import, delete) take one lock and keep one rule,
+that no name ever points at a missing object, which is only checkable with the
+index, the objects and both writers in view.
+
 Layout (``<state>/adapters/``, 0700)::
 
     index.json                  names → {sha256, parent, parent_sha256, meta, created_at}
