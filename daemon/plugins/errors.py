@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, get_args
+
+from protocol.commands.plugins import StoppedBy
 
 __all__ = ["INSTALL_REASONS", "STOP_REASONS", "PluginError"]
 
@@ -18,17 +20,8 @@ INSTALL_REASONS: Final = (
     "unknown_plugin",
     "sandbox_unavailable",
 )
-#: What stopped a run (persona.plugin.run's ``stopped_by``).
-STOP_REASONS: Final = (
-    "memory",
-    "cpu_time",
-    "wall_clock",
-    "network_denied",
-    "forbidden_path",
-    "permission_denied",
-    "bad_output",
-    "crashed",
-)
+#: What stopped a run: persona.plugin.run's ``stopped_by``, whose wire type is the one list.
+STOP_REASONS: Final = get_args(StoppedBy)
 
 
 class PluginError(Exception):
