@@ -107,7 +107,7 @@ from typing import Any
 from protocol.commands.brain import MAX_LABEL_CHARS
 
 from . import ops
-from ._db import RawConnection, connect_writer, create_private, read_only_uri, sqlcipher
+from ._db import RawConnection, connect_writer, create_private, probe_readonly, read_only_uri, sqlcipher
 from .errors import InvalidInput, SchemaTooNew, WrongKey
 from .migrations import LATEST
 from .validation import check_text, check_time, normalise_subject
@@ -188,7 +188,8 @@ def _check_source(field_name: str, path: object, key: bytes) -> Path:
         raise InvalidInput(field_name, f"{path} is not a brain file")
     # Read-only probe first: a wrong key is refused before anything is created.
     with _reading(field_name, path):
-        version = _probe(path, key)
+        # An empty file (None) reads as SQLite would open it: an empty database, version 0.
+        version = probe_readonly(path, key) or 0
     if version > LATEST:
         raise SchemaTooNew(path, version, LATEST)
     if version < LATEST:
@@ -198,23 +199,6 @@ def _check_source(field_name: str, path: object, key: bytes) -> Path:
             f"{path} has schema version {version}; open it once as a Brain to migrate it to {LATEST}",
         )
     return path
-
-
-def _probe(path: Path, key: bytes) -> int:
-    """The schema version of ``path``, read on a read-only connection; WrongKey if the key fails."""
-    db = sqlcipher.connect(read_only_uri(path), uri=True, isolation_level=None)
-    try:
-        db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
-        db.execute("PRAGMA cipher_compatibility = 4")
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        version: int = db.execute("PRAGMA user_version").fetchone()[0]
-        return version
-    except sqlcipher.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_NOTADB:
-            raise WrongKey(path) from None
-        raise
-    finally:
-        db.close()
 
 
 def _check_dest(path: object, sources: Iterable[Path]) -> Path:
