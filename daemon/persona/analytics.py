@@ -37,6 +37,7 @@ from ..brain import Brain
 from ..brain.performance import Figures, NewRecord, Rollup, insert_records, window_figures
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
+from ..plugins.host import RUNS_FILE
 from . import analytics_rules as rules
 from .session_dir import SessionDir
 
@@ -55,8 +56,8 @@ log = logging.getLogger("personad.persona.analytics")
 PROFILE_TTL_S: Final = 30.0
 #: How long analytics waits for the registry's answer before going without it.
 PROFILE_DEADLINE_MS: Final = 2_000
-#: The plugin runner's log, inside the persona's plugins/ folder.
-RUNS_LOG: Final = "runs.jsonl"
+#: The plugin runner's log, inside the persona's plugins/ folder (the host names it).
+RUNS_LOG: Final = RUNS_FILE
 #: Only the log's tail is read: analytics must stay fast however long it grows.
 MAX_RUNS_LOG_BYTES: Final = 4 << 20
 
