@@ -138,7 +138,7 @@ def build_messages(request: GenerateRequest) -> list[ChatMessage]:
     lines = [f"Role: {request.role}"]
     context = request.context
     if context is not None:
-        flags = [name.replace("_", " ") for name in CONTEXT_FLAG_EFFECTS if getattr(context, name)]
+        flags = [name.replace("_", " ") for name in context.flags()]
         if flags:
             lines.append("The work: " + ", ".join(flags) + ".")
         if context.notes.strip():
@@ -212,10 +212,8 @@ def compute_profile(
         )
     flags: list[AppliedFlag] = []
     if request.context is not None:
-        for flag, effects in CONTEXT_FLAG_EFFECTS.items():
-            if not getattr(request.context, flag):
-                continue
-            for trait, delta in effects.items():
+        for flag in request.context.flags():
+            for trait, delta in CONTEXT_FLAG_EFFECTS[flag].items():
                 before = values[trait]
                 values[trait] = min(100, max(0, before + delta))
                 flags.append(AppliedFlag(flag=flag, trait=trait, delta=values[trait] - before))

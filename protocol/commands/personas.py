@@ -229,7 +229,16 @@ def _flag(name: str) -> bool:
     return flag
 
 
-class GenerationContext(StrictParams):
+class ContextFlags(StrictParams):
+    """What the flag contexts share: each subclass declares one bool per ``CONTEXT_FLAG_EFFECTS``
+    flag, with a description of what the flag does there."""
+
+    def flags(self) -> list[str]:
+        """The flags that are set, in the table's order."""
+        return [name for name in CONTEXT_FLAG_EFFECTS if getattr(self, name)]
+
+
+class GenerationContext(ContextFlags):
     """Where the persona will work: flags with documented trait effects, and notes for the prompt."""
 
     requires_precision: bool = _flag("requires_precision")

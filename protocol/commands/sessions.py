@@ -17,7 +17,7 @@ from pydantic import Field
 from ..errors import ErrorCode
 from ..profile import PERSONA_ID_PATTERN
 from .bus import ClientId, Room
-from .personas import CONTEXT_FLAG_EFFECTS
+from .personas import CONTEXT_FLAG_EFFECTS, ContextFlags
 from .registry import StrictModel, StrictParams, register
 
 __all__ = [
@@ -81,7 +81,7 @@ def _flag(name: str) -> bool:
     return flag
 
 
-class SessionContext(StrictParams):
+class SessionContext(ContextFlags):
     """What the session needs: flags with the trait table of persona.generate (CONTEXT_FLAG_EFFECTS)."""
 
     requires_precision: bool = _flag("requires_precision")
@@ -94,10 +94,6 @@ class SessionContext(StrictParams):
     requires_humor: bool = _flag("requires_humor")
     formal: bool = _flag("formal")
     notes: Annotated[str, Field(max_length=1000)] = Field("", description="free text about the session")
-
-    def flags(self) -> list[str]:
-        """The flags that are set, in the table's order."""
-        return [name for name in CONTEXT_FLAG_EFFECTS if getattr(self, name)]
 
 
 # -- session.create / session.status ----------------------------------------------
