@@ -69,7 +69,7 @@ from ..brain.migrations import LATEST as BRAIN_SCHEMA
 from ..client import CallContext
 from ..dispatch import Dispatcher
 from ..files import atomic_dir, atomic_write, file_lock
-from ..inference.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterStore, parent_of
+from ..inference.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterStore, parent_of, sha256_file
 from ..inference.errors import InferenceError
 from ..state import ensure_private_dir
 from . import store
@@ -122,14 +122,6 @@ def _refuse(field_name: str, message: str, reason: str | None = None) -> RpcErro
     if reason is not None:
         data["reason"] = reason
     return RpcError(ErrorCode.INVALID_PARAMS, f"invalid params: {field_name}: {message}", data)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- the card remainder, beside the profile in the registry's database ----------------
@@ -348,7 +340,7 @@ def _open_source(p: m.PersonaImportParams, work: Path, state_root: Path) -> _Sou
         head = os.pread(fd, 64, 0)
     finally:
         os.close(fd)
-    return _Source(path, "path", st.st_size, head, _sha256_file(path))
+    return _Source(path, "path", st.st_size, head, sha256_file(path))
 
 
 def _sniff(source: _Source) -> str:
@@ -532,7 +524,7 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
                     "too_large",
                 )
             data_b64 = base64.b64encode(done.path.read_bytes()).decode("ascii")
-        digest = await asyncio.to_thread(_sha256_file, done.path)
+        digest = await asyncio.to_thread(sha256_file, done.path)
         await registry.run(
             lambda _db: registry.audit.append(
                 actor=actor(ctx),
