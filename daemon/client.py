@@ -160,9 +160,9 @@ class BusClient:
         self._token_in_hello = token_in_hello
         self.codec = codec
         self._handler = handler
-        self._on_notification = on_notification
-        #: More notification callbacks, added after construction (add_notification_listener).
-        self._listeners: list[NotificationCallback] = []
+        #: Notification callbacks, in order: ``on_notification``, then those added later
+        #: (add_notification_listener).
+        self._listeners: list[NotificationCallback] = [on_notification] if on_notification is not None else []
         self._reconnect = reconnect
         self._open_timeout = open_timeout
         self.default_deadline_ms = default_deadline_ms
@@ -429,8 +429,6 @@ class BusClient:
                 if task is not None:
                     task.cancel()
             else:
-                if self._on_notification is not None:
-                    self._run_callback(self._on_notification, message)
                 for listener in self._listeners:
                     self._run_callback(listener, message)
         else:
