@@ -46,6 +46,14 @@ def actor(ctx: CallContext) -> str:
     return ctx.caller or "unknown"
 
 
+def invalid(field: str, message: str, reason: str | None = None) -> RpcError:
+    """INVALID_PARAMS naming ``field`` (``data.field``), with a machine-readable ``data.reason`` if given."""
+    data: dict[str, Any] = {"field": field}
+    if reason is not None:
+        data["reason"] = reason
+    return RpcError(ErrorCode.INVALID_PARAMS, f"invalid params: {field}: {message}", data)
+
+
 def translate(fn: Handler) -> Handler:
     """Registry errors as RPC errors: INVALID_PARAMS naming the field, or INTERNAL_ERROR."""
 

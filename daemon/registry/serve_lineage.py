@@ -55,7 +55,7 @@ from ..dispatch import Dispatcher
 from ..inference.adapters import AdapterStore
 from ..inference.errors import InferenceError
 from .audit import AuditLog
-from .boundary import RegistryEnv, actor, translate
+from .boundary import RegistryEnv, actor, invalid, translate
 from .errors import InvalidLineage, PersonaExists, UnknownPersona
 from .events import publish_change
 from .lineage import fork_profile, merge_profiles
@@ -77,12 +77,6 @@ _LINEAGE_FIELDS = {
 }
 #: copy_brain's filter arguments, as the params spell them.
 _FILTER_FIELDS = ("subjects", "tags", "since", "until")
-
-
-def invalid(field: str, reason: str, why: str | None = None) -> RpcError:
-    """INVALID_PARAMS naming ``field`` (and a machine-readable ``why`` in data.reason)."""
-    data = {"field": field} | ({"reason": why} if why else {})
-    return RpcError(ErrorCode.INVALID_PARAMS, f"invalid params: {field}: {reason}", data)
 
 
 # -- what a fork or merge made on disk ------------------------------------------------------

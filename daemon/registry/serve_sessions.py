@@ -33,7 +33,7 @@ from protocol.profile import PersonaStatus
 
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
-from .boundary import RegistryEnv, translate
+from .boundary import RegistryEnv, invalid, translate
 from .sessions_score import REMOTE_DEADLINE_MS, ProfileCache, code_name, rank
 
 log = logging.getLogger("personad.registry")
@@ -77,12 +77,6 @@ class Session:
         return [p.persona_id for p in self.participants.values() if p.persona_id is not None]
 
 
-def _invalid(field_name: str, reason: str) -> RpcError:
-    return RpcError(
-        ErrorCode.INVALID_PARAMS, f"invalid params: {field_name}: {reason}", {"field": field_name}
-    )
-
-
 def transcript(session: Session) -> dict[str, Any]:
     """What close archives: ids, the participants and the insights, most relevant first, within budget."""
     record: dict[str, Any] = {
@@ -120,7 +114,7 @@ class Sessions:
     def get(self, session_id: str) -> Session:
         session = self.active.get(session_id)
         if session is None:
-            raise _invalid("session_id", f"no active session {session_id!r}")
+            raise invalid("session_id", f"no active session {session_id!r}")
         return session
 
     async def create(self, p: m.SessionCreateParams, ctx: CallContext) -> m.SessionResult:
@@ -186,9 +180,7 @@ class Sessions:
             self._still_active(session)
             profile = await self.env.registry.get(p.persona_id)
             if profile.status is not PersonaStatus.ACTIVE:
-                raise _invalid(
-                    "persona_id", f"persona {p.persona_id!r} is {profile.status.value}, not active"
-                )
+                raise invalid("persona_id", f"persona {p.persona_id!r} is {profile.status.value}, not active")
             member = f"persona:{p.persona_id}"
             new = [c for c in (member, p.user_id) if c is not None and c not in session.participants]
             if len(session.participants) + len(new) > m.MAX_PARTICIPANTS:
@@ -239,7 +231,7 @@ class Sessions:
         async with session.lock:
             self._still_active(session)
             if p.persona_id not in session.personas():
-                raise _invalid("persona_id", f"{p.persona_id!r} is not a participant of session {session.id}")
+                raise invalid("persona_id", f"{p.persona_id!r} is not a participant of session {session.id}")
             if len(session.insights) >= m.MAX_INSIGHTS:
                 raise RpcError(ErrorCode.OVERLOADED, f"session {session.id} holds {m.MAX_INSIGHTS} insights")
             insight = m.InsightModel(
@@ -278,7 +270,7 @@ class Sessions:
     def _still_active(self, session: Session) -> None:
         # Another call closed it while this one waited for the lock.
         if session.status != "active":
-            raise _invalid("session_id", f"session {session.id} is closed")
+            raise invalid("session_id", f"session {session.id} is closed")
 
     async def _archive(
         self, client: BusClient, session: Session, persona_id: str, outcome: str, learned: dict[str, Any]

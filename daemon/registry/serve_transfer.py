@@ -74,7 +74,7 @@ from ..inference.errors import InferenceError
 from ..state import ensure_private_dir
 from . import store
 from .audit import AuditLog
-from .boundary import RegistryEnv, actor, translate
+from .boundary import RegistryEnv, actor, invalid, translate
 from .bundle import MAGIC, read_bundle, write_bundle
 from .bundle_keys import PassphraseKey, RecipientKey, RecipientPrivateKey, SigningKey, TrustPolicy
 from .cards import (
@@ -114,14 +114,6 @@ PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 MAX_BRAIN_EXPORT_BYTES: Final = 1 << 30
 _SUFFIX: Final = {"bundle": "pdbundle", "ccv2": "json", "ccv3": "json", "ccv3-png": "png"}
 _CARD_LIMITS: Final = CardLimits()
-
-
-def _refuse(field_name: str, message: str, reason: str | None = None) -> RpcError:
-    """INVALID_PARAMS naming the field, in the registry's usual shape."""
-    data: dict[str, Any] = {"field": field_name}
-    if reason is not None:
-        data["reason"] = reason
-    return RpcError(ErrorCode.INVALID_PARAMS, f"invalid params: {field_name}: {message}", data)
 
 
 # -- the card remainder, beside the profile in the registry's database ----------------
@@ -183,7 +175,7 @@ def _stack_folders(state_root: Path, profile: Profile) -> list[Path]:
                 adapters.verify(record)  # the bundle must carry the weights the stack pins
                 folders[entry.sha256] = record.path
         except InferenceError as exc:
-            raise _refuse("persona_id", f"its stack cannot be bundled: {exc}", "adapter_missing") from None
+            raise invalid("persona_id", f"its stack cannot be bundled: {exc}", "adapter_missing") from None
     return list(folders.values())
 
 
@@ -215,7 +207,7 @@ def _store_adapters(state_root: Path, profile: Profile, folders: list[Path]) -> 
                                 shutil.copyfile(folder / file, tmp / file)
                                 os.chmod(tmp / file, 0o600)
         except InferenceError as exc:
-            raise _refuse("adapters", f"adapter {sha[:12]}…: {exc}", "adapter_conflict") from None
+            raise invalid("adapters", f"adapter {sha[:12]}…: {exc}", "adapter_conflict") from None
         done.append(sha)
     return done
 
@@ -277,15 +269,15 @@ def _export_key(p: m.PersonaExportParams) -> PassphraseKey | RecipientKey | None
     if p.format != "bundle":
         for name in ("passphrase", "recipient"):
             if getattr(p, name) is not None:
-                raise _refuse(name, "only a bundle is encrypted; a card is not")
+                raise invalid(name, "only a bundle is encrypted; a card is not")
         return None
     if p.passphrase is not None and p.recipient is not None:
-        raise _refuse("recipient", "give passphrase or recipient, not both")
+        raise invalid("recipient", "give passphrase or recipient, not both")
     if p.passphrase is not None:
         return PassphraseKey(p.passphrase)
     if p.recipient is not None:
         return RecipientKey.from_hex(p.recipient)
-    raise _refuse("passphrase", "a bundle is encrypted: give passphrase or recipient")
+    raise invalid("passphrase", "a bundle is encrypted: give passphrase or recipient")
 
 
 # -- import -----------------------------------------------------------------------------
@@ -309,34 +301,34 @@ _PRIVATE: Final = ("secrets", "registry")
 def _open_source(p: m.PersonaImportParams, work: Path, state_root: Path) -> _Source:
     if (p.path is None) == (p.data_b64 is None):
         if p.path is None:
-            raise _refuse("path", "give path or data_b64")
-        raise _refuse("data_b64", "give path or data_b64, not both")
+            raise invalid("path", "give path or data_b64")
+        raise invalid("data_b64", "give path or data_b64, not both")
     if p.data_b64 is not None:
         try:
             data = base64.b64decode(p.data_b64, validate=True)
         except (binascii.Error, ValueError):
-            raise _refuse("data_b64", "not base64", "bad_format") from None
+            raise invalid("data_b64", "not base64", "bad_format") from None
         if len(data) > m.MAX_INLINE_BYTES:
-            raise _refuse("data_b64", f"more than {m.MAX_INLINE_BYTES} bytes; give a path", "too_large")
+            raise invalid("data_b64", f"more than {m.MAX_INLINE_BYTES} bytes; give a path", "too_large")
         path = work / "inline"
         atomic_write(path, data, mode=0o600)
         return _Source(path, "data_b64", len(data), data[:64], hashlib.sha256(data).hexdigest())
     assert p.path is not None
     path = Path(p.path)
     if not path.is_absolute():
-        raise _refuse("path", "must be an absolute path (the registry's working folder is not yours)")
+        raise invalid("path", "must be an absolute path (the registry's working folder is not yours)")
     # The registry may read files its caller cannot; never its own secrets.
     if any(path.resolve().is_relative_to(state_root.resolve() / name) for name in _PRIVATE):
-        raise _refuse("path", "is one of the state dir's private files", "not_a_file")
+        raise invalid("path", "is one of the state dir's private files", "not_a_file")
     try:
         # O_NONBLOCK: a FIFO in the file's place must not hang the registry.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _refuse("path", f"cannot open it ({exc.strerror})", "not_a_file") from None
+        raise invalid("path", f"cannot open it ({exc.strerror})", "not_a_file") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _refuse("path", "not a regular file", "not_a_file")
+            raise invalid("path", "not a regular file", "not_a_file")
         head = os.pread(fd, 64, 0)
     finally:
         os.close(fd)
@@ -350,7 +342,7 @@ def _sniff(source: _Source) -> str:
         return "ccv3-png"
     if source.head.lstrip()[:1] == b"{":
         return "ccv3"  # a card's JSON; its own spec member says V2 or V3
-    raise _refuse(source.param, "not a bundle, a card PNG or a card's JSON", "bad_format")
+    raise invalid(source.param, "not a bundle, a card PNG or a card's JSON", "bad_format")
 
 
 def _bundle_header_id(path: Path) -> str | None:
@@ -371,29 +363,29 @@ def _import_key(p: m.PersonaImportParams, fmt: str) -> PassphraseKey | Recipient
     if fmt != "bundle":
         for name in ("passphrase", "recipient_private_key", "signer"):
             if getattr(p, name) is not None:
-                raise _refuse(name, "only a bundle is encrypted and signed; a card is not")
+                raise invalid(name, "only a bundle is encrypted and signed; a card is not")
         return None
     if p.passphrase is not None and p.recipient_private_key is not None:
-        raise _refuse("recipient_private_key", "give passphrase or recipient_private_key, not both")
+        raise invalid("recipient_private_key", "give passphrase or recipient_private_key, not both")
     if p.passphrase is not None:
         return PassphraseKey(p.passphrase)
     if p.recipient_private_key is not None:
         return RecipientPrivateKey.from_hex(p.recipient_private_key)
-    raise _refuse("passphrase", "a bundle is encrypted: give passphrase or recipient_private_key")
+    raise invalid("passphrase", "a bundle is encrypted: give passphrase or recipient_private_key")
 
 
 def _bundle_failure(exc: BundleError, source_field: str, key_field: str) -> RpcError:
     """A refusal of the bundle library as INVALID_PARAMS naming the field at fault."""
     if isinstance(exc, WrongBundleKey):
-        return _refuse(key_field, str(exc), "wrong_key")
+        return invalid(key_field, str(exc), "wrong_key")
     if isinstance(exc, UntrustedSigner):
-        return _refuse("signer", str(exc), "untrusted_signer")
+        return invalid("signer", str(exc), "untrusted_signer")
     if isinstance(exc, BundleTampered | BundleSignatureMissing):
-        return _refuse(source_field, str(exc), "tampered")
+        return invalid(source_field, str(exc), "tampered")
     if isinstance(exc, BundleLimitExceeded):
-        return _refuse(source_field, str(exc), "too_large")
+        return invalid(source_field, str(exc), "too_large")
     if isinstance(exc, BundleFormatError | BundleInputError):
-        return _refuse(source_field, str(exc), "bad_format")
+        return invalid(source_field, str(exc), "bad_format")
     # BundleKeyError: our signing key or trust list is unusable, an operator's matter.
     log.error("persona.import failed: %s", exc)
     return RpcError(ErrorCode.INTERNAL_ERROR, str(exc))
@@ -413,9 +405,9 @@ class _Prepared:
 
 def _prepare_card(p: m.PersonaImportParams, source: _Source, fmt: str) -> _Prepared:
     if p.persona_id is None:
-        raise _refuse("persona_id", "a card carries no persona id: give the new persona's id")
+        raise invalid("persona_id", "a card carries no persona id: give the new persona's id")
     if source.size > _CARD_LIMITS.max_png_bytes:
-        raise _refuse(source.param, f"more than {_CARD_LIMITS.max_png_bytes} bytes", "too_large")
+        raise invalid(source.param, f"more than {_CARD_LIMITS.max_png_bytes} bytes", "too_large")
     data = source.path.read_bytes()
     try:
         card = read_png_card(data) if fmt == "ccv3-png" else parse_card_json(data)
@@ -424,13 +416,13 @@ def _prepare_card(p: m.PersonaImportParams, source: _Source, fmt: str) -> _Prepa
             raise CardError(f"the card is {card.spec}, not the {p.format} asked for")
         profile, drafts, remainder = card_to_persona(card, persona_id=p.persona_id, role=p.role)
     except CardTooLarge as exc:
-        raise _refuse(source.param, str(exc), "too_large") from None
+        raise invalid(source.param, str(exc), "too_large") from None
     except CardError as exc:
-        raise _refuse(source.param, str(exc), "bad_format") from None
+        raise invalid(source.param, str(exc), "bad_format") from None
     try:
         rows = memory_rows(drafts, time.time()) if drafts else None
     except InvalidInput as exc:
-        raise _refuse(source.param, f"a card memory is invalid: {exc}", "bad_format") from None
+        raise invalid(source.param, f"a card memory is invalid: {exc}", "bad_format") from None
     found = "ccv3-png" if fmt == "ccv3-png" else ("ccv2" if card.spec == V2 else "ccv3")
     return _Prepared(profile, remainder=remainder, rows=rows, fmt=found)
 
@@ -449,21 +441,21 @@ def _prepare_bundle(
     except BundleError as exc:
         raise _bundle_failure(exc, source.param, key_field) from None
     if contents.profile is None:
-        raise _refuse(source.param, "the bundle holds no profile", "bad_format")
+        raise invalid(source.param, "the bundle holds no profile", "bad_format")
     new_id = p.persona_id or contents.profile.id
     profile = contents.profile.model_copy(update={"id": new_id, "status": PersonaStatus.DRAFT})
     rows = None
     if contents.brain_export is not None:
         if contents.brain_export.stat().st_size > MAX_BRAIN_EXPORT_BYTES:
-            raise _refuse(
+            raise invalid(
                 source.param, f"its brain export is over {MAX_BRAIN_EXPORT_BYTES} bytes", "too_large"
             )
         try:
             rows = brain_rows(json.loads(contents.brain_export.read_bytes()))
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise _refuse(source.param, "its brain export is not JSON", "bad_format") from None
+            raise invalid(source.param, "its brain export is not JSON", "bad_format") from None
         except BundleFormatError as exc:
-            raise _refuse(source.param, str(exc), "bad_format") from None
+            raise invalid(source.param, str(exc), "bad_format") from None
     return _Prepared(
         profile, rows=rows, adapter_folders=contents.adapters, signer=contents.signer, fmt="bundle"
     )
@@ -472,11 +464,11 @@ def _prepare_bundle(
 def _check_free(state_root: Path, persona_id: str, taken: bool) -> None:
     """An id is free when the registry has no such persona and no brain lies where its brain would go."""
     if taken:
-        raise _refuse(
+        raise invalid(
             "persona_id", f"persona {persona_id!r} exists; give another persona_id", "persona_exists"
         )
     if has_brain(state_root, persona_id):
-        raise _refuse(
+        raise invalid(
             "persona_id",
             f"a brain for {persona_id!r} already exists in the state dir; give another persona_id",
             "persona_exists",
@@ -518,7 +510,7 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
         if p.inline:
             if size > m.MAX_INLINE_BYTES:
                 done.path.unlink()
-                raise _refuse(
+                raise invalid(
                     "inline",
                     f"the export is {size} bytes, over {m.MAX_INLINE_BYTES}; omit inline",
                     "too_large",
@@ -575,9 +567,9 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
                 try:
                     await asyncio.to_thread(brain.write, prepared.rows)
                 except BundleFormatError as exc:
-                    raise _refuse(source.param, str(exc), "bad_format") from None
+                    raise invalid(source.param, str(exc), "bad_format") from None
                 except InvalidInput as exc:  # another import made this brain since the check above
-                    raise _refuse("persona_id", str(exc), "persona_exists") from None
+                    raise invalid("persona_id", str(exc), "persona_exists") from None
             adapters: list[str] = []
             if prepared.adapter_folders:
                 adapters = await asyncio.to_thread(
@@ -597,7 +589,7 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
                     )
                 )
             except PersonaExists:
-                raise _refuse("persona_id", f"persona {profile.id!r} exists", "persona_exists") from None
+                raise invalid("persona_id", f"persona {profile.id!r} exists", "persona_exists") from None
             brain = None  # it is the persona's now
         finally:
             if brain is not None:
