@@ -1,4 +1,4 @@
-"""What every ``personad`` verb shares: the common options and the default bus URL.
+"""What every ``personad`` verb shares: the common options, the default bus URL, one call.
 
 A module of its own so that the top-level CLI (``daemon/cli.py``) and the
 subsystems' verb modules it lists in ``ROLE_CLI_MODULES``
@@ -10,8 +10,11 @@ CLI down to the subsystems.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from typing import Any
 
-__all__ = ["DEFAULT_URL", "common_parser"]
+__all__ = ["DEFAULT_URL", "call_once", "common_parser"]
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 
@@ -38,3 +41,39 @@ def common_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING or ERROR (env PERSONAD_LOG_LEVEL)",
     )
     return common
+
+
+def call_once(
+    state_root: Path,
+    url: str,
+    token: str | None,
+    method: str,
+    params: dict[str, Any],
+    *,
+    to: str,
+    deadline_ms: int = 30_000,
+) -> Any:
+    """Join the bus as a CLI client, call ``method`` on ``to`` once, leave; the result.
+
+    ``token``: ``--token``, else ``$PERSONAD_TOKEN``, else the state dir's
+    admin token (state.find_token). A refusal or an error answer is printed
+    as ``error <code>: <message>`` and returns None, so a verb exits 1.
+    """
+    # Imported here: `personad --help` must not pay for the client and the event loop.
+    from protocol import RpcError
+
+    from . import runtime
+    from .client import BusClient
+    from .state import StateDir, find_token
+
+    secret = find_token(StateDir(state_root), token)
+
+    async def call() -> Any:
+        async with BusClient(url, token=secret, kind="cli") as client:
+            return await client.call(method, params, to=to, deadline_ms=deadline_ms)
+
+    try:
+        return runtime.run(call())
+    except RpcError as exc:
+        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+        return None

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cli_common import common_parser
+from ..cli_common import call_once, common_parser
 from ..state import StateDir
 
 
@@ -195,37 +195,14 @@ def _adapter(args: argparse.Namespace, state: StateDir, url: str) -> int:
     return 0
 
 
-def _ask_service(
-    state: StateDir, url: str, token: str | None, method: str, params: dict[str, object], timeout: float
-) -> dict[str, object] | None:
-    """Call ``method`` on cap:inference; None after printing ``error <code>: <message>``."""
-    from protocol import RpcError
-
-    from .. import runtime
-    from ..client import BusClient
-    from ..state import find_token
-
-    secret = find_token(state, token)
-
-    async def call() -> dict[str, object]:
-        async with BusClient(url, token=secret, kind="cli") as client:
-            return dict(
-                await client.call(method, params, to="cap:inference", deadline_ms=int(timeout * 1000))
-            )
-
-    try:
-        return runtime.run(call())
-    except RpcError as exc:
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
-        return None
-
-
 def _delete(args: argparse.Namespace, state: StateDir, url: str) -> int:
     """``adapter delete``: the service owns the store and knows what is loaded or pinned, so ask it."""
     params: dict[str, object] = {"name": args.name}
     if args.sha256 is not None:
         params["sha256"] = args.sha256
-    result = _ask_service(state, url, args.token, "adapter.delete", params, 60.0)
+    result = call_once(
+        state.root, url, args.token, "adapter.delete", params, to="cap:inference", deadline_ms=60_000
+    )
     if result is None:
         return 1
     what = "name and weights" if result["blob_removed"] else "name (the weights stay: another name uses them)"
@@ -245,7 +222,10 @@ def _merge(args: argparse.Namespace, state: StateDir, url: str) -> int:
             raise ConfigError(f"--weights must be comma-separated numbers, not {args.weights!r}") from None
     if args.density is not None:
         params["density"] = args.density
-    result = _ask_service(state, url, args.token, "adapter.merge", params, args.timeout)
+    deadline_ms = int(args.timeout * 1000)
+    result = call_once(
+        state.root, url, args.token, "adapter.merge", params, to="cap:inference", deadline_ms=deadline_ms
+    )
     if result is None:
         return 1
     kind = "exact" if result["exact"] else "approximate"

@@ -19,10 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from protocol import RpcError
-
-from .. import runtime
-from ..state import StateDir, find_token
+from ..cli_common import call_once
+from ..state import StateDir
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,10 +49,10 @@ def analytics_verb(args: argparse.Namespace, state: StateDir, url: str) -> int:
     if args.plot is not None and not args.plot.lower().endswith(".png"):
         print("personad: --plot wants a FILE.png", file=sys.stderr)
         return 2
-    try:
-        result = runtime.run(_fetch(url, find_token(state, args.token), args.id, args.window))
-    except RpcError as exc:
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+    result = call_once(
+        state.root, url, args.token, "persona.analytics", {"window": args.window}, to=f"persona:{args.id}"
+    )
+    if result is None:
         return 1
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else summary(result))
     if args.plot is not None:
@@ -62,16 +60,6 @@ def analytics_verb(args: argparse.Namespace, state: StateDir, url: str) -> int:
         if not args.json:
             print(f"plot written to {args.plot}")
     return 0
-
-
-async def _fetch(url: str, token: str, persona_id: str, window: int) -> dict[str, Any]:
-    from ..client import BusClient
-
-    async with BusClient(url, token=token, kind="cli") as client:
-        result: dict[str, Any] = await client.call(
-            "persona.analytics", {"window": window}, to=f"persona:{persona_id}", deadline_ms=30_000
-        )
-        return result
 
 
 def _num(x: float | None, fmt: str = ".1f") -> str:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protocol import RpcError
-
 from .. import runtime
+from ..cli_common import call_once
 from ..errors import ConfigError
-from ..state import StateDir, find_token
+from ..state import StateDir
 
 REGISTRY_TOKEN_SECRET = "registry.token"
 
@@ -97,11 +95,7 @@ def run_call(
     deadline_ms: int = 30_000,
 ) -> Any:
     """Call ``method`` on cap:registry with the CLI's token; None (after printing the error) on failure."""
-    try:
-        return runtime.run(_call(url, find_token(state, args.token), method, params, deadline_ms))
-    except RpcError as exc:
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
-        return None
+    return call_once(state.root, url, args.token, method, params, to="cap:registry", deadline_ms=deadline_ms)
 
 
 def _registry(args: argparse.Namespace, state: StateDir, url: str) -> int:
@@ -112,13 +106,6 @@ def _registry(args: argparse.Namespace, state: StateDir, url: str) -> int:
         config_dir = Path(args.config_dir or os.environ.get("PERSONAD_CONFIG_DIR") or "config").absolute()
     runtime.run(run_registry(state.root, config_dir, url=url, token=registry_token(state)))
     return 0
-
-
-async def _call(url: str, token: str, method: str, params: dict[str, Any], deadline_ms: int) -> Any:
-    from ..client import BusClient
-
-    async with BusClient(url, token=token, kind="cli") as client:
-        return await client.call(method, params, to="cap:registry", deadline_ms=deadline_ms)
 
 
 def _persona_list(args: argparse.Namespace, state: StateDir, url: str) -> int:
