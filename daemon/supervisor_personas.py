@@ -46,12 +46,11 @@ from .files import atomic_write
 from .ids import is_persona_id
 from .persona.config import PersonaConfig, load_persona_config
 from .registry.events import PUBLISHER, TOPIC
+from .registry.keys import generated_config_dir
 from .state import StateDir, find_token
 
 log = logging.getLogger("personad.up")
 
-#: Where a registry-only persona's config is written: ``<state>/registry/config/personas/<id>.toml``.
-GENERATED_CONFIG: Final = Path("registry") / "config"
 #: The one status under which up runs a persona.
 RUNS: Final = "active"
 _RESYNC: Final = ("resync", "", "")
@@ -79,7 +78,7 @@ class RegistryFollower:
     ) -> None:
         self.state = state
         self.config_dir = config_dir
-        self.generated = state.root / GENERATED_CONFIG
+        self.generated = generated_config_dir(state.root)
         self._start = start
         self._stop = stop
         self._running = running

@@ -45,6 +45,14 @@ def registry_path(state_dir: Path) -> Path:
     return registry_dir(state_dir) / "registry.sqlite"
 
 
+def generated_config_dir(state_dir: Path) -> Path:
+    """Where ``personad up`` writes the config of a persona that has no TOML: ``<state>/registry/config``.
+
+    Its ``personas/<id>.toml`` is written from the profile; persona.delete removes it.
+    """
+    return registry_dir(state_dir) / "config"
+
+
 def audit_path(state_dir: Path) -> Path:
     """The audit log: ``<state>/registry/audit.log`` (its head beside it)."""
     return registry_dir(state_dir) / "audit.log"

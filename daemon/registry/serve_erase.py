@@ -65,6 +65,7 @@ from ..tokens import TokenStore
 from .boundary import RegistryEnv, actor, translate
 from .errors import UnknownPersona
 from .events import publish_change
+from .keys import generated_config_dir
 from .store import record_sha256
 
 __all__ = ["check_reachable", "erase_files", "register"]
@@ -246,7 +247,7 @@ def _erase_folder(folder: Path, rel: str, out: Erased) -> None:
 
 def _files(state_root: Path, persona_id: str) -> list[Path]:
     """The single files erase_files removes, besides the persona's folder."""
-    generated = state_root / "registry" / "config"
+    generated = generated_config_dir(state_root)
     return [
         key_path(state_root, persona_id),
         generated / "personas" / f"{persona_id}.toml",

@@ -27,8 +27,9 @@ import pytest
 from daemon.bus import Bus
 from daemon.client import BusClient
 from daemon.registry.events import TOPIC, publish_change
+from daemon.registry.keys import generated_config_dir
 from daemon.state import StateDir
-from daemon.supervisor_personas import GENERATED_CONFIG, RegistryFollower
+from daemon.supervisor_personas import RegistryFollower
 from protocol import ErrorCode, RpcError
 from tests.conftest import WAIT, ChatServices, Proc, eventually
 from tests.daemon.registry.conftest import Serving, serving  # noqa: F401  (the fixture)
@@ -65,7 +66,7 @@ async def test_the_follower_applies_the_registry_events_in_order_and_only_those(
     config = tmp_path / "config"
     (config / "personas").mkdir(parents=True)
     follower = RegistryFollower(state, config, bus.url, start=start, stop=stop, running=lambda: running)
-    generated = state.root / GENERATED_CONFIG
+    generated = generated_config_dir(state.root)
     following: asyncio.Task[None] | None = None
     try:
         configs = await follower.open(timeout=WAIT)
