@@ -39,6 +39,7 @@ __all__ = [
     "CREDENTIAL_NAME",
     "KEY_BYTES",
     "brain_path",
+    "has_data",
     "key_path",
     "load_or_create_key",
     "validate_persona_id",
@@ -98,7 +99,7 @@ def load_or_create_key(
         return _read_key_file(path)
     except FileNotFoundError:
         pass
-    if _has_data(database):
+    if has_data(database):
         raise MissingKey(
             path,
             f"{database} exists; restore its key instead (a new key would not open it)",
@@ -106,7 +107,8 @@ def load_or_create_key(
     return _create_key_file(path)
 
 
-def _has_data(database: Path) -> bool:
+def has_data(database: Path) -> bool:
+    """Whether a brain holds anything: its file or its WAL is not empty (a zero-byte file holds nothing)."""
     # A zero-byte file holds nothing a new key could lose; any WAL does.
     for suffix in ("", "-wal"):
         try:

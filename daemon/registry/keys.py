@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..brain.errors import MissingKey
-from ..brain.keys import _create_key_file, _has_data, _parse_key, _read_key_file
+from ..brain.keys import _create_key_file, _parse_key, _read_key_file, has_data
 
 __all__ = [
     "CREDENTIAL_NAME",
@@ -77,6 +77,6 @@ def load_or_create_registry_key(state_dir: Path, *, environ: Mapping[str, str] =
     except FileNotFoundError:
         pass
     database = registry_path(state_dir)
-    if _has_data(database):
+    if has_data(database):
         raise MissingKey(path, f"{database} exists; restore its key instead (a new key would not open it)")
     return _create_key_file(path)

@@ -48,7 +48,7 @@ from protocol.profile import PersonaStatus, Profile, StackEntry
 
 from ..brain import Brain
 from ..brain.errors import BrainError, InvalidInput
-from ..brain.keys import brain_path, key_path, load_or_create_key
+from ..brain.keys import brain_path, has_data, key_path, load_or_create_key
 from ..brain.lineage import copy_brain, merge_brains
 from ..client import CallContext
 from ..dispatch import Dispatcher
@@ -157,15 +157,6 @@ async def finish(work: Awaitable[T], undo: Undo | None = None) -> T:
 # -- ids and checks ---------------------------------------------------------------------
 
 
-def has_brain(path: Path) -> bool:
-    """Whether a brain holds anything (as brain/keys.py decides: the file or its WAL not empty)."""
-    for suffix in ("", "-wal"):
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(f"{path}{suffix}").st_size > 0:
-                return True
-    return False
-
-
 def leftover_state(state_root: Path, persona_id: str) -> bool:
     """A folder or key from an earlier persona of that id: never reused, never overwritten."""
     return brain_path(state_root, persona_id).parent.exists() or key_path(state_root, persona_id).exists()
@@ -251,7 +242,7 @@ async def fork_brain(
 ) -> m.ForkBrain | None:
     root = env.state_root
     source = brain_path(root, source_id)
-    if not has_brain(source):
+    if not has_data(source):
         return None  # never started: the fork starts empty too
     try:
         source_key = load_or_create_key(root, source_id, environ={})
@@ -286,7 +277,7 @@ async def merge_brain(
 ) -> m.MergeBrain | None:
     root = env.state_root
     sources = {"primary": brain_path(root, primary_id), "secondary": brain_path(root, secondary_id)}
-    present = [side for side, path in sources.items() if has_brain(path)]
+    present = [side for side, path in sources.items() if has_data(path)]
     if not present:
         return None
     what = f"merging the brains of {primary_id!r} and {secondary_id!r}"

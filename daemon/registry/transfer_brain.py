@@ -24,7 +24,7 @@ from protocol import ErrorCode, RpcError
 from ..brain import export as brain_export
 from ..brain._db import read_only_uri, sqlcipher
 from ..brain.errors import InvalidInput, WrongKey
-from ..brain.keys import brain_path, key_path, load_or_create_key
+from ..brain.keys import brain_path, has_data, key_path, load_or_create_key
 from ..brain.lineage import build_brain
 from ..brain.migrations import LATEST as BRAIN_SCHEMA
 from ..brain.records import MemoryItem
@@ -46,11 +46,7 @@ __all__ = [
 
 def has_brain(state_root: Path, persona_id: str) -> bool:
     """A brain with data (an empty file, never written, is none)."""
-    path = brain_path(state_root, persona_id)
-    return any(
-        os.path.exists(f"{path}{suffix}") and os.stat(f"{path}{suffix}").st_size > 0
-        for suffix in ("", "-wal")
-    )
+    return has_data(brain_path(state_root, persona_id))
 
 
 @contextlib.contextmanager
