@@ -18,7 +18,13 @@ from tests.conftest import WAIT, eventually
 
 @contextlib.asynccontextmanager
 async def running_persona(
-    bus: Bus, state: StateDir, persona_id: str, *, name: str | None = None, description: str = ""
+    bus: Bus,
+    state: StateDir,
+    persona_id: str,
+    *,
+    name: str | None = None,
+    description: str = "",
+    capabilities: tuple[str, ...] = (),
 ) -> AsyncIterator[PersonaDaemon]:
     """Persona ``persona_id`` serving on ``bus`` with its brain open (the same brain on every start),
     until the block ends; it has left the bus when the block is done.
@@ -26,7 +32,12 @@ async def running_persona(
     Empty environments for the brain key and the notifier: a test run under systemd must neither read
     the service's credentials nor talk to its notify socket."""
     daemon = PersonaDaemon(
-        PersonaConfig(id=persona_id, name=name or persona_id.title(), description=description),
+        PersonaConfig(
+            id=persona_id,
+            name=name or persona_id.title(),
+            description=description,
+            capabilities=list(capabilities),
+        ),
         prepare_session_dir(state.root, persona_id),
         url=bus.url,
         token=state.persona_token(persona_id, create=True),

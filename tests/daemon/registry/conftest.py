@@ -14,16 +14,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from daemon.brain.keys import load_or_create_key
 from daemon.bus import Bus
-from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
-from daemon.persona.session_dir import prepare_session_dir
 from daemon.registry.cli import registry_token
 from daemon.registry.service import RegistryService
 from daemon.registry.store import Registry
 from daemon.state import StateDir
-from tests.conftest import WAIT, eventually
+from tests.conftest import WAIT
 from tests.daemon.inference.conftest import (  # noqa: F401  (fixtures, imported to be found here)
     inference,
     load_tiny,
@@ -31,6 +28,7 @@ from tests.daemon.inference.conftest import (  # noqa: F401  (fixtures, imported
     store,
     tiny_dir,
 )
+from tests.daemon.persona.running import running_persona
 
 
 @dataclass
@@ -57,29 +55,21 @@ async def serving(bus: Bus, state: StateDir) -> AsyncIterator[Serving]:
 
 
 class RunningPersona:
-    """A real PersonaDaemon in this loop, on the bus as persona:<id>, with its own brain and token."""
+    """A real PersonaDaemon in this loop (tests/daemon/persona/running.py), started and stopped on demand.
+
+    For tests that stop one persona half way (erasure waits for it to go).
+    """
 
     def __init__(self, bus: Bus, state: StateDir, pid: str, description: str = "") -> None:
-        config = PersonaConfig(id=pid, name=pid.title(), description=description, capabilities=["chat"])
-        self.daemon = PersonaDaemon(
-            config,
-            prepare_session_dir(state.root, pid),
-            url=bus.url,
-            token=state.persona_token(pid, create=True),
-            brain_key=load_or_create_key(state.root, pid, environ={}),
-        )
-        self.bus = bus
+        self._running = running_persona(bus, state, pid, description=description, capabilities=("chat",))
         self.client_id = f"persona:{pid}"
-        self.stop = asyncio.Event()
-        self.task: asyncio.Future[None] | None = None
+        self.daemon: PersonaDaemon | None = None
 
     async def start(self) -> RunningPersona:
-        self.task = asyncio.ensure_future(self.daemon.run(self.stop))
-        await eventually(lambda: self.client_id in self.bus.router.clients, what=f"{self.client_id} up")
+        self.daemon = await self._running.__aenter__()
         return self
 
     async def close(self) -> None:
-        self.stop.set()
-        if self.task is not None:
-            await asyncio.wait_for(self.task, WAIT)
-            self.task = None
+        if self.daemon is not None:
+            self.daemon = None
+            await self._running.__aexit__(None, None, None)
