@@ -309,7 +309,7 @@ async def bench_knowledge(items: int = 100_000, calls: int = 300, distractors: i
 async def serve_embed(url: str) -> None:
     """The --serve-embed mode: inference.embed on cap:inference until stdin closes."""
     embedder = Embedder(threads=1)
-    embedder.embed_sync(["warm up"])  # load before saying ready
+    await embedder.embed(["warm up"])  # load (on its worker thread, as served) before saying ready
     dispatcher = Dispatcher()
     register_embed_command(dispatcher, embedder)
     token = os.environ["PERSONAD_TOKEN"]

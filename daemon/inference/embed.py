@@ -68,13 +68,23 @@ def model_dir() -> Path:
 class Embedder:
     """all-MiniLM-L6-v2 on one worker thread, loaded on first use."""
 
-    def __init__(self, *, folder: Path | None = None, threads: int | None = None) -> None:
+    def __init__(self, *, folder: Path | None = None, threads: int | None = 1) -> None:
         self._folder = folder
         self._threads = threads
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=EMBED_THREAD_NAME)
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=EMBED_THREAD_NAME, initializer=self._init_worker
+        )
         self._lock = threading.Lock()
         self._model: Any = None
         self._tokenizer: Any = None
+
+    def _init_worker(self) -> None:
+        # torch's intra-op thread count (OpenMP) belongs to the calling thread: set here, it
+        # applies to this worker's forward passes and leaves the generation engine's alone.
+        if self._threads is not None:
+            import torch
+
+            torch.set_num_threads(self._threads)
 
     @property
     def loaded(self) -> bool:
@@ -89,11 +99,8 @@ class Embedder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             folder = self._folder or model_dir()
             try:
-                import torch
                 from transformers import AutoModel, AutoTokenizer
 
-                if self._threads is not None:
-                    torch.set_num_threads(self._threads)
                 tokenizer = AutoTokenizer.from_pretrained(str(folder))
                 model = AutoModel.from_pretrained(str(folder))
             except (OSError, ValueError) as exc:

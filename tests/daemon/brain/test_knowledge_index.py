@@ -8,7 +8,7 @@ import numpy as np
 
 from daemon.brain import Brain
 from daemon.brain import knowledge as kb
-from daemon.brain.knowledge_index import VectorIndex, load_sync, quantise
+from daemon.brain.knowledge_index import VectorIndex, load_sync, quantise, shortlist_size
 from protocol.commands.knowledge import EMBED_DIM, EMBED_MODEL
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
@@ -85,8 +85,59 @@ def test_upsert_replace_remove_and_growth_stay_consistent() -> None:
     assert index.top(vectors[0], 1)[0][0] == 2
     ids, _ = index.scores(vectors[0])
     assert sorted(ids.tolist()) == sorted(set(range(1, 3_001)) - set(gone))
+    # The sign stage's rows moved with the rest: its estimates are those of a fresh index.
+    kept = [item_id for item_id in range(1, 3_001) if item_id not in set(gone)]
+    fresh = VectorIndex(EMBED_DIM)
+    fresh.upsert(blobs(kept, vectors[np.array(kept) - 1]))
+    fresh.upsert(blobs([2], vectors[:1]))
+    moved = dict(zip(ids.tolist(), index.sign_estimates(vectors[5]).tolist(), strict=True))
+    fresh_ids = fresh.scores(vectors[5])[0].tolist()
+    built = dict(zip(fresh_ids, fresh.sign_estimates(vectors[5]).tolist(), strict=True))
+    assert moved == built
     assert index.top(vectors[0], 0) == []
     assert VectorIndex(EMBED_DIM).top(vectors[0], 5) == []
+
+
+def test_sign_estimates_are_the_documented_formula() -> None:
+    """The popcount arithmetic equals ``length · (q̂ · s)`` computed directly in floats, and the
+    estimates follow the exact cosines (correlation above 0.85 on clustered vectors)."""
+    items = clustered(5, 1_000)
+    index = VectorIndex(EMBED_DIM)
+    index.upsert(blobs(range(1, 1_001), items))
+    query = unit(items[:1] + 0.1 * np.random.default_rng(6).standard_normal((1, EMBED_DIM)))[0]
+    lo, hi = float(query.min()), float(query.max())
+    step = (hi - lo) / 15
+    levels = np.rint((query - lo) / step)
+    direct = (np.abs(items).sum(axis=1) / EMBED_DIM) * (np.where(items > 0, 1.0, -1.0) @ (lo + step * levels))
+    estimates = index.sign_estimates(query)
+    np.testing.assert_allclose(estimates, direct, rtol=1e-4, atol=1e-5)
+    assert np.corrcoef(estimates, items @ query)[0, 1] > 0.85
+
+
+def test_two_stage_search_finds_the_exact_neighbours_in_a_large_base() -> None:
+    """At 40,000 clustered vectors the index scores only a 2,000-item shortlist with int8, yet:
+
+    for queries near an item (as a paraphrase is to its answer: nearest cosine 0.67 to 0.76),
+    every exact top 10 is in the index's top 100 and the nearest is first; for queries near
+    nothing (every cosine below 0.25, the top 10 within 0.05 of each other) at least 90% of the
+    exact top 10 still is (96% on this set).
+    """
+    items = clustered(11, 40_000)
+    index = VectorIndex(EMBED_DIM)
+    index.upsert(blobs(range(1, 40_001), items))
+    assert shortlist_size(len(index), 100) == 2_000
+    rng = np.random.default_rng(12)
+    for noise, share in ((0.05, 1.0), (0.5, 0.9)):
+        queries = unit(items[rng.integers(0, 40_000, 40)] + noise * rng.standard_normal((40, EMBED_DIM)))
+        kept, firsts = 0, 0
+        for query in queries:
+            exact = items @ query
+            found = index.top(query, 100)
+            kept += len({int(i) + 1 for i in np.argsort(-exact)[:10]} & {item_id for item_id, _ in found})
+            firsts += found[0][0] == int(np.argmax(exact)) + 1
+        assert kept >= share * 10 * len(queries), (noise, kept)
+        if noise < 0.1:
+            assert firsts == len(queries)
 
 
 def test_zero_vector_does_not_divide_by_zero() -> None:
