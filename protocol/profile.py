@@ -84,9 +84,7 @@ class Lineage(StrictParams):
 
     parent: Annotated[str, Field(pattern=PERSONA_ID_PATTERN)] | None = None
     forked_from: Annotated[str, Field(pattern=PERSONA_ID_PATTERN)] | None = None
-    merged_from: Annotated[
-        list[Annotated[str, Field(pattern=PERSONA_ID_PATTERN)]], Field(max_length=2)
-    ] = []
+    merged_from: Annotated[list[Annotated[str, Field(pattern=PERSONA_ID_PATTERN)]], Field(max_length=2)] = []
     created_at: float = Field(0.0, description="Unix time")
     updated_at: float = Field(0.0, description="Unix time")
 

@@ -4,6 +4,7 @@ Importing this package registers them all in :data:`REGISTRY`.
 """
 
 from . import (  # noqa: F401  (imported to register their commands)
+    academy,
     adapters,
     analytics,
     brain,

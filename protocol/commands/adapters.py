@@ -13,16 +13,22 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ..errors import ErrorCode
-from .inference import MAX_STACK_DEPTH, AdapterName, InferenceErrorCode, Sha256, StackEntry
+from .bus import Empty
+from .inference import MAX_STACK_DEPTH, AdapterName, ChatMessage, InferenceErrorCode, Sha256, StackEntry
 from .registry import StrictModel, StrictParams, register
 
 __all__ = [
     "MAX_MERGE_SOURCES",
+    "MAX_TRAIN_EXAMPLES",
     "AdapterDeleteParams",
     "AdapterDeleteResult",
+    "AdapterTrainParams",
+    "AdapterTrainResult",
     "MergeCombination",
     "MergeParams",
     "MergeResult",
+    "TrainExample",
+    "TrainProgressParams",
 ]
 
 #: How ``adapter.merge`` combines its sources. ``cat``: every level of every
@@ -140,4 +146,81 @@ register(
             "stack uses it (data.reason = has_children | in_use)",
         ),
     ),
+)
+
+
+# -- adapter.train ----------------------------------------------------------------------------
+
+#: At most this many examples in one adapter.train call.
+MAX_TRAIN_EXAMPLES = 5000
+
+
+class TrainExample(StrictParams):
+    messages: Annotated[list[ChatMessage], Field(min_length=2, max_length=64)] = Field(
+        description="one conversation; the last message is the assistant's (the target)"
+    )
+
+
+class AdapterTrainParams(StrictParams):
+    name: AdapterName = Field(
+        description="the new level; its parents (the dotted prefix) must be stored: trained over, frozen"
+    )
+    examples: Annotated[list[TrainExample], Field(min_length=1, max_length=MAX_TRAIN_EXAMPLES)] = Field(
+        description="chat-format examples; the loss covers only the assistant turns"
+    )
+    epochs: Annotated[int, Field(ge=1, le=20)] = Field(2, description="passes over the examples")
+    rank: Annotated[int, Field(ge=1, le=64)] = Field(8, description="LoRA rank")
+    alpha: Annotated[int, Field(ge=1, le=256)] = Field(16, description="LoRA alpha (scaling alpha / rank)")
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = Field(2e-3, description="AdamW learning rate")
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = Field(
+        0, description="the same seed and data give the same adapter"
+    )
+    max_tokens: Annotated[int, Field(ge=16, le=2048)] = Field(
+        512, description="longer examples are cut to this"
+    )
+    meta: dict[str, str | int | float | bool | None] = Field(
+        {}, description="kept in the adapter's metadata (e.g. the Academy run that trained it)"
+    )
+
+
+class TrainProgressParams(StrictParams):
+    step: int = Field(description="optimizer steps done")
+    total: int = Field(description="steps in all (epochs times examples)")
+    epoch: int = Field(description="the current epoch, from 1")
+    loss: float = Field(description="the last step's loss")
+    elapsed_s: float = Field(description="since training started")
+
+
+class AdapterTrainResult(StrictModel):
+    name: str = Field(description="the stored level")
+    sha256: str = Field(description="its content address")
+    parent: str | None = Field(description="its parent level, if any")
+    examples: int = Field(description="examples trained on")
+    steps: int = Field(description="optimizer steps")
+    final_loss: float = Field(description="the last step's loss")
+    seconds: float = Field(description="training time (model load included)")
+    examples_per_s: float = Field(description="example-steps per second of training")
+
+
+register(
+    "adapter.train",
+    params=AdapterTrainParams,
+    result=AdapterTrainResult,
+    summary="Train a LoRA level over its frozen parents from chat examples; streams progress.",
+    served_by="cap:inference",
+    streams=True,
+    errors=(
+        (ErrorCode.INVALID_PARAMS, "bad name or examples; a parent level is missing (data.field)"),
+        (ErrorCode.OVERLOADED, "a training is already running on this service (one at a time)"),
+        (ErrorCode.CANCELLED, "the caller cancelled (bus.cancel): nothing is stored"),
+        (ErrorCode.FORBIDDEN, "persona callers may not train: it writes the shared adapter store"),
+    ),
+)
+register(
+    "adapter.train.progress",
+    params=TrainProgressParams,
+    result=Empty,
+    summary="The progress of an adapter.train request (meta.reply_to).",
+    served_by="client",
+    notification=True,
 )

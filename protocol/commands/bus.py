@@ -70,9 +70,9 @@ class HelloParams(StrictParams):
             description="the bearer token, for clients that cannot send an Authorization header",
         ),
     ] = None
-    agent: Annotated[
-        str | None, Field(max_length=128, description="your software and version, for logs")
-    ] = None
+    agent: Annotated[str | None, Field(max_length=128, description="your software and version, for logs")] = (
+        None
+    )
 
 
 class Limits(StrictModel):
