@@ -142,6 +142,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, Callable[[Any], Any] | None]]]] = {
             ("trigger_pattern", None),
             ("lora_generated", None),
             ("success_rate", None),
+            ("detail", _json),
             ("created_at", _time),
         ],
     ),

@@ -132,7 +132,7 @@ _SQLITE_DAMAGED = (11, 26)
 _WORD = re.compile(r"\w+")
 _MEMORY_COLUMNS = "content, kind, source, subject, context, relevance, pinned, created_at"
 _GOAL_COLUMNS = "title, description, status, priority, progress, due_at, created_at, updated_at"
-_EVOLUTION_COLUMNS = "trigger_pattern, lora_generated, success_rate, created_at"
+_EVOLUTION_COLUMNS = "trigger_pattern, lora_generated, success_rate, detail, created_at"
 _KNOWLEDGE_COLUMNS = "content, context, tags, relevance, embedding, embed_model, created_at, updated_at"
 _SKILL_COLUMNS = (
     "skill_id, lora_hash, description, effectiveness, rated_uses, usage_count, acquired_at, last_used_at"

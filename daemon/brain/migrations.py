@@ -347,6 +347,16 @@ def _v5_knowledge(db: RawConnection) -> None:
     db.execute("CREATE INDEX knowledge_relevance ON knowledge (relevance, id)")
 
 
+def _v6_evolution_detail(db: RawConnection) -> None:
+    # The Academy's rounds (persona.evolution.record): the seed's columns keep
+    # their meaning (trigger_pattern, lora_generated, success_rate = the pass
+    # rate after), everything else of a round goes in one JSON object.
+    db.execute(
+        "ALTER TABLE evolution_history ADD COLUMN detail TEXT CHECK (detail IS NULL OR json_valid(detail))"
+    )
+    db.execute("CREATE INDEX evolution_created ON evolution_history (created_at, id)")
+
+
 #: MIGRATIONS[i] takes version i to version i + 1.
 MIGRATIONS: tuple[Step, ...] = (
     _v1_seed_schema,
@@ -354,6 +364,7 @@ MIGRATIONS: tuple[Step, ...] = (
     _v3_recall_indexes,
     _v4_performance,
     _v5_knowledge,
+    _v6_evolution_detail,
 )
 LATEST = len(MIGRATIONS)
 

@@ -27,6 +27,7 @@ from ..systemd_notify import Notifier
 from .analytics import register_analytics_commands
 from .chat import register_chat_commands
 from .config import PersonaConfig
+from .evolution import register_evolution_commands
 from .knowledge import register_knowledge_commands
 from .memory import register_memory_commands
 from .plugins import register_plugins_commands
@@ -103,6 +104,7 @@ class PersonaDaemon:
             register_universal_commands(self.dispatcher, self.client, self.session_dir)
             for register_group in (
                 register_analytics_commands,
+                register_evolution_commands,
                 register_knowledge_commands,
                 register_plugins_commands,
                 register_sessions_commands,

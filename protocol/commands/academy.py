@@ -269,9 +269,22 @@ class EvolutionRecordResult(StrictModel):
     id: int = Field(description="the entry's id in the persona's brain")
 
 
-class EvolutionEntry(EvolutionRecordParams):
+class EvolutionEntry(StrictModel):
+    """One round as stored; rows from before the Academy hold only trigger, adapter and pass_after."""
+
     id: int = Field(description="the entry's id")
     created_at: float = Field(description="when it was written (Unix time)")
+    trigger: str = Field(description="why the run started")
+    adapter: str | None = Field(description="the adapter trained")
+    pass_after: float | None = Field(description="exam pass rate after")
+    run_id: str | None = Field(description="the Academy run")
+    round: int | None = Field(description="the round within the run")
+    domain: str | None = Field(description="what it trained for")
+    adapter_sha256: str | None = Field(description="the adapter's content hash")
+    pass_before: float | None = Field(description="exam pass rate before")
+    examples: int | None = Field(description="training examples used")
+    exam_cases: int | None = Field(description="cases in the held-out exam")
+    outcome: str | None = Field(description="improved, no_gain, graduated, failed or cancelled")
 
 
 class EvolutionListParams(StrictParams):

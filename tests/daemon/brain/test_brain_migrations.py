@@ -85,7 +85,16 @@ def seed_v4(db: Any) -> None:
     )
 
 
-SEEDS = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4}
+def seed_v5(db: Any) -> None:
+    """v5 adds knowledge; v6 adds evolution_history.detail, so a v5 round of the seed's shape must stay."""
+    seed_v4(db)
+    db.execute(
+        "INSERT INTO evolution_history (trigger_pattern, lora_generated, success_rate, created_at) "
+        "VALUES ('manual', 'legal.patent', 0.8, 1706745600.0)"
+    )
+
+
+SEEDS = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5}
 
 
 def test_every_step_has_a_seeded_starting_file() -> None:
@@ -130,9 +139,19 @@ async def test_older_file_migrates_to_latest_with_data_intact(db_path: Path, key
     db = raw(db_path, key)
     assert LATEST == db.execute("PRAGMA user_version").fetchone()[0]
     assert "ok" == db.execute("PRAGMA integrity_check").fetchone()[0]
-    if start == 4:
+    if start >= 4:
         rows = db.execute("SELECT task, score FROM performance_records").fetchall()
         assert [("draft a claim", 80.0)] == rows
+    if start == 5:
+        kept = db.execute(
+            "SELECT trigger_pattern, lora_generated, success_rate, detail FROM evolution_history"
+        )
+        assert [("manual", "legal.patent", 0.8, None)] == kept.fetchall()
+    # v6's detail column takes JSON objects and refuses anything else.
+    insert = "INSERT INTO evolution_history (trigger_pattern, detail, created_at) VALUES ('t', ?, 1)"
+    db.execute(insert, ('{"round": 1}',))
+    with pytest.raises(Exception, match="CHECK"):
+        db.execute(insert, ("not json",))
     # v5's knowledge table and its full-text index work on every migrated file.
     db.execute("INSERT INTO knowledge (content, created_at, updated_at) VALUES ('claims define scope', 1, 1)")
     found = db.execute("SELECT rowid FROM knowledge_fts WHERE knowledge_fts MATCH 'claim'").fetchall()
