@@ -131,6 +131,19 @@ class AttackCase(StrictModel):
     source: Literal["template", "model"] = Field(description="made from a template, or by the Droid's model")
 
 
+# -- academy.rules (every persona: it may be a student) -------------------------------------
+
+
+register(
+    "academy.rules",
+    params=Empty,
+    result=Rules,
+    summary="The persona's rules, secret included, for the Academy to examine it (its token alone may ask).",
+    served_by="persona",
+    errors=((ErrorCode.INVALID_PARAMS, "the persona has no [rules] domain to be examined on (data.field)"),),
+)
+
+
 # -- academy.cases (a Testing Droid) --------------------------------------------------------
 
 
