@@ -22,7 +22,7 @@ const FATAL = new Set([
 export class BusConnection {
   /**
    * @param {{url: string, token: string, name?: string, topics?: string[], heartbeat_s?: number}} config
-   * @param {{onRequest: Function, onEvent: Function, onState: Function}} handlers
+   * @param {{onRequest: Function, onEvent: Function, onState: Function, onSubscribed?: Function}} handlers
    */
   constructor(config, handlers) {
     this.config = config;
@@ -136,8 +136,12 @@ export class BusConnection {
     this.#setState("connected", this.clientId);
     this.heartbeatTimer = setInterval(() => this.#heartbeat(ws), this.heartbeatMs);
     const topics = this.config.topics ?? [];
+    // Subscriptions belong to a connection: every (re)connect asks again.
     if (topics.length) {
-      this.call("bus.subscribe", { topics }).catch((error) => console.warn("personad: subscribe failed", error));
+      this.call("bus.subscribe", { topics }).then(
+        (result) => this.handlers.onSubscribed?.(result.topics),
+        (error) => console.warn("personad: subscribe failed", error),
+      );
     }
   }
 

@@ -2,7 +2,9 @@
 //
 // Joins the bus as extension:<name>, a provider of cap:browser, serving
 // screenshot and browser_js (commands.js) one at a time, and shows the bus
-// events of the topics it was paired with as browser notifications.
+// events of the topics it was paired with as browser notifications. It also
+// always subscribes to persona.graduated and shows a graduation, but only one
+// the bus says academy:main published (graduation.js).
 //
 // Configuration, first found wins:
 //   1. config.json beside this file, written by `personad extension pair`
@@ -12,11 +14,13 @@
 
 import { BusConnection } from "./bus.js";
 import { browserJs, screenshot } from "./commands.js";
+import { ACADEMY_CLIENT, BadGraduation, GRADUATED_TOPIC, checkGraduated, graduationNotice } from "./graduation.js";
 import { ErrorCode, RpcError } from "./protocol.js";
 
 const HANDLERS = { browser_js: browserJs, screenshot };
 const KEEPALIVE_ALARM = "personad-keepalive";
 const MAX_REMEMBERED_NOTIFICATIONS = 20;
+const MAX_REMEMBERED_IGNORED = 50;
 
 // State for people (the service worker's console) and tests (read over CDP).
 const personad = {
@@ -25,6 +29,10 @@ const personad = {
   clientId: null,
   source: null,
   notifications: [],
+  // This connection's subscriptions, as the bus last answered bus.subscribe.
+  subscriptions: [],
+  // Events acted on by nobody: forged or malformed graduations, with why.
+  ignored: [],
   get stats() {
     return bus ? bus.stats : null;
   },
@@ -55,26 +63,74 @@ function summary(data) {
   return JSON.stringify(data ?? null);
 }
 
-function onEvent({ topic, data, publisher }) {
-  const id = `personad-${Date.now()}-${Math.random().toString(16).slice(2, 8)}`;
-  const options = {
-    type: "basic",
-    iconUrl: "icon128.png",
-    title: String(topic ?? "personad"),
-    message: summary(data).slice(0, 500),
-    contextMessage: publisher ? `from ${publisher}` : "",
-  };
-  chrome.notifications.create(id, options, () => {
+function remember(list, entry, limit) {
+  list.push(entry);
+  list.splice(0, list.length - limit);
+}
+
+function notify(id, options, publisher) {
+  chrome.notifications.create(id, { type: "basic", iconUrl: "icon128.png", ...options }, () => {
     if (chrome.runtime.lastError) console.warn("personad: notification failed", chrome.runtime.lastError.message);
   });
-  personad.notifications.push({ id, topic: options.title, message: options.message, publisher });
-  personad.notifications.splice(0, personad.notifications.length - MAX_REMEMBERED_NOTIFICATIONS);
+  remember(
+    personad.notifications,
+    { id, topic: options.title, title: options.title, message: options.message, publisher },
+    MAX_REMEMBERED_NOTIFICATIONS,
+  );
+}
+
+function ignore(topic, publisher, field, reason) {
+  console.warn(`personad: ${topic} from ${publisher} ignored: ${reason}`);
+  remember(personad.ignored, { topic, publisher, field, reason }, MAX_REMEMBERED_IGNORED);
+}
+
+function onGraduated(data, publisher) {
+  // The bus stamps publisher; anything else in the event is the publisher's word.
+  if (publisher !== ACADEMY_CLIENT) {
+    ignore(GRADUATED_TOPIC, publisher, "publisher", `publisher ${publisher} is not ${ACADEMY_CLIENT}`);
+    return;
+  }
+  let event;
+  try {
+    event = checkGraduated(data);
+  } catch (error) {
+    if (!(error instanceof BadGraduation)) throw error;
+    ignore(GRADUATED_TOPIC, publisher, error.field, error.message);
+    return;
+  }
+  const { id, ...options } = graduationNotice(event);
+  notify(id, options, publisher);
+}
+
+function onEvent({ topic, data, publisher }) {
+  try {
+    // Never through the generic path below, even under a pattern such as
+    // persona.*: that would show a forged graduation as if it were news.
+    if (topic === GRADUATED_TOPIC) {
+      onGraduated(data, publisher);
+      return;
+    }
+    const id = `personad-${Date.now()}-${Math.random().toString(16).slice(2, 8)}`;
+    notify(id, {
+      title: String(topic ?? "personad"),
+      message: summary(data).slice(0, 500),
+      contextMessage: publisher ? `from ${publisher}` : "",
+    }, publisher);
+  } catch (error) {
+    // One odd event must not take the connection's message handler down.
+    console.error("personad: event not shown", error);
+  }
+}
+
+function onSubscribed(topics) {
+  personad.subscriptions = topics;
 }
 
 function onState(state, detail) {
   personad.state = state;
   personad.detail = detail;
   personad.clientId = bus?.clientId ?? null;
+  if (state !== "connected") personad.subscriptions = [];
   if (state === "refused") console.error(`personad: the bus refused us: ${detail}`);
 }
 
@@ -97,7 +153,10 @@ async function connect() {
     return;
   }
   personad.source = found.source;
-  bus = new BusConnection(found.config, { onRequest, onEvent, onState });
+  // Graduations are shown whatever topics the pairing chose; bus.js
+  // subscribes on every (re)connect.
+  const topics = [...new Set([...(found.config.topics ?? []), GRADUATED_TOPIC])];
+  bus = new BusConnection({ ...found.config, topics }, { onRequest, onEvent, onState, onSubscribed });
   bus.start();
 }
 
