@@ -48,6 +48,7 @@ from .backend import InferenceBackend
 from .embed import register_embed_command
 from .errors import InferenceError, to_rpc
 from .merge import register_merge_command
+from .train_service import register_train_command
 
 log = logging.getLogger("personad.inference.service")
 
@@ -110,6 +111,8 @@ def register_inference_commands(dispatcher: Dispatcher, backend: InferenceBacken
     # (daemon/inference/merge.py, adapter_admin.py).
     register_merge_command(dispatcher, backend)
     register_delete_command(dispatcher, backend)
+    # adapter.train: in a child process per training, so generation goes on (train_service.py).
+    register_train_command(dispatcher, backend)
     # inference.embed: sentence embeddings for the personas' knowledge search,
     # on their own thread (daemon/inference/embed.py).
     register_embed_command(dispatcher)

@@ -17,6 +17,12 @@ Each is rendered with the model's own chat template, and the loss covers
 only the assistant turns (the prompt is context, not a target). CPU, fp32,
 one example per step, AdamW; seeded, so the same data gives the same
 adapter.
+
+Examples come from a file (:func:`train_adapter`, the CLI) or from memory
+(:func:`train_level`, which ``adapter.train`` runs in a child process:
+``train_worker.py``). :func:`train_level` writes the PEFT folder and leaves
+storing it to its caller, so the bus path can refuse to store a cancelled
+training.
 """
 
 from __future__ import annotations
@@ -39,7 +45,18 @@ from .errors import TrainingDataError
 from .model import LoadedModel
 from .slots import _quiet
 
-__all__ = ["TrainConfig", "TrainProgress", "load_examples", "train_adapter"]
+__all__ = [
+    "TrainConfig",
+    "TrainProgress",
+    "TrainedLevel",
+    "example_problem",
+    "examples_sha256",
+    "load_examples",
+    "train_adapter",
+    "train_level",
+]
+
+Example = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -65,7 +82,42 @@ class TrainProgress:
     elapsed_s: float
 
 
-def load_examples(path: Path) -> list[list[dict[str, str]]]:
+@dataclass(frozen=True)
+class TrainedLevel:
+    """A trained level written as a PEFT folder, not stored yet."""
+
+    folder: Path
+    #: What the store keeps in the record's meta (parents, settings, loss, data hash).
+    info: dict[str, Any]
+    steps: int
+    final_loss: float
+    #: The optimizer loop alone (no model load, no saving).
+    train_s: float
+
+
+def example_problem(messages: Any) -> str | None:
+    """What is wrong with one example's messages, or None; the file and the bus paths share it."""
+    if not isinstance(messages, list) or not messages:
+        return 'expected {"messages": [{role, content}, …]}'
+    for m in messages:
+        if not (
+            isinstance(m, dict)
+            and m.get("role") in ("system", "user", "assistant")
+            and isinstance(m.get("content"), str)
+        ):
+            return "each message needs a role (system, user, assistant) and a string content"
+    if messages[-1]["role"] != "assistant":
+        return "the last message must be the assistant's (the target)"
+    return None
+
+
+def examples_sha256(examples: list[Example]) -> str:
+    """A content hash of in-memory examples (canonical JSON), recorded as the adapter's data hash."""
+    canonical = json.dumps(examples, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def load_examples(path: Path) -> list[Example]:
     """Read chat-format JSONL; TrainingDataError names the line and the problem."""
     try:
         lines = Path(path).read_text("utf-8").splitlines()
@@ -82,20 +134,10 @@ def load_examples(path: Path) -> list[list[dict[str, str]]]:
         except ValueError as exc:
             raise TrainingDataError(f"{path}:{number}: not JSON ({exc})") from None
         messages = doc.get("messages") if isinstance(doc, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise TrainingDataError(f'{path}:{number}: expected {{"messages": [{{role, content}}, …]}}')
-        for m in messages:
-            if not (
-                isinstance(m, dict)
-                and m.get("role") in ("system", "user", "assistant")
-                and isinstance(m.get("content"), str)
-            ):
-                raise TrainingDataError(
-                    f"{path}:{number}: each message needs a role (system, user, assistant) "
-                    "and a string content"
-                )
-        if messages[-1]["role"] != "assistant":
-            raise TrainingDataError(f"{path}:{number}: the last message must be the assistant's (the target)")
+        problem = example_problem(messages)
+        if problem is not None:
+            raise TrainingDataError(f"{path}:{number}: {problem}")
+        assert isinstance(messages, list)
         examples.append([{"role": m["role"], "content": m["content"]} for m in messages])
     if not examples:
         raise TrainingDataError(f"{path}: no examples")
@@ -145,19 +187,66 @@ def train_adapter(
     on_progress: Callable[[TrainProgress], None] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> AdapterRecord:
-    """Train ``name`` on ``data`` over its stored parents and store it; returns its record.
+    """Train ``name`` on the JSONL file ``data`` over its stored parents and store it; returns its record.
 
     ``loaded`` is consumed: PEFT wraps its modules in place, so pass a fresh
     load of the base model (from the cache it takes about a second).
     """
+    validate_name(name)
+    for parent in chain(name)[:-1]:
+        store.get(parent)  # AdapterNotFound before the data is even read
+    examples = load_examples(data)
+    tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=store.ensure().root))
+    try:
+        trained = train_level(
+            store,
+            name,
+            examples,
+            loaded=loaded,
+            out=tmp,
+            config=config,
+            on_progress=on_progress,
+            meta=meta,
+            data_sha=data_sha256(data),
+            what=str(data),
+        )
+        return store.import_folder(trained.folder, name, meta=trained.info)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_level(
+    store: AdapterStore,
+    name: str,
+    examples: list[Example],
+    *,
+    loaded: LoadedModel,
+    out: Path,
+    config: TrainConfig | None = None,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    meta: dict[str, Any] | None = None,
+    data_sha: str | None = None,
+    what: str = "the examples",
+) -> TrainedLevel:
+    """Train ``name`` on ``examples`` over its stored parents; write it as a PEFT folder under ``out``.
+
+    Nothing is stored: the caller imports ``folder`` with ``info`` as meta
+    (``store.import_folder``). ``loaded`` is consumed, as for :func:`train_adapter`.
+    ``what`` names the data in errors (a file, or the bus request).
+    """
     config = config or TrainConfig()
     validate_name(name)
     parents = [store.get(level) for level in chain(name)[:-1]]  # AdapterNotFound if a parent is missing
-    examples = load_examples(data)
+    for i, messages in enumerate(examples):
+        problem = example_problem(messages)
+        if problem is not None:
+            raise TrainingDataError(f"{what}: example {i}: {problem}")
+    if not examples:
+        raise TrainingDataError(f"{what}: no examples")
     tokenizer = loaded.tokenizer
     encoded = [tokenize_example(tokenizer, ex, config.max_tokens) for ex in examples]
     if all(all(label == -100 for label in labels) for _, labels in encoded):
-        raise TrainingDataError(f"{data}: no assistant tokens to learn from")
+        raise TrainingDataError(f"{what}: no assistant tokens to learn from")
 
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -206,32 +295,29 @@ def train_adapter(
         rng.shuffle(order)
         for i in order:
             ids, labels = encoded[i]
-            out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
-            out.loss.backward()
+            output = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+            output.loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss_value = float(out.loss.detach())
+            loss_value = float(output.loss.detach())
             if on_progress is not None:
                 on_progress(TrainProgress(step, total, epoch + 1, loss_value, time.monotonic() - started))
+    train_s = time.monotonic() - started
     model.eval()
 
-    tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=store.ensure().root))
-    try:
-        with _quiet():
-            model.save_pretrained(str(tmp), selected_adapters=[new_key])
-        folder = tmp / new_key if (tmp / new_key).is_dir() else tmp
-        info = {
-            "data_sha256": data_sha256(data),
-            "base_model": loaded.name,
-            "base": loaded.fingerprint,
-            "parents": {p.name: p.sha256 for p in parents},
-            "train": {**asdict(config), "target_modules": list(config.target_modules)},
-            "examples": len(encoded),
-            "final_loss": round(loss_value, 5),
-            "seconds": round(time.monotonic() - started, 2),
-            **(meta or {}),
-        }
-        return store.import_folder(folder, name, meta=info)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _quiet():
+        model.save_pretrained(str(out), selected_adapters=[new_key])
+    folder = out / new_key if (out / new_key).is_dir() else out
+    info = {
+        "data_sha256": data_sha or examples_sha256(examples),
+        "base_model": loaded.name,
+        "base": loaded.fingerprint,
+        "parents": {p.name: p.sha256 for p in parents},
+        "train": {**asdict(config), "target_modules": list(config.target_modules)},
+        "examples": len(encoded),
+        "final_loss": round(loss_value, 5),
+        "seconds": round(time.monotonic() - started, 2),
+        **(meta or {}),
+    }
+    return TrainedLevel(folder=folder, info=info, steps=step, final_loss=loss_value, train_s=train_s)
