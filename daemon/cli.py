@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8765)
     up.add_argument("--no-inference", action="store_true", help="do not start the inference service")
     up.add_argument("--no-browser", action="store_true", help="do not start the headless browser worker")
+    up.add_argument("--no-academy", action="store_true", help="do not start the Academy (cap:academy)")
     up.add_argument("--no-demo", action="store_true", help="skip training and showing the demo")
 
     schema = verb("schema", "print the protocol as one JSON Schema (draft 2020-12) document")
@@ -175,9 +176,10 @@ ROLE_CLI_MODULES: tuple[str, ...] = (
     "daemon.plugins.cli",
     "daemon.persona.cli_analytics",
     "daemon.registry.cli_sessions",
+    "daemon.academy.cli",
 )
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
-LONG_RUNNING_VERBS: set[str] = {"browser", "inference", "registry"}
+LONG_RUNNING_VERBS: set[str] = {"browser", "inference", "registry", "academy"}
 #: Verbs whose process runs daemons until a stop signal (see runtime.ignore_stop_signals).
 DAEMON_VERBS: frozenset[str] = frozenset({"bus", "persona", "up", *LONG_RUNNING_VERBS})
 
@@ -399,6 +401,7 @@ def _up(args: argparse.Namespace, state: StateDir, url: str) -> int:
         port=args.port,
         inference=not args.no_inference,
         browser=not args.no_browser,
+        academy=not args.no_academy,
         demo=not args.no_demo,
     )
     return runtime.run(supervisor.run())

@@ -2,7 +2,8 @@
 
 Starts the bus, waits for its /healthz, starts the persona registry (which
 imports ``<config-dir>/personas/*.toml``), trains the demo adapters once,
-starts the inference service and the headless browser worker, then one
+starts the inference service, the headless browser worker and the Academy
+(cap:academy), then one
 persona daemon per *active* persona in the registry (the TOML ones and any
 created through the registry), each as its own process with its own token
 (as under systemd), and restarts any child that dies, with backoff. While it
@@ -119,10 +120,12 @@ class Supervisor:
         port: int,
         inference: bool = True,
         browser: bool = True,
+        academy: bool = True,
         demo: bool = True,
     ) -> None:
         self.inference = inference
         self.browser = browser
+        self.academy = academy
         self.demo = demo
         self.oneshots: list[Child] = []
         self._page_server: http.server.ThreadingHTTPServer | None = None
@@ -234,6 +237,10 @@ class Supervisor:
                 assert self._page_server is not None
                 argv += ["--allow", f"127.0.0.1:{self._page_server.server_address[1]}"]
             services.append(Child("browser", argv, base_env))
+        if self.academy:
+            # cap:academy: enrols personas (academy.enroll, or their own [academy]
+            # auto_enroll patterns) and trains them through cap:inference.
+            services.append(Child("academy", self._argv("academy", "serve"), base_env))
         for service in services:
             self.children.append(service)
             await service.start()
@@ -291,7 +298,8 @@ class Supervisor:
         token = find_token(self.state)
         async with BusClient(self.url, token=token, kind="cli", name="up") as client:
             deadline = time.monotonic() + timeout
-            wanted = [c for c, on in (("inference", self.inference), ("browser", self.browser)) if on]
+            services = (("inference", self.inference), ("browser", self.browser), ("academy", self.academy))
+            wanted = [c for c, on in services if on]
             for capability in wanted:  # the model converts once (~20 s) on a fresh state dir
                 while not (await client.call("bus.clients", {"capability": capability}))["clients"]:
                     if time.monotonic() > deadline:

@@ -46,6 +46,7 @@ TARGET_SERVICES = {
     "personad-registry.service",
     "personad-inference.service",
     "personad-browser.service",
+    "personad-academy.service",
 }
 #: --offline=yes appeared in systemd 250; 252 is the version we measured.
 MIN_SYSTEMD_VERSION = 252

@@ -2,7 +2,10 @@
 
 The Academy service (``cap:academy``) writes a row after every round of a
 run (its token holds ``persona.evolution.record@persona:*``); anyone granted
-``persona.evolution`` reads them. The rows are the persona's own history: a
+``persona.evolution`` reads them. A round whose outcome is ``graduated``
+also makes its adapter one of the persona's skills (skill id = the adapter's
+name, with its hash and the exam pass rate as its first rated use), since
+no other bus method creates skills. The rows are the persona's own history: a
 fork copies them and an export carries them (daemon/brain/evolution.py).
 """
 
@@ -28,6 +31,10 @@ def register_evolution_commands(
 
     async def record(p: m.EvolutionRecordParams, ctx: CallContext) -> m.EvolutionRecordResult:
         entry_id: int = await brain.write(insert_sync, p.model_dump(), time.time())
+        if p.outcome == "graduated" and p.adapter is not None:
+            description = f"Academy graduate in {p.domain} (run {p.run_id}, round {p.round})"
+            await brain.skill_upsert(p.adapter, lora_hash=p.adapter_sha256, description=description)
+            await brain.skill_record_use(p.adapter, p.pass_after)
         return m.EvolutionRecordResult(id=entry_id)
 
     async def history(p: m.EvolutionListParams, ctx: CallContext) -> m.EvolutionListResult:

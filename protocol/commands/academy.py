@@ -27,6 +27,7 @@ from pydantic import Field
 from ..errors import ErrorCode
 from ..profile import PERSONA_ID_PATTERN
 from .bus import Empty
+from .inference import AdapterName, Sha256
 from .registry import StrictModel, StrictParams, register
 
 __all__ = [
@@ -108,6 +109,10 @@ class Rules(StrictModel):
     )
     forbidden: Annotated[list[ShortText], Field(max_length=32)] = Field(
         [], description="phrases it must never say"
+    )
+    auto_enroll: bool = Field(False, description="the Academy may enrol it on its own ([academy] auto_enroll)")
+    max_trainings_per_day: Annotated[int, Field(ge=0, le=24)] = Field(
+        0, description="at most this many automatic enrolments a day ([academy] max_trainings_per_day)"
     )
 
 
@@ -345,6 +350,13 @@ class EnrollParams(StrictParams):
     )
     epochs: Annotated[int, Field(ge=1, le=10)] = Field(2, description="training epochs per round")
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = Field(0, description="seeds cases and training")
+    max_tokens: Annotated[int, Field(ge=8, le=256)] = Field(48, description="most tokens per exam reply")
+    droid: PersonaId | None = Field(
+        None, description="the Testing Droid to use (default: any persona serving cap:testing-droid)"
+    )
+    sheriff: PersonaId | None = Field(
+        None, description="the Protocol Sheriff to use (default: any persona serving cap:protocol-sheriff)"
+    )
     wait: bool = Field(
         True, description="answer when the run ends (streaming academy.progress); false: at once"
     )
@@ -410,16 +422,16 @@ class ProgressEvent(StrictParams):
 
 
 class GraduatedEvent(StrictModel):
-    """``persona.graduated``: a persona's new level joined its stack."""
+    """``persona.graduated``: a persona's new level joined its stack (the extension checks these bounds)."""
 
-    persona_id: str = Field(description="the graduate")
-    persona_name: str = Field(description="its name")
-    domain: str = Field(description="what it trained for")
-    adapter: str = Field(description="the level that joined its stack")
-    sha256: str = Field(description="its content hash")
-    pass_before: float = Field(description="exam pass rate before the run")
-    pass_after: float = Field(description="exam pass rate at graduation")
-    run_id: str = Field(description="the run")
+    persona_id: PersonaId = Field(description="the graduate")
+    persona_name: Annotated[str, Field(min_length=1, max_length=128)] = Field(description="its name")
+    domain: ShortText = Field(description="what it trained for")
+    adapter: AdapterName = Field(description="the level that joined its stack")
+    sha256: Sha256 = Field(description="its content hash")
+    pass_before: Annotated[float, Field(ge=0.0, le=1.0)] = Field(description="exam pass rate before the run")
+    pass_after: Annotated[float, Field(ge=0.0, le=1.0)] = Field(description="exam pass rate at graduation")
+    run_id: Annotated[str, Field(pattern=r"^run-[0-9a-f]{12}$")] = Field(description="the run")
 
 
 register(

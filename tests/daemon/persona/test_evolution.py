@@ -42,6 +42,11 @@ async def test_rounds_are_stored_and_read_back_newest_first(bus: Bus, state: Sta
         newest, oldest = entries
         assert (newest["outcome"], newest["pass_after"], newest["adapter"]) == ("no_gain", None, None)
         assert {k: oldest[k] for k in ROUND} == ROUND
+        # The graduated round made its adapter a skill, rated with the pass rate.
+        skills = (await admin.call("skills.list", {}, to="persona:mira"))["skills"]
+        assert [(s["skill_id"], s["lora_hash"], s["effectiveness"]) for s in skills] == [
+            ("mira-academy.r1", "a" * 64, 0.91)
+        ]
         assert (await admin.call("persona.evolution", {"limit": 1}, to="persona:mira"))["entries"][0][
             "round"
         ] == 2
