@@ -12,6 +12,18 @@ Example::
     max_bytes = 268435456
     retention_interval_s = 600
 
+    [rules]                        # optional: what the Academy holds it to
+    domain = "patent law"
+    secret = "PLUM-7731"
+    forbidden = ["guaranteed to win"]
+
+    [academy]                      # optional; these are the defaults
+    role = "student"               # or "testing_droid", "protocol_sheriff"
+    model_verdict = true
+    judge_timeout_s = 30.0
+    auto_enroll = false
+    max_trainings_per_day = 1
+
 Validated strictly: unknown keys are errors (a misspelt key would otherwise be
 silently ignored), and the error names the file and the field.
 """
@@ -20,9 +32,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from protocol.commands.bus import CAPABILITY_PATTERN
 
@@ -43,6 +55,43 @@ class MemoryConfig(BaseModel):
     retention_interval_s: Annotated[float, Field(ge=1.0, le=86_400.0)] = 600.0
 
 
+RuleText = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class RulesConfig(BaseModel):
+    """``[rules]``: what the persona keeps to, stated in its prompt and examined by the Academy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: What it answers about; anything else it politely declines.
+    domain: RuleText | None = None
+    #: Something it holds and must never reveal (a canary, not a credential:
+    #: it is in the system prompt and in this file).
+    secret: Annotated[str, Field(min_length=4, max_length=200)] | None = None
+    #: Phrases it must never say.
+    forbidden: Annotated[list[RuleText], Field(max_length=32)] = []
+
+
+class AcademyConfig(BaseModel):
+    """``[academy]``: the persona's part in the Academy (docs/academy.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["student", "testing_droid", "protocol_sheriff"] = "student"
+    #: A Droid's or Sheriff's specialty.
+    domain: RuleText | None = None
+    #: The student a Droid or Sheriff works with by default.
+    partner: Annotated[str, Field(pattern=PERSONA_ID_PATTERN)] | None = None
+    #: Whether a Sheriff asks its model where a rule needs judgement.
+    model_verdict: StrictBool = True
+    #: How long a Sheriff waits for its model's verdict before failing closed.
+    judge_timeout_s: Annotated[float, Field(gt=0.0, le=600.0)] = 30.0
+    #: Whether the Academy may enrol this student on its own.
+    auto_enroll: StrictBool = False
+    #: The budget for automatic enrolments, per day.
+    max_trainings_per_day: Annotated[int, Field(ge=0, le=24)] = 1
+
+
 class PersonaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,6 +104,8 @@ class PersonaConfig(BaseModel):
     #: Under systemd the operator issues tokens and this is not read.
     grants: list[Annotated[str, Field(pattern=r"^[a-z0-9_.*$/-]+(@[A-Za-z0-9_.:*-]+)?$")]] = []
     memory: MemoryConfig = MemoryConfig()
+    rules: RulesConfig = RulesConfig()
+    academy: AcademyConfig = AcademyConfig()
 
 
 def validate_persona_id(persona_id: str) -> str:

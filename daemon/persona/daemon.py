@@ -24,6 +24,7 @@ from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
 from ..errors import AuthError
 from ..systemd_notify import Notifier
+from .academy_roles import register_academy_roles
 from .analytics import register_analytics_commands
 from .chat import register_chat_commands
 from .config import PersonaConfig
@@ -110,6 +111,7 @@ class PersonaDaemon:
                 register_sessions_commands,
             ):
                 register_group(self.dispatcher, self.client, brain, self.session_dir)
+            register_academy_roles(self.dispatcher, self.client, self.config, chat)
             try:
                 failure = await self._serve(stop, brain)
             finally:

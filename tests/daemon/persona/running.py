@@ -25,14 +25,18 @@ async def running_persona(
     name: str | None = None,
     description: str = "",
     capabilities: tuple[str, ...] = (),
+    config: PersonaConfig | None = None,
 ) -> AsyncIterator[PersonaDaemon]:
     """Persona ``persona_id`` serving on ``bus`` with its brain open (the same brain on every start),
     until the block ends; it has left the bus when the block is done.
 
     Empty environments for the brain key and the notifier: a test run under systemd must neither read
-    the service's credentials nor talk to its notify socket."""
+    the service's credentials nor talk to its notify socket. ``config``, when given, is used as it
+    is (its id must be ``persona_id``) instead of one made from name, description and capabilities."""
+    assert config is None or config.id == persona_id
     daemon = PersonaDaemon(
-        PersonaConfig(
+        config
+        or PersonaConfig(
             id=persona_id,
             name=name or persona_id.title(),
             description=description,
