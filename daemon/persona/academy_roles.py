@@ -35,6 +35,8 @@ def rules_of(config: PersonaConfig) -> m.Rules:
         domain=config.rules.domain,
         secret=config.rules.secret,
         forbidden=list(config.rules.forbidden),
+        auto_enroll=config.academy.auto_enroll,
+        max_trainings_per_day=config.academy.max_trainings_per_day,
     )
 
 
