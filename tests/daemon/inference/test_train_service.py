@@ -32,7 +32,7 @@ from daemon.inference.train_service import WORKER_MODULE
 from daemon.state import StateDir
 from protocol import ErrorCode, Notification, RpcError
 from protocol.commands.inference import GenerateParams
-from tests.conftest import WAIT, eventually
+from tests.conftest import WAIT, eventually, start_bus_process
 from tests.daemon.inference.conftest import PROMPTS, serving_inference
 
 #: Steps enough that a test acts (generates, cancels, kills) while the worker is still training.
@@ -53,9 +53,9 @@ def examples(reply: str, n: int = len(PROMPTS)) -> list[dict[str, Any]]:
     return out
 
 
-def workers() -> set[int]:
-    """Pids of this process's children running the training worker."""
-    me, found = os.getpid(), set()
+def workers(parent: int | None = None) -> set[int]:
+    """Pids of ``parent``'s children (default: this process's) running the training worker."""
+    me, found = parent or os.getpid(), set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -73,6 +73,14 @@ def workers() -> set[int]:
 def gone(pid: int) -> bool:
     """Exited and reaped: no process, not even a zombie, holds the pid."""
     return not Path(f"/proc/{pid}").exists()
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie waiting for a reaper (an orphan's, once its parent died, is not ours)."""
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def leftovers(store: AdapterStore) -> list[str]:
@@ -242,6 +250,27 @@ async def test_a_worker_that_dies_answers_internal_error_with_the_reason(
         deadline_ms=120_000,
     )
     assert answer["name"] == "after"
+
+
+async def test_the_worker_dies_with_the_service(state: StateDir, spawn: Any, tiny_dir: Path) -> None:
+    """A real `personad inference` killed outright (SIGKILL, no clean-up) takes its worker with it."""
+    _, url = start_bus_process(spawn)
+    service = spawn("inference", "--model", str(tiny_dir), "--threads", "1", env={"PERSONAD_URL": url})
+    service.wait_for_line(r"connected url=\S+ client_id=inference:main\b", timeout=WAIT * 4)
+    admin = BusClient(url, token=state.admin_token, kind="cli", name="admin")  # type: ignore[attr-defined]
+    await admin.start()
+    try:
+        job = Training(admin, long_params("orphan"))
+        await asyncio.wait_for(job.started.wait(), WAIT * 4)
+        (pid,) = workers(service.popen.pid)
+        service.stop(signal.SIGKILL)
+        await eventually(lambda: dead(pid), what="the orphaned worker dead")
+        with pytest.raises(RpcError) as lost:
+            await asyncio.wait_for(job.task, WAIT)
+        assert ErrorCode.TARGET_OFFLINE == lost.value.code
+    finally:
+        await admin.close()
+    assert [] == AdapterStore.for_state(state.root).names()
 
 
 @pytest.mark.parametrize(
