@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["PROGRESS_INTERVAL_S", "main"]
+__all__ = ["PROGRESS_INTERVAL_S", "TARGETS", "main"]
 
 #: At most about this often between the first and last step: a 5000-example
 #: training would otherwise send the caller 100 000 notifications.
@@ -48,6 +48,10 @@ PROGRESS_INTERVAL_S = 0.25
 #: Exit status when the service went away (or said something other than ``store``).
 ABANDONED = 3
 _PR_SET_PDEATHSIG = 1
+#: The modules a bus-trained level adapts: the CLI's default and the demo's.
+#: PEFT's Llama default (q_proj, v_proj) left SmolLM2's child levels garbled
+#: (docs/inference.md, "Training a level"), and the wire contract has no field for it.
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def _die_with_parent(parent: int) -> None:
@@ -104,6 +108,7 @@ def _run(job: dict[str, Any], out: IO[str], commands: _Commands) -> None:
     config = TrainConfig(
         rank=params.rank,
         alpha=params.alpha,
+        target_modules=TARGETS,
         epochs=params.epochs,
         learning_rate=params.learning_rate,
         seed=params.seed,
