@@ -164,7 +164,9 @@ class Droid:
         model_quota = {k: min(n, quota[k]) for k, n in shares(round(p.count * p.model_share), kinds).items()}
         slots = make_slots(p.rules)
         model = await self._model_candidates(p, slots, model_quota, ctx)
-        picked, dropped = select(kinds, quota, slots, p.seed, model, p.exclude)
+        # Off the loop: a thousand cases against a long exclude list is seconds
+        # of CPU, and the persona keeps answering meanwhile.
+        picked, dropped = await asyncio.to_thread(select, kinds, quota, slots, p.seed, model, p.exclude)
         for k in kinds:
             random.Random(f"{p.seed}/{k}/shuffle").shuffle(picked[k])
         # Round-robin over the kinds (in the seed's order): any prefix of the
