@@ -215,8 +215,10 @@ class Engine(AdapterSlots):
                     return
                 between_steps()
                 assert mask is not None
-                logits = self._step(rows, cache, mask)
+                # The mask covers the cache and the token this step feeds, which sits at
+                # position r.length (0-based: the cache holds positions 0 .. length - 1).
                 mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
+                logits = self._step(rows, cache, mask)
                 for row, row_logits in zip(rows, logits, strict=True):
                     row.length += 1
                     self._accept(row, row_logits)
@@ -319,7 +321,7 @@ class Engine(AdapterSlots):
                     names.append(BASE_ROW)
             plan = ("mixed",)
         tokens = torch.tensor([[r.generated[-1]] for r in rows])
-        positions = torch.tensor([[r.length - 1] for r in rows])
+        positions = torch.tensor([[r.length] for r in rows])
         out = self._forward(
             plan,
             names,

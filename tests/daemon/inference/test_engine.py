@@ -205,3 +205,39 @@ async def test_a_full_queue_refuses_new_requests_at_once(load_tiny, store) -> No
         assert 3 == (await asyncio.wait_for(queued, WAIT)).completion_tokens
     finally:
         await engine.close()
+
+
+async def test_greedy_decoding_is_transformers_own_token_for_token(smollm2_dir, store, tmp_path) -> None:
+    """Each decode step feeds the token at its true position with the mask covering it: SmolLM2's
+    greedy replies from the engine, alone and batched with a prompt of another length (left-padded),
+    are exactly what transformers' own ``generate`` gives for each prompt. (With the token fed one
+    position early, the replies drift from the second token on; the tiny random model cannot tell.)"""
+    from daemon.inference.model import load_model
+
+    reference = load_model(smollm2_dir, state_root=tmp_path)
+    tokenizer = reference.tokenizer
+    prompts = ["What is your favourite colour?", "Tell me one short fact about bread, please, in a sentence."]
+    expected = []
+    for text in prompts:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt"
+        )
+        ids = ids if torch.is_tensor(ids) else ids["input_ids"]
+        with torch.no_grad():
+            out = reference.model.generate(ids, max_new_tokens=20, do_sample=False)
+        expected.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    loaded = load_model(smollm2_dir, state_root=tmp_path)
+    engine = await AsyncEngine.open(state_root=store.root.parent, store=store, loaded=loaded)
+    try:
+        alone = [(await engine.generate(ask(text, max_tokens=20), owner="a")).text for text in prompts]
+        together = await asyncio.wait_for(
+            asyncio.gather(
+                *(engine.generate(ask(t, max_tokens=20), owner=f"b{i}") for i, t in enumerate(prompts))
+            ),
+            WAIT,
+        )
+    finally:
+        await engine.close()
+    assert alone == expected
+    assert [r.text for r in together] == expected
+    assert max(r.batch_size for r in together) == 2
