@@ -1,4 +1,4 @@
-"""A persona's part in the Academy: ``academy.rules`` on every persona, a Droid's or Sheriff's methods by role.
+"""A persona's part in the Academy: ``academy.rules`` on every persona, Droid or Sheriff methods by role.
 
 Any persona may be a student, so every one answers ``academy.rules`` (its
 ``[rules]``, secret included: only tokens granted ``academy.rules`` may
