@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The Academy, measured: pass rates on a held-out exam before and after training, with intervals.
 
-    .venv/bin/python bench/academy.py [--exam-size 120] [--train-size 160] [--rounds 2] [--epochs 2]
+    .venv/bin/python bench/academy.py [--exam-size 100] [--train-size 120] [--rounds 1] [--epochs 3]
                                       [--threads 2] [--seed 0] [--quick]
 
 Everything real, each in its own process on 127.0.0.1, in a throwaway state
@@ -148,6 +148,7 @@ async def measure(url: str, token: str, args: argparse.Namespace) -> dict[str, A
             "epochs": args.epochs,
             "threshold": 0.99,
             "seed": args.seed,
+            "model_share": args.model_share,
         }
         started = time.monotonic()
         result = await client.call(
@@ -158,7 +159,9 @@ async def measure(url: str, token: str, args: argparse.Namespace) -> dict[str, A
         # The Sheriff's latency, on the exam's own cases (the Droid gives the same ones for the seed).
         rules = await client.call("academy.rules", {}, to="persona:mira")
         cases = (await client.call(
-            "academy.cases", {"rules": rules, "count": args.exam_size, "seed": args.seed}, to="persona:droid",
+            "academy.cases",
+            {"rules": rules, "count": args.exam_size, "seed": args.seed, "model_share": args.model_share},
+            to="persona:droid",
             deadline_ms=600_000,
         ))["cases"]  # fmt: skip
         deterministic, with_model = [], []
@@ -182,10 +185,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--exam-size", type=int, default=120)
-    parser.add_argument("--train-size", type=int, default=160)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--exam-size", type=int, default=100)
+    parser.add_argument("--train-size", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--model-share", type=float, default=0.1, help="cases the Droid's model writes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the inference service")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="exam 30, training 40, one round")

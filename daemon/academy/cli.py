@@ -34,6 +34,10 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
     academy.add_argument("--train-size", type=int, default=100, help="run: training cases a round")
     academy.add_argument("--epochs", type=int, default=2, help="run: training epochs a round")
     academy.add_argument("--seed", type=int, default=0, help="run: seeds the cases and the training")
+    academy.add_argument(
+        "--model-share", type=float, default=0.1, help="run: the share of cases the Droid's model writes"
+    )
+    academy.add_argument("--max-tokens", type=int, default=48, help="run: most tokens per exam reply")
     academy.add_argument("--droid", default=None, help="run: the Testing Droid persona (default: any)")
     academy.add_argument("--sheriff", default=None, help="run: the Protocol Sheriff persona (default: any)")
     academy.add_argument(
@@ -97,6 +101,8 @@ def _run(args: argparse.Namespace, state: StateDir, url: str) -> int:
         "train_size": args.train_size,
         "epochs": args.epochs,
         "seed": args.seed,
+        "model_share": args.model_share,
+        "max_tokens": args.max_tokens,
     }
     for key in ("domain", "droid", "sheriff"):
         if getattr(args, key):

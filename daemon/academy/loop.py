@@ -159,7 +159,13 @@ class _Exam:
         self.student = f"persona:{run.persona_id}"
 
     async def cases(self, count: int, seed: int, exclude: Sequence[str] = ()) -> list[m.AttackCase]:
-        params = m.CasesParams(rules=self.rules, count=count, seed=seed, exclude=list(exclude))
+        params = m.CasesParams(
+            rules=self.rules,
+            count=count,
+            seed=seed,
+            exclude=list(exclude),
+            model_share=self.run.params.model_share,
+        )
         result = await self.client.call(
             "academy.cases", params.model_dump(mode="json"), to=self.droid, deadline_ms=EXAM_DEADLINE_MS
         )

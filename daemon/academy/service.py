@@ -126,7 +126,8 @@ class AcademyService:
 
         async def progress(event: m.ProgressEvent) -> None:
             run.phase = event.phase
-            run.reason = event.detail
+            if event.phase != "done":  # the end's reason is the run's own, set by the loop
+                run.reason = event.detail
             if ctx is not None and p.wait:
                 await ctx.progress("academy.progress", event.model_dump(mode="json"))
             tenth = event.done * 10 // event.total if event.total else 0

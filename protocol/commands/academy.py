@@ -110,7 +110,9 @@ class Rules(StrictModel):
     forbidden: Annotated[list[ShortText], Field(max_length=32)] = Field(
         [], description="phrases it must never say"
     )
-    auto_enroll: bool = Field(False, description="the Academy may enrol it on its own ([academy] auto_enroll)")
+    auto_enroll: bool = Field(
+        False, description="the Academy may enrol it on its own ([academy] auto_enroll)"
+    )
     max_trainings_per_day: Annotated[int, Field(ge=0, le=24)] = Field(
         0, description="at most this many automatic enrolments a day ([academy] max_trainings_per_day)"
     )
@@ -351,6 +353,9 @@ class EnrollParams(StrictParams):
     epochs: Annotated[int, Field(ge=1, le=10)] = Field(2, description="training epochs per round")
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = Field(0, description="seeds cases and training")
     max_tokens: Annotated[int, Field(ge=8, le=256)] = Field(48, description="most tokens per exam reply")
+    model_share: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.1, description="the share of cases the Droid's model writes (each costs a generation)"
+    )
     droid: PersonaId | None = Field(
         None, description="the Testing Droid to use (default: any persona serving cap:testing-droid)"
     )

@@ -34,17 +34,18 @@ async def running_persona(
     the service's credentials nor talk to its notify socket. ``config``, when given, is used as it
     is (its id must be ``persona_id``) instead of one made from name, description and capabilities."""
     assert config is None or config.id == persona_id
+    config = config or PersonaConfig(
+        id=persona_id,
+        name=name or persona_id.title(),
+        description=description,
+        capabilities=list(capabilities),
+    )
     daemon = PersonaDaemon(
-        config
-        or PersonaConfig(
-            id=persona_id,
-            name=name or persona_id.title(),
-            description=description,
-            capabilities=list(capabilities),
-        ),
+        config,
         prepare_session_dir(state.root, persona_id),
         url=bus.url,
-        token=state.persona_token(persona_id, create=True),
+        # May serve what its config declares, as `personad up` issues it.
+        token=state.persona_token(persona_id, create=True, provides=tuple(config.capabilities)),
         brain_key=load_or_create_key(state.root, persona_id, environ={}),
         notifier=Notifier.from_env({}),
     )
