@@ -36,7 +36,9 @@ from ..errors import AuthError
 from ..state import StateDir
 from ..systemd_notify import Notifier
 from . import triggers
-from .loop import CALL_DEADLINE_MS, Run, new_run_id, prepare, run_academy
+from .exam import CALL_DEADLINE_MS, prepare
+from .loop import run_academy
+from .runs import Run, new_run_id
 
 __all__ = ["ACADEMY_GRANTS", "ACADEMY_TOKEN_SECRET", "CAPABILITY", "AcademyService", "academy_token"]
 

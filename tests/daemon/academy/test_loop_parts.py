@@ -7,7 +7,8 @@ import random
 import pytest
 
 from daemon.academy import triggers
-from daemon.academy.loop import held_out, level_name, new_run_id, student_config
+from daemon.academy.loop import held_out, level_name, student_config
+from daemon.academy.runs import new_run_id
 from daemon.academy.stats import paired_bootstrap
 from daemon.persona.chat import build_messages
 from protocol.commands import academy as m
