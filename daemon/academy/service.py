@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
 from protocol import ErrorCode, RpcError
@@ -32,7 +33,7 @@ from protocol.commands import academy as m
 
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
-from ..errors import AuthError
+from ..serving import announce, serve_until
 from ..state import StateDir
 from ..systemd_notify import Notifier
 from . import triggers
@@ -246,35 +247,21 @@ class AcademyService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, or the bus refuses our token for good."""
-        failure: BaseException | None = None
-        async with self.client, asyncio.TaskGroup() as tg:
-            stopped = tg.create_task(stop.wait(), name="stop")
-            failed = tg.create_task(self.client.wait_failed(), name="bus-failure")
-            background = [
-                tg.create_task(self._announce(), name="announce"),
-                tg.create_task(self.notifier.run_watchdog(), name="watchdog"),
-            ]
-            if self.trigger_interval_s is not None:
-                background.append(tg.create_task(self._trigger_loop(), name="triggers"))
-            await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
-            if failed.done():
-                failure = failed.result()
-            self.notifier.stopping("academy: stopping")
+
+        def line() -> str:
+            return f"{self.client.client_id} serving cap:{CAPABILITY}"
+
+        background: list[Coroutine[Any, Any, Any]] = [announce(self.client, self.notifier, "academy", line)]
+        if self.trigger_interval_s is not None:
+            background.append(self._trigger_loop())
+
+        async def end_runs() -> None:
+            # Each run restores its student's stack as it is cancelled.
             for run in self.runs.values():
                 if run.task is not None and not run.task.done():
                     run.task.cancel()
             await asyncio.gather(*(r.task for r in self.runs.values() if r.task), return_exceptions=True)
-            for task in [*background, stopped, failed]:
-                task.cancel()
-        if failure is not None:
-            raise AuthError(f"academy: {failure}")
-        log.info("academy stopped")
 
-    async def _announce(self) -> None:
-        try:
-            await self.client.wait_connected()
-        except Exception:
-            return  # refused for good: run() reports it
-        line = f"{self.client.client_id} serving cap:{CAPABILITY}"
-        print(f"personad academy: {line}", flush=True)
-        self.notifier.ready(line)
+        await serve_until(
+            self.client, self.notifier, stop, who="academy", background=background, on_stopping=end_runs
+        )

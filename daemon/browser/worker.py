@@ -71,7 +71,7 @@ from protocol.commands.browser import (
 
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
-from ..errors import AuthError
+from ..serving import announce, serve_until
 from ..systemd_notify import Notifier
 from .chromium import DEFAULT_EXECUTABLE, Chromium, check_executable, describe_status
 from .errors import BrowserCrashed, CdpClosed, CdpError, ChromiumNotFound, LaunchError
@@ -223,39 +223,22 @@ class BrowserWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, or the bus refuses our token for good."""
-        failure: BaseException | None = None
-        async with self.client, asyncio.TaskGroup() as tg:
-            stopped = tg.create_task(stop.wait(), name="stop")
-            failed = tg.create_task(self.client.wait_failed(), name="bus-failure")
-            background = [
-                tg.create_task(self._keep_browser(), name="chromium-keeper"),
-                tg.create_task(self._close_idle_contexts(), name="idle-contexts"),
-                tg.create_task(self._announce(), name="announce"),
-                tg.create_task(self.notifier.run_watchdog(), name="watchdog"),
-            ]
-            await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
-            if failed.done():
-                failure = failed.result()
-            self.notifier.stopping(f"browser {self.config.name}: stopping")
-            for task in [*background, stopped, failed]:
-                task.cancel()
-        if failure is not None:
-            raise AuthError(f"browser {self.config.name}: {failure}")
-        log.info("browser worker %s stopped", self.config.name)
+        background = [self._keep_browser(), self._close_idle_contexts(), self._announce()]
+        await serve_until(
+            self.client, self.notifier, stop, who=f"browser {self.config.name}", background=background
+        )
 
     async def _announce(self) -> None:
         """Say once that we serve: on stdout for people and supervisors, and to systemd."""
-        try:
-            await self.client.wait_connected()
-        except Exception:
-            return  # refused for good: run() reports it (client.wait_failed)
         async with self._browser_changed:
             await self._browser_changed.wait_for(lambda: self.browser is not None)
-        assert self.browser is not None
-        line = f"{self.client.client_id} serving cap:{BROWSER_CAPABILITY} with {self.browser.version}"
-        print(f"personad browser: {line}", flush=True)
-        self.notifier.ready(line)
-        self._ready.set()
+
+        def line() -> str:
+            assert self.browser is not None
+            return f"{self.client.client_id} serving cap:{BROWSER_CAPABILITY} with {self.browser.version}"
+
+        if await announce(self.client, self.notifier, "browser", line):
+            self._ready.set()
 
     async def _keep_browser(self) -> None:
         """Launch Chromium, and launch it again whenever it exits, until cancelled."""

@@ -40,7 +40,7 @@ from protocol.commands.inference import (
 
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
-from ..errors import AuthError
+from ..serving import serve_until
 from ..state import StateDir
 from ..systemd_notify import Notifier
 from .adapter_admin import register_delete_command
@@ -148,21 +148,9 @@ class InferenceService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, or the bus refuses us for good."""
-        failure: BaseException | None = None
-        async with self.client, asyncio.TaskGroup() as tg:
-            self.notifier.ready(f"inference {self.name}: serving cap:{CAPABILITY} via {self.url}")
-            stopped = tg.create_task(stop.wait(), name="stop")
-            failed = tg.create_task(self.client.wait_failed(), name="bus-failure")
-            watchdog = tg.create_task(self.notifier.run_watchdog(), name="watchdog")
-            await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
-            if failed.done():
-                failure = failed.result()
-            self.notifier.stopping(f"inference {self.name}: stopping")
-            for task in (watchdog, stopped, failed):
-                task.cancel()
-        if failure is not None:
-            raise AuthError(f"inference {self.name}: {failure}")
-        log.info("inference service %s stopped", self.name)
+        # READY at once: the model is loaded, which is what a start waits for.
+        self.notifier.ready(f"inference {self.name}: serving cap:{CAPABILITY} via {self.url}")
+        await serve_until(self.client, self.notifier, stop, who=f"inference {self.name}")
 
 
 async def serve(

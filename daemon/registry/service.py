@@ -28,8 +28,9 @@ from protocol.profile import PersonaStatus, Profile
 
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
-from ..errors import AuthError, ConfigError
+from ..errors import ConfigError
 from ..persona.config import list_persona_ids, load_persona_config
+from ..serving import announce, serve_until
 from ..systemd_notify import Notifier
 from . import serve_erase, serve_generate, serve_lineage, serve_sessions, serve_transfer, store
 from .boundary import RegistryEnv, actor, translate
@@ -196,32 +197,13 @@ class RegistryService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, or the bus refuses our token for good."""
-        failure: BaseException | None = None
-        async with self.client, asyncio.TaskGroup() as tg:
-            stopped = tg.create_task(stop.wait(), name="stop")
-            failed = tg.create_task(self.client.wait_failed(), name="bus-failure")
-            background = [
-                tg.create_task(self._announce(), name="announce"),
-                tg.create_task(self.notifier.run_watchdog(), name="watchdog"),
-            ]
-            await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
-            if failed.done():
-                failure = failed.result()
-            self.notifier.stopping("registry: stopping")
-            for task in [*background, stopped, failed]:
-                task.cancel()
-        if failure is not None:
-            raise AuthError(f"registry: {failure}")
-        log.info("registry stopped")
-
-    async def _announce(self) -> None:
-        try:
-            await self.client.wait_connected()
-        except Exception:
-            return  # refused for good: run() reports it
-        line = f"{self.client.client_id} serving cap:{CAPABILITY}"
-        print(f"personad registry: {line}", flush=True)
-        self.notifier.ready(line)
+        ready = announce(
+            self.client,
+            self.notifier,
+            "registry",
+            lambda: f"{self.client.client_id} serving cap:{CAPABILITY}",
+        )
+        await serve_until(self.client, self.notifier, stop, who="registry", background=[ready])
 
 
 async def run_registry(state_dir: Path, config_dir: Path | None, *, url: str, token: str) -> None:
