@@ -35,7 +35,7 @@ from protocol import ErrorCode, RpcError
 from protocol.commands.adapters import AdapterDeleteParams, AdapterDeleteResult
 
 from .adapters import AdapterBusy, AdapterHashMismatch
-from .errors import InferenceError, to_rpc
+from .errors import InferenceError, refuse_store_writer, to_rpc
 
 if TYPE_CHECKING:
     from ..client import CallContext
@@ -46,18 +46,10 @@ __all__ = ["check_delete_caller", "delete_in_engine", "in_use", "register_delete
 
 log = logging.getLogger("personad.inference.adapters")
 
-#: Client id prefixes refused by adapter.delete (as adapter.merge).
-_REFUSED_CALLERS = ("persona:",)
-
 
 def check_delete_caller(caller: str | None) -> None:
     """RpcError(FORBIDDEN) for a persona: deleting from the shared store is an admin's job."""
-    if caller is not None and caller.startswith(_REFUSED_CALLERS):
-        raise RpcError(
-            ErrorCode.FORBIDDEN,
-            f"{caller} may not call adapter.delete: the adapter store is shared, "
-            "only an admin (or the registry) deletes from it",
-        )
+    refuse_store_writer(caller, "adapter.delete", "only an admin (or the registry) deletes from")
 
 
 def in_use(engine: Engine, sha256: str, *, connected: Collection[str] | None = None) -> str | None:

@@ -98,3 +98,21 @@ class EngineClosed(InferenceError):
 def to_rpc(exc: InferenceError) -> RpcError:
     """The wire form of an inference error."""
     return RpcError(int(exc.code), str(exc))
+
+
+#: Client id prefixes the store's writers (adapter.merge, adapter.delete, adapter.train) refuse.
+STORE_WRITERS_REFUSED = ("persona:",)
+
+
+def refuse_store_writer(caller: str | None, method: str, who_may: str) -> None:
+    """RpcError(FORBIDDEN) when a persona calls a method that writes the shared adapter store.
+
+    Persona tokens do not hold these grants; this refuses a persona an
+    operator granted one anyway: one persona must not change the adapters
+    every other persona runs. ``who_may`` says who does, for the message.
+    """
+    if caller is not None and caller.startswith(STORE_WRITERS_REFUSED):
+        raise RpcError(
+            ErrorCode.FORBIDDEN,
+            f"{caller} may not call {method}: it writes the shared adapter store, which {who_may}",
+        )

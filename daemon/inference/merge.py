@@ -66,7 +66,7 @@ from protocol.commands.adapters import MergeParams, MergeResult
 from protocol.commands.inference import StackEntry
 
 from .adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterRecord, AdapterStore, chain, validate_name
-from .errors import AdapterIncompatible, InferenceError, Unsupported, to_rpc
+from .errors import AdapterIncompatible, InferenceError, Unsupported, refuse_store_writer, to_rpc
 
 if TYPE_CHECKING:
     import torch
@@ -93,8 +93,6 @@ DEFAULT_DENSITY = 0.5
 #: The largest rank a merge may produce: cat of 64 levels of rank 32. Past it
 #: the adapter costs more to run than the model it adapts.
 MAX_MERGED_RANK = 2048
-#: Client id prefixes refused by adapter.merge (see the module docstring).
-_REFUSED_CALLERS = ("persona:",)
 
 
 class MergeParamsError(InferenceError):
@@ -105,12 +103,7 @@ class MergeParamsError(InferenceError):
 
 def check_caller(caller: str | None) -> None:
     """RpcError(FORBIDDEN) for a persona: merging writes the shared store, an admin's job."""
-    if caller is not None and caller.startswith(_REFUSED_CALLERS):
-        raise RpcError(
-            ErrorCode.FORBIDDEN,
-            f"{caller} may not call adapter.merge: merging writes the shared adapter store, "
-            "which only an admin (or the registry) does",
-        )
+    refuse_store_writer(caller, "adapter.merge", "only an admin (or the registry) does")
 
 
 def check_params(params: MergeParams) -> tuple[list[float], float | None]:

@@ -49,7 +49,7 @@ from protocol import ErrorCode, RpcError
 from protocol.commands.adapters import AdapterTrainParams, AdapterTrainResult, TrainProgressParams
 
 from .adapters import chain
-from .errors import AdapterNotFound, InferenceError, to_rpc
+from .errors import AdapterNotFound, InferenceError, refuse_store_writer, to_rpc
 
 if TYPE_CHECKING:
     from ..client import CallContext
@@ -62,8 +62,6 @@ log = logging.getLogger("personad.inference.train")
 
 #: What the service runs (``python -m``) for each training.
 WORKER_MODULE = "daemon.inference.train_worker"
-#: Client id prefixes refused by adapter.train (as adapter.merge).
-_REFUSED_CALLERS = ("persona:",)
 #: Lines of the worker's stderr kept for the reason when it dies.
 _STDERR_LINES = 20
 #: The worker's stdout lines are small JSON objects; an error message may be long.
@@ -72,12 +70,7 @@ _LINE_LIMIT = 1 << 20
 
 def check_train_caller(caller: str | None) -> None:
     """RpcError(FORBIDDEN) for a persona: training writes the shared store, which personas may not."""
-    if caller is not None and caller.startswith(_REFUSED_CALLERS):
-        raise RpcError(
-            ErrorCode.FORBIDDEN,
-            f"{caller} may not call adapter.train: training writes the shared adapter store, "
-            "which only an admin or the Academy does",
-        )
+    refuse_store_writer(caller, "adapter.train", "only an admin or the Academy does")
 
 
 def _invalid(field: str, message: str) -> RpcError:

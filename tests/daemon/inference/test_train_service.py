@@ -328,7 +328,7 @@ async def test_personas_are_refused_by_the_bus_and_by_the_service(
     granted = state.persona_token("bob", create=True, grants=("adapter.train@cap:inference",))
     for name, token, message in (
         ("ada", plain, "token 'persona:ada' may not call adapter.train on cap:inference"),
-        ("bob", granted, "persona:bob may not call adapter.train: training writes the shared adapter store"),
+        ("bob", granted, "persona:bob may not call adapter.train: it writes the shared adapter store"),
     ):
         persona = BusClient(bus.url, token=token, kind="persona", name=name)
         await persona.start()
