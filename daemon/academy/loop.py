@@ -188,7 +188,8 @@ async def run_academy(
             else:
                 run.state = "stopped"
                 run.reason = (
-                    f"{params.rounds} rounds done at {rate:.2f}, below the threshold {params.threshold}"
+                    f"{params.rounds} round{'s' if params.rounds > 1 else ''} done at {rate:.2f}, "
+                    f"below the threshold {params.threshold}"
                 )
     except asyncio.CancelledError:
         run.state, run.reason = "cancelled", "cancelled"
