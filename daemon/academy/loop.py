@@ -194,20 +194,28 @@ async def run_academy(
     except asyncio.CancelledError:
         run.state, run.reason = "cancelled", "cancelled"
         await asyncio.shield(_restore(client, student, original, run))
+        _finish(run)
         raise
     except RpcError as exc:
         run.state, run.reason = "failed", f"{exc.message} (code {int(exc.code)})"
     except ValueError as exc:  # the bootstrap's own check, or a malformed answer
         run.state, run.reason = "failed", str(exc)
-    finally:
-        run.phase = "done"
-        run.finished_at = time.time()
+    except Exception as exc:  # our bug: the run ends as failed, the student gets its stack back
+        log.exception("%s failed", run.run_id)
+        run.state, run.reason = "failed", f"internal error: {exc!r}"
     if run.state != "graduated":
         await _restore(client, student, original, run)
     await progress(
         m.ProgressEvent(run_id=run.run_id, persona_id=run.persona_id, phase="done", round=run.round,
                         done=1, total=1, detail=f"{run.state}: {run.reason}")
     )  # fmt: skip
+    _finish(run)
+
+
+def _finish(run: Run) -> None:
+    """The run has ended: from now on academy.status shows its end state (see Run.status)."""
+    run.phase = "done"
+    run.finished_at = time.time()
 
 
 async def _train(

@@ -40,12 +40,14 @@ class Run:
     task: asyncio.Task[None] | None = None
 
     def status(self) -> m.RunStatus:
+        # The loop decides the end state before it has restored the student's stack and
+        # said so; until it has finished all of it, the run is still running.
         return m.RunStatus(
             run_id=self.run_id,
             persona_id=self.persona_id,
             domain=self.domain,
             trigger=self.trigger,
-            state=self.state,
+            state=self.state if self.finished_at is not None else "running",
             phase=self.phase,
             round=self.round,
             rounds=list(self.rounds),

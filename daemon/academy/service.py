@@ -172,7 +172,7 @@ class AcademyService:
 
     def _running_for(self, persona_id: str) -> Run | None:
         return next(
-            (r for r in self.runs.values() if r.persona_id == persona_id and r.state == "running"), None
+            (r for r in self.runs.values() if r.persona_id == persona_id and r.finished_at is None), None
         )
 
     async def _carry_out(self, run: Run, progress: Any, graduated: Any) -> None:

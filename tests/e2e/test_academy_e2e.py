@@ -4,7 +4,7 @@ Real processes on 127.0.0.1: the session's ``personad bus`` and ``personad
 inference`` (SmolLM2, ``chat_services``), three ``personad persona``
 daemons (the student Mira with rules; a Testing Droid; a Protocol Sheriff,
 deterministic checks only, to keep the run short) and ``personad academy
-serve``. The CLI enrols Mira with a small configuration (a 10-case exam, 12
+serve``. The CLI enrols Mira with a small configuration (a 10-case exam, 10
 training cases, one round): the exam is taken, a LoRA level is trained by
 the inference service's training worker and examined again, the round is in
 Mira's evolution_history, and the student ends with its old stack (stopped)
@@ -69,9 +69,9 @@ async def test_a_run_trains_a_level_examines_it_again_and_records_the_round(acad
         admin.add_notification_listener(seen)
         await admin.call("bus.subscribe", {"topics": ["persona.graduated"]})
         before = (await admin.call("lora.status", {}, to="persona:mira"))["stack"]
-        argv = [sys.executable, "-m", "daemon", "academy", "run", "mira", "--rounds", "1", "--epochs", "3"]
-        argv += ["--exam-size", "10", "--train-size", "12", "--threshold", "0.95"]
-        argv += ["--model-share", "0", "--max-tokens", "32"]
+        argv = [sys.executable, "-m", "daemon", "academy", "run", "mira", "--rounds", "1", "--epochs", "2"]
+        argv += ["--exam-size", "10", "--train-size", "10", "--threshold", "0.95"]
+        argv += ["--model-share", "0", "--max-tokens", "24"]
         env = {
             "PERSONAD_STATE_DIR": str(academy.state.root),
             "PERSONAD_URL": academy.url,

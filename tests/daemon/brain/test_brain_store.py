@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from daemon.brain import Brain, BrainClosed, InvalidInput, MemoryItem, NotFound
+from daemon.brain.migrations import LATEST
 from protocol.commands.brain import MAX_CONTENT_BYTES
 
 from .conftest import wal_size
@@ -175,7 +176,7 @@ async def test_stats(brain: Brain, db_path: Path) -> None:
     assert 1 == stats.counts["memories"]
     assert stats.files["-wal"] > 0
     assert stats.bytes_on_disk == sum(stats.files.values())
-    assert 5 == stats.schema_version
+    assert LATEST == stats.schema_version
     assert {"performance_records", "knowledge"} <= set(stats.counts)
 
 
