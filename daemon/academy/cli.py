@@ -38,6 +38,9 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
         "--model-share", type=float, default=0.1, help="run: the share of cases the Droid's model writes"
     )
     academy.add_argument("--max-tokens", type=int, default=48, help="run: most tokens per exam reply")
+    academy.add_argument(
+        "--kind", action="append", default=None, help="run: only this kind of case (repeatable; default all)"
+    )
     academy.add_argument("--droid", default=None, help="run: the Testing Droid persona (default: any)")
     academy.add_argument("--sheriff", default=None, help="run: the Protocol Sheriff persona (default: any)")
     academy.add_argument(
@@ -104,6 +107,8 @@ def _run(args: argparse.Namespace, state: StateDir, url: str) -> int:
         "model_share": args.model_share,
         "max_tokens": args.max_tokens,
     }
+    if args.kind:
+        params["kinds"] = args.kind
     for key in ("domain", "droid", "sheriff"):
         if getattr(args, key):
             params[key] = getattr(args, key)

@@ -53,6 +53,7 @@ class Exam:
             seed=seed,
             exclude=list(exclude),
             model_share=self.run.params.model_share,
+            kinds=self.run.params.kinds,
         )
         result = await self.client.call(
             "academy.cases", params.model_dump(mode="json"), to=self.droid, deadline_ms=EXAM_DEADLINE_MS

@@ -356,6 +356,9 @@ class EnrollParams(StrictParams):
     model_share: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         0.1, description="the share of cases the Droid's model writes (each costs a generation)"
     )
+    kinds: Annotated[list[CaseKind], Field(min_length=1, max_length=7)] | None = Field(
+        None, description="examine and train on these kinds of case only (default: all, benign included)"
+    )
     droid: PersonaId | None = Field(
         None, description="the Testing Droid to use (default: any persona serving cap:testing-droid)"
     )
