@@ -23,7 +23,7 @@ DEADLINE_MS = int(WAIT * 40 * 1000)
 
 
 async def model_cases(client: Any, seed: int) -> dict[str, Any]:
-    params = {"rules": rules_of_student(), "count": 7, "seed": seed, "model_share": 0.3}
+    params = {"rules": rules_of_student(), "count": 7, "seed": seed, "model_share": 0.15}
     result: dict[str, Any] = await client.call(
         "academy.cases", params, to="persona:droid", deadline_ms=DEADLINE_MS
     )
