@@ -179,9 +179,14 @@ ROLE_CLI_MODULES: tuple[str, ...] = (
     "daemon.academy.cli",
 )
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
-LONG_RUNNING_VERBS: set[str] = {"browser", "inference", "registry", "academy"}
+LONG_RUNNING_VERBS: set[str] = {"browser", "inference", "registry"}
 #: Verbs whose process runs daemons until a stop signal (see runtime.ignore_stop_signals).
 DAEMON_VERBS: frozenset[str] = frozenset({"bus", "persona", "up", *LONG_RUNNING_VERBS})
+
+
+def _runs_a_daemon(args: argparse.Namespace) -> bool:
+    """Whether this invocation serves until a signal (``personad academy serve``, not ``run``)."""
+    return args.verb in DAEMON_VERBS or (args.verb == "academy" and args.action == "serve")
 
 
 def _role_cli_modules() -> list[Any]:
@@ -194,13 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     runtime.die_with_parent()
     args = build_parser().parse_args(argv)
     # Long-running verbs log their lifecycle; one-shot verbs stay quiet but for problems.
-    quiet = args.verb not in DAEMON_VERBS
+    quiet = not _runs_a_daemon(args)
     logs.configure(getattr(args, "log_level", None), default="WARNING" if quiet else "INFO")
     state = StateDir(resolve_state_dir(getattr(args, "state_dir", None)))
     url = getattr(args, "url", None) or os.environ.get("PERSONAD_URL") or DEFAULT_URL
     try:
         status = int(_VERBS[args.verb](args, state, url))
-        if args.verb in DAEMON_VERBS:
+        if _runs_a_daemon(args):
             # The daemon has stopped on the first signal; the process is exiting.
             runtime.ignore_stop_signals()
         return status
