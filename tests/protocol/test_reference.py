@@ -9,7 +9,8 @@ import pytest
 
 from daemon.state import StateDir
 from protocol import REGISTRY
-from protocol.reference import EXAMPLES, REGENERATE, example, render
+from protocol.examples import EXAMPLES
+from protocol.reference import REGENERATE, example, render
 from protocol.schema import document
 from tests.conftest import REPO, run_cli
 
@@ -45,7 +46,7 @@ def test_example_is_valid_for_its_method(method: str) -> None:
     """The example request in the reference validates against the method's params model."""
     command = REGISTRY[method]
     required = command.params.model_json_schema().get("required", [])
-    assert not required or method in EXAMPLES, f"add an example for {method} to protocol/reference.py"
+    assert not required or method in EXAMPLES, f"add an example for {method} to protocol/examples.py"
     message = example(command)
     command.params.model_validate(message.get("params", {}))
     assert ("id" in message) != command.notification
