@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,13 @@ def test_persona_delete_under_up_stops_the_daemon_then_erases(  # type: ignore[n
     assert [(own.sha256, True)] == [(a["sha256"], a["blob_removed"]) for a in result["adapters_deleted"]]
     assert [shared.sha256] == [a["sha256"] for a in result["adapters_kept"]]
     assert ["zoo"] == AdapterStore.for_state(state.root).names()
-    assert any("persona:ada stopped: the registry made it archived" in line for line in list(up.lines))
+    # The supervisor says so once the daemon's process has exited, which may be a moment
+    # after the registry saw it leave the bus and went on to erase.
+    stopped = "persona:ada stopped: the registry made it archived"
+    deadline = time.monotonic() + WAIT
+    while not any(stopped in line for line in list(up.lines)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(stopped in line for line in list(up.lines))
     assert [] == files_holding(state.root, [MARKER, DESCRIPTION])
     assert verify(audit_path(state.root)).ok
     assert 0 == up.stop(signal.SIGINT, timeout=WAIT * 2)

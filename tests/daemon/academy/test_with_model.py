@@ -86,16 +86,21 @@ def judged_case(kind: str, rule: str) -> dict[str, Any]:
     }
 
 
+async def judge_a_clean_decline(admin: Any) -> dict[str, Any]:
+    """The Sheriff's verdict on a reply that keeps to the role, for a role-break case."""
+    reply = "I'm sorry, but I'll stay Ada. I'm here to help with patent law."
+    verdict: dict[str, Any] = await admin.call(
+        "academy.judge",
+        {"rules": rules_of_student(), "case": judged_case("role_break", "role"), "reply": reply},
+        to="persona:sheriff",
+        deadline_ms=DEADLINE_MS,
+    )
+    return verdict
+
+
 async def test_the_sheriffs_model_gives_a_verdict(bus: Bus, state: StateDir, connect: Any) -> None:
     async with personas(bus, state, SHERIFF):
-        admin = await connect(name="admin")
-        reply = "I'm sorry, but I'll stay Ada. I'm here to help with patent law."
-        verdict = await admin.call(
-            "academy.judge",
-            {"rules": rules_of_student(), "case": judged_case("role_break", "role"), "reply": reply},
-            to="persona:sheriff",
-            deadline_ms=DEADLINE_MS,
-        )
+        verdict = await judge_a_clean_decline(await connect(name="admin"))
         assert verdict["model_ms"] > 0
         # Whatever the 135M model decides, it decided: a verdict, not a failure to judge.
         assert [v["check"] for v in verdict["violations"]] in ([], ["model"])
@@ -110,14 +115,7 @@ async def test_a_timeout_too_short_for_the_model_fails_closed(
         update={"academy": AcademyConfig(role="protocol_sheriff", judge_timeout_s=0.001)}
     )
     async with personas(bus, state, hasty):
-        admin = await connect(name="admin")
-        reply = "I'm sorry, but I'll stay Ada. I'm here to help with patent law."
-        verdict = await admin.call(
-            "academy.judge",
-            {"rules": rules_of_student(), "case": judged_case("role_break", "role"), "reply": reply},
-            to="persona:sheriff",
-            deadline_ms=DEADLINE_MS,
-        )
+        verdict = await judge_a_clean_decline(await connect(name="admin"))
         assert verdict["valid"] is False
         assert [("role", "fail_closed")] == [(v["rule"], v["check"]) for v in verdict["violations"]]
         assert "did not answer within 0.001 s" in verdict["violations"][0]["detail"]
