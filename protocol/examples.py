@@ -14,6 +14,8 @@ from .connection import PROTOCOL_VERSION
 
 __all__ = ["EXAMPLES"]
 
+#: A skill's id (the sha256 of its signed manifest).
+_SKILL_ID = "5f0c9d1e2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5"
 #: A student's rules and an attack case, as the Academy's examples use them.
 _RULES = {
     "persona_id": "mira",
@@ -209,4 +211,26 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "persona.plugin.remove": {"plugin_id": "report"},
     "persona.import": {"path": "/home/me/demo.pdbundle", "passphrase": "correct horse battery staple"},
+    "skill.announce": {
+        "skill": "legal.patent",
+        "effectiveness": 0.82,
+        "usage_scenarios": ["drafting patent claims"],
+    },
+    "skill.have": {"skill_id": _SKILL_ID},
+    "skill.piece": {"skill_id": _SKILL_ID, "index": 3},
+    "skill.fetch": {"skill_id": _SKILL_ID, "window": 4},
+    "skill.progress": {
+        "skill_id": _SKILL_ID,
+        "skill": "legal.patent",
+        "phase": "pieces",
+        "pieces_done": 12,
+        "pieces_total": 64,
+        "bytes_done": 3145728,
+        "seeders": 3,
+        "banned": [],
+    },
+    "skill.manifest": {"skill": "legal.patent"},
+    "skill.seeders": {"skill_id": _SKILL_ID},
+    "skill.popular": {"limit": 10},
+    "skill.acquire": {"skill": "legal.patent", "load": True},
 }

@@ -63,6 +63,8 @@ def served_by(command: Command) -> str:
         return "the bus (requests without `to`)"
     if command.served_by == "persona":
         return "every persona daemon (`to: persona:<id>`)"
+    if command.served_by == "mesh":
+        return "every mesh peer (`to: mesh:<node>`)"
     if command.served_by == "client":
         return "sent to clients (by the bus, or by the server of a request as its progress)"
     return f"providers of the capability (`to: {command.served_by}`)"

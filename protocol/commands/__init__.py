@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (imported to register their commands)
     personas,
     plugins,
     sessions,
+    skills,
 )
 from .registry import REGISTRY, Command, StrictModel, StrictParams, get, register
 
