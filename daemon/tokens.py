@@ -93,6 +93,13 @@ ROLE_GRANTS: dict[str, tuple[str, ...]] = {
         # A persona may share an insight in a session it takes part in; the
         # registry checks that it posts as itself and is a participant.
         "session.insight@cap:registry",
+        # Skills: a persona asks the tracker what exists and who seeds it, and asks
+        # a mesh peer to fetch one (the peer serves only its own installation's
+        # personas). Not skill.piece/skill.have (peers only) nor skill.announce.
+        "skill.manifest@cap:skills",
+        "skill.seeders@cap:skills",
+        "skill.popular@cap:skills",
+        "skill.fetch@mesh:*",
     ),
     # Providers (browser worker, inference service) serve; they call only the bus.
     "service": ("bus.*",),

@@ -1,0 +1,1 @@
+"""Skill sharing between installations: manifests, the mesh peer, the tracker (docs/skills.md)."""
