@@ -191,15 +191,18 @@ class StateDir:
         subject: str,
         provides: tuple[str, ...],
         grants: tuple[str, ...] = (),
+        env: str = "PERSONAD_TOKEN",
+        credential: str = "token",
     ) -> str:
         """The token a service daemon joins with (role service, ``provide:`` its capabilities,
         plus ``grants`` for what it calls on other services).
 
-        :func:`given_token` first (systemd, or an operator's choice); else, in
+        :func:`given_token` first (``env`` or the systemd credential ``credential``:
+        systemd, or an operator's choice); else, in
         the bus's state dir, :meth:`own_token` issues or reuses ``secrets/<secret>``;
         in another state dir only a token already placed in ``secrets/`` will do.
         """
-        if (token := given_token()) is not None:
+        if (token := given_token(env, credential)) is not None:
             return token
         if not self.tokens_path.exists():
             if (token := self.read_secret(secret)) is not None:
@@ -268,12 +271,16 @@ class StateDir:
         return token
 
 
-def given_token() -> str | None:
-    """The token a daemon's environment gives it: $PERSONAD_TOKEN, else the systemd credential ``token``."""
-    if token := os.environ.get("PERSONAD_TOKEN"):
+def given_token(env: str = "PERSONAD_TOKEN", credential: str = "token") -> str | None:
+    """The token a daemon's environment gives it: ``$PERSONAD_TOKEN``, else the systemd credential ``token``.
+
+    A process that joins the bus twice (``personad skills serve``: the tracker and
+    the mesh peer) names each token's variable and credential apart.
+    """
+    if token := os.environ.get(env):
         return token
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (path := Path(credentials) / "token").exists():
+    if credentials and (path := Path(credentials) / credential).exists():
         return path.read_text("utf-8").strip()
     return None
 

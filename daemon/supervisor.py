@@ -2,8 +2,8 @@
 
 Starts the bus, waits for its /healthz, starts the persona registry (which
 imports ``<config-dir>/personas/*.toml``), trains the demo adapters once,
-starts the inference service, the headless browser worker and the Academy
-(cap:academy), then one
+starts the inference service, the headless browser worker, the Academy
+(cap:academy) and skill sharing (cap:skills and mesh:main), then one
 persona daemon per *active* persona in the registry (the TOML ones and any
 created through the registry), each as its own process with its own token
 (as under systemd), and restarts any child that dies, with backoff. While it
@@ -121,11 +121,13 @@ class Supervisor:
         inference: bool = True,
         browser: bool = True,
         academy: bool = True,
+        skills: bool = True,
         demo: bool = True,
     ) -> None:
         self.inference = inference
         self.browser = browser
         self.academy = academy
+        self.skills = skills
         self.demo = demo
         self.oneshots: list[Child] = []
         self._page_server: http.server.ThreadingHTTPServer | None = None
@@ -241,6 +243,10 @@ class Supervisor:
             # cap:academy: enrols personas (academy.enroll, or their own [academy]
             # auto_enroll patterns) and trains them through cap:inference.
             services.append(Child("academy", self._argv("academy", "serve"), base_env))
+        if self.skills:
+            # cap:skills (the tracker) and mesh:main, which seeds this state dir's
+            # adapter store and fetches skills into it for its personas.
+            services.append(Child("skills", self._argv("skills", "serve"), base_env))
         for service in services:
             self.children.append(service)
             await service.start()
@@ -298,7 +304,12 @@ class Supervisor:
         token = find_token(self.state)
         async with BusClient(self.url, token=token, kind="cli", name="up") as client:
             deadline = time.monotonic() + timeout
-            services = (("inference", self.inference), ("browser", self.browser), ("academy", self.academy))
+            services = (
+                ("inference", self.inference),
+                ("browser", self.browser),
+                ("academy", self.academy),
+                ("skills", self.skills),
+            )
             wanted = [c for c, on in services if on]
             for capability in wanted:  # the model converts once (~20 s) on a fresh state dir
                 while not (await client.call("bus.clients", {"capability": capability}))["clients"]:

@@ -47,6 +47,7 @@ TARGET_SERVICES = {
     "personad-inference.service",
     "personad-browser.service",
     "personad-academy.service",
+    "personad-skills.service",
 }
 #: --offline=yes appeared in systemd 250; 252 is the version we measured.
 MIN_SYSTEMD_VERSION = 252
@@ -251,11 +252,19 @@ def test_services_report_to_systemd(name: str) -> None:
     assert {("Type", "notify"), ("NotifyAccess", "main"), ("WatchdogSec", "30")} <= settings
 
 
+def _dynamic_user(name: str) -> str:
+    """The unit's dynamic user: its User=, else (systemd's default) the unit's name."""
+    users = [value for _, key, value in unit_settings(name) if key == "User"]
+    return users[-1] if users else name.removesuffix(".service")
+
+
 def test_state_directories_do_not_nest() -> None:
-    """No unit's StateDirectory= lies inside another unit's."""
+    """No unit's StateDirectory= lies inside another's, unless both run as one dynamic user."""
     # systemd chowns a state directory recursively when its owner changes
     # (systemd.exec(5)), so a parent owned by one dynamic user could take over
-    # a child owned by another. Instance specifiers stand for one path level.
+    # a child owned by another. Units naming the same dynamic user get the same
+    # UID, so sharing a directory is safe for them (the skills service uses the
+    # inference service's adapter store). Instance specifiers stand for one path level.
     directories = [
         (name, Path(directory.replace("%i", "*").replace("%I", "*")))
         for name in SERVICE_FILES
@@ -266,8 +275,19 @@ def test_state_directories_do_not_nest() -> None:
     assert directories
     for outer_unit, outer in directories:
         for inner_unit, inner in directories:
-            if outer_unit != inner_unit:
+            if outer_unit != inner_unit and _dynamic_user(outer_unit) != _dynamic_user(inner_unit):
                 assert not inner.is_relative_to(outer), (inner_unit, inner, outer_unit, outer)
+
+
+def test_the_skills_unit_shares_the_inference_store_as_its_user() -> None:
+    """personad-skills.service reads and writes the adapter store as the inference service's user."""
+    skills = {(key, value) for _, key, value in unit_settings("personad-skills.service")}
+    inference = {(key, value) for _, key, value in unit_settings("personad-inference.service")}
+    assert ("User", "personad-inference") in skills
+    assert _dynamic_user("personad-inference.service") == "personad-inference"
+    shared = {("StateDirectory", "personad/inference")}
+    assert shared <= skills
+    assert shared <= inference
 
 
 @pytest.mark.parametrize("name", SERVICE_FILES)
