@@ -28,6 +28,9 @@ Versions:
 5. ``knowledge``: the persona's knowledge base, with its FTS5
    external-content index (content and context) and a stored embedding per
    item with the name of the model that made it.
+6. ``evolution_history.detail``: the Academy's round, as one JSON object.
+7. ``skills.source``: where an acquired skill came from (JSON; NULL for a
+   skill made or recorded here).
 
 A database whose version is newer than :data:`LATEST` is refused with
 :class:`~daemon.brain.errors.SchemaTooNew` before anything is written.
@@ -357,6 +360,13 @@ def _v6_evolution_detail(db: RawConnection) -> None:
     db.execute("CREATE INDEX evolution_created ON evolution_history (created_at, id)")
 
 
+def _v7_skill_source(db: RawConnection) -> None:
+    # Where a skill came from when it was not made here: for a skill acquired
+    # over the mesh, {"via": "mesh", "skill_id", "publisher", "node", "seeders",
+    # "acquired_at"}. Older rows (trained here, or recorded by use) keep NULL.
+    db.execute("ALTER TABLE skills ADD COLUMN source TEXT CHECK (source IS NULL OR json_valid(source))")
+
+
 #: MIGRATIONS[i] takes version i to version i + 1.
 MIGRATIONS: tuple[Step, ...] = (
     _v1_seed_schema,
@@ -365,6 +375,7 @@ MIGRATIONS: tuple[Step, ...] = (
     _v4_performance,
     _v5_knowledge,
     _v6_evolution_detail,
+    _v7_skill_source,
 )
 LATEST = len(MIGRATIONS)
 

@@ -8,6 +8,7 @@ Nothing here validates: the Brain has checked every argument already.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,8 @@ def forget_ids(db: Any, ids: list[int]) -> int:
 
 
 SKILL_COLUMNS = (
-    "skill_id, lora_hash, description, effectiveness, rated_uses, usage_count, acquired_at, last_used_at"
+    "skill_id, lora_hash, description, effectiveness, rated_uses, usage_count, acquired_at, last_used_at, "
+    "source"
 )
 
 
@@ -106,6 +108,7 @@ def skill_from_row(row: Sequence[Any]) -> Skill:
         usage_count=row[5],
         acquired_at=from_epoch(row[6]),
         last_used_at=None if row[7] is None else from_epoch(row[7]),
+        source=None if row[8] is None else json.loads(row[8]),
     )
 
 
@@ -117,13 +120,22 @@ def get_skill(db: Any, skill_id: str) -> Skill:
     return skill_from_row(found)
 
 
-def skill_upsert(db: Any, skill_id: str, lora_hash: str | None, description: str | None, now: float) -> Skill:
+def skill_upsert(
+    db: Any,
+    skill_id: str,
+    lora_hash: str | None,
+    description: str | None,
+    now: float,
+    source: str | None = None,
+) -> Skill:
+    """``source`` is JSON text (or None, which keeps the old one, as for the other columns)."""
     db.execute(
-        "INSERT INTO skills (skill_id, lora_hash, description, acquired_at) VALUES (?, ?, ?, ?) "
+        "INSERT INTO skills (skill_id, lora_hash, description, acquired_at, source) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT (skill_id) DO UPDATE SET "
         "lora_hash = coalesce(excluded.lora_hash, lora_hash), "
-        "description = coalesce(excluded.description, description)",
-        (skill_id, lora_hash, description, now),
+        "description = coalesce(excluded.description, description), "
+        "source = coalesce(excluded.source, source)",
+        (skill_id, lora_hash, description, now, source),
     )
     return get_skill(db, skill_id)
 

@@ -96,6 +96,8 @@ class Skill:
     usage_count: int
     acquired_at: datetime
     last_used_at: datetime | None
+    #: Where it came from when acquired from elsewhere (a JSON object); None for one made here.
+    source: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

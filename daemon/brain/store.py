@@ -307,14 +307,25 @@ class Brain:
         return skills
 
     async def skill_upsert(
-        self, skill_id: str, *, lora_hash: str | None = None, description: str | None = None
+        self,
+        skill_id: str,
+        *,
+        lora_hash: str | None = None,
+        description: str | None = None,
+        source: dict[str, Any] | None = None,
     ) -> Skill:
-        """Add a skill, or update its adapter hash / description (None keeps the old)."""
+        """Add a skill, or update its adapter hash / description / source (None keeps the old).
+
+        ``source`` says where a skill acquired from elsewhere came from (a JSON
+        object: for the mesh, ``{"via": "mesh", "skill_id", "publisher", "node",
+        "seeders", "acquired_at"}``).
+        """
         args = (
             check_skill_id(skill_id),
             check_opt_text("lora_hash", lora_hash, MAX_LABEL_CHARS),
             check_opt_text("description", description, MAX_TEXT_CHARS),
             time.time(),
+            check_json_object("source", source),
         )
         skill: Skill = await self._write(ops.in_transaction, ops.skill_upsert, *args)
         return skill

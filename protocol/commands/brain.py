@@ -226,6 +226,12 @@ class SkillModel(StrictModel):
     usage_count: int = Field(description="all recorded uses")
     acquired_at: datetime = Field(description="when the skill was first recorded")
     last_used_at: datetime | None = Field(description="the latest recorded use")
+    source: dict[str, Any] | None = Field(
+        None,
+        description="where it came from when acquired from elsewhere: for a skill acquired over the "
+        'mesh (skill.acquire), {"via": "mesh", "skill_id", "publisher", "node", "seeders": {node: '
+        'pieces}, "acquired_at"}; null for a skill made or recorded here',
+    )
 
 
 class SkillsListResult(StrictModel):

@@ -94,7 +94,17 @@ def seed_v5(db: Any) -> None:
     )
 
 
-SEEDS = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5}
+def seed_v6(db: Any) -> None:
+    """v7 adds skills.source: a v6 skill (no source) must stay, with a null source
+    (tests/daemon/brain/test_skill_source.py checks it)."""
+    seed_v5(db)
+    db.execute(
+        "INSERT INTO skills (skill_id, lora_hash, description, acquired_at) "
+        "VALUES ('legal.patent', 'abc123', 'patents', 1706745600.0)"
+    )
+
+
+SEEDS = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6}
 
 
 def test_every_step_has_a_seeded_starting_file() -> None:
@@ -142,7 +152,7 @@ async def test_older_file_migrates_to_latest_with_data_intact(db_path: Path, key
     if start >= 4:
         rows = db.execute("SELECT task, score FROM performance_records").fetchall()
         assert [("draft a claim", 80.0)] == rows
-    if start == 5:
+    if start >= 5:
         kept = db.execute(
             "SELECT trigger_pattern, lora_generated, success_rate, detail FROM evolution_history"
         )
