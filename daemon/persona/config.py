@@ -24,6 +24,16 @@ Example::
     auto_enroll = false
     max_trainings_per_day = 1
 
+    [skills]                       # optional; these are the defaults (docs/skills.md)
+    node = "mesh:main"             # this installation's mesh peer, which fetches for it
+    auto = false                   # acquire announced skills on its own
+    trusted_publishers = []        # Ed25519 keys (64 hex) whose skills it may auto-acquire
+    min_effectiveness = 0.0        # auto: the publisher's measure at least this (none counts 0)
+    max_bytes = 67108864           # any acquisition: one skill with its parents at most
+    daily_count = 5                # auto: at most this many skills in 24 hours
+    daily_bytes = 268435456        # auto: at most this many bytes in 24 hours
+    load = false                   # auto: put each acquired skill on top of its stack
+
 Validated strictly: unknown keys are errors (a misspelt key would otherwise be
 silently ignored), and the error names the file and the field.
 """
@@ -92,6 +102,36 @@ class AcademyConfig(BaseModel):
     max_trainings_per_day: Annotated[int, Field(ge=0, le=24)] = 1
 
 
+class SkillsConfig(BaseModel):
+    """``[skills]``: acquiring skills shared over the mesh (daemon/persona/skills.py).
+
+    The trust list, effectiveness floor and daily budget bound what the persona
+    acquires *on its own* (``auto``); ``max_bytes`` bounds every acquisition,
+    the operator's explicit ``skill.acquire`` too.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The installation's mesh peer, which downloads into the shared adapter store.
+    node: Annotated[str, Field(pattern=r"^mesh:[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] = "mesh:main"
+    #: Acquire announced skills automatically (within the limits below).
+    auto: StrictBool = False
+    #: Publishers (Ed25519 public keys, hex) whose announcements may be acquired automatically.
+    trusted_publishers: Annotated[
+        list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]], Field(max_length=256)
+    ] = []
+    #: Automatic acquisitions need the publisher's effectiveness at least this (null counts as 0).
+    min_effectiveness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    #: Most bytes of one acquisition (the skill with the parents it needs).
+    max_bytes: Annotated[int, Field(ge=1)] = 64 << 20
+    #: Most automatic acquisitions in any 24 hours.
+    daily_count: Annotated[int, Field(ge=0, le=1000)] = 5
+    #: Most bytes acquired automatically in any 24 hours.
+    daily_bytes: Annotated[int, Field(ge=0)] = 256 << 20
+    #: Put each automatically acquired skill on top of the persona's stack.
+    load: StrictBool = False
+
+
 class PersonaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -106,6 +146,7 @@ class PersonaConfig(BaseModel):
     memory: MemoryConfig = MemoryConfig()
     rules: RulesConfig = RulesConfig()
     academy: AcademyConfig = AcademyConfig()
+    skills: SkillsConfig = SkillsConfig()
 
 
 def validate_persona_id(persona_id: str) -> str:

@@ -34,6 +34,7 @@ from .memory import register_memory_commands
 from .plugins import register_plugins_commands
 from .session_dir import SessionDir
 from .sessions import register_sessions_commands
+from .skills import PersonaSkills, register_skills_commands
 from .universal import register_universal_commands
 
 log = logging.getLogger("personad.persona")
@@ -72,6 +73,7 @@ class PersonaDaemon:
             on_state=self._on_bus_state,
         )
         self._ready = False
+        self.skills: PersonaSkills | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, or the bus refuses us for good."""
@@ -112,9 +114,12 @@ class PersonaDaemon:
             ):
                 register_group(self.dispatcher, self.client, brain, self.session_dir)
             register_academy_roles(self.dispatcher, self.client, self.config, chat)
+            self.skills = register_skills_commands(self.dispatcher, self.client, self.config, brain, chat)
             try:
                 failure = await self._serve(stop, brain)
             finally:
+                await self.skills.close()
+                self.skills = None
                 # In single-persona mode the engine lives in this process: its
                 # worker thread and the model must go when the persona does.
                 await chat.close()
@@ -147,6 +152,8 @@ class PersonaDaemon:
         READY waits for the bus: a persona that cannot reach it is not of
         service yet, and systemd's start timeout then applies.
         """
+        if self.skills is not None:
+            self.skills.on_bus_state(state)
         if state == "connected" and not self._ready:
             self._ready = True
             self.notifier.ready(f"persona {self.config.id}: bus connected")
