@@ -61,8 +61,10 @@ MESH_PREFIX: Final = "mesh:"
 
 
 def tracker_token(state: StateDir) -> str:
-    """$PERSONAD_TOKEN, a systemd credential ``token``, or the state dir's tracker token.
+    """$PERSONAD_SKILLS_TOKEN, a systemd credential ``skills-token``, or the state dir's tracker token.
 
+    Its own variable and credential: ``personad skills serve`` joins twice, as
+    the tracker and as the mesh peer (``PERSONAD_MESH_TOKEN``, ``mesh-token``).
     Role service (bus.* only: subscribe, publish, clients) providing ``skills``;
     the tracker calls nothing else.
     """
@@ -73,6 +75,8 @@ def tracker_token(state: StateDir) -> str:
         subject="skills:tracker",
         provides=(CAPABILITY,),
         grants=(),
+        env="PERSONAD_SKILLS_TOKEN",
+        credential="skills-token",
     )
 
 

@@ -280,3 +280,27 @@ async def test_bad_params_name_the_field_and_only_granted_tokens_may_ask(
         assert caught.value.code == ErrorCode.FORBIDDEN
         persona = await connect(token=state.persona_token("eve", create=True), kind="persona", name="eve")
         assert (await persona.call("skill.seeders", {"skill_id": sid}, to="cap:skills"))["seeders"] == []
+
+
+async def test_the_tracker_subscribes_again_after_the_bus_drops_it(
+    bus: Bus, state: StateDir, connect: Any, manifests: Callable[..., SkillManifest]
+) -> None:
+    legal = manifests("legal", seed=1)
+    async with tracker(bus, state) as service:
+        admin = await connect(name="admin")
+        peer = await mesh_peer(state, connect, "alpha")
+        await bus.router.clients["skills:tracker"].ws.close()  # the bus forgets its subscriptions with it
+        await eventually(lambda: service.client.reconnects == 1, what="the tracker reconnected")
+        await eventually(
+            lambda: any(s.client_id == "skills:tracker" for s in bus.router.topics.match(ANNOUNCED_TOPIC)),
+            what="the tracker subscribed again",
+        )
+        await peer.publish(ANNOUNCED_TOPIC, legal.model_dump(mode="json"))
+        await eventually(lambda: known(admin, skill_id(legal)), what="an announcement after the reconnection")
+
+
+def test_the_tracker_token_provides_skills_and_calls_nothing_but_the_bus(state: StateDir) -> None:
+    entry = state.tokens().verify(tracker_token(state))
+    assert entry is not None
+    assert entry.subject == "skills:tracker"
+    assert set(entry.grants) == {"bus.*", "provide:skills"}
