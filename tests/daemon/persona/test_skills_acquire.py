@@ -17,16 +17,21 @@ from typing import Any
 
 import pytest
 
+from daemon.brain import load_or_create_key
 from daemon.brain.records import Skill
 from daemon.bus import Bus
 from daemon.client import BusClient
 from daemon.inference.adapters import AdapterStore
 from daemon.mesh.manifest import build_manifest, skill_id
+from daemon.mesh.service import MESH_GRANTS, MeshPeer
 from daemon.mesh.tracker import SkillTracker, tracker_token
 from daemon.persona.config import PersonaConfig, SkillsConfig
+from daemon.persona.daemon import PersonaDaemon
+from daemon.persona.session_dir import prepare_session_dir
 from daemon.persona.skills import DAY_S, decide, spent_today
 from daemon.registry.bundle_keys import SigningKey
 from daemon.state import StateDir
+from daemon.systemd_notify import Notifier
 from protocol import ErrorCode, RpcError
 from protocol.commands.skills import ANNOUNCED_TOPIC, SkillManifest
 from tests.conftest import WAIT, eventually
@@ -265,3 +270,217 @@ async def test_automatic_acquisition_takes_only_trusted_verified_announcements(
         assert "legal" in taken.reason
         assert "trusted publisher" in taken.reason
         assert "the acquisition failed" in taken.reason
+
+
+# -- end to end: installations with their own mesh peers ----------------------------------------
+
+
+class Installation:
+    """A state dir of its own (adapter store, signing key, persona folders) and its running MeshPeer."""
+
+    def __init__(self, bus: Bus, bus_state: StateDir, root: Path, name: str) -> None:
+        root.mkdir(mode=0o700)
+        self.bus, self.bus_state, self.name = bus, bus_state, name
+        self.state = StateDir(root / "state")
+        self.state.root.mkdir(mode=0o700)
+        self.store = AdapterStore.for_state(self.state.root)
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def node(self) -> str:
+        return f"mesh:{self.name}"
+
+    @property
+    def publisher(self) -> str:
+        return SigningKey.load_or_create(self.state.root).public_hex
+
+    async def start(self) -> MeshPeer:
+        # Issued by the bus's operator, as `personad token add` would.
+        token = self.bus_state.own_token(
+            f"mesh-{self.name}.token", name=self.node, role="service", subject=self.node, grants=MESH_GRANTS
+        )
+        peer = MeshPeer(url=self.bus.url, token=token, state=self.state, node=self.name, base_model_id=BASE)
+        self.task = asyncio.create_task(peer.run(self.stop))
+        await asyncio.wait_for(peer.joined.wait(), WAIT)
+        return peer
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, WAIT)
+
+    @contextlib.asynccontextmanager
+    async def persona(
+        self, persona_id: str, skills: SkillsConfig | None = None
+    ) -> AsyncIterator[PersonaDaemon]:
+        """A persona of this installation (its folder here), whose peer is this installation's."""
+        config = PersonaConfig(
+            id=persona_id,
+            name=persona_id.title(),
+            skills=(skills or SkillsConfig()).model_copy(update={"node": self.node}),
+        )
+        daemon = PersonaDaemon(
+            config,
+            prepare_session_dir(self.state.root, persona_id),
+            url=self.bus.url,
+            token=self.bus_state.persona_token(persona_id, create=True),
+            brain_key=load_or_create_key(self.state.root, persona_id, environ={}),
+            notifier=Notifier.from_env({}),
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        address = f"persona:{persona_id}"
+        try:
+            await eventually(lambda: address in self.bus.router.clients, what=f"{persona_id} connected")
+            yield daemon
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, WAIT)
+
+
+@pytest.fixture
+async def world(bus: Bus, state: StateDir, tmp_path: Path) -> AsyncIterator[Callable[[str], Installation]]:
+    made: list[Installation] = []
+
+    def make(name: str) -> Installation:
+        made.append(Installation(bus, state, tmp_path / f"install-{name}", name))
+        return made[-1]
+
+    async with tracker(bus, state):
+        try:
+            yield make
+        finally:
+            for inst in made:
+                await inst.close()
+
+
+async def seeded(world: Callable[[str], Installation], connect: Any, skills: dict[str, int]) -> Installation:
+    """An installation whose peer has announced these adapters (name: seed), the tracker knowing them."""
+    seeder = world("seed")
+    for name, seed in skills.items():
+        seeder.store.import_folder(make_adapter(seeder.state.root.parent / f"src-{name}", seed=seed), name)
+    await seeder.start()
+    admin: BusClient = await connect(name="admin")
+    for name in skills:
+        await admin.call(
+            "skill.announce",
+            {"skill": name, "piece_size": PIECE, "effectiveness": 0.9, "usage_scenarios": [f"{name} work"]},
+            to=seeder.node,
+        )
+
+        async def known(name: str = name) -> bool:
+            got = await admin.call("skill.manifest", {"skill": name}, to="cap:skills")
+            return bool(got["manifests"])
+
+        await eventually(known, what=f"{name} at the tracker")
+    return seeder
+
+
+async def test_a_persona_acquires_a_skill_through_its_installations_peer(
+    world: Callable[[str], Installation], connect: Any
+) -> None:
+    seeder = await seeded(world, connect, {"legal": 1})
+    home = world("home")
+    await home.start()
+    admin = await connect(name="admin")
+    async with home.persona("ada"):
+        progress: list[dict[str, Any]] = []
+
+        def collect(note: Any) -> None:
+            assert note.method == "skill.progress"
+            progress.append(note.params)
+
+        result = await admin.call("skill.acquire", {"skill": "legal"}, to="persona:ada", on_progress=collect)
+        fetch = result["fetch"]
+        assert (result["persona_id"], result["recorded"], result["loaded"]) == ("ada", True, False)
+        assert fetch["installed"] is True
+        assert fetch["skill"] == "legal"
+        assert list(fetch["seeders"]) == [seeder.node]
+        record = home.store.get("legal")
+        assert record.sha256 == fetch["adapter_sha256"] == seeder.store.get("legal").sha256
+        assert progress
+        assert {p["skill_id"] for p in progress} == {fetch["skill_id"]}
+        assert progress[-1]["phase"] == "done"
+
+        (skill,) = (await admin.call("skills.list", {}, to="persona:ada"))["skills"]
+        assert (skill["skill_id"], skill["lora_hash"], skill["description"]) == (
+            "legal",
+            record.sha256,
+            "legal work",
+        )
+        source = skill["source"]
+        assert source["via"] == "mesh"
+        assert source["skill_id"] == fetch["skill_id"]
+        assert source["publisher"] == seeder.publisher
+        assert source["node"] == home.node
+        assert source["seeders"] == fetch["seeders"]
+        assert source["auto"] is False
+
+        # Again, to load it: the store has it (nothing downloaded); with no inference engine on this
+        # bus the stack cannot be loaded, and the skill stays acquired and recorded all the same.
+        again = await admin.call("skill.acquire", {"skill": "legal", "load": True}, to="persona:ada")
+        assert (again["fetch"]["installed"], again["recorded"], again["loaded"]) == (False, True, False)
+        status = await admin.call("lora.status", {}, to="persona:ada")
+        assert status["stack"] == []
+
+
+async def test_auto_acquisition_takes_a_trusted_announcement_and_not_an_untrusted_one(
+    world: Callable[[str], Installation], connect: Any
+) -> None:
+    home = world("home")
+    await home.start()
+    stranger = world("stranger")
+    stranger.store.import_folder(make_adapter(stranger.state.root.parent / "src-cooking", seed=7), "cooking")
+    await stranger.start()
+    trusted = world("seed")
+    trusted.store.import_folder(make_adapter(trusted.state.root.parent / "src-legal", seed=1), "legal")
+    await trusted.start()
+    admin = await connect(name="admin")
+    policy = SkillsConfig(auto=True, trusted_publishers=[trusted.publisher])
+    async with home.persona("ada", policy) as daemon:
+        assert daemon.skills is not None
+        acquirer = daemon.skills
+        await eventually(
+            lambda: any(s.client_id == "persona:ada" for s in home.bus.router.topics.match(ANNOUNCED_TOPIC)),
+            what="the persona subscribed",
+        )
+        await admin.call("skill.announce", {"skill": "cooking", "piece_size": PIECE}, to=stranger.node)
+        await admin.call(
+            "skill.announce", {"skill": "legal", "piece_size": PIECE, "effectiveness": 0.5}, to=trusted.node
+        )
+        await eventually(lambda: len(acquirer.decisions) == 2, what="both announcements decided")
+        refused, taken = acquirer.decisions
+        assert not refused.take
+        assert "not trusted" in refused.reason
+        assert taken.take, taken.reason
+        assert home.store.get("legal").sha256 == trusted.store.get("legal").sha256
+        skills = {s["skill_id"]: s for s in (await admin.call("skills.list", {}, to="persona:ada"))["skills"]}
+        assert list(skills) == ["legal"]
+        assert skills["legal"]["source"]["auto"] is True
+        assert skills["legal"]["source"]["publisher"] == trusted.publisher
+
+
+async def test_skills_acquired_by_more_personas_rank_higher(
+    world: Callable[[str], Installation], connect: Any
+) -> None:
+    await seeded(world, connect, {"legal": 1, "cooking": 2})
+    admin = await connect(name="admin")
+    homes = [world(name) for name in ("one", "two", "three")]
+    for home in homes:
+        await home.start()
+    for i, home in enumerate(homes):
+        async with home.persona(f"p{i}"):
+            await admin.call("skill.acquire", {"skill": "legal"}, to=f"persona:p{i}")
+            if i == 0:
+                await admin.call("skill.acquire", {"skill": "cooking"}, to=f"persona:p{i}")
+
+    async def ranked() -> Any:
+        got = await admin.call("skill.popular", {}, to="cap:skills")
+        acquirers = {e["skill"]: e["acquirers"] for e in got["skills"]}
+        return got["skills"] if acquirers == {"legal": 3, "cooking": 1} else None
+
+    first, second = await eventually(ranked, what="three acquisitions of legal, one of cooking")
+    assert (first["skill"], second["skill"]) == ("legal", "cooking")
+    assert first["seeders"] == 4  # the first seeder and the three installations that now hold it
+    assert first["score"] > second["score"]
