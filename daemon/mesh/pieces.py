@@ -12,6 +12,7 @@ row; OVERLOADED is waited out for ``data.retry_after_ms``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -155,6 +156,8 @@ class Transfer:
         self.total = len(manifest.piece_hashes)
         self.pending = deque(i for i in range(self.total) if i not in partial.done)
         self.cond = asyncio.Condition()
+        #: Set when every piece is in: workers waiting out a backoff stop waiting.
+        self.finished = asyncio.Event()
         self.step = max(1, self.total // 64)
 
     @property
@@ -215,6 +218,11 @@ class Transfer:
         async with self.cond:
             self.cond.notify_all()
 
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` (a backoff, a retry_after), or less if the last piece arrives meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.finished.wait(), seconds)
+
     async def _worker(self, source: _Source) -> None:
         limits = self.limits
         while (index := await self._take(source)) is not None:
@@ -229,13 +237,13 @@ class Transfer:
                 await self._give_back(index)
                 retry = exc.data.get("retry_after_ms") if isinstance(exc.data, dict) else None
                 if exc.code == ErrorCode.OVERLOADED and isinstance(retry, int):
-                    await asyncio.sleep(min(retry / 1000, limits.max_wait_s))
+                    await self._pause(min(retry / 1000, limits.max_wait_s))
                     continue
                 source.failures += 1
                 if source.failures >= limits.max_failures:
                     await self._drop(source, f"{source.failures} failures in a row, the last: {exc.message}")
                     return
-                await asyncio.sleep(limits.backoff_s * 2 ** (source.failures - 1))
+                await self._pause(limits.backoff_s * 2 ** (source.failures - 1))
                 continue
             data = answer.get("data") if isinstance(answer, dict) else None
             if (
@@ -258,6 +266,7 @@ class Transfer:
             if done % self.step == 0 or done == self.total:
                 await self._progress()
             if self.complete:
+                self.finished.set()
                 async with self.cond:
                     self.cond.notify_all()
 

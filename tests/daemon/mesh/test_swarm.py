@@ -10,8 +10,12 @@ import pytest
 
 from daemon.client import BusClient
 from daemon.inference.adapters import WEIGHTS_FILE
+from daemon.inference.errors import AdapterNotFound
+from daemon.mesh.manifest import parse_manifest, skill_id
+from daemon.mesh.peer import PieceLimits
 from protocol import ErrorCode, RpcError
-from tests.conftest import WAIT
+from protocol.commands.skills import ANNOUNCED_TOPIC
+from tests.conftest import WAIT, eventually
 
 from .conftest import PIECE, Mesh
 
@@ -20,7 +24,9 @@ def _sha(path: Any) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-async def _fetch(client: BusClient, node: str, sid: str, events: list[dict[str, Any]] | None = None, **kw: Any) -> Any:
+async def _fetch(
+    client: BusClient, node: str, sid: str, events: list[dict[str, Any]] | None = None, **kw: Any
+) -> Any:
     async def on_progress(note: Any) -> None:
         if events is not None and note.method == "skill.progress":
             events.append(note.params)
@@ -37,7 +43,9 @@ async def test_a_skill_moves_between_installations(mesh: Mesh, connect: Any) -> 
     await mesh.start(a)
     await mesh.start(b)
     admin = await connect()
-    announced = await admin.call("skill.announce", {"skill": "writer", "piece_size": PIECE, "effectiveness": 0.8}, to=a.node)
+    announced = await admin.call(
+        "skill.announce", {"skill": "writer", "piece_size": PIECE, "effectiveness": 0.8}, to=a.node
+    )
     sid = announced["skill_id"]
     events: list[dict[str, Any]] = []
     result = await _fetch(admin, b.node, sid, events)
@@ -46,10 +54,248 @@ async def test_a_skill_moves_between_installations(mesh: Mesh, connect: Any) -> 
     got = b.store.get("writer")
     assert got.sha256 == record.sha256
     assert _sha(got.path / WEIGHTS_FILE) == record.sha256
-    assert got.meta["source"] == "mesh" and got.meta["skill_id"] == sid
+    assert got.meta["source"] == "mesh"
+    assert got.meta["skill_id"] == sid
     assert [e["phase"] for e in events][-1] == "done"
     assert {"manifest", "pieces", "verify", "install"} <= {e["phase"] for e in events}
     # B now seeds it too, and a second fetch installs nothing.
     assert (await admin.call("skill.have", {"skill_id": sid}, to=b.node))["have"] is True
     again = await _fetch(admin, b.node, sid)
-    assert again["installed"] is False and again["bytes"] == 0
+    assert again["installed"] is False
+    assert again["bytes"] == 0
+
+
+def _corrupt(path: Any) -> None:
+    """Overwrite a store object's weights in place, same size: a damaged disk, not a missing file."""
+    size = path.stat().st_size
+    path.chmod(0o600)
+    path.write_bytes(bytes((i * 7 + 3) % 251 for i in range(size)))
+
+
+async def _seed_everywhere(
+    mesh: Mesh, admin: BusClient, origin: Any, name: str, *others: Any
+) -> dict[str, Any]:
+    """``origin`` announces ``name``; each of ``others`` fetches it (so seeds the same manifest)."""
+    announced = await admin.call("skill.announce", {"skill": name, "piece_size": PIECE}, to=origin.node)
+    for inst in others:
+        got = await _fetch(admin, inst.node, announced["skill_id"])
+        assert got["installed"] is True
+    return dict(announced)
+
+
+async def test_a_seeder_serving_corrupt_pieces_is_banned_and_the_others_finish(
+    mesh: Mesh, connect: Any
+) -> None:
+    """Three seeders, one whose store object was damaged after it announced: banned, download intact."""
+    a, b, c, d = (mesh.installation(n) for n in "abcd")
+    record = a.adapter("writer", seed=2)
+    for inst in (a, b, c, d):
+        await mesh.start(inst)
+    admin = await connect()
+    announced = await _seed_everywhere(mesh, admin, a, "writer", b, c)
+    _corrupt(c.store.get("writer").path / WEIGHTS_FILE)
+    total = len(announced["manifest"]["piece_hashes"])
+
+    result = await _fetch(admin, d.node, announced["skill_id"], window=4)
+
+    assert result["banned"] == [c.node]
+    assert set(result["seeders"]) <= {a.node, b.node}
+    assert sum(result["seeders"].values()) == total
+    assert _sha(d.store.get("writer").path / WEIGHTS_FILE) == record.sha256
+
+
+async def test_a_seeder_stopped_mid_transfer_leaves_the_others_to_finish(mesh: Mesh, connect: Any) -> None:
+    """B goes away while pieces are still missing; A serves the rest."""
+    a, b, f = (mesh.installation(n) for n in "abf")
+    record = a.adapter("writer", seed=3)
+    for inst in (a, b, f):
+        await mesh.start(inst)
+    admin = await connect()
+    announced = await _seed_everywhere(mesh, admin, a, "writer", b)
+    total = len(announced["manifest"]["piece_hashes"])
+    # Both seeders now serve F at about 8 pieces a second after a burst of 4, so the
+    # transfer is still under way when B is stopped (after its first pieces came in).
+    slow = PieceLimits(rate_bytes_s=8 * PIECE, burst_pieces=4)
+    for inst in (a, b):
+        await mesh.stop(inst)
+        await mesh.start(inst, limits=slow)
+    events: list[dict[str, Any]] = []
+    fetch = asyncio.create_task(_fetch(admin, f.node, announced["skill_id"], events, window=2))
+    await eventually(lambda: any(e["phase"] == "pieces" and e["pieces_done"] >= 2 for e in events))
+    at_stop = events[-1]["pieces_done"]
+    await mesh.stop(b)
+    result = await fetch
+
+    assert at_stop < total
+    assert result["installed"] is True
+    assert sum(result["seeders"].values()) == total
+    assert result["seeders"][a.node] > 0
+    assert _sha(f.store.get("writer").path / WEIGHTS_FILE) == record.sha256
+
+
+async def test_a_downloader_stopped_mid_transfer_resumes_from_its_pieces(mesh: Mesh, connect: Any) -> None:
+    """F is stopped with some pieces on disk; restarted, it re-verifies them and fetches only the rest."""
+    s, t, f = (mesh.installation(n) for n in "stf")
+    record = s.adapter("writer", seed=4)
+    for inst in (s, t, f):
+        await mesh.start(inst)
+    admin = await connect()
+    announced = await _seed_everywhere(mesh, admin, s, "writer", t)
+    sid, size = announced["skill_id"], announced["manifest"]["size"]
+    # S now gives F its burst of 4 pieces and then, at 1 byte/s, nothing more; T is away.
+    await mesh.stop(t)
+    await mesh.stop(s)
+    await mesh.start(s, limits=PieceLimits(rate_bytes_s=1, burst_pieces=4))
+    events: list[dict[str, Any]] = []
+    first = asyncio.create_task(_fetch(admin, f.node, sid, events))
+    await eventually(lambda: any(e["pieces_done"] == 4 for e in events))
+    await mesh.stop(f)
+    with pytest.raises(RpcError):
+        await first
+    assert (f.state.root / "mesh" / "partial" / sid / "data").exists()
+
+    await mesh.start(t)
+    await mesh.start(f)
+    result = await _fetch(admin, f.node, sid)
+
+    assert result["resumed_pieces"] == 4
+    assert result["bytes"] == size - 4 * PIECE
+    assert set(result["seeders"]) == {t.node}
+    assert _sha(f.store.get("writer").path / WEIGHTS_FILE) == record.sha256
+    assert not (f.state.root / "mesh" / "partial" / sid).exists()
+
+
+async def test_a_forged_manifest_is_refused_with_the_signature_named(
+    mesh: Mesh, connect: Any, state: Any, bus: Any
+) -> None:
+    """A peer announces a manifest whose effectiveness it raised after signing: INVALID_PARAMS."""
+    a, b = mesh.installation("a"), mesh.installation("b")
+    a.adapter("writer", seed=5)
+    await mesh.start(a)
+    await mesh.start(b)
+    admin = await connect()
+    announced = await admin.call("skill.announce", {"skill": "writer", "piece_size": PIECE}, to=a.node)
+    forged = {**announced["manifest"], "effectiveness": 0.99}
+    forged_id = skill_id(parse_manifest(forged))
+    evil_token = state.issue_token(name="mesh:evil", role="service", subject="mesh:evil").token
+    evil = await connect(token=evil_token, kind="mesh", name="evil")
+    await evil.publish(ANNOUNCED_TOPIC, forged)
+    assert b.peer is not None
+    await eventually(lambda: b.peer.catalogue.known(forged_id) is not None)
+
+    with pytest.raises(RpcError) as refused:
+        await _fetch(admin, b.node, forged_id)
+
+    assert refused.value.code == ErrorCode.INVALID_PARAMS
+    assert "not signed by its publisher" in refused.value.message
+    assert refused.value.data == {"field": "skill_id"}
+    with pytest.raises(AdapterNotFound):
+        b.store.get("writer")
+
+
+async def test_an_adapter_for_another_base_model_is_refused(mesh: Mesh, connect: Any) -> None:
+    """A's adapter was trained on another model (its store meta says so): B names both models."""
+    a, b = mesh.installation("a"), mesh.installation("b")
+    a.adapter("writer", seed=6, base_model="Llama-3.2-1B")
+    await mesh.start(a)
+    await mesh.start(b)
+    admin = await connect()
+    announced = await admin.call("skill.announce", {"skill": "writer", "piece_size": PIECE}, to=a.node)
+    assert announced["manifest"]["base_model_id"] == "Llama-3.2-1B"
+
+    with pytest.raises(RpcError) as refused:
+        await _fetch(admin, b.node, announced["skill_id"])
+
+    assert refused.value.code == ErrorCode.INVALID_PARAMS
+    assert "'Llama-3.2-1B'" in refused.value.message
+    assert "'SmolLM2-135M-Instruct'" in refused.value.message
+
+
+async def test_a_missing_parent_is_fetched_first(mesh: Mesh, connect: Any) -> None:
+    """B has neither level; fetching the child installs the parent, then the child."""
+    a, b = mesh.installation("a"), mesh.installation("b")
+    parent = a.adapter("law", seed=7)
+    child = a.adapter("law.patents", seed=8)
+    await mesh.start(a)
+    await mesh.start(b)
+    admin = await connect()
+    announced = await admin.call("skill.announce", {"skill": "law.patents", "piece_size": PIECE}, to=a.node)
+    assert [p["name"] for p in announced["manifest"]["parents"]] == ["law"]
+    events: list[dict[str, Any]] = []
+
+    result = await _fetch(admin, b.node, announced["skill_id"], events)
+
+    assert result["parents_fetched"] == ["law"]
+    assert b.store.get("law").sha256 == parent.sha256
+    assert b.store.get("law.patents").sha256 == child.sha256
+    assert result["bytes"] == parent.bytes + child.bytes
+    assert {e["skill"] for e in events if e["phase"] == "parents" and e["pieces_total"]} == {"law"}
+
+
+async def test_a_parent_nobody_announced_where_the_fetcher_heard_is_missing(mesh: Mesh, connect: Any) -> None:
+    """B joined after the parent was announced, and no tracker: "missing parent", nothing installed."""
+    a, b = mesh.installation("a"), mesh.installation("b")
+    a.adapter("law", seed=9)
+    a.adapter("law.patents", seed=10)
+    await mesh.start(a)
+    admin = await connect()
+    await admin.call("skill.announce", {"skill": "law", "piece_size": PIECE}, to=a.node)
+    await mesh.start(b)
+    announced = await admin.call("skill.announce", {"skill": "law.patents", "piece_size": PIECE}, to=a.node)
+
+    with pytest.raises(RpcError) as refused:
+        await _fetch(admin, b.node, announced["skill_id"], max_bytes=10**9)
+
+    assert refused.value.code == ErrorCode.INVALID_PARAMS
+    assert "missing parent 'law'" in refused.value.message
+    assert b.store.names() == []
+
+
+async def test_over_max_bytes_is_refused_before_any_download(mesh: Mesh, connect: Any) -> None:
+    a, b = mesh.installation("a"), mesh.installation("b")
+    a.adapter("writer", seed=11)
+    await mesh.start(a)
+    await mesh.start(b)
+    admin = await connect()
+    announced = await admin.call("skill.announce", {"skill": "writer", "piece_size": PIECE}, to=a.node)
+
+    with pytest.raises(RpcError) as refused:
+        await _fetch(admin, b.node, announced["skill_id"], max_bytes=announced["manifest"]["size"] - 1)
+
+    assert refused.value.code == ErrorCode.INVALID_PARAMS
+    assert refused.value.data == {"field": "max_bytes"}
+    assert not (b.state.root / "mesh" / "partial" / announced["skill_id"]).exists()
+
+
+async def test_two_fetches_of_one_skill_download_it_once(mesh: Mesh, connect: Any) -> None:
+    a, b = mesh.installation("a"), mesh.installation("b")
+    a.adapter("writer", seed=12)
+    await mesh.start(a)
+    await mesh.start(b)
+    admin = await connect()
+    announced = await admin.call("skill.announce", {"skill": "writer", "piece_size": PIECE}, to=a.node)
+
+    one, two = await asyncio.gather(
+        _fetch(admin, b.node, announced["skill_id"]), _fetch(admin, b.node, announced["skill_id"])
+    )
+
+    assert one == two
+    assert one["installed"] is True
+    held = await admin.call("skill.held", {}, to=a.node)
+    assert held["skills"][0]["pieces_served"] == len(announced["manifest"]["piece_hashes"])
+
+
+async def test_no_seeder_left_is_target_offline_with_the_missing_count(mesh: Mesh, connect: Any) -> None:
+    a, b = mesh.installation("a"), mesh.installation("b")
+    a.adapter("writer", seed=13)
+    await mesh.start(a)
+    await mesh.start(b)
+    admin = await connect()
+    announced = await admin.call("skill.announce", {"skill": "writer", "piece_size": PIECE}, to=a.node)
+    await mesh.stop(a)
+
+    with pytest.raises(RpcError) as offline:
+        await _fetch(admin, b.node, announced["skill_id"])
+
+    assert offline.value.code == ErrorCode.TARGET_OFFLINE
+    assert offline.value.data == {"missing": len(announced["manifest"]["piece_hashes"])}
