@@ -12,7 +12,7 @@ Format ``personad.brain``, version 1 (UTF-8 JSON, one object)::
                                "context", "relevance", "pinned", "created_at"}],
         "skills":            [{"skill_id", "lora_hash", "description", "effectiveness",
                                "rated_uses", "usage_count", "acquired_at",
-                               "last_used_at"}],
+                               "last_used_at", "source"}],
         "interactions":      [{"id", "with_persona", "room_id", "outcome", "learned",
                                "subject", "created_at"}],
         "goals":             [{"id", "title", "description", "status", "priority",
@@ -20,7 +20,7 @@ Format ``personad.brain``, version 1 (UTF-8 JSON, one object)::
         "emotions":          [{"id", "emotion", "intensity", "valence", "trigger",
                                "subject", "created_at"}],
         "evolution_history": [{"id", "trigger_pattern", "lora_generated",
-                               "success_rate", "created_at"}]
+                               "success_rate", "detail", "created_at"}]
       },
       "counts": {"memories": 123, ...}       # rows per table, as written above
     }
@@ -28,7 +28,9 @@ Format ``personad.brain``, version 1 (UTF-8 JSON, one object)::
 Times are ISO-8601 strings in UTC; ``context`` and ``learned`` are JSON
 objects (or null); ``pinned`` is a boolean; every other value is as stored.
 Rows are in id order. A consumer must ignore members it does not know; a
-change that breaks that rule bumps ``format_version``.
+change that breaks that rule bumps ``format_version``. Columns added since
+version 1 first shipped (:data:`ADDED_COLUMNS`: evolution_history.detail,
+skills.source) may be missing from older documents, and read as null.
 
 The document is read inside one read transaction (a consistent snapshot
 while the persona keeps writing) and written atomically with
@@ -50,7 +52,7 @@ from typing import Any, BinaryIO
 from ..files import atomic_writer
 from .records import ExportSummary, from_epoch
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "TABLES", "export_sync"]
+__all__ = ["ADDED_COLUMNS", "FORMAT", "FORMAT_VERSION", "TABLES", "export_sync"]
 
 FORMAT = "personad.brain"
 FORMAT_VERSION = 1
@@ -68,6 +70,12 @@ def _bool(value: Any) -> bool:
     return bool(value)
 
 
+#: Columns added to TABLES after format version 1 first shipped: a document
+#: written before them lacks them, and an import reads them as null.
+ADDED_COLUMNS: dict[str, frozenset[str]] = {
+    "evolution_history": frozenset({"detail"}),
+    "skills": frozenset({"source"}),
+}
 # table -> (ORDER BY, [(column, converter or None)])
 TABLES: dict[str, tuple[str, list[tuple[str, Callable[[Any], Any] | None]]]] = {
     "memories": (
@@ -95,6 +103,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, Callable[[Any], Any] | None]]]] = {
             ("usage_count", None),
             ("acquired_at", _time),
             ("last_used_at", _time),
+            ("source", _json),
         ],
     ),
     "interactions": (

@@ -135,7 +135,8 @@ _GOAL_COLUMNS = "title, description, status, priority, progress, due_at, created
 _EVOLUTION_COLUMNS = "trigger_pattern, lora_generated, success_rate, detail, created_at"
 _KNOWLEDGE_COLUMNS = "content, context, tags, relevance, embedding, embed_model, created_at, updated_at"
 _SKILL_COLUMNS = (
-    "skill_id, lora_hash, description, effectiveness, rated_uses, usage_count, acquired_at, last_used_at"
+    "skill_id, lora_hash, description, effectiveness, rated_uses, usage_count, acquired_at, last_used_at, "
+    "source"
 )
 
 
@@ -656,6 +657,8 @@ def _merge_skills(primary: list[SqlRow], secondary: list[SqlRow]) -> tuple[list[
             mine[5] + row[5],
             min(mine[6], row[6]),
             max(last_used) if last_used else None,
+            # Where it came from goes with the adapter kept (lora_hash is the winner's).
+            winner[8],
         )
     return [by_id[k] for k in sorted(by_id)], both
 
@@ -761,7 +764,7 @@ def merge_brains(
             ).rowcount
             db.execute("DROP TABLE temp.keep")
             db.executemany(
-                f"INSERT INTO skills ({_SKILL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", merged_skills
+                f"INSERT INTO skills ({_SKILL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", merged_skills
             )
             db.executemany(
                 f"INSERT INTO goals ({_GOAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", merged_goals

@@ -151,12 +151,15 @@ def brain_rows(doc: Any) -> dict[str, list[tuple[Any, ...]]]:
         if not isinstance(rows, list):
             raise BundleFormatError(f"the brain export's {table} is not a list")
         names = [name for name, _ in columns]
+        later = brain_export.ADDED_COLUMNS.get(table, frozenset())
         converted: list[tuple[Any, ...]] = []
-        for index, row in enumerate(rows):
-            if not isinstance(row, dict) or set(row) != set(names):
+        for index, given in enumerate(rows):
+            if not isinstance(given, dict) or not set(names) - later <= set(given) <= set(names):
                 raise BundleFormatError(
                     f"the brain export's {table}[{index}] does not have the columns {names}"
                 )
+            # A document from before a column was added lacks it: null, as the migration left it.
+            row: dict[str, Any] = {**dict.fromkeys(later), **given}
             try:
                 values = {
                     name: (_INVERSE[convert](row[name]) if convert is not None else row[name])

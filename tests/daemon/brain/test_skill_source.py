@@ -62,3 +62,48 @@ async def test_source_is_kept_when_an_update_gives_none(brain: Brain) -> None:
 async def test_a_source_must_be_a_json_object(brain: Brain) -> None:
     with pytest.raises(InvalidInput, match="source"):
         await brain.skill_upsert("cooking", source=["not", "an", "object"])  # type: ignore[arg-type]
+
+
+async def test_source_goes_with_copies_merges_exports_and_imports(tmp_path: Path, key: bytes) -> None:
+    """A fork, a merge and a bundle's brain export keep where a skill came from; an export
+    from before v6/v7 (no evolution detail, no skill source) still imports, with nulls."""
+    import json
+
+    from daemon.brain.lineage import copy_brain, merge_brains
+    from daemon.registry.transfer_brain import brain_rows
+
+    first, second = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    async with await Brain.open(first, key) as brain:
+        await brain.skill_upsert("legal.patent", lora_hash="aa" * 32, source=SOURCE)
+        await brain.skill_record_use("legal.patent", 0.4)
+    async with await Brain.open(second, key) as brain:
+        # The same skill, better rated, from another publisher: the merge keeps this one whole.
+        other = {**SOURCE, "publisher": "ef" * 32}
+        await brain.skill_upsert("legal.patent", lora_hash="bb" * 32, source=other)
+        await brain.skill_record_use("legal.patent", 0.9)
+
+    copy_brain(first, key, tmp_path / "fork.sqlite", key)
+    merge_brains(first, key, second, key, tmp_path / "merged.sqlite", key)
+    async with await Brain.open(tmp_path / "fork.sqlite", key) as brain:
+        (skill,) = await brain.skills_list()
+        assert SOURCE == skill.source
+    async with await Brain.open(tmp_path / "merged.sqlite", key) as brain:
+        (skill,) = await brain.skills_list()
+        assert ("bb" * 32, other) == (skill.lora_hash, skill.source)
+        await brain.export(tmp_path / "brain.json")
+
+    doc = json.loads((tmp_path / "brain.json").read_text("utf-8"))
+    assert other == doc["tables"]["skills"][0]["source"]
+    assert other == json.loads(brain_rows(doc)["skills"][0][-1])
+
+    # An older document: the columns added since are simply absent.
+    for row in doc["tables"]["skills"]:
+        del row["source"]
+    for row in doc["tables"]["evolution_history"]:
+        row.pop("detail", None)
+    (row,) = brain_rows(doc)["skills"]
+    assert row[-1] is None
+    # A member that was never part of the format is still refused.
+    doc["tables"]["skills"][0]["surprise"] = 1
+    with pytest.raises(Exception, match="does not have the columns"):
+        brain_rows(doc)
