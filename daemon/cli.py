@@ -177,6 +177,7 @@ ROLE_CLI_MODULES: tuple[str, ...] = (
     "daemon.persona.cli_analytics",
     "daemon.registry.cli_sessions",
     "daemon.academy.cli",
+    "daemon.mesh.cli",
 )
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
 LONG_RUNNING_VERBS: set[str] = {"browser", "inference", "registry"}
@@ -186,7 +187,7 @@ DAEMON_VERBS: frozenset[str] = frozenset({"bus", "persona", "up", *LONG_RUNNING_
 
 def _runs_a_daemon(args: argparse.Namespace) -> bool:
     """Whether this invocation serves until a signal (``personad academy serve``, not ``run``)."""
-    return args.verb in DAEMON_VERBS or (args.verb == "academy" and args.action == "serve")
+    return args.verb in DAEMON_VERBS or (args.verb in ("academy", "skills") and args.action == "serve")
 
 
 def _role_cli_modules() -> list[Any]:

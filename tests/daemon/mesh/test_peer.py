@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import pytest
 
 from daemon.bus import Bus
 from daemon.client import BusClient
-from daemon.inference.adapters import WEIGHTS_FILE
+from daemon.inference.adapters import WEIGHTS_FILE, AdapterStore
 from daemon.mesh.manifest import parse_manifest, verify_manifest
 from daemon.mesh.peer import PieceLimits
-from daemon.mesh.service import default_base_model_id
+from daemon.mesh.service import MESH_GRANTS, default_base_model_id
 from daemon.state import StateDir
 from protocol import ErrorCode, RpcError
 from protocol.commands.skills import ANNOUNCED_TOPIC, HAVE_TOPIC
-from tests.conftest import eventually
+from tests.conftest import WAIT, eventually, run_cli, start_bus_process
+from tests.daemon.registry.test_bundle import make_adapter
 
 from .conftest import PIECE, Mesh
 
@@ -212,3 +215,53 @@ def test_the_base_model_is_named_without_loading_it(monkeypatch: pytest.MonkeyPa
     assert default_base_model_id(str(tmp_path / "smollm2-135m-instruct")) == "SmolLM2-135M-Instruct"
     monkeypatch.setenv("PERSONAD_MODEL", str(tmp_path / "Qwen2.5-0.5B-Instruct") + "/")
     assert default_base_model_id() == "Qwen2.5-0.5B-Instruct"
+
+
+def test_the_cli_serves_announces_fetches_and_lists(spawn: Any, state: StateDir, tmp_path: Any) -> None:
+    """Real processes: `personad skills serve` for two installations, then announce, fetch, held, popular."""
+    _, url = start_bus_process(spawn)
+    home = AdapterStore.for_state(state.root)
+    record = home.import_folder(make_adapter(tmp_path / "src", seed=21, rank=8, width=1024), "writer")
+    serve_main = spawn("skills", "serve", env={"PERSONAD_URL": url})
+    serve_main.wait_for_line(r"personad skills: mesh:main seeding")
+    serve_main.wait_for_line(r"personad skills: tracker skills:tracker serving cap:skills")
+    other = tmp_path / "other" / "state"
+    other.mkdir(parents=True, mode=0o700)
+    token = state.issue_token(name="mesh:b", role="service", subject="mesh:b", grants=MESH_GRANTS).token
+    serve_b = spawn(
+        "skills",
+        "serve",
+        "--node",
+        "b",
+        "--no-tracker",
+        env={"PERSONAD_URL": url, "PERSONAD_STATE_DIR": str(other), "PERSONAD_MESH_TOKEN": token},
+    )
+    serve_b.wait_for_line(r"personad skills: mesh:b seeding 0 skill")
+
+    announced = run_cli(
+        state, "skills", "announce", "writer", "--piece-size", str(PIECE), "--scenario", "x", url=url
+    )
+    assert announced.returncode == 0, announced.stderr
+    sid = announced.stdout.split()[0]
+    fetched = run_cli(state, "skills", "fetch", sid, "--node", "b", url=url)
+
+    assert fetched.returncode == 0, fetched.stderr
+    assert "installed writer" in fetched.stdout
+    assert "pieces   [" in fetched.stderr
+    assert AdapterStore.for_state(other).get("writer").sha256 == record.sha256
+    held = run_cli(state, "skills", "held", "--node", "mesh:b", url=url)
+    assert [s["skill_id"] for s in json.loads(held.stdout)["skills"]] == [sid]
+    deadline = time.monotonic() + WAIT
+    while True:  # the tracker applies events in the background; poll until it ranks the skill
+        popular = run_cli(state, "skills", "popular", url=url)
+        assert popular.returncode == 0, popular.stderr
+        if (
+            sid in {s["skill_id"] for s in json.loads(popular.stdout)["skills"]}
+            or time.monotonic() > deadline
+        ):
+            break
+    assert sid in {s["skill_id"] for s in json.loads(popular.stdout)["skills"]}
+    again = run_cli(state, "skills", "fetch", sid, "--node", "b", url=url)
+    assert "already in the store" in again.stdout
+    assert serve_b.stop() == 0
+    assert serve_main.stop() == 0

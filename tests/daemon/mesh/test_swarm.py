@@ -299,3 +299,53 @@ async def test_no_seeder_left_is_target_offline_with_the_missing_count(mesh: Mes
 
     assert offline.value.code == ErrorCode.TARGET_OFFLINE
     assert offline.value.data == {"missing": len(announced["manifest"]["piece_hashes"])}
+
+
+async def test_with_the_tracker_a_late_peer_finds_the_skill_and_its_parent(
+    mesh: Mesh, connect: Any, state: Any, bus: Any
+) -> None:
+    """B joins after everything was announced: the tracker gives it both manifests and the seeders."""
+    from daemon.mesh.tracker import SkillTracker, tracker_token
+
+    stop = asyncio.Event()
+    tracker = SkillTracker(url=bus.url, token=tracker_token(state), state=state)
+    running = asyncio.create_task(tracker.run(stop))
+    try:
+        a, b = mesh.installation("a"), mesh.installation("b")
+        a.adapter("law", seed=14)
+        child = a.adapter("law.patents", seed=15)
+        await mesh.start(a)
+        admin = await connect()
+        await eventually(
+            lambda: any(s.client_id == "skills:tracker" for s in bus.router.topics.match(ANNOUNCED_TOPIC)),
+            what="the tracker subscribed",
+        )
+        announced = await admin.call(
+            "skill.announce", {"skill": "law.patents", "piece_size": PIECE}, to=a.node
+        )
+
+        async def tracked() -> bool:
+            found = await admin.call("skill.manifest", {"skill_id": announced["skill_id"]}, to="cap:skills")
+            return bool(found["manifests"])
+
+        await eventually(tracked, what="the tracker has the manifest")
+        await mesh.start(b)
+        assert b.peer is not None
+        assert b.peer.catalogue.known(announced["skill_id"]) is None  # it heard nothing
+
+        result = await _fetch(admin, b.node, announced["skill_id"])
+
+        assert result["parents_fetched"] == ["law"]
+        assert b.store.get("law.patents").sha256 == child.sha256
+        popular = await eventually(
+            lambda: _popular_with(admin, announced["skill_id"]), what="the acquisition on the tracker"
+        )
+        assert popular["acquirers"] >= 1
+    finally:
+        stop.set()
+        await running
+
+
+async def _popular_with(admin: BusClient, sid: str) -> dict[str, Any] | None:
+    ranked = await admin.call("skill.popular", {}, to="cap:skills")
+    return next((e for e in ranked["skills"] if e["skill_id"] == sid and e["acquirers"]), None)
