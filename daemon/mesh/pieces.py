@@ -52,6 +52,9 @@ class SwarmLimits:
     lookup_ms: int = 5_000
     #: Peers on the bus asked whether they seed a skill (beside those the tracker names).
     max_candidates: int = 64
+    #: Piece requests of one download in flight at once, all seeders together (the bus
+    #: refuses a client more than 256 in flight).
+    max_inflight: int = 128
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Transfer:
         self.cond = asyncio.Condition()
         #: Set when every piece is in: workers waiting out a backoff stop waiting.
         self.finished = asyncio.Event()
+        self.slots = asyncio.Semaphore(limits.max_inflight)
         self.step = max(1, self.total // 64)
 
     @property
@@ -167,10 +171,16 @@ class Transfer:
     async def run(self) -> None:
         if not self.complete:
             await self._progress()
-            async with asyncio.TaskGroup() as tg:
-                for source in self.sources:
-                    for _ in range(self.window):
-                        tg.create_task(self._worker(source))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for source in self.sources:
+                        for _ in range(self.window):
+                            tg.create_task(self._worker(source))
+            except* OSError as group:  # writing the partial file (a full disk): the pieces so far stay
+                raise RpcError(
+                    ErrorCode.INTERNAL_ERROR,
+                    f"cannot write {self.partial.data}: {group.exceptions[0]}",
+                ) from None
         if not self.complete:
             missing = self.total - len(self.partial.done)
             banned = ", ".join(self.totals.banned) or "none"
@@ -227,12 +237,13 @@ class Transfer:
         limits = self.limits
         while (index := await self._take(source)) is not None:
             try:
-                answer = await self.client.call(
-                    "skill.piece",
-                    {"skill_id": self.sid, "index": index},
-                    to=source.node,
-                    deadline_ms=limits.piece_timeout_ms,
-                )
+                async with self.slots:
+                    answer = await self.client.call(
+                        "skill.piece",
+                        {"skill_id": self.sid, "index": index},
+                        to=source.node,
+                        deadline_ms=limits.piece_timeout_ms,
+                    )
             except RpcError as exc:
                 await self._give_back(index)
                 retry = exc.data.get("retry_after_ms") if isinstance(exc.data, dict) else None
