@@ -91,7 +91,7 @@ class Partial:
         return len(self.manifest.piece_hashes)
 
     def open(self) -> None:
-        """Create or reopen the file; re-hash what it holds (see the module's notes on resume)."""
+        """Create or reopen the file; re-hash what it holds (daemon/mesh/swarm.py: resuming)."""
         ensure_private_dir(self.dir.parent.parent)
         ensure_private_dir(self.dir.parent)
         ensure_private_dir(self.dir)

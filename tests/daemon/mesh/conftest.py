@@ -49,7 +49,7 @@ class Installation:
         return f"mesh:{self.name}"
 
     def adapter(self, name: str, *, seed: int, width: int = 1024, **meta: Any) -> AdapterRecord:
-        """A real LoRA adapter (~{width/4} KiB) imported into this installation's store."""
+        """A real LoRA adapter (width 1024: 256 KiB of weights) imported into this installation's store."""
         folder = make_adapter(self.state.root.parent / f"src-{name}-{seed}", seed=seed, rank=8, width=width)
         return self.store.import_folder(folder, name, meta=meta or None)
 
