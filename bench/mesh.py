@@ -30,7 +30,7 @@ Figures, each the median of ``--rounds`` rounds:
    download completes, the hash matches, and the bench prints the seeder
    it banned.
 
-``--quick`` (a few minutes): a 4 MiB adapter, one round, then the corrupt
+``--quick`` (seconds): a 4 MiB adapter, one round, then the corrupt
 swarm. Every child is stopped on the way out, whatever happens. The last
 line is ``mesh.py: ok`` when every download completed with the right hash
 and the corrupt seeder was banned, else ``mesh.py: FAIL``.
