@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-inference", action="store_true", help="do not start the inference service")
     up.add_argument("--no-browser", action="store_true", help="do not start the headless browser worker")
     up.add_argument("--no-academy", action="store_true", help="do not start the Academy (cap:academy)")
+    up.add_argument(
+        "--no-skills", action="store_true", help="do not start skill sharing (cap:skills and mesh:main)"
+    )
     up.add_argument("--no-demo", action="store_true", help="skip training and showing the demo")
 
     schema = verb("schema", "print the protocol as one JSON Schema (draft 2020-12) document")
@@ -408,6 +411,7 @@ def _up(args: argparse.Namespace, state: StateDir, url: str) -> int:
         inference=not args.no_inference,
         browser=not args.no_browser,
         academy=not args.no_academy,
+        skills=not args.no_skills,
         demo=not args.no_demo,
     )
     return runtime.run(supervisor.run())

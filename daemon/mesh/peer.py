@@ -138,19 +138,31 @@ class Catalogue:
 
     # -- what others announced -----------------------------------------------------------
 
-    def hear(self, manifest: SkillManifest) -> str:
-        """Keep a manifest another peer announced (bounded; checked when it is used)."""
+    def hear(self, manifest: SkillManifest) -> Callable[[], None] | None:
+        """Keep a manifest another peer announced (bounded; checked when it is used).
+
+        The catalogue changes at once; the files follow in the returned step,
+        which the caller runs off the event loop (an fsync per announcement
+        must not stall the peer's serving). None: nothing to write.
+        """
         sid = skill_id(manifest)
         if sid in self._heard or sid in self._own:
-            return sid
-        ensure_private_dir(self.heard_dir)
-        atomic_write(self.heard_dir / f"{sid}.json", canonical(manifest.model_dump(mode="json")), mode=0o600)
+            return None
         self._heard[sid] = manifest
+        evicted = []
         while len(self._heard) > MAX_HEARD:
             oldest = next(iter(self._heard))
             del self._heard[oldest]
-            (self.heard_dir / f"{oldest}.json").unlink(missing_ok=True)
-        return sid
+            evicted.append(oldest)
+        data = canonical(manifest.model_dump(mode="json"))
+
+        def persist() -> None:
+            ensure_private_dir(self.heard_dir)
+            atomic_write(self.heard_dir / f"{sid}.json", data, mode=0o600)
+            for old in evicted:
+                (self.heard_dir / f"{old}.json").unlink(missing_ok=True)
+
+        return persist
 
     def known(self, sid: str) -> SkillManifest | None:
         """Any manifest by id: seeded here, or heard of (unverified)."""

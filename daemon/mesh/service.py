@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from protocol import ErrorCode, RpcError
@@ -189,9 +190,20 @@ class MeshPeer:
         if publisher == self.node:
             return
         try:
-            self.catalogue.hear(parse_manifest(params.get("data")))
-        except (ManifestError, OSError) as exc:
+            persist = self.catalogue.hear(parse_manifest(params.get("data")))
+        except ManifestError as exc:
             log.info("ignoring a manifest from %s: %s", publisher, exc)
+            return
+        if persist is not None:
+            task = asyncio.get_running_loop().create_task(self._persist_heard(persist, publisher))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _persist_heard(self, persist: Callable[[], None], publisher: str) -> None:
+        try:
+            await asyncio.to_thread(persist)
+        except OSError as exc:  # kept in memory all the same; a full disk costs only the cache
+            log.warning("cannot keep a manifest heard from %s on disk: %s", publisher, exc)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, or the bus refuses our token for good."""
@@ -205,6 +217,7 @@ class MeshPeer:
             for task in list(self._tasks):
                 task.cancel()
 
+        await asyncio.to_thread(self.swarm.sweep_partials)
         await serve_until(
             self.client,
             self.notifier,

@@ -265,3 +265,20 @@ def test_the_cli_serves_announces_fetches_and_lists(spawn: Any, state: StateDir,
     assert "already in the store" in again.stdout
     assert serve_b.stop() == 0
     assert serve_main.stop() == 0
+
+
+def test_a_requester_with_its_requests_in_flight_is_overloaded_until_one_ends() -> None:
+    """The in-flight cap counts admitted, unreleased pieces per requester; others have their own."""
+    from daemon.mesh.peer import RateLimiter
+
+    limiter = RateLimiter(PieceLimits(rate_bytes_s=1 << 30, burst_pieces=64, max_concurrent=2))
+    limiter.admit("mesh:greedy", PIECE, PIECE)
+    limiter.admit("mesh:greedy", PIECE, PIECE)
+    with pytest.raises(RpcError) as over:
+        limiter.admit("mesh:greedy", PIECE, PIECE)
+    assert over.value.code == ErrorCode.OVERLOADED
+    assert "2 piece requests already in flight" in over.value.message
+    assert over.value.data["retry_after_ms"] >= 10
+    limiter.admit("mesh:other", PIECE, PIECE)
+    limiter.release("mesh:greedy")
+    limiter.admit("mesh:greedy", PIECE, PIECE)

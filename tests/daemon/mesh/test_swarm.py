@@ -349,3 +349,63 @@ async def test_with_the_tracker_a_late_peer_finds_the_skill_and_its_parent(
 async def _popular_with(admin: BusClient, sid: str) -> dict[str, Any] | None:
     ranked = await admin.call("skill.popular", {}, to="cap:skills")
     return next((e for e in ranked["skills"] if e["skill_id"] == sid and e["acquirers"]), None)
+
+
+async def test_each_persona_that_takes_a_held_skill_is_demand(mesh: Mesh, connect: Any, state: Any) -> None:
+    """A second persona of an installation whose store already holds the skill downloads nothing,
+    but its acquisition is published (the tracker counts each acquirer once)."""
+    from protocol.commands.skills import ACQUIRED_TOPIC
+
+    a, b = mesh.installation("a"), mesh.installation("b")
+    a.adapter("writer", seed=9)
+    for persona_id in ("ada", "bea"):
+        b.persona_folder(persona_id)
+    await mesh.start(a)
+    await mesh.start(b)
+    admin = await connect()
+    sid = (await admin.call("skill.announce", {"skill": "writer", "piece_size": PIECE}, to=a.node))[
+        "skill_id"
+    ]
+    heard: list[dict[str, Any]] = []
+    listener = await connect()
+    listener.add_notification_listener(
+        lambda note: heard.append(note.params) if note.params.get("topic") == ACQUIRED_TOPIC else None
+    )
+    await listener.subscribe(ACQUIRED_TOPIC)
+
+    results = []
+    for persona_id in ("ada", "bea"):
+        who = f"persona:{persona_id}"
+        issued = state.issue_token(name=who, role="persona", subject=who)
+        persona = await connect(token=issued.token, kind="persona", name=persona_id)
+        results.append(await _fetch(persona, b.node, sid))
+
+    assert [r["installed"] for r in results] == [True, False]
+    await eventually(lambda: len(heard) == 2)
+    assert [(e["data"]["skill_id"], e["data"]["by"], e["publisher"]) for e in heard] == [
+        (sid, "persona:ada", b.node),
+        (sid, "persona:bea", b.node),
+    ]
+
+
+async def test_partial_downloads_untouched_for_a_week_are_swept_at_start(mesh: Mesh) -> None:
+    """A fetch stopped and never asked for again does not keep its pieces for ever; a recent one stays."""
+    import os
+    import time
+
+    from daemon.mesh.swarm import PARTIAL_MAX_AGE_S
+
+    f = mesh.installation("f")
+    partial = f.state.root / "mesh" / "partial"
+    stale, recent = partial / ("a" * 64), partial / ("b" * 64)
+    for folder in (stale, recent):
+        folder.mkdir(parents=True)
+        (folder / "data").write_bytes(b"\0" * PIECE)
+    old = time.time() - PARTIAL_MAX_AGE_S - 3600
+    os.utime(stale / "data", (old, old))
+    os.utime(stale, (old, old))
+
+    await mesh.start(f)
+
+    assert not stale.exists()
+    assert (recent / "data").exists()
