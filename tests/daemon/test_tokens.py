@@ -20,9 +20,9 @@ from daemon.state import StateDir
 from daemon.tokens import ROLE_GRANTS, TokenStore, grants_for
 from tests.conftest import REPO, WAIT
 
-ADDS = 24
-REVOKES = 12
-#: Only a guard against a hung process, never a measure: three dozen Python
+ADDS = 12
+REVOKES = 6
+#: Only a guard against a hung process, never a measure: a score of Python
 #: start-ups on a shared, loaded machine can take minutes.
 HANG_GUARD = WAIT * 20
 
@@ -128,7 +128,7 @@ def test_the_token_file_lock_is_reentrant_and_needs_the_state_dir(state, tmp_pat
 
 
 def test_concurrent_token_adds_and_revokes_all_land(state) -> None:
-    """24 `token add` and 12 `token revoke` at once: every printed token verifies, every revocation sticks."""
+    """12 `token add` and 6 `token revoke` at once: every printed token verifies, every revocation sticks."""
     doomed = [state.issue_token(name=f"doomed-{i}", role="observer", subject="cli:*") for i in range(REVOKES)]
     procs = [start_cli(state, "token", "add", "--name", f"new-{i}") for i in range(ADDS)]  # role observer
     procs += [start_cli(state, "token", "revoke", f"doomed-{i}") for i in range(REVOKES)]
