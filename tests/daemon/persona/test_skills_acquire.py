@@ -295,12 +295,14 @@ class Installation:
     def publisher(self) -> str:
         return SigningKey.load_or_create(self.state.root).public_hex
 
-    async def start(self) -> MeshPeer:
+    async def start(self, base_model_id: str = BASE) -> MeshPeer:
         # Issued by the bus's operator, as `personad token add` would.
         token = self.bus_state.own_token(
             f"mesh-{self.name}.token", name=self.node, role="service", subject=self.node, grants=MESH_GRANTS
         )
-        peer = MeshPeer(url=self.bus.url, token=token, state=self.state, node=self.name, base_model_id=BASE)
+        peer = MeshPeer(
+            url=self.bus.url, token=token, state=self.state, node=self.name, base_model_id=base_model_id
+        )
         self.task = asyncio.create_task(peer.run(self.stop))
         await asyncio.wait_for(peer.joined.wait(), WAIT)
         return peer
