@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_URL", "call_once", "common_parser"]
+__all__ = ["DEFAULT_URL", "ProgressLine", "call_once", "common_parser"]
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 
@@ -52,12 +52,16 @@ def call_once(
     *,
     to: str,
     deadline_ms: int = 30_000,
+    progress: ProgressLine | None = None,
+    on_progress: Any = None,
 ) -> Any:
     """Join the bus as a CLI client, call ``method`` on ``to`` once, leave; the result.
 
     ``token``: ``--token``, else ``$PERSONAD_TOKEN``, else the state dir's
     admin token (state.find_token). A refusal or an error answer is printed
     as ``error <code>: <message>`` and returns None, so a verb exits 1.
+    ``on_progress`` gets the call's streamed notifications; ``progress``, the
+    line it draws on, is ended before anything else is printed.
     """
     # Imported here: `personad --help` must not pay for the client and the event loop.
     from protocol import RpcError
@@ -70,10 +74,40 @@ def call_once(
 
     async def call() -> Any:
         async with BusClient(url, token=secret, kind="cli") as client:
-            return await client.call(method, params, to=to, deadline_ms=deadline_ms)
+            return await client.call(method, params, to=to, deadline_ms=deadline_ms, on_progress=on_progress)
 
     try:
         return runtime.run(call())
     except RpcError as exc:
+        if progress is not None:
+            progress.end()
         print(f"error {exc.code}: {exc.message}", file=sys.stderr)
         return None
+    finally:
+        if progress is not None:
+            progress.end()
+
+
+class ProgressLine:
+    """One line redrawn in place: ``<label> [######....] done/total <suffix>`` (long work on a terminal)."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.open = False
+
+    def update(self, label: str, done: int, total: int, suffix: str = "") -> None:
+        filled = int(self.WIDTH * done / total) if total else 0
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        line = f"{label} [{bar}] {done}/{total} {suffix}"
+        self.stream.write(f"\r{line:<110}")
+        self.stream.flush()
+        self.open = True
+
+    def end(self) -> None:
+        """Close the line (once), so what follows starts on a new one."""
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False

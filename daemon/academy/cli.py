@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..cli_common import call_once
+from ..cli_common import ProgressLine, call_once
 from ..state import StateDir
 
 __all__ = ["add_verbs"]
@@ -90,12 +90,6 @@ def _serve(args: argparse.Namespace, state: StateDir, url: str) -> int:
 
 
 def _run(args: argparse.Namespace, state: StateDir, url: str) -> int:
-    from protocol import RpcError
-
-    from .. import runtime
-    from ..client import BusClient
-    from ..state import find_token
-
     params: dict[str, Any] = {
         "persona_id": args.id,
         "rounds": args.rounds,
@@ -112,22 +106,20 @@ def _run(args: argparse.Namespace, state: StateDir, url: str) -> int:
     for key in ("domain", "droid", "sheriff"):
         if getattr(args, key):
             params[key] = getattr(args, key)
-    secret = find_token(state, args.token)
-    bar = _Bar(sys.stderr)
-
-    async def call() -> Any:
-        async with BusClient(url, token=secret, kind="cli") as client:
-            return await client.call(
-                "academy.enroll", params, to="cap:academy", deadline_ms=24 * 3_600_000, on_progress=bar.show
-            )
-
-    try:
-        result = runtime.run(call())
-    except RpcError as exc:
-        bar.end()
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+    bar = _Bar()
+    result = call_once(
+        state.root,
+        url,
+        args.token,
+        "academy.enroll",
+        params,
+        to="cap:academy",
+        deadline_ms=24 * 3_600_000,
+        progress=bar.line,
+        on_progress=bar.show,
+    )
+    if result is None:
         return 1
-    bar.end()
     for r in result["rounds"]:
         after = "-" if r["pass_after"] is None else f"{r['pass_after']:.3f}"
         ci = "" if r["ci95"] is None else f"  95% CI of the change [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
@@ -142,27 +134,13 @@ def _run(args: argparse.Namespace, state: StateDir, url: str) -> int:
 class _Bar:
     """One line per phase: ``round 1 exam [######....] 40/100 detail``."""
 
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.open = False
+    def __init__(self) -> None:
+        self.line = ProgressLine()
 
     async def show(self, note: Any) -> None:
         p = note.params or {}
         total, done = int(p.get("total") or 0), int(p.get("done") or 0)
-        width = 30
-        filled = int(width * done / total) if total else 0
-        line = (
-            f"\rround {p.get('round', 0)} {p.get('phase', ''):<8} [{'#' * filled}{'.' * (width - filled)}] "
-            f"{done}/{total} {str(p.get('detail', ''))[:60]:<60}"
-        )
-        self.stream.write(line)
-        self.stream.flush()
-        self.open = True
+        label = f"round {p.get('round', 0)} {p.get('phase', ''):<8}"
+        self.line.update(label, done, total, str(p.get("detail", ""))[:60])
         if total and done >= total:
-            self.end()
-
-    def end(self) -> None:
-        if self.open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.open = False
+            self.line.end()

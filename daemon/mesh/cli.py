@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..cli_common import call_once
+from ..cli_common import ProgressLine, call_once
 from ..state import StateDir
 
 __all__ = ["add_verbs"]
@@ -146,31 +146,23 @@ def _serve(args: argparse.Namespace, state: StateDir, url: str) -> int:
 
 
 def _fetch(args: argparse.Namespace, state: StateDir, url: str) -> int:
-    from protocol import RpcError
-
-    from .. import runtime
-    from ..client import BusClient
-    from ..state import find_token
-
     params: dict[str, Any] = {"skill_id": args.target, "window": args.window}
     if args.max_bytes is not None:
         params["max_bytes"] = args.max_bytes
-    secret = find_token(state, args.token)
-    bar = _Bar(sys.stderr)
-
-    async def call() -> Any:
-        async with BusClient(url, token=secret, kind="cli") as client:
-            return await client.call(
-                "skill.fetch", params, to=_node(args.node), deadline_ms=24 * 3_600_000, on_progress=bar.show
-            )
-
-    try:
-        result = runtime.run(call())
-    except RpcError as exc:
-        bar.end()
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
+    bar = _Bar()
+    result = call_once(
+        state.root,
+        url,
+        args.token,
+        "skill.fetch",
+        params,
+        to=_node(args.node),
+        deadline_ms=24 * 3_600_000,
+        progress=bar.line,
+        on_progress=bar.show,
+    )
+    if result is None:
         return 1
-    bar.end()
     if not result["installed"]:
         print(f"{result['skill']} ({result['adapter_sha256'][:12]}…) is already in the store")
         return 0
@@ -187,33 +179,18 @@ def _fetch(args: argparse.Namespace, state: StateDir, url: str) -> int:
 
 
 class _Bar:
-    """One line per skill and phase: ``law.patents pieces [######....] 40/100 2 seeders``."""
+    """One line per skill and phase: ``law.patents pieces [######....] 40/100 2 seeder(s)``."""
 
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.open = False
+    def __init__(self) -> None:
+        self.line = ProgressLine()
 
     async def show(self, note: Any) -> None:
         if note.method != "skill.progress":
             return
         p = note.params or {}
         total, done = int(p.get("pieces_total") or 0), int(p.get("pieces_done") or 0)
-        width = 30
-        filled = int(width * done / total) if total else 0
         banned = f" banned: {', '.join(p['banned'])}" if p.get("banned") else ""
-        bar = "#" * filled + "." * (width - filled)
-        line = (
-            f"\r{str(p.get('skill', ''))[:40]} {p.get('phase', ''):<8} [{bar}] "
-            f"{done}/{total} {p.get('seeders', 0)} seeder(s){banned}"
-        )
-        self.stream.write(f"{line:<100}")
-        self.stream.flush()
-        self.open = True
+        label = f"{str(p.get('skill', ''))[:40]} {p.get('phase', ''):<8}"
+        self.line.update(label, done, total, f"{p.get('seeders', 0)} seeder(s){banned}")
         if p.get("phase") == "done":
-            self.end()
-
-    def end(self) -> None:
-        if self.open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.open = False
+            self.line.end()

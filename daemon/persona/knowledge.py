@@ -137,15 +137,38 @@ class LiveIndex:
             self._journal.append((False, ids))
 
 
-async def embed_texts(client: BusClient, texts: list[str]) -> list[list[float]] | None:
+class _Availability:
+    """Says once that inference.embed went away and once that it came back, not once per call
+    (a persona searching while the inference service is down would otherwise log every search)."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def failed(self, reason: str) -> None:
+        if self.down:
+            log.debug("inference.embed still unavailable (%s)", reason)
+            return
+        self.down = True
+        log.info("inference.embed unavailable (%s): going on without embeddings until it answers", reason)
+
+    def answered(self) -> None:
+        if self.down:
+            self.down = False
+            log.info("inference.embed answers again: searches are re-ranked by meaning")
+
+
+async def embed_texts(
+    client: BusClient, texts: list[str], availability: _Availability | None = None
+) -> list[list[float]] | None:
     """Unit vectors for ``texts`` from cap:inference, or None if it did not answer usefully."""
+    said = availability if availability is not None else _Availability()
     try:
         answer = await client.call(
             "inference.embed", {"texts": texts}, to="cap:inference", deadline_ms=EMBED_DEADLINE_MS
         )
         result = k.EmbedResult.model_validate(answer)
     except RpcError as exc:
-        log.info("inference.embed unavailable (%s): going on without embeddings", exc.message)
+        said.failed(exc.message)
         return None
     except ValueError as exc:  # pydantic's ValidationError: a malformed answer
         log.warning("inference.embed answered something malformed: %s", exc)
@@ -159,6 +182,7 @@ async def embed_texts(client: BusClient, texts: list[str]) -> list[list[float]] 
             "inference.embed answered %d vectors of model %s: ignored", len(result.vectors), result.model
         )
         return None
+    said.answered()
     return result.vectors
 
 
@@ -172,10 +196,11 @@ def register_knowledge_commands(
     """Register this group's methods on ``dispatcher``."""
     room = k.MAX_EMBED_BATCH - 1
     live = _LIVE[brain] = LiveIndex()
+    availability = _Availability()
 
     async def embed_and_store(first: list[str], pending: list[tuple[int, str]]) -> list[list[float]] | None:
         """Embed ``first`` and the pending items in one call; store the items'; ``first``'s vectors."""
-        vectors = await embed_texts(client, [*first, *(text for _, text in pending)])
+        vectors = await embed_texts(client, [*first, *(text for _, text in pending)], availability)
         if vectors is None:
             return None
         items = [
@@ -253,7 +278,7 @@ def register_knowledge_commands(
         tags = list(p.tags) if p.tags else None
         # The query's embedding does not depend on the full-text candidates: ask for it
         # while the brain finds them, so the two waits overlap.
-        asked = asyncio.create_task(embed_texts(client, [p.query]))
+        asked = asyncio.create_task(embed_texts(client, [p.query], availability))
         try:
             candidates: list[kb.Candidate] = await brain.read(
                 kb.candidates_sync, p.query, tags, k.EMBED_MODEL, False

@@ -19,7 +19,7 @@ from daemon.inference.service import InferenceService, service_token
 from daemon.state import StateDir
 from tests.conftest import WAIT, eventually
 from tests.daemon.inference.conftest import build_tiny_model, save_random_adapter
-from tests.daemon.persona.test_skills_acquire import PIECE, Installation, tracker
+from tests.daemon.persona.test_skills_acquire import PIECE, Installation, installations
 
 #: The model every installation here runs (their peers refuse adapters for another).
 TINY = "tiny-llama"
@@ -27,18 +27,8 @@ TINY = "tiny-llama"
 
 @pytest.fixture
 async def world(bus: Bus, state: StateDir, tmp_path: Path) -> AsyncIterator[Callable[[str], Installation]]:
-    made: list[Installation] = []
-
-    def make(name: str) -> Installation:
-        made.append(Installation(bus, state, tmp_path / f"install-{name}", name))
-        return made[-1]
-
-    async with tracker(bus, state):
-        try:
-            yield make
-        finally:
-            for inst in made:
-                await inst.close()
+    async with installations(bus, state, tmp_path) as make:
+        yield make
 
 
 @pytest.fixture

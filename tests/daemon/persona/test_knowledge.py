@@ -263,6 +263,24 @@ async def test_add_embeds_now_and_backfills_the_offline_ones(ada, connect, embed
     assert top["score"] == pytest.approx(expected)
 
 
+async def test_an_offline_embedder_is_logged_once_and_its_return_once(
+    ada, connect, embed_service, caplog
+) -> None:
+    """Searches while cap:inference is away say so once, not once per search; its return is said too."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="personad.persona.knowledge")
+    caller = await connect()
+    for query in ("tides", "moon", "salt"):
+        result = await caller.call("persona.knowledge.search", {"query": query}, to=ADA)
+        assert result["reranked"] is False
+    await embed_service()
+    await caller.call("persona.knowledge.search", {"query": "tides"}, to=ADA)
+    said = [r.getMessage() for r in caplog.records if r.name == "personad.persona.knowledge"]
+    assert 1 == sum("inference.embed unavailable" in m for m in said), said
+    assert 1 == sum("answers again" in m for m in said), said
+
+
 async def test_a_long_item_is_embedded_and_does_not_block_the_backfill(ada, connect, embed_service) -> None:
     """Content past inference.embed's per-text limit is embedded by its beginning (the model reads 256)."""
     caller = await connect()

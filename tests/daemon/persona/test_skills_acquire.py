@@ -24,7 +24,6 @@ from daemon.client import BusClient
 from daemon.inference.adapters import AdapterStore
 from daemon.mesh.manifest import build_manifest, skill_id
 from daemon.mesh.service import MESH_GRANTS, MeshPeer
-from daemon.mesh.tracker import SkillTracker, tracker_token
 from daemon.persona.config import PersonaConfig, SkillsConfig
 from daemon.persona.daemon import PersonaDaemon
 from daemon.persona.session_dir import prepare_session_dir
@@ -35,6 +34,7 @@ from daemon.systemd_notify import Notifier
 from protocol import ErrorCode, RpcError
 from protocol.commands.skills import ANNOUNCED_TOPIC, SkillManifest
 from tests.conftest import WAIT, eventually
+from tests.daemon.mesh.test_tracker import tracker
 from tests.daemon.persona.running import running_persona
 from tests.daemon.registry.test_bundle import make_adapter
 
@@ -154,23 +154,6 @@ def test_the_config_section_is_strict() -> None:
 
 
 # -- through the bus ------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def tracker(bus: Bus, state: StateDir) -> AsyncIterator[SkillTracker]:
-    service = SkillTracker(url=bus.url, token=tracker_token(state), state=state)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    await service.client.wait_connected(WAIT)
-    await eventually(
-        lambda: any(s.client_id == "skills:tracker" for s in bus.router.topics.match(ANNOUNCED_TOPIC)),
-        what="the tracker subscribed",
-    )
-    try:
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, WAIT)
 
 
 async def announcer(state: StateDir, connect: Any, node: str) -> BusClient:
@@ -341,8 +324,11 @@ class Installation:
             await asyncio.wait_for(task, WAIT)
 
 
-@pytest.fixture
-async def world(bus: Bus, state: StateDir, tmp_path: Path) -> AsyncIterator[Callable[[str], Installation]]:
+@contextlib.asynccontextmanager
+async def installations(
+    bus: Bus, state: StateDir, tmp_path: Path
+) -> AsyncIterator[Callable[[str], Installation]]:
+    """With the tracker running: a factory of installations, every peer stopped at the end."""
     made: list[Installation] = []
 
     def make(name: str) -> Installation:
@@ -355,6 +341,12 @@ async def world(bus: Bus, state: StateDir, tmp_path: Path) -> AsyncIterator[Call
         finally:
             for inst in made:
                 await inst.close()
+
+
+@pytest.fixture
+async def world(bus: Bus, state: StateDir, tmp_path: Path) -> AsyncIterator[Callable[[str], Installation]]:
+    async with installations(bus, state, tmp_path) as make:
+        yield make
 
 
 async def seeded(world: Callable[[str], Installation], connect: Any, skills: dict[str, int]) -> Installation:
