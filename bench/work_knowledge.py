@@ -323,7 +323,13 @@ async def bench_knowledge(items: int = 100_000, calls: int = 300, distractors: i
             "long": embedding_throughput(embedder, long),
         }
         embedder.close()  # the service below is another process with its own
-        env = {**os.environ, "PERSONAD_STATE_DIR": str(state.root), "PERSONAD_CONFIG_DIR": str(config_dir)}
+        env = {
+            **os.environ,
+            "PERSONAD_STATE_DIR": str(state.root),
+            "PERSONAD_CONFIG_DIR": str(config_dir),
+            # The children's lifecycle lines would bury the figures; warnings and errors still show.
+            "PERSONAD_LOG_LEVEL": os.environ.get("PERSONAD_LOG_LEVEL", "WARNING"),
+        }
         for name in ("NOTIFY_SOCKET", "PERSONAD_TOKEN", "PERSONAD_URL", "CREDENTIALS_DIRECTORY"):
             env.pop(name, None)  # each child is given what it needs, nothing of ours
         async with bus_process(state, env) as url:
