@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -103,7 +104,17 @@ class Partial:
                 try:
                     os.posix_fallocate(self.fd, 0, self.manifest.size)  # fail now if the disk is full
                 except OSError as exc:
-                    log.debug("posix_fallocate: %s", exc)
+                    if exc.errno != errno.ENOSPC:  # a filesystem without fallocate: sparse is fine
+                        log.debug("posix_fallocate: %s", exc)
+                    else:
+                        self.close()
+                        self.data.unlink(missing_ok=True)
+                        raise RpcError(
+                            ErrorCode.INTERNAL_ERROR,
+                            f"no room for {self.manifest.size} bytes of {self.manifest.skill!r} in "
+                            f"{self.dir}: the disk is full (nothing was downloaded)",
+                            {"reason": "disk_full", "bytes": self.manifest.size},
+                        ) from None
         else:
             for index, expected in enumerate(self.manifest.piece_hashes):
                 offset, length = piece_bounds(self.manifest, index)

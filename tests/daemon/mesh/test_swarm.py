@@ -409,3 +409,48 @@ async def test_partial_downloads_untouched_for_a_week_are_swept_at_start(mesh: M
 
     assert not stale.exists()
     assert (recent / "data").exists()
+
+
+_FULL_DISK_SCRIPT = """
+import sys
+from pathlib import Path
+from daemon.mesh.pieces import Partial
+from protocol import RpcError
+from protocol.commands.skills import SkillManifest
+
+size, piece = 1 << 20, 16 * 1024
+manifest = SkillManifest.model_validate({
+    "skill": "writer", "adapter_sha256": "a" * 64, "adapter_config": {}, "base_model_id": "m",
+    "parents": [], "rank": 8, "size": size, "piece_size": piece, "piece_hashes": ["b" * 64] * (size // piece),
+    "effectiveness": None, "usage_scenarios": [], "publisher": "c" * 64, "published_at": 0,
+    "signature": "d" * 128,
+})
+folder = Path(sys.argv[1]) / "mesh" / "partial" / ("e" * 64)
+try:
+    Partial(folder, manifest).open()
+except RpcError as exc:
+    print(exc.message)
+    print(exc.data["reason"], (folder / "data").exists())
+"""
+
+
+def test_a_download_that_cannot_fit_on_the_disk_says_so_and_leaves_nothing(tmp_path: Any) -> None:
+    """On a real 64 KiB filesystem (a tmpfs in a user namespace), a 1 MiB skill fails at once, clearly."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = tmp_path / "full.py"
+    script.write_text(_FULL_DISK_SCRIPT)
+    shell = f'mount -t tmpfs -o size=64k tmpfs "{mount}" && exec "{sys.executable}" "{script}" "{mount}"'
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    message, outcome = done.stdout.strip().splitlines()
+    assert "the disk is full (nothing was downloaded)" in message
+    assert "1048576 bytes of 'writer'" in message
+    assert outcome == "disk_full False"
