@@ -208,6 +208,7 @@ class Swarm:
                     acquired = m.AcquiredEvent(skill_id=sid, by=caller)
                     await self.seeder.publish(m.ACQUIRED_TOPIC, acquired.model_dump(mode="json"))
             return _result(sid, manifest, installed=False, parents=[], totals=Totals(), started=started)
+        self._check_replacement(manifest)
         await emit(progress_event(sid, manifest.skill, "parents", 0, 0, 0, 0, []))
         plan = await self._plan_parents(manifest, extra_manifests)
         total = manifest.size + sum(pm.size for _, pm in plan)
@@ -237,6 +238,28 @@ class Swarm:
             parents=[pm.skill for _, pm in plan],
             totals=totals,
             started=started,
+        )
+
+    def _check_replacement(self, manifest: m.SkillManifest) -> None:
+        """Refuse to put a stranger's weights under a name this store already uses.
+
+        Personas name their stacks, so replacing ``legal`` changes every persona
+        that uses it. A new version from the publisher of the held one is an
+        update and goes through; anything else (an adapter trained or imported
+        here, or another publisher's) must be deleted or renamed first.
+        """
+        try:
+            held = self.store.get(manifest.skill)
+        except InferenceError:
+            return
+        if held.sha256 == manifest.adapter_sha256 or held.meta.get("publisher") == manifest.publisher:
+            return
+        origin = f"published by {held.meta['publisher'][:16]}…" if held.meta.get("publisher") else "made here"
+        raise invalid(
+            "skill_id",
+            f"this store already holds another {manifest.skill!r} ({held.sha256[:12]}…, {origin}); "
+            f"{manifest.publisher[:16]}…'s would replace it for every persona that uses it: "
+            "delete or rename the held one first",
         )
 
     def _installed(self, manifest: m.SkillManifest) -> bool:

@@ -454,3 +454,32 @@ def test_a_download_that_cannot_fit_on_the_disk_says_so_and_leaves_nothing(tmp_p
     assert "the disk is full (nothing was downloaded)" in message
     assert "1048576 bytes of 'writer'" in message
     assert outcome == "disk_full False"
+
+
+async def test_a_held_name_is_replaced_only_by_its_own_publishers_new_version(
+    mesh: Mesh, connect: Any
+) -> None:
+    """Personas name their stacks: another publisher's 'writer' never overwrites the one held here,
+    while the publisher of the held one may ship a new version."""
+    a, b = mesh.installation("a"), mesh.installation("b")
+    a.adapter("writer", seed=1)
+    mine = b.adapter("writer", seed=2)  # made here
+    await mesh.start(a)
+    await mesh.start(b)
+    admin = await connect()
+    first = await admin.call("skill.announce", {"skill": "writer", "piece_size": PIECE}, to=a.node)
+
+    with pytest.raises(RpcError) as refused:
+        await _fetch(admin, b.node, first["skill_id"])
+    assert refused.value.code == ErrorCode.INVALID_PARAMS
+    assert "already holds another 'writer'" in refused.value.message
+    assert "made here" in refused.value.message
+    assert b.store.get("writer").sha256 == mine.sha256
+
+    # Once B's own is gone, A's comes in; then A's next version replaces it.
+    b.store.delete("writer")
+    assert (await _fetch(admin, b.node, first["skill_id"]))["installed"] is True
+    newer = a.adapter("writer", seed=3)
+    second = await admin.call("skill.announce", {"skill": "writer", "piece_size": PIECE}, to=a.node)
+    assert (await _fetch(admin, b.node, second["skill_id"]))["installed"] is True
+    assert b.store.get("writer").sha256 == newer.sha256
