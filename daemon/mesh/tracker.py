@@ -16,7 +16,7 @@ at info).
 
 It answers ``skill.manifest`` (by id, name or adapter hash, newest first),
 ``skill.seeders`` (peers that said they seed it *and* are on the bus now;
-each call counts as one request for the skill) and ``skill.popular``
+each caller counts as one request for the skill in a window) and ``skill.popular``
 (acquirers + 0.1 x requests in a window). Who is on the bus comes from
 ``bus.clients``, asked at most once a second.
 
@@ -120,7 +120,7 @@ class SkillTracker:
 
     async def seeders(self, p: m.SeedersParams, ctx: CallContext) -> m.SeedersResult:
         online = await self.online()
-        said = await self.store.seeders_of(p.skill_id, time.time(), request=True)
+        said = await self.store.seeders_of(p.skill_id, time.time(), requested_by=ctx.caller or "anonymous")
         return m.SeedersResult(
             skill_id=p.skill_id,
             seeders=[m.Seeder(node=node, since=since) for node, since in said if node in online],

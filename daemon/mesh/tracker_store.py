@@ -10,7 +10,9 @@ Tables:
   adapter hash, publisher and signing time for the lookups, and its JSON;
 * ``acquisitions``: who acquired what, first time only (``UNIQUE(skill_id,
   by)``: acquiring again is not more demand);
-* ``requests``: one row per ``skill.seeders`` call for a known skill;
+* ``requests``: one row per ``skill.seeders`` call for a known skill, with its
+  caller (popularity counts distinct callers, so one client asking in a loop
+  is one request);
 * ``seeders``: which peer said it seeds which skill, since when.
 
 Every table is bounded (:data:`CAPS`): the oldest rows go first once a table
@@ -78,7 +80,7 @@ _SCHEMA: Final = (
         UNIQUE (skill_id, by)
     )""",
     "CREATE INDEX IF NOT EXISTS acquisitions_at ON acquisitions (at)",
-    "CREATE TABLE IF NOT EXISTS requests (skill_id TEXT NOT NULL, at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS requests (skill_id TEXT NOT NULL, by TEXT NOT NULL, at REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS requests_skill ON requests (skill_id, at)",
     "CREATE INDEX IF NOT EXISTS requests_at ON requests (at)",
     """CREATE TABLE IF NOT EXISTS seeders (
@@ -245,17 +247,19 @@ class TrackerStore:
         ).fetchall()
         return [(sid, SkillManifest.model_validate_json(text)) for sid, text in rows]
 
-    async def seeders_of(self, sid: str, now: float, *, request: bool) -> list[tuple[str, float]]:
-        """(node, since) of every node that said it seeds ``sid``; with ``request``, count one request
+    async def seeders_of(
+        self, sid: str, now: float, *, requested_by: str | None = None
+    ) -> list[tuple[str, float]]:
+        """(node, since) of every node that said it seeds ``sid``; with ``requested_by``, count a request
         for it (only for a skill with a known manifest: demand for unknown ids is noise anyone can make)."""
-        return await self._run(self._seeders_of, sid, now, request)
+        return await self._run(self._seeders_of, sid, now, requested_by)
 
-    def _seeders_of(self, sid: str, now: float, request: bool) -> list[tuple[str, float]]:
-        if request:
+    def _seeders_of(self, sid: str, now: float, requested_by: str | None) -> list[tuple[str, float]]:
+        if requested_by is not None:
             cursor = self.db.execute(
-                "INSERT INTO requests (skill_id, at) SELECT ?, ? "
+                "INSERT INTO requests (skill_id, by, at) SELECT ?, ?, ? "
                 "WHERE EXISTS (SELECT 1 FROM manifests WHERE skill_id = ?)",
-                (sid, now, sid),
+                (sid, requested_by, now, sid),
             )
             self._wrote(cursor.rowcount)
         rows = self.db.execute(
@@ -277,7 +281,8 @@ class TrackerStore:
         )
         requests = dict(
             self.db.execute(
-                "SELECT skill_id, count(*) FROM requests WHERE at >= ? GROUP BY skill_id", (since,)
+                "SELECT skill_id, count(DISTINCT by) FROM requests WHERE at >= ? GROUP BY skill_id",
+                (since,),
             ).fetchall()
         )
         seeding: dict[str, list[str]] = {}

@@ -381,7 +381,7 @@ class PopularEntry(StrictModel):
     publisher: PublicKey
     effectiveness: float | None
     acquirers: int = Field(description="distinct personas and peers that acquired it in the window")
-    requests: int = Field(description="skill.seeders calls for it in the window")
+    requests: int = Field(description="distinct callers of skill.seeders for it in the window")
     seeders: int = Field(description="peers on the bus now that seed it")
     score: float = Field(description="acquirers + 0.1 x requests (docs/skills.md)")
 

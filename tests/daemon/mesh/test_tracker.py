@@ -215,13 +215,17 @@ async def test_popular_counts_distinct_acquirers_and_requests(
         assert first["score"] == 3.0
         assert second["score"] == 1.0
 
+        # Requests count callers, not calls: one client asking in a loop is one request.
         for _ in range(5):
             await admin.call("skill.seeders", {"skill_id": skill_id(narrow)}, to="cap:skills")
+        for name in ("asker-1", "asker-2"):
+            asker = await connect(name=name)
+            await asker.call("skill.seeders", {"skill_id": skill_id(narrow)}, to="cap:skills")
         popular = await admin.call("skill.popular", {"limit": 1}, to="cap:skills")
         assert len(popular["skills"]) == 1
-        assert popular["skills"][0]["requests"] == 0  # wide still leads: 3 > 1 + 0.5
+        assert popular["skills"][0]["requests"] == 0  # wide still leads: 3 > 1 + 0.3
         narrow_now = (await admin.call("skill.popular", {}, to="cap:skills"))["skills"][1]
-        assert (narrow_now["requests"], narrow_now["score"]) == (5, 1.5)
+        assert (narrow_now["requests"], narrow_now["score"]) == (3, 1.3)
 
 
 async def test_the_tables_survive_a_restart(
