@@ -18,6 +18,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,7 +34,16 @@ from ..files import atomic_write
 from ..state import ensure_private_dir
 from .manifest import piece_bounds
 
-__all__ = ["Partial", "Progress", "SwarmLimits", "Totals", "Transfer", "progress_event"]
+__all__ = [
+    "PARTIAL_MAX_AGE_S",
+    "Partial",
+    "Progress",
+    "SwarmLimits",
+    "Totals",
+    "Transfer",
+    "progress_event",
+    "sweep_partials",
+]
 
 log = logging.getLogger("personad.mesh.swarm")
 
@@ -291,6 +302,38 @@ class Transfer:
                 self.finished.set()
                 async with self.cond:
                     self.cond.notify_all()
+
+
+#: A partial download untouched this long is removed when the peer starts (a week).
+PARTIAL_MAX_AGE_S = 7 * 86400
+
+
+def sweep_partials(
+    partial_root: Path, *, busy: set[str], max_age_s: float = PARTIAL_MAX_AGE_S, now: float | None = None
+) -> list[str]:
+    """Remove the partial downloads under ``partial_root`` untouched for ``max_age_s``, but ``busy`` ones.
+
+    A fetch that was stopped and never asked for again would otherwise keep
+    its pieces on disk for ever. Returns the skill ids removed.
+    """
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    try:
+        folders = list(partial_root.iterdir())
+    except FileNotFoundError:
+        return removed
+    for folder in folders:
+        try:
+            newest = max((f.stat().st_mtime for f in folder.iterdir()), default=folder.stat().st_mtime)
+        except OSError:
+            continue
+        if now - newest > max_age_s and folder.name not in busy:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    if removed:
+        days = max_age_s / 86400
+        log.info("removed %d partial download(s) untouched for %.0f days", len(removed), days)
+    return removed
 
 
 def progress_event(

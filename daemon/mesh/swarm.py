@@ -59,14 +59,11 @@ from ..inference.adapters import CONFIG_FILE, WEIGHTS_FILE, sha256_file
 from ..inference.errors import InferenceError
 from .manifest import ManifestError, parse_manifest, skill_id, verify_manifest
 from .peer import Catalogue, Seeder, invalid
-from .pieces import Partial, Progress, SwarmLimits, Totals, Transfer, progress_event
+from .pieces import Partial, Progress, SwarmLimits, Totals, Transfer, progress_event, sweep_partials
 
-__all__ = ["PARTIAL_MAX_AGE_S", "Progress", "Swarm", "SwarmLimits"]
+__all__ = ["Progress", "Swarm", "SwarmLimits"]
 
 log = logging.getLogger("personad.mesh.swarm")
-
-#: A partial download untouched this long is removed when the peer starts (a week).
-PARTIAL_MAX_AGE_S = 7 * 86400
 
 
 @dataclass
@@ -98,30 +95,9 @@ class Swarm:
     def base_model_id(self) -> str:
         return self.seeder.base_model_id
 
-    def sweep_partials(self, max_age_s: float = PARTIAL_MAX_AGE_S, now: float | None = None) -> list[str]:
-        """Remove partial downloads nobody has touched for ``max_age_s`` (blocking; at start).
-
-        A fetch that was stopped and never asked for again would otherwise keep
-        its pieces on disk for ever. Returns the skill ids removed.
-        """
-        now = time.time() if now is None else now
-        removed: list[str] = []
-        try:
-            folders = list(self.partial_root.iterdir())
-        except FileNotFoundError:
-            return removed
-        for folder in folders:
-            try:
-                newest = max((f.stat().st_mtime for f in folder.iterdir()), default=folder.stat().st_mtime)
-            except OSError:
-                continue
-            if now - newest > max_age_s and folder.name not in self._jobs:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder.name)
-        if removed:
-            days = max_age_s / 86400
-            log.info("removed %d partial download(s) untouched for %.0f days", len(removed), days)
-        return removed
+    def sweep_partials(self) -> list[str]:
+        """Remove partial downloads untouched for a week (blocking; the peer calls it at start)."""
+        return sweep_partials(self.partial_root, busy=set(self._jobs))
 
     # -- the entry point: one job per skill ------------------------------------------------
 

@@ -393,7 +393,7 @@ async def test_partial_downloads_untouched_for_a_week_are_swept_at_start(mesh: M
     import os
     import time
 
-    from daemon.mesh.swarm import PARTIAL_MAX_AGE_S
+    from daemon.mesh.pieces import PARTIAL_MAX_AGE_S
 
     f = mesh.installation("f")
     partial = f.state.root / "mesh" / "partial"
