@@ -105,7 +105,9 @@ def build_manifest(
         "size": size,
         "piece_size": piece_size,
         "piece_hashes": hashes,
-        "effectiveness": effectiveness,
+        # Four places: the canonical JSON then never needs an exponent (Python writes 1e-05
+        # where JavaScript writes 1e-5), so other languages can reproduce the signed bytes.
+        "effectiveness": None if effectiveness is None else round(effectiveness, 4),
         "usage_scenarios": list(usage_scenarios or []),
         "publisher": key.public_hex,
         "published_at": round(time.time(), 3),
