@@ -33,10 +33,11 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from protocol.commands.knowledge import EMBED_DIM, EMBED_MODEL, EmbedParams, EmbedResult
 
+from ..errors import ConfigError
 from .errors import InferenceError, ModelUnavailable, to_rpc
 
 if TYPE_CHECKING:
@@ -44,10 +45,20 @@ if TYPE_CHECKING:
     from ..dispatch import Dispatcher
     from .minilm import Encoder, Precision
 
-__all__ = ["CHUNK", "EMBED_THREAD_NAME", "MAX_TOKENS", "Embedder", "model_dir", "register_embed_command"]
+__all__ = [
+    "CHUNK",
+    "EMBED_THREAD_NAME",
+    "MAX_TOKENS",
+    "PRECISION_ENV",
+    "Embedder",
+    "model_dir",
+    "register_embed_command",
+]
 
 log = logging.getLogger("personad.inference.embed")
 
+#: Chooses the encoder's arithmetic: auto (bfloat16 where the CPU has it natively), float32, bfloat16.
+PRECISION_ENV = "PERSONAD_EMBED_PRECISION"
 #: The model's max_seq_length (its sentence_bert_config.json).
 MAX_TOKENS = 256
 #: Texts per forward pass.
@@ -73,11 +84,16 @@ class Embedder:
     """all-MiniLM-L6-v2 on one worker thread, loaded on first use."""
 
     def __init__(
-        self, *, folder: Path | None = None, threads: int | None = 1, precision: Precision = "auto"
+        self, *, folder: Path | None = None, threads: int | None = 1, precision: Precision | None = None
     ) -> None:
         self._folder = folder
         self._threads = threads
-        self._precision: Precision = precision
+        # $PERSONAD_EMBED_PRECISION lets an operator pin float32 (bit-for-bit the reference's
+        # vectors, on any CPU) where "auto" would take bfloat16.
+        chosen = precision or os.environ.get(PRECISION_ENV) or "auto"
+        if chosen not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"{PRECISION_ENV}={chosen!r}: choose auto, float32 or bfloat16")
+        self._precision = cast("Precision", chosen)
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=EMBED_THREAD_NAME, initializer=self._init_worker
         )

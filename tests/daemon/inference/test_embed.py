@@ -157,3 +157,19 @@ async def test_an_observer_may_not_embed(service, connect, state) -> None:
     with pytest.raises(RpcError) as info:
         await watcher.call("inference.embed", {"texts": ["hello"]}, to="cap:inference")
     assert ErrorCode.FORBIDDEN == info.value.code
+
+
+def test_the_precision_can_be_pinned_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PERSONAD_EMBED_PRECISION=float32 gives the reference's arithmetic on any CPU; a typo is refused."""
+    from daemon.errors import ConfigError
+    from daemon.inference.embed import PRECISION_ENV
+
+    monkeypatch.setenv(PRECISION_ENV, "float32")
+    pinned = Embedder()
+    try:
+        assert pinned.precision == "float32"
+    finally:
+        pinned.close()
+    monkeypatch.setenv(PRECISION_ENV, "fp16")
+    with pytest.raises(ConfigError, match="choose auto, float32 or bfloat16"):
+        Embedder()
