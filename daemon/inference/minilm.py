@@ -8,12 +8,15 @@ a plain BERT encoder (six layers, 384 wide, 12 heads, GELU, post-norm), so
 its forward pass is a few lines over the same weights; a test checks it
 against ``BertModel`` to float32 rounding.
 
-Precision: on a CPU with native bfloat16 (AVX512-BF16 or AMX) the weights
-are kept in bfloat16, which halves the bytes each forward pass streams
-(a short query is bound by reading the weights, not by arithmetic): about
-3x faster than ``BertModel`` here, and the vectors stay within 0.9999
-cosine of float32's (a test checks 0.999). Elsewhere bfloat16 arithmetic
-is emulated and slower, so float32 is kept.
+Precision: float32 by default. On a CPU with native bfloat16 (AVX512-BF16
+or AMX) the weights may be kept in bfloat16 instead, which halves the bytes
+each forward pass streams (a short query is bound by reading the weights,
+not by arithmetic): about 3x faster than ``BertModel`` here, and the vectors
+stay within 0.9999 cosine of float32's (a test checks 0.999). That is not
+nothing: in bench/work_knowledge.py it lost one paraphrase of 45 among 1,000
+distractors that float32 finds, so it is opt-in (``PERSONAD_EMBED_PRECISION``,
+daemon/inference/embed.py). Without native support bfloat16 arithmetic is
+emulated and slower.
 
 Weights are read straight from the package's ``model.safetensors``.
 """
@@ -58,7 +61,7 @@ class _Layer:
 class Encoder:
     """A BERT encoder with mean pooling and L2 normalisation (the sentence-transformers recipe)."""
 
-    def __init__(self, folder: Path, precision: Precision = "auto") -> None:
+    def __init__(self, folder: Path, precision: Precision = "float32") -> None:
         config = json.loads((folder / "config.json").read_text())
         positions = config.get("position_embedding_type", "absolute")
         if config.get("model_type") != "bert" or positions != "absolute":

@@ -159,16 +159,22 @@ async def test_an_observer_may_not_embed(service, connect, state) -> None:
     assert ErrorCode.FORBIDDEN == info.value.code
 
 
-def test_the_precision_can_be_pinned_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """PERSONAD_EMBED_PRECISION=float32 gives the reference's arithmetic on any CPU; a typo is refused."""
+def test_float32_unless_the_environment_asks_for_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference's arithmetic by default; PERSONAD_EMBED_PRECISION=bfloat16 opts in; a typo is refused."""
     from daemon.errors import ConfigError
     from daemon.inference.embed import PRECISION_ENV
 
-    monkeypatch.setenv(PRECISION_ENV, "float32")
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    default = Embedder()
+    monkeypatch.setenv(PRECISION_ENV, "bfloat16")
     pinned = Embedder()
     try:
-        assert pinned.precision == "float32"
+        assert (default.precision, pinned.precision) == ("float32", "bfloat16")
+        (a,) = default.embed_sync([SENTENCES[0]])
+        (b,) = pinned.embed_sync([SENTENCES[0]])
+        assert 0.999 < cosine(a, b) < 1.0 - 1e-9  # close, and not the same arithmetic
     finally:
+        default.close()
         pinned.close()
     monkeypatch.setenv(PRECISION_ENV, "fp16")
     with pytest.raises(ConfigError, match="choose auto, float32 or bfloat16"):
