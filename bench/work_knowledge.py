@@ -179,6 +179,32 @@ def embedding_throughput(embedder: Embedder, texts: list[str]) -> dict[str, floa
     return {"batched": batched, "one_at_a_time": single, "ratio": batched / single, "tokens": tokens}
 
 
+def bert_model_one_at_a_time(texts: list[str]) -> float:
+    """Items/s of the baseline the encoder replaced: transformers' BertModel, pooled the same way,
+    one text per call, on one thread (the embedder's own setting)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from daemon.inference.embed import model_dir
+
+    folder = str(model_dir())
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    with torch.inference_mode():
+
+        def embed(text: str) -> None:
+            encoded = tokenizer([text], return_tensors="pt")
+            tokens = model(**encoded)[0]
+            mask = encoded["attention_mask"].unsqueeze(-1).float()
+            torch.nn.functional.normalize((tokens * mask).sum(1) / mask.sum(1), dim=1)
+
+        for text in texts[:8]:  # warm up, as the embedder was
+            embed(text)
+        t0 = time.perf_counter()
+        for text in texts:
+            embed(text)
+        return len(texts) / (time.perf_counter() - t0)
+
+
 def personad(state: StateDir, *verb: str) -> list[str]:
     """The argv of a ``personad`` verb, as ``personad up`` builds its children's."""
     return [sys.executable, "-m", "daemon", "--state-dir", str(state.root), *verb]
@@ -318,10 +344,16 @@ async def bench_knowledge(items: int = 100_000, calls: int = 300, distractors: i
         data = json.loads(PARAPHRASES.read_text(encoding="utf-8"))
         short = [q["query"] for q in data["queries"]] * 3
         long = [sentence(rng, words, weights, rng.randint(10, 20)) for _ in range(128)]
+        # One torch thread on this (the calling) thread, as the embedder has on its own:
+        # both the encoder and its baseline are measured here, alike.
+        import torch
+
+        torch.set_num_threads(1)
         out["embed"] = {
             "short": embedding_throughput(embedder, short),
             "long": embedding_throughput(embedder, long),
         }
+        out["embed_baseline_short"] = bert_model_one_at_a_time(short)
         embedder.close()  # the service below is another process with its own
         env = {
             **os.environ,
@@ -489,6 +521,12 @@ def main() -> int:
             f"batched {t['batched']:.0f} items/s, "
             f"one at a time {t['one_at_a_time']:.0f} items/s ({t['ratio']:.1f}x)"
         )
+    base, ours = r["embed_baseline_short"], e["short"]["one_at_a_time"]
+    print(
+        f"short texts one at a time, transformers' BertModel (the baseline): {base:.0f} items/s "
+        f"({1000 / base:.1f} ms each); daemon/inference/minilm.py: {ours:.0f} items/s "
+        f"({1000 / ours:.1f} ms each, {ours / base:.2f}x)"
+    )
     print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in r["load_average"]))
     print(f"work_knowledge.py: {'ok' if r['ok'] else 'FAIL'}")
     return 0 if r["ok"] else 1

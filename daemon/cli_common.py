@@ -76,16 +76,16 @@ def call_once(
         async with BusClient(url, token=secret, kind="cli") as client:
             return await client.call(method, params, to=to, deadline_ms=deadline_ms, on_progress=on_progress)
 
+    error: RpcError | None = None
     try:
-        return runtime.run(call())
+        result = runtime.run(call())
     except RpcError as exc:
-        if progress is not None:
-            progress.end()
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
-        return None
-    finally:
-        if progress is not None:
-            progress.end()
+        result, error = None, exc
+    if progress is not None:
+        progress.end()
+    if error is not None:
+        print(f"error {error.code}: {error.message}", file=sys.stderr)
+    return result
 
 
 class ProgressLine:

@@ -157,11 +157,8 @@ class _Availability:
             log.info("inference.embed answers again: searches are re-ranked by meaning")
 
 
-async def embed_texts(
-    client: BusClient, texts: list[str], availability: _Availability | None = None
-) -> list[list[float]] | None:
+async def embed_texts(client: BusClient, texts: list[str], said: _Availability) -> list[list[float]] | None:
     """Unit vectors for ``texts`` from cap:inference, or None if it did not answer usefully."""
-    said = availability if availability is not None else _Availability()
     try:
         answer = await client.call(
             "inference.embed", {"texts": texts}, to="cap:inference", deadline_ms=EMBED_DEADLINE_MS

@@ -19,6 +19,7 @@ from daemon.inference.service import InferenceService, service_token
 from daemon.state import StateDir
 from tests.conftest import WAIT, eventually
 from tests.daemon.inference.conftest import build_tiny_model, save_random_adapter
+from tests.daemon.mesh.test_swarm import _corrupt
 from tests.daemon.persona.test_skills_acquire import PIECE, Installation, installations
 
 #: The model every installation here runs (their peers refuse adapters for another).
@@ -51,13 +52,6 @@ async def inference(bus: Bus, state: StateDir, tmp_path: Path) -> AsyncIterator[
             stop.set()
             await asyncio.wait_for(task, WAIT)
             await engine.close()
-
-
-def _corrupt(path: Path) -> None:
-    """A store object's weights overwritten in place, same size: a disk gone bad after the fetch."""
-    size = path.stat().st_size
-    path.chmod(0o600)
-    path.write_bytes(bytes((i * 7 + 3) % 251 for i in range(size)))
 
 
 async def test_a_persona_acquires_from_three_seeders_one_corrupt_loads_the_skill_and_chats(
