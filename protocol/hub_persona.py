@@ -86,6 +86,9 @@ class HubPersona(StrictParams):
     persona: Annotated[str, Field(min_length=1, max_length=MAX_PERSONA_CHARS)] = Field(
         description="the persona in plain words: who this person is"
     )
+    name: Annotated[str, Field(min_length=1, max_length=100)] | None = Field(
+        None, description="a first name, when the model gave one (rendering a registry profile needs one)"
+    )
     path: Path = Field(description="how it was made: text, persona, structured, or import")
     hop: Annotated[int, Field(ge=0, le=16)] = Field(
         0, description="persona-to-persona steps from a text-made persona (0 for the other paths)"
