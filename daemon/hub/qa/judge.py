@@ -7,7 +7,7 @@ attributes agree with its text, and returns the :class:`Verdict`. A call that
 gives no usable verdict (cut short, not valid JSON) raises
 :class:`JudgeFailed`; the caller counts it as an error, never as a verdict.
 
-``judge_sample`` picks which personas are judged: a deterministic sample by
+``sample_for_judge`` picks which personas are judged: a deterministic sample by
 seed, in input order, so a rerun judges the same ones.
 """
 
@@ -31,8 +31,8 @@ __all__ = [
     "JudgeFailed",
     "Verdict",
     "describe_attributes",
-    "judge_sample",
     "judge_with",
+    "sample_for_judge",
 ]
 
 #: The problem's length budget (characters): short, and a bound on a looping model.
@@ -157,7 +157,7 @@ def judge_with(
     return judge
 
 
-def judge_sample(count: int, size: int, *, seed: int = 0) -> list[int]:
+def sample_for_judge(count: int, size: int, *, seed: int = 0) -> list[int]:
     """Which of ``count`` personas the judge reads: ``size`` of them, by seed, in input order."""
     if size >= count:
         return list(range(count))
