@@ -1,0 +1,87 @@
+"""hub.compose's models: synthetic data written in a generated persona's voice.
+
+Persona Hub's use of personas: one prompt ("write a math problem") asked
+once per persona gives as many different items as there are personas. The
+composer (``daemon/hub/composer.py``, docs/hub_generation.md) does this for
+four kinds of item:
+
+* ``instruction``: a request this person would make of an assistant;
+* ``math``: a word problem set in this person's world, with the model's own
+  numeric answer, **not checked**: the default model (SmolLM2-135M) often
+  writes problems whose answer is wrong or that cannot be solved;
+* ``knowledge``: a short explanatory text this person would write;
+* ``npc``: a game character sheet inspired by the person (name, role,
+  appearance, motivation, two or three lines of dialogue).
+
+These models are registered by the hub service's own module; this one only
+defines them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+from pydantic import Field
+
+from ..hub_persona import HUB_PERSONA_ID_PATTERN
+from .registry import StrictModel, StrictParams
+
+__all__ = [
+    "COMPOSE_KINDS",
+    "ComposeKind",
+    "ComposeParams",
+    "ComposeResult",
+    "ComposedItem",
+    "NpcSheet",
+]
+
+#: The kinds of item the composer writes.
+COMPOSE_KINDS: Final = ("instruction", "math", "knowledge", "npc")
+
+ComposeKind = Literal["instruction", "math", "knowledge", "npc"]
+RunId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class NpcSheet(StrictModel):
+    """A game NPC inspired by a persona."""
+
+    name: str = Field(description="the character's name")
+    role: str = Field(description="what the character is in the game world")
+    appearance: str = Field(description="how the character looks")
+    motivation: str = Field(description="what the character wants")
+    dialogue: list[str] = Field(description="two or three lines the character says")
+
+
+class ComposedItem(StrictModel):
+    """One item written for one persona: one JSON object per line of a compose output."""
+
+    persona_id: Annotated[str, Field(pattern=HUB_PERSONA_ID_PATTERN)] = Field(description="whose item")
+    kind: ComposeKind = Field(description="instruction, math, knowledge or npc")
+    seed: int = Field(description="the sampling seed it was written with")
+    title: str | None = Field(None, description="knowledge: the text's title")
+    text: str | None = Field(
+        None, description="instruction: the request; math: the problem; knowledge: the text; npc: null"
+    )
+    answer: float | None = Field(None, description="math: the model's own answer, NOT checked")
+    npc: NpcSheet | None = Field(None, description="npc: the character sheet")
+
+
+class ComposeParams(StrictParams):
+    """Write items for the personas of a finished run."""
+
+    run: RunId = Field(description="the run whose kept personas write")
+    kinds: Annotated[list[ComposeKind], Field(min_length=1, max_length=4)] = Field(
+        description="which kinds of item, each written once per persona"
+    )
+    limit: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        None, description="at most this many personas (the first in the run's output); null: all"
+    )
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = Field(0, description="items follow from it")
+
+
+class ComposeResult(StrictModel):
+    """What a compose wrote."""
+
+    output: str = Field(description="the .jsonl file the items were written to")
+    written: int = Field(description="items written")
+    failed: int = Field(description="items the model did not finish or got wrong (not written)")
