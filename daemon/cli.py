@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--no-skills", action="store_true", help="do not start skill sharing (cap:skills and mesh:main)"
     )
+    up.add_argument("--no-hub", action="store_true", help="do not start PersonaHub (cap:hub)")
     up.add_argument("--no-demo", action="store_true", help="skip training and showing the demo")
 
     schema = verb("schema", "print the protocol as one JSON Schema (draft 2020-12) document")
@@ -181,6 +182,7 @@ ROLE_CLI_MODULES: tuple[str, ...] = (
     "daemon.registry.cli_sessions",
     "daemon.academy.cli",
     "daemon.mesh.cli",
+    "daemon.hub.cli",
 )
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
 LONG_RUNNING_VERBS: set[str] = {"browser", "inference", "registry"}
@@ -190,7 +192,7 @@ DAEMON_VERBS: frozenset[str] = frozenset({"bus", "persona", "up", *LONG_RUNNING_
 
 def _runs_a_daemon(args: argparse.Namespace) -> bool:
     """Whether this invocation serves until a signal (``personad academy serve``, not ``run``)."""
-    return args.verb in DAEMON_VERBS or (args.verb in ("academy", "skills") and args.action == "serve")
+    return args.verb in DAEMON_VERBS or (args.verb in ("academy", "skills", "hub") and args.action == "serve")
 
 
 def _role_cli_modules() -> list[Any]:
@@ -412,6 +414,7 @@ def _up(args: argparse.Namespace, state: StateDir, url: str) -> int:
         browser=not args.no_browser,
         academy=not args.no_academy,
         skills=not args.no_skills,
+        hub=not args.no_hub,
         demo=not args.no_demo,
     )
     return runtime.run(supervisor.run())

@@ -3,7 +3,8 @@
 Starts the bus, waits for its /healthz, starts the persona registry (which
 imports ``<config-dir>/personas/*.toml``), trains the demo adapters once,
 starts the inference service, the headless browser worker, the Academy
-(cap:academy) and skill sharing (cap:skills and mesh:main), then one
+(cap:academy), skill sharing (cap:skills and mesh:main) and PersonaHub
+(cap:hub), then one
 persona daemon per *active* persona in the registry (the TOML ones and any
 created through the registry), each as its own process with its own token
 (as under systemd), and restarts any child that dies, with backoff. While it
@@ -122,12 +123,14 @@ class Supervisor:
         browser: bool = True,
         academy: bool = True,
         skills: bool = True,
+        hub: bool = True,
         demo: bool = True,
     ) -> None:
         self.inference = inference
         self.browser = browser
         self.academy = academy
         self.skills = skills
+        self.hub = hub
         self.demo = demo
         self.oneshots: list[Child] = []
         self._page_server: http.server.ThreadingHTTPServer | None = None
@@ -247,6 +250,9 @@ class Supervisor:
             # cap:skills (the tracker) and mesh:main, which seeds this state dir's
             # adapter store and fetches skills into it for its personas.
             services.append(Child("skills", self._argv("skills", "serve"), base_env))
+        if self.hub:
+            # cap:hub: PersonaHub jobs, which generate through cap:inference.
+            services.append(Child("hub", self._argv("hub", "serve"), base_env))
         for service in services:
             self.children.append(service)
             await service.start()
@@ -309,6 +315,7 @@ class Supervisor:
                 ("browser", self.browser),
                 ("academy", self.academy),
                 ("skills", self.skills),
+                ("hub", self.hub),
             )
             wanted = [c for c, on in services if on]
             for capability in wanted:  # the model converts once (~20 s) on a fresh state dir

@@ -48,6 +48,7 @@ TARGET_SERVICES = {
     "personad-browser.service",
     "personad-academy.service",
     "personad-skills.service",
+    "personad-hub.service",
 }
 #: --offline=yes appeared in systemd 250; 252 is the version we measured.
 MIN_SYSTEMD_VERSION = 252

@@ -96,6 +96,13 @@ class Journal:
         journal._fd = os.open(journal.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         return journal
 
+    @classmethod
+    def read(cls, folder: Path) -> Journal:
+        """The finished slots in ``folder``, read only (JournalError if the journal is damaged)."""
+        journal = cls(folder)
+        journal._load()
+        return journal
+
     def _load(self) -> None:
         try:
             data = self.path.read_bytes()

@@ -45,7 +45,7 @@ from ..state import StateDir
 from ..systemd_notify import Notifier
 from .adapter_admin import register_delete_command
 from .backend import InferenceBackend
-from .embed import register_embed_command
+from .embed import Embedder, register_embed_command
 from .errors import InferenceError, to_rpc
 from .merge import register_merge_command
 from .train_service import register_train_command
@@ -80,8 +80,13 @@ def _translated(
     return wrapper
 
 
-def register_inference_commands(dispatcher: Dispatcher, backend: InferenceBackend) -> None:
-    """Serve ``inference.*`` from ``backend`` (normally an in-process AsyncEngine)."""
+def register_inference_commands(
+    dispatcher: Dispatcher, backend: InferenceBackend, embedder: Embedder | None = None
+) -> None:
+    """Serve ``inference.*`` from ``backend`` (normally an in-process AsyncEngine).
+
+    ``embedder`` serves ``inference.embed`` (a new, lazily loaded one by default).
+    """
 
     async def generate(params: GenerateParams, ctx: CallContext) -> GenerateResult:
         async def on_token(token: TokenParams) -> None:
@@ -115,7 +120,7 @@ def register_inference_commands(dispatcher: Dispatcher, backend: InferenceBacken
     register_train_command(dispatcher, backend)
     # inference.embed: sentence embeddings for the personas' knowledge search,
     # on their own thread (daemon/inference/embed.py).
-    register_embed_command(dispatcher)
+    register_embed_command(dispatcher, embedder)
 
 
 class InferenceService:
@@ -129,13 +134,14 @@ class InferenceService:
         token: str,
         name: str = "main",
         notifier: Notifier | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.backend = backend
         self.url = url
         self.name = name
         self.notifier = notifier or Notifier.from_env()
         self.dispatcher = Dispatcher()
-        register_inference_commands(self.dispatcher, backend)
+        register_inference_commands(self.dispatcher, backend, embedder)
         self.client = BusClient(
             url,
             token=token,

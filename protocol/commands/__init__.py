@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (imported to register their commands)
     brain,
     browser,
     bus,
+    hub,
     inference,
     knowledge,
     persona,

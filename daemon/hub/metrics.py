@@ -1,0 +1,87 @@
+"""The hub's figures as Prometheus text (format 0.0.4), for ``/metrics`` (``hub serve --metrics``).
+
+The same figures as ``hub.status``: per job, its slots (done, made, failed),
+throughput, retries, the service's CPU and memory, and, once checked, the
+quality scores. A few lines of text; no client library needed.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+__all__ = ["render_metrics"]
+
+
+class _Job(Protocol):
+    def status(self) -> Any: ...
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_metrics(jobs: Sequence[_Job]) -> str:
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            text = str(value) if isinstance(value, int) else repr(float(value))
+            lines.append(f"{name}{labels} {text}")
+
+    statuses = [job.status() for job in jobs]
+
+    def per_job(pick: Any) -> list[tuple[str, float]]:
+        out = []
+        for status in statuses:
+            value = pick(status)
+            if value is not None:
+                out.append((f'{{job="{_label(status.job_id)}",state="{status.state}"}}', value))
+        return out
+
+    metric("personad_hub_jobs", "gauge", "Jobs the service knows.", [("", len(statuses))])
+    metric("personad_hub_slots_total", "gauge", "Slots in a job's plan.", per_job(lambda s: s.figures.total))
+    metric("personad_hub_slots_done", "gauge", "Slots finished.", per_job(lambda s: s.figures.done))
+    metric("personad_hub_personas_made", "gauge", "Personas made.", per_job(lambda s: s.figures.made))
+    metric("personad_hub_slots_failed", "gauge", "Slots that gave up.", per_job(lambda s: s.figures.failed))
+    metric("personad_hub_retries", "counter", "Requests sent again.", per_job(lambda s: s.figures.retries))
+    metric(
+        "personad_hub_rate",
+        "gauge",
+        "Slots finished per second (last 30 s).",
+        per_job(lambda s: s.figures.rate),
+    )
+    metric(
+        "personad_hub_tokens", "counter", "Completion tokens generated.", per_job(lambda s: s.figures.tokens)
+    )
+    metric(
+        "personad_hub_in_flight",
+        "gauge",
+        "Generate requests out now.",
+        per_job(lambda s: s.figures.in_flight),
+    )
+    metric("personad_hub_kept", "gauge", "Personas in a finished job's output.", per_job(lambda s: s.kept))
+    for score in ("coherence", "authenticity", "diversity", "cultural"):
+        metric(
+            f"personad_hub_quality_{score}",
+            "gauge",
+            f"The {score} score of a finished job (0..1).",
+            per_job(lambda s, score=score: None if s.quality is None else _score(s.quality, score)),
+        )
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    metric(
+        "personad_hub_cpu_seconds",
+        "counter",
+        "CPU seconds (user + system).",
+        [("", usage.ru_utime + usage.ru_stime)],
+    )
+    metric("personad_hub_max_rss_bytes", "gauge", "Peak resident memory.", [("", usage.ru_maxrss * 1024)])
+    return "\n".join(lines) + "\n"
+
+
+def _score(report: Any, name: str) -> float | None:
+    part = getattr(report, name, None)
+    return None if part is None else getattr(part, "score", None)

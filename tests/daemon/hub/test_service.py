@@ -1,0 +1,200 @@
+"""The cap:hub service on a real bus, with a real inference service (SmolLM2 and MiniLM) beside it.
+
+Grants first (a token without them is refused every method), then a small
+job end to end through the bus: progress streamed to the caller, the
+output paged, the figures on /metrics; then validate inline, and the
+errors a client gets for what it cannot do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.bus import Bus
+from daemon.hub.service import HUB_GRANTS, HubService, hub_token
+from daemon.inference.embed import Embedder
+from daemon.inference.engine import AsyncEngine
+from daemon.inference.service import InferenceService, service_token
+from daemon.state import StateDir
+from protocol import ErrorCode, RpcError
+from tests.conftest import REPO, WAIT, eventually
+
+METHODS: dict[str, dict[str, Any]] = {
+    "hub.plan": {"count": 1},
+    "hub.run": {"requirements": {"count": 1}},
+    "hub.status": {},
+    "hub.cancel": {"job_id": "x"},
+    "hub.personas": {"job_id": "x"},
+    "hub.validate": {"personas": []},
+    "hub.compose": {"personas": [{"id": "a", "persona": "A potter.", "path": "import"}], "kind": "npc"},
+    "hub.register": {
+        "persona": {"id": "a", "persona": "A potter.", "path": "import"},
+        "persona_id": "potter",
+    },
+}
+SMALL_RUN = {"count": 4, "paths": {"structured": 1.0}, "quality": "fast", "seed": 2}
+
+
+@contextlib.asynccontextmanager
+async def services(
+    bus: Bus, state: StateDir, engine: AsyncEngine | None = None, embedder: Embedder | None = None
+) -> AsyncIterator[HubService]:
+    """hub:main (and, given an engine, inference:main) on ``bus``, each with its own token."""
+    stop = asyncio.Event()
+    tasks = []
+    if engine is not None:
+        inference = InferenceService(
+            engine, url=bus.url, token=service_token(state, "main"), embedder=embedder
+        )
+        tasks.append(asyncio.create_task(inference.run(stop)))
+    hub = HubService(url=bus.url, token=hub_token(state), state=state)
+    tasks.append(asyncio.create_task(hub.run(stop, metrics=("127.0.0.1", 0))))
+    await hub.client.wait_connected(WAIT)
+    if engine is not None:
+        await eventually(lambda: "inference:main" in bus.router.clients, what="inference connected")
+    try:
+        yield hub
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+
+
+async def test_a_token_without_the_grants_is_refused_every_method(
+    bus: Bus, state: StateDir, connect: Any
+) -> None:
+    async with services(bus, state):
+        persona = await connect(token=state.persona_token("eve", create=True), kind="persona", name="eve")
+        for method, params in METHODS.items():
+            with pytest.raises(RpcError) as caught:
+                await persona.call(method, params, to="cap:hub")
+            assert caught.value.code == ErrorCode.FORBIDDEN, method
+
+
+def test_the_hub_token_holds_exactly_what_the_service_calls(state: StateDir) -> None:
+    entry = state.tokens().verify(hub_token(state))
+    assert entry is not None
+    assert entry.subject == "hub:main"
+    assert set(entry.grants) == {"bus.*", "provide:hub", *HUB_GRANTS}
+    assert entry.allows("inference.generate", "cap:inference")
+    assert not entry.allows("memory.recall", "persona:mira")
+    assert not entry.allows("persona.update", "cap:registry")
+    text = (REPO / "systemd" / "personad-hub.service").read_text("utf-8")
+    for grant in HUB_GRANTS:
+        assert grant in text, grant
+
+
+async def test_a_small_job_runs_through_the_bus_with_progress_output_and_metrics(
+    bus: Bus, state: StateDir, connect: Any, hub_engine: AsyncEngine, hub_embedder: Embedder
+) -> None:
+    async with services(bus, state, hub_engine, hub_embedder) as hub:
+        admin = await connect(name="admin")
+        plan = await admin.call("hub.plan", SMALL_RUN, to="cap:hub")
+        assert plan["total_slots"] >= 4
+        notes: list[dict[str, Any]] = []
+
+        async def seen(note: Any) -> None:
+            notes.append(note.params)
+
+        status = await admin.call(
+            "hub.run",
+            {"requirements": SMALL_RUN, "job_id": "small", "wait": True},
+            to="cap:hub",
+            deadline_ms=600_000,
+            on_progress=seen,
+        )
+        assert status["state"] == "done", status["error"]
+        assert status["kept"] == 4
+        assert status["figures"]["made"] + status["figures"]["failed"] == plan["total_slots"]
+        assert status["quality"]["input"] == status["figures"]["made"]
+        assert notes
+        assert notes[-1]["state"] == "done"
+        assert all(n["job_id"] == "small" for n in notes)
+
+        page = await admin.call("hub.personas", {"job_id": "small", "limit": 3}, to="cap:hub")
+        assert page["total"] == 4
+        assert len(page["personas"]) == 3
+        assert page["next_offset"] == 3
+        rest = await admin.call("hub.personas", {"job_id": "small", "offset": 3}, to="cap:hub")
+        assert rest["next_offset"] is None
+        ids = [p["id"] for p in page["personas"] + rest["personas"]]
+        assert len(set(ids)) == 4
+        assert (state.root / "hub" / "jobs" / "small" / "report" / "report.json").is_file()
+
+        # The same job again with the same requirements is done already: nothing is redone.
+        again = await admin.call("hub.run", {"requirements": SMALL_RUN, "job_id": "small"}, to="cap:hub")
+        assert again["state"] == "done"
+        # With other requirements, the id is refused rather than mixing two runs.
+        with pytest.raises(RpcError) as caught:
+            await admin.call(
+                "hub.run", {"requirements": {**SMALL_RUN, "seed": 3}, "job_id": "small"}, to="cap:hub"
+            )
+        assert caught.value.code == ErrorCode.INVALID_PARAMS
+        assert caught.value.data["field"] == "job_id"
+
+        metrics = await _get_metrics(hub)
+        assert 'personad_hub_personas_made{job="small",state="done"}' in metrics
+        assert "personad_hub_kept" in metrics
+
+
+async def _get_metrics(hub: HubService) -> str:
+    port = await eventually(lambda: hub.metrics_port, what="metrics listening")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    body = (await reader.read()).decode()
+    writer.close()
+    assert body.startswith("HTTP/1.1 200")
+    return body
+
+
+async def test_validate_inline_removes_a_planted_copy_and_keeps_the_rest(
+    bus: Bus, state: StateDir, connect: Any, hub_engine: AsyncEngine, hub_embedder: Embedder
+) -> None:
+    personas = [
+        {"id": "a", "persona": "A retired lighthouse keeper in Maine who paints seabirds.", "path": "import"},
+        {"id": "b", "persona": "A retired lighthouse keeper in Maine who paints seabirds!", "path": "import"},
+        {
+            "id": "c",
+            "persona": "A Nairobi software engineer who coaches a youth football team.",
+            "path": "import",
+        },
+    ]
+    async with services(bus, state, hub_engine, hub_embedder):
+        admin = await connect(name="admin")
+        report = await admin.call(
+            "hub.validate", {"personas": personas, "thresholds": {"judge_sample": 0}}, to="cap:hub"
+        )
+        assert report["input"] == 3
+        assert report["kept"] == 2
+        removed = report["duplicates_removed"]["removed"]
+        assert [(r["id"], r["duplicate_of"]) for r in removed] == [("b", "a")]
+
+
+async def test_what_cannot_be_done_is_refused_naming_the_field(
+    bus: Bus, state: StateDir, connect: Any, tmp_path: Path
+) -> None:
+    async with services(bus, state):
+        admin = await connect(name="admin")
+        for params, field in (({"job_id": "nope"}, "job_id"),):
+            with pytest.raises(RpcError) as caught:
+                await admin.call("hub.status", params, to="cap:hub")
+            assert caught.value.code == ErrorCode.INVALID_PARAMS
+            assert caught.value.data["field"] == field
+        # A corpus is named, never a path: a client cannot make the service read /etc/passwd.
+        for corpus in ("/etc/passwd", "../secrets", "missing"):
+            with pytest.raises(RpcError) as caught:
+                await admin.call(
+                    "hub.run",
+                    {"requirements": {"count": 1, "paths": {"text": 1.0}, "corpus": corpus}},
+                    to="cap:hub",
+                )
+            assert caught.value.code == ErrorCode.INVALID_PARAMS
+            assert caught.value.data["field"] == "requirements.corpus"
+        with pytest.raises(RpcError) as caught:
+            await admin.call("hub.validate", {"personas": [], "job_id": "x"}, to="cap:hub")
+        assert caught.value.code == ErrorCode.INVALID_PARAMS
