@@ -52,14 +52,26 @@ _MAX_TOKENS: Final = 128
 
 _SYSTEM: Final = (
     "You check personas. Say whether the facts agree with the text. "
-    'Answer with JSON: {"consistent": true or false, "problem": "what disagrees, or empty"}.'
+    'Answer with JSON: {"consistent": true or false, "problem": "what disagrees, or none"}.'
 )
-#: One worked exchange: SmolLM2 follows an example far better than an instruction.
-_EXAMPLE_USER: Final = (
-    "Facts: age 30, male, occupation baker, lives in Leeds\n"
-    "Text: A 72-year-old retired baker from Leeds who bakes bread for his grandchildren."
+#: Two worked exchanges, one each way: a model follows examples far better than an
+#: instruction. SmolLM2-135M does not judge, it echoes (tried on four personas, two of them
+#: blatant contradictions): with one disagreeing example it answered false to agreeing
+#: personas with the example's problem word for word; with both, it gave the verdict of
+#: whichever came last to all four. The agreeing one comes last so that a model too small
+#: to judge raises no false alarms; a larger model on cap:inference makes the verdicts count.
+_EXAMPLES: Final = (
+    (
+        "Facts: age 30, male, occupation baker, lives in Leeds\n"
+        "Text: A woman of 72 who flies planes for an airline in Madrid.",
+        '{"consistent": false, "problem": "a woman pilot of 72 in Madrid, not a male baker of 30 in Leeds"}',
+    ),
+    (
+        "Facts: age 45, female, occupation teacher, lives in Oslo\n"
+        "Text: A 45-year-old teacher in Oslo who takes her pupils hiking.",
+        '{"consistent": true, "problem": "none"}',
+    ),
 )
-_EXAMPLE_ANSWER: Final = '{"consistent": false, "problem": "the text says 72 years old, the facts say 30"}'
 
 
 class JudgeFailed(PersonadError):
@@ -104,12 +116,12 @@ def describe_attributes(persona: HubPersona) -> str:
 
 def judge_messages(persona: HubPersona) -> list[ChatMessage]:
     text = " ".join(persona.persona.split())[:600]
-    return [
-        ChatMessage(role="system", content=_SYSTEM),
-        ChatMessage(role="user", content=_EXAMPLE_USER),
-        ChatMessage(role="assistant", content=_EXAMPLE_ANSWER),
-        ChatMessage(role="user", content=f"Facts: {describe_attributes(persona)}\nText: {text}"),
-    ]
+    messages = [ChatMessage(role="system", content=_SYSTEM)]
+    for asked, answered in _EXAMPLES:
+        messages.append(ChatMessage(role="user", content=asked))
+        messages.append(ChatMessage(role="assistant", content=answered))
+    messages.append(ChatMessage(role="user", content=f"Facts: {describe_attributes(persona)}\nText: {text}"))
+    return messages
 
 
 def parse_verdict(text: str) -> Verdict:
