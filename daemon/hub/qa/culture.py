@@ -60,10 +60,10 @@ def _key(value: str) -> str:
     return " ".join(value.lower().split())
 
 
-def _shares(weighted: Sequence[Weighted], norm: type[str] | None = None) -> dict[str, float]:
+def _shares(weighted: Sequence[Weighted], *, gender: bool = False) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
     for w in weighted:
-        totals[normalise_gender(w.value) if norm is not None else _key(w.value)] += w.weight
+        totals[normalise_gender(w.value) if gender else _key(w.value)] += w.weight
     whole = sum(totals.values())
     return {v: s / whole for v, s in totals.items()} if whole > 0 else {}
 
@@ -127,7 +127,7 @@ def balance(
         _balance_one(
             "gender",
             _observed(personas, "gender"),
-            _shares(targets.gender, norm=str),
+            _shares(targets.gender, gender=True),
             margin=margin,
             min_count=min_count,
         )
@@ -173,9 +173,9 @@ def stereotypes(
     for attribute in ("gender", "region"):
         values = _observed(personas, attribute)
         if attribute == "gender":
-            overall = _shares(targets.gender, norm=str) if targets is not None else _overall(values)
+            overall = _shares(targets.gender, gender=True) if targets is not None else _overall(values)
             own = {
-                _key(o): _shares(w, norm=str)
+                _key(o): _shares(w, gender=True)
                 for o, w in (targets.occupation_gender if targets else {}).items()
             }
         else:

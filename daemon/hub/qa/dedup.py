@@ -128,19 +128,20 @@ def dedup_minhash(
     lsh = MinHashLSH(threshold=max(0.05, threshold - _CANDIDATE_MARGIN), num_perm=num_perm)
     kept: list[int] = []
     removed: list[tuple[int, Removed]] = []
+    # The signatures as one matrix: a query's candidates are then estimated in one
+    # comparison (MinHash.jaccard one by one took 40% of the time on templated personas).
+    signatures = np.stack([mh.hashvalues for mh in hashes]) if hashes else np.zeros((0, num_perm))
     for i, mh in enumerate(hashes):
-        best: tuple[float, int] | None = None
-        for key in lsh.query(mh):
-            j = int(key)
-            estimate = float(mh.jaccard(hashes[j]))
-            # LSH returns candidates, some below the threshold: the estimate decides.
-            if estimate >= threshold and (best is None or (estimate, -j) > (best[0], -best[1])):
-                best = (estimate, j)
-        if best is None:
+        # LSH returns candidates, some below the threshold: the estimate decides.
+        candidates = np.array(sorted(int(key) for key in lsh.query(mh)), dtype=np.intp)
+        if len(candidates):
+            estimates = (signatures[candidates] == signatures[i]).mean(axis=1)
+            top = int(estimates.argmax())  # the first of the best: ties go to the earliest
+            estimate, j = float(estimates[top]), int(candidates[top])
+        if not len(candidates) or estimate < threshold:
             lsh.insert(str(i), mh)
             kept.append(i)
             continue
-        estimate, j = best
         a, b = shingles(texts[i]), shingles(texts[j])
         exact = len(a & b) / len(a | b) if a or b else 1.0
         removed.append(
