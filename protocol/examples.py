@@ -34,6 +34,15 @@ _CASE = {
     "source": "template",
 }
 
+#: A generated persona, as hub.* methods carry them.
+_HUB_PERSONA = {
+    "id": "h1a2b3c4d5e-17",
+    "persona": "A 41-year-old midwife in Porto who restores old bicycles with her teenage son.",
+    "name": "Ines",
+    "path": "structured",
+    "attributes": {"age": 41, "gender": "female", "occupation": "midwife", "region": "Porto"},
+}
+
 #: Example params for methods whose required members need a real-looking value.
 #: tests/protocol/test_reference.py validates each against the method's model.
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -211,6 +220,23 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "persona.plugin.remove": {"plugin_id": "report"},
     "persona.import": {"path": "/home/me/demo.pdbundle", "passphrase": "correct horse battery staple"},
+    "hub.plan": {"count": 1000, "paths": {"text": 1.0, "structured": 1.0}, "seed": 7},
+    "hub.run": {"requirements": {"count": 1000, "paths": {"structured": 1.0}, "seed": 7}, "wait": False},
+    "hub.progress": {
+        "job_id": "job-20261202-3fa9c1",
+        "state": "generating",
+        "done": 240,
+        "total": 1100,
+        "rate": 1.6,
+        "eta_s": 537.5,
+        "figures": {"made": 238, "failed": 2, "providers": 2, "in_flight": 16},
+    },
+    "hub.status": {"job_id": "job-20261202-3fa9c1", "watch": True},
+    "hub.cancel": {"job_id": "job-20261202-3fa9c1"},
+    "hub.personas": {"job_id": "job-20261202-3fa9c1", "offset": 0, "limit": 100},
+    "hub.validate": {"personas": [_HUB_PERSONA], "thresholds": {"judge_sample": 0}},
+    "hub.compose": {"personas": [_HUB_PERSONA], "kind": "math", "per_persona": 2, "seed": 1},
+    "hub.register": {"persona": _HUB_PERSONA, "persona_id": "ines", "activate": True},
     "skill.announce": {
         "skill": "legal.patent",
         "effectiveness": 0.82,

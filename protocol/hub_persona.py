@@ -29,8 +29,8 @@ __all__ = [
     "HUB_PERSONA_ID_PATTERN",
     "MAX_PERSONA_CHARS",
     "PATHS",
-    "Attributes",
     "AttributeTargets",
+    "Attributes",
     "BigFive",
     "HubPersona",
     "Path",
@@ -73,7 +73,9 @@ class Attributes(StrictParams):
     language: Annotated[str, Field(max_length=40)] | None = Field(
         None, description="the language the persona is written in (BCP 47, e.g. en)"
     )
-    interests: Annotated[list[Label], Field(max_length=8)] = Field([], description="what the person cares about")
+    interests: Annotated[list[Label], Field(max_length=8)] = Field(
+        [], description="what the person cares about"
+    )
     traits: BigFive | None = Field(None, description="Big Five traits, when sampled or stated")
 
 

@@ -283,7 +283,7 @@ def _run(args: argparse.Namespace, state: StateDir, url: str) -> int:
     report = outcome.validation.report
     print(
         f"{len(outcome.kept)} personas in {out} ({outcome.generated} generated, {outcome.failed} failed, "
-        f"{report.duplicates_removed.total} duplicates removed); report: {', '.join(str(p) for p in written)}"
+        f"{report.input - report.kept} duplicates removed); report: {', '.join(str(p) for p in written)}"
     )
     return 0
 
@@ -332,7 +332,7 @@ def _validate(args: argparse.Namespace, state: StateDir, url: str) -> int:
     written = write_report(validation, report_dir)
     report = validation.report
     print(
-        f"{report.input} personas, {report.kept} kept, {report.duplicates_removed.total} duplicates removed; "
+        f"{report.input} personas, {report.kept} kept, {report.input - report.kept} duplicates removed; "
         f"report: {', '.join(str(p) for p in written)}"
     )
     return 0

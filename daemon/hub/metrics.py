@@ -64,12 +64,25 @@ def render_metrics(jobs: Sequence[_Job]) -> str:
         per_job(lambda s: s.figures.in_flight),
     )
     metric("personad_hub_kept", "gauge", "Personas in a finished job's output.", per_job(lambda s: s.kept))
-    for score in ("coherence", "authenticity", "diversity", "cultural"):
+    figures = {
+        "coherence": (
+            "share of personas whose attributes agree with their text",
+            lambda q: q.coherence.score,
+        ),
+        "authenticity": ("mean authenticity score", lambda q: q.authenticity.mean),
+        "diversity_spread": ("mean pairwise cosine distance", lambda q: q.diversity.spread),
+        "diversity_entropy": ("normalised cluster entropy", lambda q: q.diversity.cluster_entropy),
+        "cultural_flags": (
+            "balance and stereotype flags",
+            lambda q: q.cultural.balance_flags + len(q.cultural.stereotypes),
+        ),
+    }
+    for name, (help_, pick) in figures.items():
         metric(
-            f"personad_hub_quality_{score}",
+            f"personad_hub_quality_{name}",
             "gauge",
-            f"The {score} score of a finished job (0..1).",
-            per_job(lambda s, score=score: None if s.quality is None else _score(s.quality, score)),
+            f"A finished job's {help_}.",
+            per_job(lambda s, pick=pick: None if s.quality is None else pick(s.quality)),
         )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     metric(
@@ -80,8 +93,3 @@ def render_metrics(jobs: Sequence[_Job]) -> str:
     )
     metric("personad_hub_max_rss_bytes", "gauge", "Peak resident memory.", [("", usage.ru_maxrss * 1024)])
     return "\n".join(lines) + "\n"
-
-
-def _score(report: Any, name: str) -> float | None:
-    part = getattr(report, name, None)
-    return None if part is None else getattr(part, "score", None)

@@ -26,10 +26,10 @@ from typing import Any, Final
 from protocol.commands.hub_plan import Plan, Requirements
 from protocol.commands.hub_quality import QualityThresholds
 from protocol.commands.inference import GenerateParams, GenerateResult
-from protocol.hub_persona import HubPersona
+from protocol.hub_persona import AttributeTargets, HubPersona
 
 from ..files import atomic_write
-from . import architect, generator
+from . import architect, attributes, generator
 from .corpus import Passage, load_corpus
 from .journal import Journal
 from .orchestrator import PER_PROVIDER, Generate, RunStats, SlotWork, generate_slots
@@ -119,6 +119,18 @@ def _corpus_path(name: str, root: Path | None) -> Path:
     return root / name
 
 
+def targets_for(plan: Plan) -> AttributeTargets:
+    """The population the balance checks hold a run to.
+
+    A structured run sampled from the targets with the built-in lists filling
+    what was left empty, so it is checked against that same population; the
+    other paths read attributes off free text, checked against what was
+    declared only (an empty occupation list is not a target for them).
+    """
+    targets = plan.requirements.targets
+    return attributes.resolved(targets) if set(plan.requirements.paths) == {"structured"} else targets
+
+
 def thresholds_for(plan: Plan, generated: int) -> QualityThresholds:
     """The checks' knobs from the plan's QA settings."""
     qa = plan.qa
@@ -170,7 +182,7 @@ async def run_prepared(
     validation = await validate(
         personas,
         embed=embed,
-        targets=plan.requirements.targets,
+        targets=targets_for(plan),
         judge=judge_with(generate) if plan.qa.judge else None,
         thresholds=thresholds_for(plan, len(personas)),
         progress=on_check,

@@ -13,8 +13,7 @@ four kinds of item:
 * ``npc``: a game character sheet inspired by the person (name, role,
   appearance, motivation, two or three lines of dialogue).
 
-These models are registered by the hub service's own module; this one only
-defines them.
+``hub.compose`` (protocol/commands/hub.py) returns these items.
 """
 
 from __future__ import annotations
@@ -24,13 +23,11 @@ from typing import Annotated, Final, Literal
 from pydantic import Field
 
 from ..hub_persona import HUB_PERSONA_ID_PATTERN
-from .registry import StrictModel, StrictParams
+from .registry import StrictModel
 
 __all__ = [
     "COMPOSE_KINDS",
     "ComposeKind",
-    "ComposeParams",
-    "ComposeResult",
     "ComposedItem",
     "NpcSheet",
 ]
@@ -39,7 +36,6 @@ __all__ = [
 COMPOSE_KINDS: Final = ("instruction", "math", "knowledge", "npc")
 
 ComposeKind = Literal["instruction", "math", "knowledge", "npc"]
-RunId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
 class NpcSheet(StrictModel):
@@ -64,24 +60,3 @@ class ComposedItem(StrictModel):
     )
     answer: float | None = Field(None, description="math: the model's own answer, NOT checked")
     npc: NpcSheet | None = Field(None, description="npc: the character sheet")
-
-
-class ComposeParams(StrictParams):
-    """Write items for the personas of a finished run."""
-
-    run: RunId = Field(description="the run whose kept personas write")
-    kinds: Annotated[list[ComposeKind], Field(min_length=1, max_length=4)] = Field(
-        description="which kinds of item, each written once per persona"
-    )
-    limit: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
-        None, description="at most this many personas (the first in the run's output); null: all"
-    )
-    seed: Annotated[int, Field(ge=0, lt=2**63)] = Field(0, description="items follow from it")
-
-
-class ComposeResult(StrictModel):
-    """What a compose wrote."""
-
-    output: str = Field(description="the .jsonl file the items were written to")
-    written: int = Field(description="items written")
-    failed: int = Field(description="items the model did not finish or got wrong (not written)")

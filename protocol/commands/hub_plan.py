@@ -8,8 +8,7 @@ path gets, the persona path's hop structure, the domain split, the model
 calls and token budgets, the time it should take at a measured rate, and
 the quality checks' settings. A run carries out a plan slot by slot.
 
-These models are registered by the hub service's own module; this one only
-defines them.
+``hub.plan`` and ``hub.run`` (protocol/commands/hub.py) take and return these.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ async def test_a_damaged_line_before_the_end_is_refused_not_skipped(tmp_path: Pa
     await journal.record(1, persona(1))
     journal.close()
     path = tmp_path / JOURNAL_FILE
-    first, second, _ = path.read_bytes().split(b"\n")
+    _, second, _ = path.read_bytes().split(b"\n")
     path.write_bytes(b"{not json\n" + second + b"\n")
     with pytest.raises(JournalError, match=r"journal.jsonl:1 is damaged"):
         Journal.open(tmp_path, PLAN)

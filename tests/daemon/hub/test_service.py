@@ -139,7 +139,8 @@ async def test_a_small_job_runs_through_the_bus_with_progress_output_and_metrics
 
         metrics = await _get_metrics(hub)
         assert 'personad_hub_personas_made{job="small",state="done"}' in metrics
-        assert "personad_hub_kept" in metrics
+        assert 'personad_hub_kept{job="small",state="done"} 4' in metrics
+        assert 'personad_hub_quality_coherence{job="small",state="done"}' in metrics
 
 
 async def _get_metrics(hub: HubService) -> str:
