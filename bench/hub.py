@@ -195,7 +195,9 @@ async def one_run(
         "removed": report.duplicates_removed.removed_by_stage,
         "generating_s": round(generating, 1),
         "checking_s": round(end - marks.get("checking", end), 1),
-        "personas_per_s": round(len(prepared.slots) / generating, 3),
+        # A run resumed from its journal (the same --report again) counts only the slots it made now.
+        "resumed": stats.resumed,
+        "personas_per_s": round((len(prepared.slots) - stats.resumed) / generating, 3),
         "tokens": stats.tokens,
         "coherence": report.coherence.score,
         "authenticity": report.authenticity.mean,

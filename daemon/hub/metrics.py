@@ -7,11 +7,12 @@ quality scores. A few lines of text; no client library needed.
 
 from __future__ import annotations
 
+import asyncio
 import resource
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["render_metrics"]
+__all__ = ["render_metrics", "serve_metrics"]
 
 
 class _Job(Protocol):
@@ -93,3 +94,37 @@ def render_metrics(jobs: Sequence[_Job]) -> str:
     )
     metric("personad_hub_max_rss_bytes", "gauge", "Peak resident memory.", [("", usage.ru_maxrss * 1024)])
     return "\n".join(lines) + "\n"
+
+
+async def serve_metrics(
+    host: str, port: int, *, render: Callable[[], str], bound: Callable[[str, int], None]
+) -> None:
+    """Answer ``GET /metrics`` with ``render()`` on host:port until cancelled (one request per connection).
+
+    A request line must come within 5 s and fit asyncio's 64 KiB line limit;
+    anything else gets 404. ``bound(host, port)`` is told where it listens.
+    """
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5.0)
+            ok = request.split(b" ")[:2] == [b"GET", b"/metrics"]
+            body = render().encode() if ok else b"not found\n"
+            head = b"HTTP/1.1 200 OK\r\n" if ok else b"HTTP/1.1 404 Not Found\r\n"
+            writer.write(
+                head
+                + b"Content-Type: text/plain; version=0.0.4\r\nConnection: close\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (OSError, TimeoutError, ValueError):
+            pass  # a client that went away, said nothing, or sent an endless line
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, host, port)
+    where = server.sockets[0].getsockname()
+    bound(where[0], where[1])
+    async with server:
+        await server.serve_forever()

@@ -24,7 +24,6 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,13 +40,13 @@ from protocol.hub_persona import HubPersona
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
 from ..errors import PersonadError
-from ..files import atomic_write
 from ..serving import announce, serve_until
 from ..state import StateDir
 from ..systemd_notify import Notifier
 from . import architect, composer, designer, generator
+from .jobs import JOB_FILE, Job
 from .journal import Journal, JournalError
-from .metrics import render_metrics
+from .metrics import render_metrics, serve_metrics
 from .orchestrator import RunFailed, RunStats
 from .qa.judge import judge_with
 from .qa.validate import validate
@@ -71,7 +70,6 @@ MAX_RUNNING: Final = 2
 GENERATE_DEADLINE_MS: Final = 300_000
 #: Progress is sent at most this often per job (and at every change of stage).
 PROGRESS_EVERY_S: Final = 1.0
-JOB_FILE: Final = "job.json"
 OUTPUT_FILE: Final = "personas.jsonl"
 REPORT_DIR: Final = "report"
 
@@ -86,56 +84,6 @@ def hub_token(state: StateDir) -> str:
         provides=(CAPABILITY,),
         grants=HUB_GRANTS,
     )
-
-
-@dataclass
-class Job:
-    job_id: str
-    requirements: Requirements
-    folder: Path
-    created_at: float
-    stats: RunStats
-    state: m.JobState = "generating"
-    error: str | None = None
-    finished_at: float | None = None
-    kept: int | None = None
-    quality: QualityReport | None = None
-    task: asyncio.Task[None] | None = None
-    watchers: list[CallContext] = field(default_factory=list)
-    last_sent: float = 0.0
-    last_stage: str = ""
-
-    def status(self) -> m.JobStatus:
-        figures = self.stats.figures()
-        if self.state not in ("generating", "checking"):
-            figures["stage"] = self.state
-        return m.JobStatus(
-            job_id=self.job_id,
-            state=self.state,
-            requirements=self.requirements,
-            figures=m.JobFigures(**figures),
-            quality=self.quality,
-            kept=self.kept,
-            error=self.error,
-            created_at=self.created_at,
-            finished_at=self.finished_at,
-        )
-
-    def save(self) -> None:
-        record = {
-            "job_id": self.job_id,
-            "requirements": self.requirements.model_dump(mode="json"),
-            "created_at": self.created_at,
-            "state": self.state,
-            "error": self.error,
-            "finished_at": self.finished_at,
-            "kept": self.kept,
-        }
-        atomic_write(self.folder / JOB_FILE, (json.dumps(record, indent=1) + "\n").encode())
-
-    @property
-    def running(self) -> bool:
-        return self.task is not None and not self.task.done()
 
 
 class HubService:
@@ -402,6 +350,13 @@ class HubService:
             "persona.create", {"profile": profile.model_dump(mode="json")}, to="cap:registry"
         )
 
+    def _metrics(self) -> str:
+        return render_metrics(list(self.jobs.values()))
+
+    def _metrics_bound(self, host: str, port: int) -> None:
+        self.metrics_port = port
+        print(f"personad hub: metrics on http://{host}:{port}/metrics", flush=True)
+
     def _job(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
@@ -458,7 +413,7 @@ class HubService:
 
         background = [start()]
         if metrics is not None:
-            background.append(self._serve_metrics(*metrics))
+            background.append(serve_metrics(*metrics, render=self._metrics, bound=self._metrics_bound))
 
         async def end_jobs() -> None:
             # Cancelled jobs keep their journals; the next start resumes them, so
@@ -477,32 +432,6 @@ class HubService:
         await serve_until(
             self.client, self.notifier, stop, who="hub", background=background, on_stopping=end_jobs
         )
-
-    async def _serve_metrics(self, host: str, port: int) -> None:
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                request = await asyncio.wait_for(reader.readline(), 5.0)
-                ok = request.split(b" ")[:2] == [b"GET", b"/metrics"]
-                body = render_metrics(list(self.jobs.values())).encode() if ok else b"not found\n"
-                head = b"HTTP/1.1 200 OK\r\n" if ok else b"HTTP/1.1 404 Not Found\r\n"
-                writer.write(
-                    head
-                    + b"Content-Type: text/plain; version=0.0.4\r\nConnection: close\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-                await writer.drain()
-            except (OSError, TimeoutError, ValueError):
-                pass
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(answer, host, port)
-        bound = server.sockets[0].getsockname()
-        self.metrics_port = bound[1]
-        print(f"personad hub: metrics on http://{bound[0]}:{bound[1]}/metrics", flush=True)
-        async with server:
-            await server.serve_forever()
 
 
 def _read_lines(path: Path) -> list[str]:
