@@ -24,7 +24,7 @@ a bus client with the admin token, and only measures.
 3. **Dedup per core** at ``--dedup`` personas: the persona texts of every
    run above, then structured attribute sets written out as sentences here
    (synthetic, no model: throughput does not depend on who wrote the text)
-   up to the count, with 5% near-copies planted. MinHash LSH (the hub's
+   up to the count, with 5% near-copies planted, shuffled. MinHash LSH (the hub's
    stage) against the baseline a user would write instead, exact Jaccard
    of every pair's shingle sets, on the first ``--exact`` texts; the pairs
    each finds at 0.9, and personas/s. Then the embedding stage on real
@@ -226,12 +226,18 @@ def synthetic(count: int, seed: int) -> list[str]:
     return out
 
 
-def plant(texts: list[str], share: float, seed: int) -> tuple[list[str], int]:
-    """Append near-copies (a word's case changed and punctuation added) of ``share`` of the texts."""
+def plant(texts: list[str], count: int, seed: int) -> list[str]:
+    """``texts`` with ``count`` near-copies added (a word's case changed, punctuation added), shuffled.
+
+    Shuffled so that any prefix (the exact baseline's) holds copies and their originals.
+    """
     rng = random.Random(seed)
-    picked = rng.sample(range(len(texts)), int(len(texts) * share))
-    copies = [texts[i].replace(" who ", " Who ", 1).rstrip(".") + "!" for i in picked]
-    return texts + copies, len(copies)
+    copies = [
+        texts[i].replace(" who ", " Who ", 1).rstrip(".") + "!" for i in rng.sample(range(len(texts)), count)
+    ]
+    out = texts + copies
+    rng.shuffle(out)
+    return out
 
 
 def exact_pairs(texts: list[str], threshold: float) -> tuple[set[tuple[int, int]], float]:
@@ -359,10 +365,11 @@ async def batching(models: Models, args: argparse.Namespace, tmp: Path) -> dict[
 
 async def dedup_section(models: Models, args: argparse.Namespace, figures: dict[str, Any]) -> dict[str, Any]:
     """Dedup per core on the generated texts topped up with synthetic ones, against exact Jaccard."""
-    texts = [t for run in figures["runs"] for t in run["personas"]][: args.dedup]
+    planted = args.dedup // 20
+    texts = [t for run in figures["runs"] for t in run["personas"]][: args.dedup - planted]
     real = len(texts)
-    base, planted = plant(synthetic(args.dedup - real - int(args.dedup * 0.05), 3) + texts, 0.05, 4)
-    d = await dedup_figures(models, base[: args.dedup], args.exact)
+    texts = plant(texts + synthetic(args.dedup - planted - real, 3), planted, 4)
+    d = await dedup_figures(models, texts, args.exact)
     d.update(real_texts=real, planted=planted)
     print(
         f"dedup of {d['n']} ({real} generated, the rest synthetic, {planted} planted copies), one core: "

@@ -89,18 +89,24 @@ def served(hub: ChatServices, name: str) -> int:
     return int(json.loads(done.stdout)["served"])
 
 
-def test_a_run_killed_mid_way_resumes_to_exactly_the_uninterrupted_output(
-    hub: ChatServices, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def uninterrupted(hub: ChatServices, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run to the end (the reference), checked to have been shared by both inference services."""
     before = {name: served(hub, name) for name in ("a", "b")}
-    whole = tmp_path / "whole.jsonl"
+    whole = tmp_path_factory.mktemp("hub-run") / "whole.jsonl"
     done = cli(hub, "hub", "run", *RUN, "--out", str(whole))
     assert done.returncode == 0, done.stderr
     assert "8 personas in" in done.stdout
     # Both services took part of the work: the bus hands each request to the least busy.
     after = {name: served(hub, name) for name in ("a", "b")}
     assert all(after[name] > before[name] for name in ("a", "b")), (before, after)
+    return whole
 
+
+def test_a_run_killed_mid_way_resumes_to_exactly_the_uninterrupted_output(
+    hub: ChatServices, uninterrupted: Path, tmp_path: Path
+) -> None:
+    whole = uninterrupted
     killed = tmp_path / "killed.jsonl"
     journal = Path(str(killed) + ".hub") / "journal.jsonl"
     env = {**os.environ, "PERSONAD_STATE_DIR": str(hub.state.root), "PERSONAD_URL": hub.url}
@@ -158,26 +164,11 @@ def test_validate_reports_on_a_finepersonas_file(hub: ChatServices, tmp_path: Pa
     assert list(out.glob("*.png"))
 
 
-def test_a_generated_persona_is_registered_active(hub: ChatServices, tmp_path: Path) -> None:
-    out = tmp_path / "few.jsonl"
-    done = cli(
-        hub,
-        "hub",
-        "run",
-        "--count",
-        "2",
-        "--path",
-        "structured",
-        "--seed",
-        "3",
-        "--quality",
-        "fast",
-        "--out",
-        str(out),
+def test_a_generated_persona_is_registered_active(hub: ChatServices, uninterrupted: Path) -> None:
+    first = json.loads(uninterrupted.read_text().splitlines()[0])
+    registered = cli(
+        hub, "hub", "register", str(uninterrupted), first["id"], "--as", "hub-first", "--activate"
     )
-    assert done.returncode == 0, done.stderr
-    first = json.loads(out.read_text().splitlines()[0])
-    registered = cli(hub, "hub", "register", str(out), first["id"], "--as", "hub-first", "--activate")
     assert registered.returncode == 0, registered.stderr
     got = cli(hub, "call", "cap:registry", "persona.get", json.dumps({"persona_id": "hub-first"}), "--json")
     assert got.returncode == 0, got.stderr
