@@ -347,6 +347,7 @@ def _compose(args: argparse.Namespace, state: StateDir, url: str) -> int:
     from ..errors import PersonadError
     from ..files import atomic_write
     from . import composer, generator
+    from .orchestrator import PER_PROVIDER, generate_patiently
 
     if not args.out:
         raise _Usage("give --out FILE.jsonl")
@@ -356,21 +357,22 @@ def _compose(args: argparse.Namespace, state: StateDir, url: str) -> int:
 
         async def work(generate: Any, embed: Any, providers: Any) -> list[Any]:
             done = 0
-            gate = asyncio.Semaphore(8 * max(1, await providers()))
+            gate = asyncio.Semaphore(PER_PROVIDER * max(1, await providers()))
             tasks = [(p, n) for p in personas for n in range(args.per_persona)]
 
             async def one(persona: Any, n: int) -> Any:
                 nonlocal done
                 seed = composer.item_seed(args.seed, f"{persona.id}/{n}" if n else persona.id, args.kind)
                 async with gate:
-                    try:
-                        result = await generate(composer.params_for(persona, args.kind, seed=seed))
-                        item = composer.item_from(persona, args.kind, result, seed=seed)
-                    except generator.GenerationFailed:
-                        item = None
+                    result = await generate_patiently(
+                        generate, composer.params_for(persona, args.kind, seed=seed)
+                    )
                 done += 1
                 bar.update(f"compose {args.kind}", done, len(tasks))
-                return item
+                try:
+                    return composer.item_from(persona, args.kind, result, seed=seed)
+                except generator.GenerationFailed:
+                    return None
 
             return await asyncio.gather(*(one(p, n) for p, n in tasks))
 

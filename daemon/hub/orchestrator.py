@@ -56,7 +56,9 @@ __all__ = [
     "RunFailed",
     "RunStats",
     "SlotWork",
+    "generate_patiently",
     "generate_slots",
+    "transient_pause",
 ]
 
 log = logging.getLogger("personad.hub.orchestrator")
@@ -165,6 +167,29 @@ class RunStats:
         }
 
 
+def transient_pause(exc: RpcError) -> float | None:
+    """Seconds to wait before sending the same request again; None when the error is not a "not now"."""
+    if exc.code not in TRANSIENT:
+        return None
+    after = exc.data.get("retry_after_ms") if isinstance(exc.data, dict) else None
+    return min(5.0, (after if isinstance(after, int | float) else 500) / 1000)
+
+
+async def generate_patiently(
+    generate: Generate, params: GenerateParams, *, patience_s: float = 120.0
+) -> GenerateResult:
+    """``generate(params)``, sent again after each "not now" (busy, gone, slow) for up to ``patience_s``."""
+    started = time.monotonic()
+    while True:
+        try:
+            return await generate(params)
+        except RpcError as exc:
+            pause = transient_pause(exc)
+            if pause is None or time.monotonic() - started > patience_s:
+                raise
+            await asyncio.sleep(pause)
+
+
 def attempt_seed(seed: int | None, attempt: int) -> int | None:
     """The seed of a slot's ``attempt`` (0: its own): derived, so a resumed run retries alike."""
     if attempt == 0 or seed is None:
@@ -245,7 +270,8 @@ async def generate_slots(
                 finally:
                     stats.in_flight -= 1
             except RpcError as exc:
-                if exc.code not in TRANSIENT:
+                pause = transient_pause(exc)
+                if pause is None:
                     raise RunFailed(f"the model could not be asked: {exc.message} ({exc.code})") from exc
                 stats.retries += 1
                 stats.last_error = f"{ErrorCode(exc.code).name}: {exc.message}"
@@ -254,8 +280,7 @@ async def generate_slots(
                         f"no inference service answered for {patience_s:.0f} s (last: {stats.last_error}); "
                         "start one (personad inference) and run the same command again to resume"
                     ) from exc
-                pause = (exc.data or {}).get("retry_after_ms") if isinstance(exc.data, dict) else None
-                await asyncio.sleep(min(5.0, (pause or 500) / 1000))
+                await asyncio.sleep(pause)
                 continue
             last_success[0] = time.monotonic()
             try:

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from protocol import ErrorCode, RpcError
 from protocol.commands import hub as m
+from protocol.commands.hub_compose import ComposedItem
 from protocol.commands.hub_plan import Plan, Requirements
 from protocol.commands.hub_quality import QualityReport
 from protocol.commands.inference import GenerateParams, GenerateResult
@@ -47,7 +48,7 @@ from . import architect, composer, designer, generator
 from .jobs import JOB_FILE, Job
 from .journal import Journal, JournalError
 from .metrics import render_metrics, serve_metrics
-from .orchestrator import RunFailed, RunStats
+from .orchestrator import PER_PROVIDER, RunFailed, RunStats, generate_patiently
 from .qa.judge import judge_with
 from .qa.validate import validate
 from .runner import prepare, run_prepared, write_output
@@ -310,36 +311,40 @@ class HubService:
 
     async def compose(self, p: m.ComposeParams, ctx: CallContext) -> m.ComposeResult:
         work = [(persona, n) for persona in p.personas for n in range(p.per_persona)]
-        items: list[Any] = []
-        failed = 0
+        gate = asyncio.Semaphore(PER_PROVIDER * max(1, await self._providers_or_one()))
         done = 0
 
-        async def one(persona: HubPersona, n: int) -> None:
-            nonlocal failed, done
+        async def one(persona: HubPersona, n: int) -> ComposedItem | None:
+            nonlocal done
             seed = composer.item_seed(p.seed, f"{persona.id}/{n}" if n else persona.id, p.kind)
-            try:
-                result = await self.generate(composer.params_for(persona, p.kind, seed=seed))
-                items.append((persona.id, n, composer.item_from(persona, p.kind, result, seed=seed)))
-            except generator.GenerationFailed:
-                failed += 1
+            async with gate:
+                result = await generate_patiently(
+                    self.generate, composer.params_for(persona, p.kind, seed=seed)
+                )
             done += 1
-            await ctx.progress(
-                "hub.progress",
-                m.ProgressParams(
-                    job_id="compose",
-                    state="composing",
-                    done=done,
-                    total=len(work),
-                    rate=0.0,
-                    eta_s=None,
-                    figures={},
-                ).model_dump(mode="json"),
-            )
+            _background(
+                ctx.progress(
+                    "hub.progress",
+                    m.ProgressParams(
+                        job_id="compose", state="composing", done=done, total=len(work), rate=0.0, eta_s=None,
+                        figures={},
+                    ).model_dump(mode="json"),
+                )
+            )  # fmt: skip
+            try:
+                return composer.item_from(persona, p.kind, result, seed=seed)
+            except generator.GenerationFailed:
+                return None
 
-        await asyncio.gather(*(one(persona, n) for persona, n in work))
-        order = {(persona.id, n): i for i, (persona, n) in enumerate(work)}
-        items.sort(key=lambda entry: order[(entry[0], entry[1])])
-        return m.ComposeResult(items=[item for _, _, item in items], failed=failed)
+        items = await asyncio.gather(*(one(persona, n) for persona, n in work))
+        kept = [item for item in items if item is not None]
+        return m.ComposeResult(items=kept, failed=len(items) - len(kept))
+
+    async def _providers_or_one(self) -> int:
+        try:
+            return await self.providers()
+        except RpcError:
+            return 1
 
     async def register(self, p: m.RegisterParams, ctx: CallContext) -> Any:
         profile = designer.persona_profile(p.persona, now=time.time())

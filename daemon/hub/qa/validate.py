@@ -183,8 +183,15 @@ async def validate(
 
     ids = [p.id for p in personas]
     report_progress("minhash", 0, len(personas))
-    first = dedup_minhash(
-        ids, [p.persona for p in personas], threshold=t.minhash_threshold, num_perm=t.num_perm, seed=t.seed
+    # The CPU-bound stages run on a worker thread: in the hub service they would
+    # otherwise hold its event loop (and every other caller) for seconds at 10,000.
+    first = await asyncio.to_thread(
+        dedup_minhash,
+        ids,
+        [p.persona for p in personas],
+        threshold=t.minhash_threshold,
+        num_perm=t.num_perm,
+        seed=t.seed,
     )
     report_progress("minhash", len(personas), len(personas))
     lap("minhash")
@@ -192,7 +199,11 @@ async def validate(
     vectors = await _embed_all([p.persona for p in survivors], embed, report_progress)
     lap("embed")
     report_progress("embedding", 0, len(survivors))
-    second = dedup_embeddings(vectors, threshold=t.embedding_threshold) if len(survivors) else None
+    second = (
+        await asyncio.to_thread(dedup_embeddings, vectors, threshold=t.embedding_threshold)
+        if len(survivors)
+        else None
+    )
     report_progress("embedding", len(survivors), len(survivors))
     lap("embedding")
     removed: list[tuple[int, Removed]] = list(first.removed)
@@ -217,15 +228,17 @@ async def validate(
     coherence = await _coherence(kept, judge, t, report_progress)
     lap("coherence")
     report_progress("authenticity", 0, len(kept))
-    authenticity = _authenticity(kept, t.worst)
+    authenticity = await asyncio.to_thread(_authenticity, kept, t.worst)
     report_progress("authenticity", len(kept), len(kept))
     lap("authenticity")
     report_progress("diversity", 0, len(kept))
-    spread, clusters = diversity(kept, embeddings, targets, seed=t.seed)
+    spread, clusters = await asyncio.to_thread(diversity, kept, embeddings, targets, seed=t.seed)
     report_progress("diversity", len(kept), len(kept))
     lap("diversity")
     report_progress("cultural", 0, len(kept))
-    culture = cultural(kept, targets, alpha=t.alpha, margin=t.balance_margin, min_count=t.min_count)
+    culture = await asyncio.to_thread(
+        cultural, kept, targets, alpha=t.alpha, margin=t.balance_margin, min_count=t.min_count
+    )
     report_progress("cultural", len(kept), len(kept))
     lap("cultural")
 

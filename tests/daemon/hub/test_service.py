@@ -199,3 +199,39 @@ async def test_what_cannot_be_done_is_refused_naming_the_field(
         with pytest.raises(RpcError) as caught:
             await admin.call("hub.validate", {"personas": [], "job_id": "x"}, to="cap:hub")
         assert caught.value.code == ErrorCode.INVALID_PARAMS
+
+
+async def test_compose_writes_in_each_personas_voice_through_the_bus(
+    bus: Bus, state: StateDir, connect: Any, hub_engine: AsyncEngine, hub_embedder: Embedder
+) -> None:
+    personas = [
+        {
+            "id": "p-1",
+            "persona": "A beekeeper in Ljubljana who sells honey at the Saturday market.",
+            "path": "import",
+        },
+        {
+            "id": "p-2",
+            "persona": "A night-shift taxi driver in Seoul who studies law by day.",
+            "path": "import",
+        },
+    ]
+    async with services(bus, state, hub_engine, hub_embedder):
+        admin = await connect(name="admin")
+        notes: list[Any] = []
+
+        async def seen(note: Any) -> None:
+            notes.append(note.params)
+
+        result = await admin.call(
+            "hub.compose",
+            {"personas": personas, "kind": "instruction", "seed": 3},
+            to="cap:hub",
+            deadline_ms=300_000,
+            on_progress=seen,
+        )
+        assert len(result["items"]) + result["failed"] == 2
+        assert {item["persona_id"] for item in result["items"]} <= {"p-1", "p-2"}
+        assert all(item["kind"] == "instruction" and item["text"] for item in result["items"])
+        assert notes
+        assert notes[-1]["total"] == 2
