@@ -304,19 +304,27 @@ def plot(figures: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = figures["runs"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = {"text": "C0", "persona": "C1", "structured": "C2"}
+    styles = {"coherence": "-", "authenticity": "--", "spread": ":"}
     for path in sorted({r["path"] for r in runs}):
         mine = sorted((r for r in runs if r["path"] == path), key=lambda r: r["count"])
         counts = [r["count"] for r in mine]
-        axes[0].plot(counts, [r["personas_per_s"] for r in mine], marker="o", label=path)
-        for key, style in (("coherence", "-"), ("authenticity", "--"), ("spread", ":")):
-            axes[1].plot(counts, [r[key] for r in mine], style, marker="o", label=f"{path} {key}")
-    for ax, title in ((axes[0], "personas/s (generating stage)"), (axes[1], "quality by scale")):
+        colour = colours.get(path, "C3")
+        axes[0].plot(counts, [r["personas_per_s"] for r in mine], marker="o", color=colour, label=path)
+        for key, style in styles.items():
+            axes[1].plot(
+                counts, [r[key] for r in mine], style, marker="o", color=colour, label=f"{path}: {key}"
+            )
+    axes[0].set_ylim(bottom=0)
+    axes[1].set_ylim(0, 1)
+    for ax, title in ((axes[0], "personas/s (generating stage)"), (axes[1], "quality by scale (0..1)")):
         ax.set_xscale("log")
         ax.set_xlabel("personas asked for")
         ax.set_title(title)
-        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
