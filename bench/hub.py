@@ -17,12 +17,13 @@ a bus client with the admin token, and only measures.
    model judge, whose SmolLM2 verdicts carry no signal, docs/hub_quality.md).
    Each prints personas/s of the generating stage (slots finished / its
    seconds), the checking stage's seconds, what dedup removed and the quality
-   figures, so quality can be compared across scales.
+   figures, so quality can be compared across scales. Runs of up to 100 come
+   first, then 2 and 3, then the larger runs (the long part).
 2. **Batched against unbatched**: the same ``--batch-check`` structured
    slots (same seed) with one request in flight against ``--max-batch`` per
    provider; the ratio of personas/s.
-3. **Dedup per core** at ``--dedup`` personas: the persona texts of every
-   run above, then structured attribute sets written out as sentences here
+3. **Dedup per core** at ``--dedup`` personas: the persona texts of the
+   runs so far, then structured attribute sets written out as sentences here
    (synthetic, no model: throughput does not depend on who wrote the text)
    up to the count, with 5% near-copies planted, shuffled. MinHash LSH (the hub's
    stage) against the baseline a user would write instead, exact Jaccard
@@ -77,6 +78,9 @@ from protocol.commands.hub_plan import Requirements
 from protocol.commands.inference import GenerateParams, GenerateResult
 from protocol.commands.knowledge import MAX_EMBED_BATCH
 from protocol.hub_persona import AttributeTargets
+
+#: Runs of at most this many personas come before the batching and dedup figures, larger ones after.
+SMALL = 100
 
 
 def personad(state: StateDir, *verb: str) -> list[str]:
@@ -329,12 +333,16 @@ def plot(figures: dict[str, Any], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
-async def runs(models: Models, args: argparse.Namespace, report: Path, figures: dict[str, Any]) -> None:
+async def runs(
+    models: Models, args: argparse.Namespace, report: Path, figures: dict[str, Any], *, large: bool
+) -> None:
     """Each path at each count, printed as it ends (and saved, so a long bench leaves its figures).
 
-    Smallest counts first across the paths, so a bench stopped early has every path at the scales it reached.
+    Smallest counts first across the paths, so a bench stopped early has every path at the scales
+    it reached; ``large``: the counts over SMALL (run after the batching and dedup figures), else
+    the rest.
     """
-    plan = [(count, path) for path in args.paths for count in _counts(args, path)]
+    plan = [(count, path) for path in args.paths for count in _counts(args, path) if (count > SMALL) == large]
     for count, path in sorted(plan, key=lambda item: item[0]):
         run = await one_run(models, path, count, 7, report / f"{path}-{count}", per_provider=args.max_batch)
         figures["runs"].append(run)
@@ -415,11 +423,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         ):
             models = Models(client)
             print(f"{args.providers} inference service(s), {args.threads} thread(s), batch {args.max_batch}")
-            await runs(models, args, report, figures)
+            await runs(models, args, report, figures, large=False)
             if args.batch_check:
                 figures["batching"] = await batching(models, args, tmp)
             if args.dedup:
                 figures["dedup"] = await dedup_section(models, args, figures)
+            await runs(models, args, report, figures, large=True)
     finally:
         (report / "bench.json").write_text(json.dumps(_public(figures), indent=1))
         if figures["runs"]:

@@ -50,14 +50,18 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServices]:
         bus = services.start("bus", "--port", "0")
         services.url = bus.wait_for_line(r"listening on (ws://\S+)").group(1)
         services.drain(bus)
-        for name in ("a", "b"):
-            proc = services.start("inference", "--model", str(model), "--threads", "1", "--name", name)
+        # Started together and awaited one by one: each spends its first seconds importing.
+        inference = {
+            name: services.start("inference", "--model", str(model), "--threads", "1", "--name", name)
+            for name in ("a", "b")
+        }
+        registry = services.start("registry")
+        hub = services.start("hub", "serve")
+        for name, proc in inference.items():
             proc.wait_for_line(rf"connected url=\S+ client_id=inference:{name}\b", timeout=WAIT * 8)
             services.drain(proc)
-        registry = services.start("registry")
         registry.wait_for_line(r"serving cap:registry", timeout=WAIT * 2)
         services.drain(registry)
-        hub = services.start("hub", "serve")
         hub.wait_for_line(r"hub:main serving cap:hub", timeout=WAIT * 2)
         services.drain(hub)
         yield services
