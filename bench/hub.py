@@ -67,6 +67,7 @@ from bench.work_knowledge import bus_process, until
 from daemon import runtime
 from daemon.client import BusClient
 from daemon.hub import attributes
+from daemon.hub.models import BusModels
 from daemon.hub.orchestrator import RunStats
 from daemon.hub.qa.dedup import dedup_embeddings, dedup_minhash, shingles
 from daemon.hub.qa.report import write_report
@@ -75,8 +76,6 @@ from daemon.inference.service import service_token
 from daemon.state import StateDir
 from daemon.supervisor import Child
 from protocol.commands.hub_plan import Requirements
-from protocol.commands.inference import GenerateParams, GenerateResult
-from protocol.commands.knowledge import MAX_EMBED_BATCH
 from protocol.hub_persona import AttributeTargets
 
 #: Runs of at most this many personas come before the batching and dedup figures, larger ones after.
@@ -85,33 +84,6 @@ SMALL = 100
 
 def personad(state: StateDir, *verb: str) -> list[str]:
     return [sys.executable, "-m", "daemon", "--state-dir", str(state.root), *verb]
-
-
-class Models:
-    """generate, embed and providers through the bus, as ``personad hub run`` has them."""
-
-    def __init__(self, client: BusClient) -> None:
-        self.client = client
-
-    async def generate(self, params: GenerateParams) -> GenerateResult:
-        answer = await self.client.call(
-            "inference.generate", params.model_dump(mode="json", exclude_none=True), to="cap:inference",
-            deadline_ms=600_000,
-        )  # fmt: skip
-        return GenerateResult.model_validate(answer)
-
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        out: list[list[float]] = []
-        for start in range(0, len(texts), MAX_EMBED_BATCH):
-            answer = await self.client.call(
-                "inference.embed", {"texts": texts[start : start + MAX_EMBED_BATCH]}, to="cap:inference",
-                deadline_ms=600_000,
-            )  # fmt: skip
-            out.extend(answer["vectors"])
-        return out
-
-    async def providers(self) -> int:
-        return len((await self.client.call("bus.clients", {"capability": "inference"}))["clients"])
 
 
 @contextlib.asynccontextmanager
@@ -166,7 +138,7 @@ class Line:
 
 
 async def one_run(
-    models: Models, path: str, count: int, seed: int, folder: Path, *, per_provider: int
+    models: BusModels, path: str, count: int, seed: int, folder: Path, *, per_provider: int
 ) -> dict[str, Any]:
     req = Requirements(count=count, paths={path: 1.0}, quality="fast", seed=seed)
     prepared = prepare(req, providers=await models.providers())
@@ -259,7 +231,7 @@ def exact_pairs(texts: list[str], threshold: float) -> tuple[set[tuple[int, int]
     return found, time.perf_counter() - t0
 
 
-async def dedup_figures(models: Models, texts: list[str], exact_n: int) -> dict[str, Any]:
+async def dedup_figures(models: BusModels, texts: list[str], exact_n: int) -> dict[str, Any]:
     ids = [str(i) for i in range(len(texts))]
     t0 = time.perf_counter()
     minhash = dedup_minhash(ids, texts, threshold=0.9, num_perm=128, seed=0)
@@ -334,7 +306,7 @@ def plot(figures: dict[str, Any], out: Path) -> None:
 
 
 async def runs(
-    models: Models, args: argparse.Namespace, report: Path, figures: dict[str, Any], *, large: bool
+    models: BusModels, args: argparse.Namespace, report: Path, figures: dict[str, Any], *, large: bool
 ) -> None:
     """Each path at each count, printed as it ends (and saved, so a long bench leaves its figures).
 
@@ -362,7 +334,7 @@ def _counts(args: argparse.Namespace, path: str) -> list[int]:
     return list(args.structured_counts if path == "structured" else args.counts)
 
 
-async def batching(models: Models, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+async def batching(models: BusModels, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """The same structured slots with one request in flight, then a full batch per service."""
     rates = {}
     for label, window in (("unbatched", 1), ("batched", args.max_batch)):
@@ -379,7 +351,9 @@ async def batching(models: Models, args: argparse.Namespace, tmp: Path) -> dict[
     return {**rates, "ratio": ratio}
 
 
-async def dedup_section(models: Models, args: argparse.Namespace, figures: dict[str, Any]) -> dict[str, Any]:
+async def dedup_section(
+    models: BusModels, args: argparse.Namespace, figures: dict[str, Any]
+) -> dict[str, Any]:
     """Dedup per core on the generated texts topped up with synthetic ones, against exact Jaccard."""
     planted = args.dedup // 20
     texts = [t for run in figures["runs"] for t in run["personas"]][: args.dedup - planted]
@@ -421,7 +395,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             BusClient(url, token=token, kind="cli", name="bench") as client,
             inference_processes(client, state, env, args.providers, args.threads, args.max_batch),
         ):
-            models = Models(client)
+            models = BusModels(client)
             print(f"{args.providers} inference service(s), {args.threads} thread(s), batch {args.max_batch}")
             await runs(models, args, report, figures, large=False)
             if args.batch_check:

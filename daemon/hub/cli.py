@@ -200,40 +200,13 @@ def _duration(seconds: float) -> str:
 
 async def _with_models(state: StateDir, url: str, token: str | None, work: Callable[..., Any]) -> Any:
     """Join the bus as a CLI client and run ``work(generate, embed, providers)``."""
-    from protocol.commands.inference import GenerateParams, GenerateResult
-    from protocol.commands.knowledge import MAX_EMBED_BATCH
-
     from ..client import BusClient
     from ..state import find_token
+    from .models import BusModels
 
     async with BusClient(url, token=find_token(state, token), kind="cli") as client:
-
-        async def generate(params: GenerateParams) -> GenerateResult:
-            answer = await client.call(
-                "inference.generate",
-                params.model_dump(mode="json", exclude_none=True),
-                to="cap:inference",
-                deadline_ms=300_000,
-            )
-            return GenerateResult.model_validate(answer)
-
-        async def embed(texts: list[str]) -> list[list[float]]:
-            vectors: list[list[float]] = []
-            for start in range(0, len(texts), MAX_EMBED_BATCH):
-                answer = await client.call(
-                    "inference.embed",
-                    {"texts": texts[start : start + MAX_EMBED_BATCH]},
-                    to="cap:inference",
-                    deadline_ms=300_000,
-                )
-                vectors.extend(answer["vectors"])
-            return vectors
-
-        async def providers() -> int:
-            answer = await client.call("bus.clients", {"capability": "inference"})
-            return len(answer["clients"])
-
-        return await work(generate, embed, providers)
+        models = BusModels(client)
+        return await work(models.generate, models.embed, models.providers)
 
 
 def _run(args: argparse.Namespace, state: StateDir, url: str) -> int:

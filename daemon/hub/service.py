@@ -35,7 +35,6 @@ from protocol.commands.hub_compose import ComposedItem
 from protocol.commands.hub_plan import Plan, Requirements
 from protocol.commands.hub_quality import QualityReport
 from protocol.commands.inference import GenerateParams, GenerateResult
-from protocol.commands.knowledge import MAX_EMBED_BATCH
 from protocol.hub_persona import HubPersona
 
 from ..client import BusClient, CallContext
@@ -48,6 +47,7 @@ from . import architect, composer, designer, generator
 from .jobs import JOB_FILE, Job
 from .journal import Journal, JournalError
 from .metrics import render_metrics, serve_metrics
+from .models import BusModels
 from .orchestrator import PER_PROVIDER, RunFailed, RunStats, generate_patiently
 from .qa.judge import judge_with
 from .qa.validate import validate
@@ -67,8 +67,6 @@ HUB_GRANTS: tuple[str, ...] = (
 )
 #: Jobs generating at once; more are refused with OVERLOADED (they share the same models).
 MAX_RUNNING: Final = 2
-#: How long one generate request may wait for a seat and run.
-GENERATE_DEADLINE_MS: Final = 300_000
 #: Progress is sent at most this often per job (and at every change of stage).
 PROGRESS_EVERY_S: Final = 1.0
 OUTPUT_FILE: Final = "personas.jsonl"
@@ -115,33 +113,18 @@ class HubService:
             handler=self.dispatcher,
             reconnect=True,
         )
+        self.models = BusModels(self.client)
 
     # -- the models, through the bus ------------------------------------------------------
 
     async def generate(self, params: GenerateParams) -> GenerateResult:
-        answer = await self.client.call(
-            "inference.generate",
-            params.model_dump(mode="json", exclude_none=True),
-            to="cap:inference",
-            deadline_ms=GENERATE_DEADLINE_MS,
-        )
-        return GenerateResult.model_validate(answer)
+        return await self.models.generate(params)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
-        vectors: list[list[float]] = []
-        for start in range(0, len(texts), MAX_EMBED_BATCH):
-            answer = await self.client.call(
-                "inference.embed",
-                {"texts": texts[start : start + MAX_EMBED_BATCH]},
-                to="cap:inference",
-                deadline_ms=GENERATE_DEADLINE_MS,
-            )
-            vectors.extend(answer["vectors"])
-        return vectors
+        return await self.models.embed(texts)
 
     async def providers(self) -> int:
-        answer = await self.client.call("bus.clients", {"capability": "inference"})
-        return len(answer["clients"])
+        return await self.models.providers()
 
     # -- methods ---------------------------------------------------------------------------
 
