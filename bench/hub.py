@@ -50,6 +50,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
+import asyncio
 import contextlib
 import json
 import random
@@ -231,19 +232,28 @@ def exact_pairs(texts: list[str], threshold: float) -> tuple[set[tuple[int, int]
     return found, time.perf_counter() - t0
 
 
+def _jaccard(texts: list[str], pair: tuple[int, int]) -> float:
+    a, b = shingles(texts[pair[0]]), shingles(texts[pair[1]])
+    return len(a & b) / len(a | b)
+
+
 async def dedup_figures(models: BusModels, texts: list[str], exact_n: int) -> dict[str, Any]:
+    # The CPU-bound parts run on a thread: on the event loop they would starve the
+    # connection's keepalive, and the bus would drop this client (it did, at 10,000).
     ids = [str(i) for i in range(len(texts))]
     t0 = time.perf_counter()
-    minhash = dedup_minhash(ids, texts, threshold=0.9, num_perm=128, seed=0)
+    minhash = await asyncio.to_thread(dedup_minhash, ids, texts, threshold=0.9, num_perm=128, seed=0)
     minhash_s = time.perf_counter() - t0
     removed = {index for index, _ in minhash.removed}
     # The baseline on a prefix: LSH on the same prefix, and the pairs each finds.
     head = texts[:exact_n]
     t0 = time.perf_counter()
-    lsh_head = dedup_minhash(ids[:exact_n], head, threshold=0.9, num_perm=128, seed=0)
+    lsh_head = await asyncio.to_thread(
+        dedup_minhash, ids[:exact_n], head, threshold=0.9, num_perm=128, seed=0
+    )
     lsh_head_s = time.perf_counter() - t0
-    pairs, exact_s = exact_pairs(head, 0.9)
-    strong, _ = exact_pairs(head, 0.95) if pairs else (set(), 0.0)
+    pairs, exact_s = await asyncio.to_thread(exact_pairs, head, 0.9)
+    strong = {pair for pair in pairs if _jaccard(head, pair) >= 0.95}
     lsh_removed = {index for index, _ in lsh_head.removed}
     exact_dupes = {j for _, j in pairs}
     strong_missed = sorted(j for _, j in strong if j not in lsh_removed)
@@ -251,7 +261,7 @@ async def dedup_figures(models: BusModels, texts: list[str], exact_n: int) -> di
     vectors = await models.embed(texts)
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    embedding = dedup_embeddings(vectors, threshold=0.9)
+    embedding = await asyncio.to_thread(dedup_embeddings, vectors, threshold=0.9)
     embedding_s = time.perf_counter() - t0
     return {
         "n": len(texts),
@@ -351,12 +361,20 @@ async def batching(models: BusModels, args: argparse.Namespace, tmp: Path) -> di
     return {**rates, "ratio": ratio}
 
 
-async def dedup_section(
-    models: BusModels, args: argparse.Namespace, figures: dict[str, Any]
-) -> dict[str, Any]:
+def generated_texts(report: Path) -> list[str]:
+    """Every run's output in the report folder, so a bench resumed or run in parts uses them all."""
+    return [
+        json.loads(line)["persona"]
+        for output in sorted(report.glob("*/personas.jsonl"))
+        for line in output.read_text("utf-8").splitlines()
+        if line.strip()
+    ]
+
+
+async def dedup_section(models: BusModels, args: argparse.Namespace, report: Path) -> dict[str, Any]:
     """Dedup per core on the generated texts topped up with synthetic ones, against exact Jaccard."""
     planted = args.dedup // 20
-    texts = [t for run in figures["runs"] for t in run["personas"]][: args.dedup - planted]
+    texts = generated_texts(report)[: args.dedup - planted]
     real = len(texts)
     texts = plant(texts + synthetic(args.dedup - planted - real, 3), planted, 4)
     d = await dedup_figures(models, texts, args.exact)
@@ -401,7 +419,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             if args.batch_check:
                 figures["batching"] = await batching(models, args, tmp)
             if args.dedup:
-                figures["dedup"] = await dedup_section(models, args, figures)
+                figures["dedup"] = await dedup_section(models, args, report)
             await runs(models, args, report, figures, large=True)
     finally:
         (report / "bench.json").write_text(json.dumps(_public(figures), indent=1))

@@ -42,9 +42,10 @@ from .corpus import Passage
 
 __all__ = ["DEFAULT_RATE", "MODEL_LANGUAGES", "Slot", "derive_seed", "make_plan", "schedule", "split"]
 
-#: Personas per second one inference provider makes with SmolLM2 on one
-#: thread, 8 to 32 requests in flight (measured, docs/hub_generation.md).
-DEFAULT_RATE: Final = 1.5
+#: Personas per second one inference provider makes with SmolLM2 on two
+#: threads, 32 requests in flight: bench/hub.py measured 0.41 (text path) to
+#: 0.68 (structured) on an otherwise idle 2-core machine (docs/hub.md).
+DEFAULT_RATE: Final = 0.5
 #: What the default model (SmolLM2-135M-Instruct) writes well.
 MODEL_LANGUAGES: Final = frozenset({"en"})
 

@@ -50,6 +50,7 @@ from .metrics import render_metrics, serve_metrics
 from .models import BusModels
 from .orchestrator import PER_PROVIDER, RunFailed, RunStats, generate_patiently
 from .qa.judge import judge_with
+from .qa.report import write_report
 from .qa.validate import validate
 from .runner import prepare, run_prepared, write_output
 
@@ -166,13 +167,22 @@ class HubService:
         self._start(job)
         if not p.wait:
             return job.status()
+        await self._watch(job, ctx)
+        return job.status()
+
+    async def _watch(self, job: Job, ctx: CallContext) -> None:
+        """Until ``job`` ends, stream its progress to ``ctx``'s caller.
+
+        ``asyncio.wait`` rather than awaiting the task: a cancelled job (hub.cancel)
+        must not cancel the call that watches it, nor the caller leaving cancel the job.
+        """
+        if job.task is None:
+            return
         job.watchers.append(ctx)
         try:
-            assert job.task is not None
-            await asyncio.shield(job.task)
+            await asyncio.wait({job.task})
         finally:
             job.watchers.remove(ctx)
-        return job.status()
 
     def _start(self, job: Job) -> None:
         job.state, job.error, job.finished_at = "generating", None, None
@@ -199,8 +209,6 @@ class HubService:
                 on_change=lambda _stats: self._progress(job),
             )
             write_output(outcome, job.folder / OUTPUT_FILE)
-            from .qa.report import write_report
-
             await asyncio.to_thread(write_report, outcome.validation, job.folder / REPORT_DIR)
             job.state, job.kept, job.quality = "done", len(outcome.kept), outcome.validation.report
         except asyncio.CancelledError:
@@ -209,6 +217,9 @@ class HubService:
         except (RunFailed, JournalError, PersonadError, ValueError, RpcError) as exc:
             job.state, job.error = "failed", str(exc)
             log.warning("job %s failed: %s", job.job_id, exc)
+        except Exception as exc:  # a bug: this job fails, the service and the other jobs go on
+            job.state, job.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("job %s failed", job.job_id)
         finally:
             job.finished_at = time.time()
             job.stats.stage = job.state
@@ -244,13 +255,7 @@ class HubService:
             return m.StatusResult(jobs=[j.status() for j in self.jobs.values()])
         job = self._job(p.job_id)
         if p.watch and job.running:
-            job.watchers.append(ctx)
-            try:
-                assert job.task is not None
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(job.task)
-            finally:
-                job.watchers.remove(ctx)
+            await self._watch(job, ctx)
         return m.StatusResult(jobs=[job.status()])
 
     async def cancel(self, p: m.CancelParams, ctx: CallContext) -> m.JobStatus:

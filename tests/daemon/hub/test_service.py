@@ -235,3 +235,35 @@ async def test_compose_writes_in_each_personas_voice_through_the_bus(
         assert all(item["kind"] == "instruction" and item["text"] for item in result["items"])
         assert notes
         assert notes[-1]["total"] == 2
+
+
+async def test_a_cancelled_job_keeps_its_work_and_resumes_and_a_restarted_service_resumes_by_itself(
+    bus: Bus, state: StateDir, connect: Any, hub_engine: AsyncEngine, hub_embedder: Embedder
+) -> None:
+    run = {**SMALL_RUN, "count": 6, "seed": 5}
+    async with services(bus, state, hub_engine, hub_embedder) as hub:
+        admin = await connect(name="admin")
+        watching = asyncio.create_task(
+            admin.call("hub.run", {"requirements": run, "job_id": "stop-go", "wait": True}, to="cap:hub",
+                       deadline_ms=600_000)
+        )  # fmt: skip
+        await eventually(lambda: hub.jobs["stop-go"].stats.done >= 2, timeout=WAIT * 8, what="two slots done")
+        cancelled = await admin.call("hub.cancel", {"job_id": "stop-go"}, to="cap:hub")
+        assert cancelled["state"] == "cancelled"
+        # The caller that waited gets the job's end as an answer, not an error.
+        assert (await watching)["state"] == "cancelled"
+        done_before = cancelled["figures"]["done"]
+
+        resumed = await admin.call("hub.run", {"requirements": run, "job_id": "stop-go"}, to="cap:hub")
+        assert resumed["state"] == "generating"
+        await eventually(lambda: hub.jobs["stop-go"].stats.done >= done_before + 1, timeout=WAIT * 8,
+                         what="the resumed job goes on")  # fmt: skip
+        assert (
+            hub.jobs["stop-go"].stats.resumed >= done_before
+        )  # a line written as the cancel came counts too
+    # The service stopped mid-job: the next one resumes it without being asked.
+    async with services(bus, state, hub_engine, hub_embedder) as again:
+        job = await eventually(lambda: again.jobs.get("stop-go"), what="the job loaded")
+        await eventually(lambda: job.state == "done", timeout=WAIT * 16, what="the job finished")
+        assert job.stats.resumed >= done_before + 1
+        assert job.kept == 6
