@@ -68,6 +68,10 @@ HUB_GRANTS: tuple[str, ...] = (
 )
 #: Jobs generating at once; more are refused with OVERLOADED (they share the same models).
 MAX_RUNNING: Final = 2
+#: The most personas one job of the service may ask for: its slots are laid out in memory
+#: up front (about 2 KB each), and a client's job must not take the service's memory with it.
+#: Larger runs go through ``personad hub run``, in a process of their own.
+MAX_JOB_COUNT: Final = 100_000
 #: Progress is sent at most this often per job (and at every change of stage).
 PROGRESS_EVERY_S: Final = 1.0
 OUTPUT_FILE: Final = "personas.jsonl"
@@ -144,6 +148,11 @@ class HubService:
                 raise _invalid("job_id", f"job {job.job_id} was asked for other requirements")
             if job.state == "done":
                 return job.status()
+        if p.requirements.count > MAX_JOB_COUNT:
+            raise _invalid(
+                "requirements.count",
+                f"at most {MAX_JOB_COUNT} personas per job; run larger ones with personad hub run",
+            )
         if sum(j.running for j in self.jobs.values()) >= MAX_RUNNING:
             raise RpcError(
                 ErrorCode.OVERLOADED,

@@ -197,6 +197,9 @@ async def test_what_cannot_be_done_is_refused_naming_the_field(
             assert caught.value.code == ErrorCode.INVALID_PARAMS
             assert caught.value.data["field"] == "requirements.corpus"
         with pytest.raises(RpcError) as caught:
+            await admin.call("hub.run", {"requirements": {"count": 1_000_000}}, to="cap:hub")
+        assert caught.value.data["field"] == "requirements.count"
+        with pytest.raises(RpcError) as caught:
             await admin.call("hub.validate", {"personas": [], "job_id": "x"}, to="cap:hub")
         assert caught.value.code == ErrorCode.INVALID_PARAMS
 
@@ -247,7 +250,11 @@ async def test_a_cancelled_job_keeps_its_work_and_resumes_and_a_restarted_servic
             admin.call("hub.run", {"requirements": run, "job_id": "stop-go", "wait": True}, to="cap:hub",
                        deadline_ms=600_000)
         )  # fmt: skip
-        await eventually(lambda: hub.jobs["stop-go"].stats.done >= 2, timeout=WAIT * 8, what="two slots done")
+        await eventually(
+            lambda: "stop-go" in hub.jobs and hub.jobs["stop-go"].stats.done >= 2,
+            timeout=WAIT * 8,
+            what="two slots done",
+        )
         cancelled = await admin.call("hub.cancel", {"job_id": "stop-go"}, to="cap:hub")
         assert cancelled["state"] == "cancelled"
         # The caller that waited gets the job's end as an answer, not an error.
