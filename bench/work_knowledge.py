@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """The knowledge base: search latency at 100,000 items, embedding throughput, recall@10 on paraphrases.
 
+(A little over 500 lines, kept whole: the three measurements share one set of
+child processes and one seeded brain, and read in order; the process helpers
+at the bottom, which bench/hub.py also uses, are the piece to move out next.)
+
     .venv/bin/python bench/work_knowledge.py [--items 100000] [--calls 300] [--quick]
 
 Real components only, on 127.0.0.1 in a throwaway state dir, each in its own
