@@ -4,6 +4,9 @@ Built on websockets' asyncio server with compression off (faster, and about
 14 KiB instead of 64 KiB per connection), a frame size limit, Origin checking,
 and ``process_request`` serving ``/healthz`` and ``/metrics`` on the same port
 and checking the Host header and the bearer token before the WebSocket upgrade.
+Any request that is not a WebSocket upgrade goes to the HTTP door
+(daemon/doors: the HTTP API, the web console, /healthz and /metrics) on the
+same socket.
 
 Until its hello is accepted a connection may send one small frame only
 (``max_hello_bytes``, checked by websockets from the frame header, before the
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import signal
@@ -46,10 +48,12 @@ from protocol.commands.bus import RESERVED_KINDS, HelloParams
 from protocol.validation import invalid_params
 
 from .. import __version__
+from ..doors.api import HttpApi
+from ..doors.http_server import front_connection
 from ..systemd_notify import Notifier
 from ..tokens import PROVIDE_PREFIX, TokenEntry, TokenStore
 from .config import BusConfig
-from .metrics import METRICS_GRANT, Metrics
+from .metrics import Metrics
 from .offload import receive_off_loop
 from .router import Router
 from .session import Session
@@ -79,6 +83,8 @@ class Bus:
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bus-decode")
         #: Host headers answered; set in start() once the port is known.
         self._hosts: frozenset[str] = frozenset()
+        #: Plain HTTP on the same port (everything but the WebSocket upgrade).
+        self.http = HttpApi(self)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -90,6 +96,7 @@ class Bus:
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             origins=list(self.config.origins),  # type: ignore[arg-type]
             process_request=self._process_request,
+            create_connection=front_connection(self.http.protocol_factory, self.http.limits),
             compression=None,
             # Raised to max_message_bytes per connection once hello succeeds.
             max_size=self.config.max_hello_bytes,
@@ -122,6 +129,7 @@ class Bus:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await asyncio.gather(*self._closing, return_exceptions=True)
+        self.http.close()
         if self._server is not None:
             self._server.close(close_connections=True)  # 1001 going away
             with contextlib.suppress(TimeoutError):
@@ -187,29 +195,6 @@ class Bus:
                 request.headers.get("Host"),
             )
             return connection.respond(HTTPStatus.MISDIRECTED_REQUEST, "unknown Host; see --allow-host\n")
-        if path == "/healthz":
-            return _json_response(
-                connection,
-                HTTPStatus.OK if not self.shutting_down else HTTPStatus.SERVICE_UNAVAILABLE,
-                self.health(),
-            )
-        if path == "/metrics":
-            if not self.config.public_metrics:
-                refused = self._metrics_refusal(connection, request)
-                if refused is not None:
-                    return refused
-            response = connection.respond(
-                HTTPStatus.OK,
-                self.metrics.render(
-                    uptime=time.time() - self.started,
-                    clients_by_kind=self.clients_by_kind(),
-                    inflight=len(self.router.pending),
-                    version=__version__,
-                ),
-            )
-            del response.headers["Content-Type"]
-            response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
-            return response
         if self.shutting_down:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "the bus is shutting down\n")
         if self._connections >= self.config.max_connections:
@@ -221,25 +206,21 @@ class Bus:
         return None
 
     def _host_allowed(self, request: HttpRequest) -> bool:
+        return self.host_allowed(request.headers.get("Host"))
+
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a Host header is one this bus answers (DNS rebinding defence)."""
         if "*" in self._hosts:
             return True
-        host = request.headers.get("Host")
         return host is not None and host.strip().lower() in self._hosts
 
-    def _metrics_refusal(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
-        """401 without a valid bearer token, 403 without the metrics grant, else None."""
-        token = self._header_token(request)
-        if token is None:
-            response = connection.respond(
-                HTTPStatus.UNAUTHORIZED, "/metrics needs 'Authorization: Bearer <token>'\n"
-            )
-            response.headers["WWW-Authenticate"] = 'Bearer realm="personad"'
-            return response
-        if not token.allows(METRICS_GRANT, "bus"):
-            return connection.respond(
-                HTTPStatus.FORBIDDEN, f"token {token.name!r} lacks the {METRICS_GRANT!r} grant\n"
-            )
-        return None
+    def render_metrics(self) -> str:
+        return self.metrics.render(
+            uptime=time.time() - self.started,
+            clients_by_kind=self.clients_by_kind(),
+            inflight=len(self.router.pending),
+            version=__version__,
+        )
 
     def _header_token(self, request: HttpRequest | None) -> TokenEntry | None:
         """The token of an ``Authorization: Bearer`` header, if present and valid.
@@ -465,13 +446,6 @@ def allowed_hosts(bind_host: str, port: int, extra: tuple[str, ...]) -> frozense
         else:
             hosts.add(entry)
     return frozenset(hosts)
-
-
-def _json_response(connection: ServerConnection, status: HTTPStatus, body: dict[str, Any]) -> HttpResponse:
-    response = connection.respond(status, json.dumps(body) + "\n")
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = "application/json"
-    return response
 
 
 async def run_bus(config: BusConfig, tokens: TokenStore, *, notifier: Notifier | None = None) -> None:

@@ -26,7 +26,7 @@ Room = Annotated[str, Field(pattern=NAME_PATTERN)]
 ClientId = Annotated[str, Field(pattern=CLIENT_ID_PATTERN)]
 
 # Kinds that are not client kinds, so that `to` stays unambiguous.
-RESERVED_KINDS = frozenset({"cap", "room", "bus"})
+RESERVED_KINDS = frozenset({"cap", "room", "bus", "door"})
 
 
 class Empty(StrictModel):
@@ -49,7 +49,7 @@ class HelloParams(StrictParams):
         str,
         Field(
             pattern=KIND_PATTERN,
-            description="what you are: persona, cli, browser, service, … (cap, room and bus are reserved)",
+            description="what you are: persona, cli, browser, service, … (cap, room, bus and door are reserved)",
         ),
     ]
     name: Annotated[
