@@ -94,7 +94,9 @@ class HttpResponder:
             raise RuntimeError("response already started")
         self.started = True
         self._conn.write_event(
-            h11.Response(status_code=int(status), headers=self._conn.base_headers(headers))
+            h11.Response(
+                status_code=int(status), headers=self._conn.base_headers(headers), reason=_reason(status)
+            )
         )
 
     async def write(self, data: bytes) -> None:
