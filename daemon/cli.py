@@ -183,6 +183,7 @@ ROLE_CLI_MODULES: tuple[str, ...] = (
     "daemon.academy.cli",
     "daemon.mesh.cli",
     "daemon.hub.cli",
+    "daemon.doors.cli",
 )
 #: Verbs that run a daemon and so log their lifecycle at INFO by default.
 LONG_RUNNING_VERBS: set[str] = {"browser", "inference", "registry"}
@@ -192,7 +193,11 @@ DAEMON_VERBS: frozenset[str] = frozenset({"bus", "persona", "up", *LONG_RUNNING_
 
 def _runs_a_daemon(args: argparse.Namespace) -> bool:
     """Whether this invocation serves until a signal (``personad academy serve``, not ``run``)."""
-    return args.verb in DAEMON_VERBS or (args.verb in ("academy", "skills", "hub") and args.action == "serve")
+    return (
+        args.verb in DAEMON_VERBS
+        or (args.verb in ("academy", "skills", "hub") and args.action == "serve")
+        or (args.verb == "mcp" and args.http is not None)
+    )
 
 
 def _role_cli_modules() -> list[Any]:
