@@ -37,6 +37,7 @@ from typing import Any
 from protocol import RpcError
 
 from .client import BusClient
+from .doors.cli import console_link
 from .errors import BusUnavailable
 from .persona.config import PersonaConfig, list_persona_ids, load_persona_config
 from .runtime import PARENT_PID_ENV
@@ -338,6 +339,14 @@ class Supervisor:
                 )
             if self.demo:
                 await self._demo(client, persona_ids[0])
+        http_url = self.url.replace("ws://", "http://", 1)
+        # A fresh one-time link each start: the page trades its code for a token.
+        login = await asyncio.to_thread(console_link, self.state, http_url)
+        print(
+            f"\nweb console: {http_url}/\n  log in (one-time link, 10 minutes): {login}\n"
+            f"  a new link later: .venv/bin/personad console",
+            flush=True,
+        )
         print(
             f"\npersonad is running on {self.url}. In another terminal:\n"
             f"  .venv/bin/personad chat {persona_ids[0]}\n"
