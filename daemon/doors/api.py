@@ -108,7 +108,7 @@ class HttpApi:
         for name in ROUTE_MODULES:
             importlib.import_module(f"{__package__}.{name}").routes(self)
         # Last: the console's files, so that no other route is shadowed by one.
-        self.route("GET", "/{path:.*}", self._console, auth=False)
+        self.route("GET", "/{path:(?!v1/|api/).*}", self._console, auth=False)
 
     def route(self, method: str, template: str, handler: RouteHandler, *, auth: bool = True) -> None:
         """Add a route; ``{name}`` matches one path segment, ``{name:regex}`` a regex."""

@@ -11,7 +11,8 @@ h11 (a sans-I/O parser, the one httpx and uvicorn use), on the same socket.
 The HTTP side keeps the bus's discipline: bounded request heads and bodies,
 a timeout for a head that never completes and for idle keep-alive
 connections, one request at a time per connection (pipelined ones wait in
-h11's buffer with reading paused), and streamed responses that wait for the
+h11's buffer, reading paused once it passes a bound), a client that closes
+its side ending its request (so its bus call is cancelled), and streamed responses that wait for the
 client to drain and drop it past a buffer cap instead of buffering without
 bound.
 """
@@ -161,6 +162,13 @@ class HttpProtocol(asyncio.Protocol):
             self.h11.receive_data(data)
         except RuntimeError:  # data after the connection was marked closed
             return
+        if self._task is not None:
+            # Reading goes on while a request is handled, so that a client
+            # that leaves is noticed (and its bus call cancelled); what it
+            # pipelines meanwhile waits in h11's buffer, up to a bound.
+            if len(self.h11.trailing_data[0]) > self.limits.max_head_bytes and self.transport is not None:
+                self.transport.pause_reading()
+            return
         self._process()
 
     def eof_received(self) -> bool:
@@ -276,7 +284,6 @@ class HttpProtocol(asyncio.Protocol):
             self._timer.cancel()
         request = _to_request(self._request, bytes(self._body), self.peer)
         self._request, self._body = None, bytearray()
-        self.transport.pause_reading()  # one request at a time; the next waits in h11
         self._task = asyncio.get_running_loop().create_task(self._run(request), name="http-request")
 
     async def _run(self, request: HttpRequest) -> None:
@@ -307,7 +314,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
             self._arm(self.limits.idle_timeout)
-            self.transport.resume_reading()
+            if not self.transport.is_reading():
+                self.transport.resume_reading()
             self._process()
         else:
             self.close()
