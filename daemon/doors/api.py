@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("personad.doors")
 
 #: Modules that add routes: each has ``routes(api: HttpApi) -> None``.
-ROUTE_MODULES: tuple[str, ...] = ("openai_compat",)
+ROUTE_MODULES: tuple[str, ...] = ("openai_compat", "mimic_rest", "openapi")
 
 #: Send an SSE comment this often so that proxies keep a quiet stream open.
 SSE_KEEPALIVE_S = 15.0
