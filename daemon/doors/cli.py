@@ -24,7 +24,8 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
         "--http",
         metavar="HOST:PORT",
         default=None,
-        help="serve Streamable HTTP at http://HOST:PORT/mcp; each MCP client sends its own bearer token",
+        help="serve Streamable HTTP at http://HOST:PORT/mcp (port 0: a free one, logged); "
+        "each MCP client sends its own bearer token",
     )
     mcp.add_argument(
         "--token",
