@@ -84,9 +84,9 @@ from .http_server import HttpRequest, HttpResponder
 from .openai_wire import Chunks, OpenAIError, chat_params, completion, model_target, sse_data
 from .session import DoorError
 
-#: A chat without X-Deadline-Ms: longer than the bus's 30 s default, since a
-#: CPU reply can take minutes, and bounded since a non-streamed caller that
-#: leaves is not noticed until its answer is written.
+#: A chat without X-Deadline-Ms. OpenAI's clients wait minutes by default (the
+#: SDK ten) and a CPU reply can take that long, so the bus's 30 s default
+#: would cut replies short; a caller that leaves sooner ends the call anyway.
 DEFAULT_DEADLINE_MS = 300_000
 
 
@@ -143,7 +143,9 @@ class OpenAICompat:
             target = model_target(model)
             found = [m for m in await self.personas(token) if m["id"] == target]
             if not found:
-                raise _not_connected(model, f"{model} is not connected")
+                raise _not_connected(
+                    model, f"{model} is not connected, or token {token.name!r} may not chat with it"
+                )
         except OpenAIError as exc:
             await send_openai_error(response, exc)
             return
@@ -271,7 +273,7 @@ def _deadline(request: HttpRequest) -> int:
 def _not_connected(model: str, message: str) -> OpenAIError:
     return OpenAIError(
         HTTPStatus.NOT_FOUND,
-        f"The model `{model}` does not exist or is not connected: {message}",
+        f"{message}; GET /v1/models lists the personas you can chat with",
         code="model_not_found",
         param="model",
     )
