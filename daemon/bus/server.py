@@ -48,8 +48,6 @@ from protocol.commands.bus import RESERVED_KINDS, HelloParams
 from protocol.validation import invalid_params
 
 from .. import __version__
-from ..doors.api import HttpApi
-from ..doors.http_server import front_connection
 from ..systemd_notify import Notifier
 from ..tokens import PROVIDE_PREFIX, TokenEntry, TokenStore
 from .config import BusConfig
@@ -83,6 +81,10 @@ class Bus:
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bus-decode")
         #: Host headers answered; set in start() once the port is known.
         self._hosts: frozenset[str] = frozenset()
+        # Imported here: the doors build on the bus's router and sessions,
+        # so importing them at the top would be circular.
+        from ..doors.api import HttpApi
+
         #: Plain HTTP on the same port (everything but the WebSocket upgrade).
         self.http = HttpApi(self)
 
@@ -96,7 +98,7 @@ class Bus:
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             origins=list(self.config.origins),  # type: ignore[arg-type]
             process_request=self._process_request,
-            create_connection=front_connection(self.http.protocol_factory, self.http.limits),
+            create_connection=self.http.front_connection(),
             compression=None,
             # Raised to max_message_bytes per connection once hello succeeds.
             max_size=self.config.max_hello_bytes,

@@ -32,12 +32,14 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from websockets.asyncio.server import ServerConnection
+
 from protocol import JSON, ErrorCode, ProtocolError
 
 from .. import __version__
 from ..bus.metrics import METRICS_GRANT
 from ..tokens import TokenEntry
-from .http_server import HttpLimits, HttpProtocol, HttpRequest, HttpResponder
+from .http_server import HttpLimits, HttpProtocol, HttpRequest, HttpResponder, front_connection
 from .pairing import PairingStore
 from .session import BusCaller, DoorError, DoorSession
 from .status import http_status
@@ -129,6 +131,10 @@ class HttpApi:
         )
         self.connections.add(protocol)
         return protocol
+
+    def front_connection(self) -> type[ServerConnection]:
+        """The connection class the bus's websockets server uses: it hands plain HTTP to this door."""
+        return front_connection(self.protocol_factory, self.limits)
 
     def close(self) -> None:
         for protocol in list(self.connections):

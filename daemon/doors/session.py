@@ -10,8 +10,8 @@ callback instead, as the plain dict a JSON client would have decoded.
 
 A door session never enters the router's client table: nothing can address
 it, it provides no capability, and ``bus.clients`` does not list it. It
-carries a reserved client id (``door:<hex>``, a kind no hello may claim) so
-that a target sees who called. Closing it settles everything it started:
+carries a reserved client id (``door:<label>.<token id>``, a kind no hello
+may claim) so that a target sees who called, and which token. Closing it settles everything it started:
 requests in flight are cancelled at their target, subscriptions and room
 memberships end.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +61,9 @@ class DoorSession(Session):
     def __init__(self, host: SessionHost, token: TokenEntry, label: str) -> None:
         # No socket: Session's methods that touch ``ws`` are all overridden below.
         super().__init__(host, None, JSON, token)  # type: ignore[arg-type]
-        self.client_id = f"door:{label}-{secrets.token_hex(4)}"
+        # Stable per token (its id is not secret): a persona that remembers
+        # who it talks with sees one caller, not a new one per request.
+        self.client_id = f"door:{label}.{token.id}"
         self.kind = "door"
         self.label = label
         self._sink: Sink | None = None

@@ -59,7 +59,7 @@ async def test_a_call_answers_its_result_and_the_target_sees_a_door_caller(conne
     assert response.headers["content-type"] == "application/json"
     # A reserved kind: nothing on the bus can claim (and so impersonate) a door caller.
     assert seen[0] is not None
-    assert seen[0].startswith("door:http-")
+    assert seen[0].startswith("door:http.")
 
 
 async def test_bus_errors_keep_their_code_and_message_and_map_to_http_statuses(connect, http, state) -> None:

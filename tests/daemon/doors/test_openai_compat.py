@@ -135,7 +135,7 @@ async def test_a_completion_is_the_personas_reply_to_the_conversation(
     # The prompt the persona built from that message and context, counted by SmolLM2's tokenizer.
     prompt = build_messages(CONFIG, "What is my name?", context=context, caller=logged["with_persona"])
     assert prompt_tokens(tokenizer, prompt) == used.prompt_tokens
-    assert logged["with_persona"].startswith("door:openai-")
+    assert logged["with_persona"].startswith("door:openai.")
 
 
 async def test_a_streamed_completion_arrives_in_chunks_that_make_the_reply(
