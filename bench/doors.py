@@ -259,7 +259,7 @@ async def bench_mcp(client: BusClient, env: dict[str, str], calls: int) -> None:
             result = await session.call_tool(
                 "memory_recall", {"persona": "demo", "query": "hello", "limit": 3}
             )
-            if result.isError:
+            if result.is_error:
                 raise RuntimeError(f"memory_recall failed: {result.content}")
             return time.perf_counter() - began
 
