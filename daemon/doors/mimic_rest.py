@@ -45,6 +45,8 @@ from protocol.commands import REGISTRY
 from protocol.validation import invalid_params
 
 from ..tokens import TokenEntry
+
+# _int_header: X-Deadline-Ms read exactly as /v1/call reads it.
 from .api import _int_header, read_json, send_error, send_json
 from .http_server import HttpRequest, HttpResponder
 from .session import DoorError
@@ -146,7 +148,6 @@ def _handler(api: HttpApi, route: MimicRoute) -> Any:
             return
         await send_json(response, HTTPStatus.OK, result)
 
-    handle.__name__ = f"mimic_{route.method.replace('.', '_')}"
     return handle
 
 
