@@ -6,10 +6,21 @@ with the caller's own token, and the bus's answers back. None has logic of
 its own: grants, validation, deadlines and errors are the bus's, so a token
 is refused the same way through every door.
 
+In the bus process, on its port:
+
+- ``http_server.py``: HTTP/1.1 (h11) beside the WebSocket upgrade;
 - ``session.py``: a bus session with no socket, through which the bus
-  process itself makes calls for an HTTP caller;
-- ``http_server.py``: HTTP/1.1 (h11) on the bus's own port, beside the
-  WebSocket upgrade;
-- ``api.py``: the HTTP API (``/v1/call``, ``/v1/events``, pairing, health);
-- ``status.py``: the bus's error codes as HTTP statuses.
+  process makes calls for an HTTP caller;
+- ``api.py``: the HTTP API (``/v1/call``, ``/v1/events``, pairing, health,
+  the console's files) and the helpers the other HTTP doors share;
+- ``status.py``: the bus's error codes as HTTP statuses;
+- ``pairing.py``: one-time codes the web console trades for a token;
+- ``openai_compat.py`` (+ ``openai_wire.py``): OpenAI's Chat Completions API;
+- ``mimic_rest.py``: the REST routes of the persona ecosystem;
+- ``openapi.py``: ``/openapi.json``, generated from the command registry;
+- ``console/``: the web console (static files).
+
+In a process of its own (``personad mcp``): ``mcp_server.py`` (stdio and
+Streamable HTTP) and ``mcp_tools.py`` (the tools), translating onto the
+HTTP API. ``cli.py`` holds ``personad console`` and ``personad mcp``.
 """

@@ -236,7 +236,7 @@ class HttpApi:
     ) -> None:
         try:
             params = read_json(request)
-            deadline_ms = _int_header(request, "x-deadline-ms")
+            deadline_ms = deadline_header(request)
         except DoorError as exc:
             await send_error(response, exc.code, exc.message, data=exc.data)
             return
@@ -397,16 +397,17 @@ def wants_events(request: HttpRequest) -> bool:
     return "text/event-stream" in (request.header("accept") or "")
 
 
-def _int_header(request: HttpRequest, name: str) -> int | None:
-    raw = request.header(name)
+def deadline_header(request: HttpRequest) -> int | None:
+    """``X-Deadline-Ms``, the request's deadline in ms, if given (the bus caps it at its maximum)."""
+    raw = request.header("x-deadline-ms")
     if raw is None:
         return None
     try:
         value = int(raw)
     except ValueError:
-        raise DoorError(ErrorCode.INVALID_REQUEST, f"{name} must be an integer") from None
+        raise DoorError(ErrorCode.INVALID_REQUEST, "X-Deadline-Ms must be an integer") from None
     if value < 1:
-        raise DoorError(ErrorCode.INVALID_REQUEST, f"{name} must be at least 1")
+        raise DoorError(ErrorCode.INVALID_REQUEST, "X-Deadline-Ms must be at least 1")
     return value
 
 
@@ -530,6 +531,7 @@ __all__ = [
     "DoorSession",
     "HttpApi",
     "SseStream",
+    "deadline_header",
     "read_json",
     "send_error",
     "send_json",

@@ -45,9 +45,7 @@ from protocol.commands import REGISTRY
 from protocol.validation import invalid_params
 
 from ..tokens import TokenEntry
-
-# _int_header: X-Deadline-Ms read exactly as /v1/call reads it.
-from .api import _int_header, read_json, send_error, send_json
+from .api import deadline_header, read_json, send_error, send_json
 from .http_server import HttpRequest, HttpResponder
 from .session import DoorError
 
@@ -135,7 +133,7 @@ def _handler(api: HttpApi, route: MimicRoute) -> Any:
     ) -> None:
         try:
             params = _params(route, command.params, request, path)
-            deadline_ms = _int_header(request, "x-deadline-ms")
+            deadline_ms = deadline_header(request)
         except DoorError as exc:
             await send_error(response, exc.code, exc.message, data=exc.data)
             return

@@ -79,7 +79,7 @@ from protocol import ErrorCode
 from protocol.commands.inference import MAX_TOKENS
 
 from ..tokens import TokenEntry
-from .api import SSE_KEEPALIVE_S, HttpApi, read_json, send_json
+from .api import SSE_KEEPALIVE_S, HttpApi, deadline_header, read_json, send_json
 from .http_server import HttpRequest, HttpResponder
 from .openai_wire import Chunks, OpenAIError, chat_params, completion, model_target, sse_data
 from .session import DoorError
@@ -258,16 +258,11 @@ class OpenAICompat:
 
 
 def _deadline(request: HttpRequest) -> int:
-    raw = request.header("x-deadline-ms")
-    if raw is None:
-        return DEFAULT_DEADLINE_MS
     try:
-        value = int(raw)
-    except ValueError:
-        raise OpenAIError.invalid("X-Deadline-Ms must be an integer") from None
-    if value < 1:
-        raise OpenAIError.invalid("X-Deadline-Ms must be at least 1")
-    return value
+        value = deadline_header(request)
+    except DoorError as exc:
+        raise OpenAIError.invalid(exc.message) from None
+    return DEFAULT_DEADLINE_MS if value is None else value
 
 
 def _not_connected(model: str, message: str) -> OpenAIError:
