@@ -212,8 +212,10 @@ class ChatServices:
         self.url = ""
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> Proc:
+        # Not the test runner's systemd socket; a test may give one of its own in env.
+        inherited = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         full_env = {
-            **os.environ,
+            **inherited,
             "PERSONAD_STATE_DIR": str(self.state.root),
             "PERSONAD_CONFIG_DIR": str(self.config_dir),
             "PYTHONUNBUFFERED": "1",
@@ -221,7 +223,6 @@ class ChatServices:
             **({"PERSONAD_URL": self.url} if self.url else {}),
             **(env or {}),
         }
-        full_env.pop("NOTIFY_SOCKET", None)
         full_env.pop("PERSONAD_TOKEN", None)
         proc = Proc([sys.executable, "-m", "daemon", *args], full_env, REPO)
         self.procs.append(proc)

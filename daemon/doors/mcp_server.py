@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .. import __version__, runtime
 from ..errors import ConfigError
 from ..state import StateDir, find_token
+from ..systemd_notify import Notifier
 from .mcp_tools import BusDoor, BusTool, DoorFailure, ProgressSink, build_tools, http_url_of
 
 __all__ = ["BearerGate", "build_server", "parse_listen", "run"]
@@ -195,9 +196,22 @@ async def _serve_http(tools: dict[str, BusTool], http_url: str, sock: socket.soc
     shown = f"[{host}]" if ":" in host else host
     # The socket listens already: a client may connect from this line on.
     log.info("serving MCP over Streamable HTTP at http://%s:%d/mcp (bus %s)", shown, port, http_url)
+    notifier = Notifier.from_env()
+    serving = asyncio.ensure_future(web.serve(sockets=[sock]))
+    watchdog: asyncio.Task[None] | None = None
     try:
-        await web.serve(sockets=[sock])
+        # systemd (Type=notify): ready once uvicorn has started its app.
+        started = asyncio.ensure_future(web.ready.wait())
+        await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if web.started:
+            notifier.ready(f"serving MCP at http://{shown}:{port}/mcp")
+            watchdog = asyncio.ensure_future(notifier.run_watchdog())
+        await serving
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        notifier.stopping("stopping")
         for sig in runtime.STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         await door.aclose()
@@ -212,9 +226,17 @@ class _UvicornServer(uvicorn.Server):
     process would die by SIGTERM instead of exiting 0 after a clean stop.
     """
 
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
 
 
 class BearerGate:

@@ -15,8 +15,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -278,10 +280,18 @@ def test_stdio_ends_cleanly_when_stdin_closes(doors: Doors) -> None:
     assert "personad" == answer["result"]["serverInfo"]["name"]
 
 
-def test_streamable_http_stops_on_sigterm_with_status_0(doors: Doors) -> None:
-    """``personad mcp --http`` stops on SIGTERM and exits 0 (a supervisor reads that as a clean stop)."""
-    mcp = doors.services.start("mcp", "--http", "127.0.0.1:0")
-    endpoint = mcp.wait_for_line(r"Streamable HTTP at (http://\S+/mcp)").group(1)
-    assert 401 == httpx.post(endpoint, json={}, timeout=WAIT).status_code
-    assert 0 == mcp.stop(signal.SIGTERM), mcp.output()
+def test_streamable_http_stops_on_sigterm_with_status_0(doors: Doors, tmp_path: Path) -> None:
+    """``personad mcp --http`` tells systemd READY then STOPPING, and exits 0 on SIGTERM."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(WAIT)
+    with notify:
+        mcp = doors.services.start(
+            "mcp", "--http", "127.0.0.1:0", env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+        )
+        endpoint = mcp.wait_for_line(r"Streamable HTTP at (http://\S+/mcp)").group(1)
+        assert "READY=1" in notify.recv(4096).decode()
+        assert 401 == httpx.post(endpoint, json={}, timeout=WAIT).status_code
+        assert 0 == mcp.stop(signal.SIGTERM), mcp.output()
+        assert "STOPPING=1" in notify.recv(4096).decode()
     assert re.search(r"personad mcp stopped", mcp.output())
