@@ -18,10 +18,10 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import httpx
