@@ -12,7 +12,9 @@ In the bus process, on its port:
 - ``session.py``: a bus session with no socket, through which the bus
   process makes calls for an HTTP caller;
 - ``api.py``: the HTTP API (``/v1/call``, ``/v1/events``, pairing, health,
-  the console's files) and the helpers the other HTTP doors share;
+  the console's files) and the routing the other HTTP doors plug into;
+- ``http_io.py``: reading JSON bodies and writing JSON, errors and
+  Server-Sent Events, the same way for every HTTP door;
 - ``status.py``: the bus's error codes as HTTP statuses;
 - ``pairing.py``: one-time codes the web console trades for a token;
 - ``openai_compat.py`` (+ ``openai_wire.py``): OpenAI's Chat Completions API;

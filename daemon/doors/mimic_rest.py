@@ -45,7 +45,7 @@ from protocol.commands import REGISTRY
 from protocol.validation import invalid_params
 
 from ..tokens import TokenEntry
-from .api import deadline_header, read_json, send_error, send_json
+from .http_io import deadline_header, read_json, send_error, send_json
 from .http_server import HttpRequest, HttpResponder
 from .session import DoorError
 

@@ -79,7 +79,8 @@ from protocol import ErrorCode
 from protocol.commands.inference import MAX_TOKENS
 
 from ..tokens import TokenEntry
-from .api import SSE_KEEPALIVE_S, HttpApi, deadline_header, read_json, send_json
+from .api import HttpApi
+from .http_io import SSE_KEEPALIVE_S, deadline_header, read_json, send_json
 from .http_server import HttpRequest, HttpResponder
 from .openai_wire import Chunks, OpenAIError, chat_params, completion, model_target, sse_data
 from .session import DoorError

@@ -20,7 +20,7 @@ from protocol import ErrorCode
 from protocol.commands.inference import MAX_MESSAGE_CHARS, MAX_TOKENS, InferenceErrorCode
 from protocol.messages import CLIENT_ID_PATTERN
 
-from .api import dumps
+from .http_io import dumps
 from .session import DoorError
 from .status import http_status
 

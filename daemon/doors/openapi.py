@@ -41,7 +41,8 @@ from protocol.schema import served_by
 from .. import __version__
 from ..bus.config import BusConfig
 from ..bus.metrics import METRICS_GRANT
-from .api import ROUTE_MODULES, dumps
+from .api import ROUTE_MODULES
+from .http_io import dumps
 from .http_server import HttpRequest, HttpResponder
 from .mimic_rest import MIMIC_HEALTH_PATH, MIMIC_ROUTES, MimicRoute
 from .status import HTTP_STATUS, http_status
