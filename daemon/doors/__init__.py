@@ -19,7 +19,8 @@ In the bus process, on its port:
 - ``pairing.py``: one-time codes the web console trades for a token;
 - ``openai_compat.py`` (+ ``openai_wire.py``): OpenAI's Chat Completions API;
 - ``mimic_rest.py``: the REST routes of the persona ecosystem;
-- ``openapi.py``: ``/openapi.json``, generated from the command registry;
+- ``openapi.py`` (+ ``openapi_http.py``): ``/openapi.json``, generated from the
+  command registry (the door's own routes described by hand);
 - ``console/``: the web console (static files).
 
 In a process of its own (``personad mcp``): ``mcp_server.py`` (stdio and

@@ -3,9 +3,10 @@
 Every request method of :data:`protocol.commands.REGISTRY` gets its own
 path, ``/v1/call/{target}/<method>``, with its params model as the request
 body, ``{"result": <its result model>}`` as the 200 answer, and the error
-statuses of :mod:`.status`; beside them the generic
+statuses of :mod:`.status`; beside them the door's own routes (the generic
 ``/v1/call/{target}/{method}``, ``/v1/events``, ``/v1/pair``, ``/healthz``,
-``/metrics``, this document, the Mimic routes (:mod:`.mimic_rest`'s table,
+``/metrics``, this document: written by hand in :mod:`.openapi_http`, with
+the shared error responses), the Mimic routes (:mod:`.mimic_rest`'s table,
 with the same schemas) and whatever ``openapi_paths()`` returns in every
 other module of :data:`ROUTE_MODULES`.
 
@@ -32,7 +33,6 @@ from functools import cache
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from protocol import ErrorCode
 from protocol.commands import REGISTRY, Command
 from protocol.commands.registry import VARIANTS
 from protocol.schema import document as protocol_document
@@ -40,29 +40,26 @@ from protocol.schema import served_by
 
 from .. import __version__
 from ..bus.config import BusConfig
-from ..bus.metrics import METRICS_GRANT
 from .api import ROUTE_MODULES
 from .http_io import dumps
 from .http_server import HttpRequest, HttpResponder
 from .mimic_rest import MIMIC_HEALTH_PATH, MIMIC_ROUTES, MimicRoute
-from .status import HTTP_STATUS, http_status
+from .openapi_http import JSON, OPENAPI_PATH, error_responses, generic_paths, http_components, ref
 
 if TYPE_CHECKING:
     from .api import HttpApi
 
 __all__ = ["OPENAPI_PATH", "build_document", "routes"]
 
-OPENAPI_PATH = "/openapi.json"
 #: Modules whose paths this one writes itself.
 _OWN_MODULES = frozenset({"mimic_rest", "openapi"})
 #: Not callable over HTTP: a door session has said its hello (a second one is INVALID_REQUEST).
 _HANDSHAKE = frozenset({"hello"})
-_JSON = "application/json"
 
 
 def routes(api: HttpApi) -> None:
     async def serve(request: HttpRequest, response: HttpResponder) -> None:
-        await response.send(HTTPStatus.OK, await asyncio.to_thread(_encoded), _JSON)
+        await response.send(HTTPStatus.OK, await asyncio.to_thread(_encoded), JSON)
 
     api.route("GET", OPENAPI_PATH, serve, auth=False)
 
@@ -90,11 +87,7 @@ class _Components:
     def add(self, wanted: str, schema: Any) -> dict[str, str]:
         name = self.key(wanted)
         self.schemas[name] = schema
-        return _ref(name)
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+        return ref(name)
 
 
 def _rewrite(schema: Any, renamed: dict[str, str]) -> Any:
@@ -106,7 +99,7 @@ def _rewrite(schema: Any, renamed: dict[str, str]) -> Any:
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
-            out[key] = _ref(renamed[value.removeprefix("#/$defs/")])["$ref"]
+            out[key] = ref(renamed[value.removeprefix("#/$defs/")])["$ref"]
         elif key in {"properties", "patternProperties", "$defs"}:  # names to schemas
             out[key] = {name: _rewrite(sub, renamed) for name, sub in value.items()}
         elif key in {"default", "const", "enum", "examples"}:
@@ -142,127 +135,6 @@ def _reachable(roots: Any, schemas: dict[str, Any]) -> dict[str, Any]:
     return {name: schemas[name] for name in sorted(seen)}
 
 
-# -- errors ------------------------------------------------------------------------------
-
-
-def _error_statuses() -> dict[int, list[ErrorCode]]:
-    statuses: dict[int, list[ErrorCode]] = {}
-    for code, status in HTTP_STATUS.items():
-        statuses.setdefault(int(status), []).append(code)
-    return dict(sorted(statuses.items()))
-
-
-def _status_text(status: int, codes: list[ErrorCode]) -> str:
-    names = ", ".join(f"{c.name} ({int(c)})" for c in codes)
-    text = f"{HTTPStatus(status).phrase}: the bus answered {names}"
-    if status == HTTPStatus.INTERNAL_SERVER_ERROR:
-        text += ", or a service's own error code (outside -32768..-32000)"
-    return text + "."
-
-
-def _error_responses(command: Command | None = None) -> dict[str, Any]:
-    """Every error status, shared; a method's own errors (its ``errors``) added where they fall."""
-    notes: dict[int, list[str]] = {}
-    for code, when in command.error_list() if command is not None else []:
-        notes.setdefault(int(http_status(int(code))), []).append(f"{code.name} ({int(code)}) when {when}")
-    responses: dict[str, Any] = {}
-    for status, codes in _error_statuses().items():
-        if status in notes:
-            responses[str(status)] = {
-                "description": f"{_status_text(status, codes)} For this method: {'; '.join(notes[status])}.",
-                "content": {_JSON: {"schema": _ref("http.ErrorResponse")}},
-            }
-        else:
-            responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
-    return responses
-
-
-def _http_components(components: _Components) -> dict[str, Any]:
-    """The door's own schemas, and the shared error responses."""
-    added = {
-        "http.Error": {
-            "title": "Error",
-            "description": "The bus's error object, as a WebSocket client receives it.",
-            "type": "object",
-            "properties": {
-                "code": {
-                    "type": "integer",
-                    "description": "the bus's code (docs/protocol.md, Error codes) or a service's own",
-                },
-                "message": {"type": "string", "maxLength": 4096},
-                "data": {"description": "details; INVALID_PARAMS: a list of {loc, msg, type}"},
-            },
-            "required": ["code", "message"],
-            "additionalProperties": False,
-        },
-        "http.ErrorResponse": {
-            "type": "object",
-            "properties": {"error": _ref("http.Error")},
-            "required": ["error"],
-            "additionalProperties": False,
-        },
-        "http.Health": {
-            "title": "Health",
-            "description": "The bus's health (docs/operations.md, /healthz).",
-            "type": "object",
-            "properties": {
-                "status": {"enum": ["ok", "shutting_down"]},
-                "version": {"type": "string"},
-                "protocol": {"type": "integer"},
-                "uptime_s": {"type": "number"},
-                "connections": {"type": "integer", "description": "open WebSocket connections"},
-                "clients": {
-                    "type": "object",
-                    "additionalProperties": {"type": "integer"},
-                    "description": "authenticated clients by kind",
-                },
-                "inflight": {"type": "integer", "description": "routed requests awaiting an answer"},
-            },
-            "required": ["status", "version", "protocol", "uptime_s", "connections", "clients", "inflight"],
-        },
-        "http.MimicHealth": {
-            "title": "Mimic health",
-            "description": "The bus's health plus the capabilities served now (from bus.clients).",
-            "allOf": [_ref("http.Health")],
-            "properties": {
-                "capabilities": {
-                    "type": "object",
-                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
-                    "description": "cap:<name> → the ids of the clients serving it",
-                }
-            },
-            "required": ["capabilities"],
-        },
-        "http.PairRequest": {
-            "type": "object",
-            "properties": {
-                "code": {"type": "string", "minLength": 1, "description": "from personad console"}
-            },
-            "required": ["code"],
-        },
-        "http.Pairing": {
-            "type": "object",
-            "properties": {
-                "token": {"type": "string", "description": "the new bearer token (shown once)"},
-                "name": {"type": "string"},
-                "id": {"type": "string"},
-                "grants": {"type": "array", "items": {"type": "string"}},
-            },
-            "required": ["token", "name", "id", "grants"],
-        },
-    }
-    for name, schema in added.items():
-        if components.add(name, schema) != _ref(name):  # these names are referred to as they are
-            raise ValueError(f"component name {name!r} is taken by the protocol's schemas")
-    return {
-        f"Error{status}": {
-            "description": _status_text(status, codes),
-            "content": {_JSON: {"schema": _ref("http.ErrorResponse")}},
-        }
-        for status, codes in _error_statuses().items()
-    }
-
-
 # -- /v1/call ----------------------------------------------------------------------------
 
 
@@ -276,15 +148,15 @@ def _has_required(command: Command) -> bool:
 
 def _call_operation(command: Command, variants: list[Command], names: dict[str, str]) -> dict[str, Any]:
     method = command.method
-    results = [_ref(names[f"{method}.result"])]
-    results += [_ref(names[f"{method}@{v.served_by}.result"]) for v in variants]
+    results = [ref(names[f"{method}.result"])]
+    results += [ref(names[f"{method}@{v.served_by}.result"]) for v in variants]
     target_text = f"Who serves it: {served_by(command)}."
     for variant in variants:
         target_text += f" Also {served_by(variant)}, answering: {variant.summary}"
     success: dict[str, Any] = {
         "description": "The method's result.",
         "content": {
-            _JSON: {
+            JSON: {
                 "schema": {
                     "type": "object",
                     "properties": {"result": results[0] if len(results) == 1 else {"anyOf": results}},
@@ -321,142 +193,9 @@ def _call_operation(command: Command, variants: list[Command], names: dict[str, 
         "requestBody": {
             "required": _has_required(command),
             "description": "The method's params (an empty body: none).",
-            "content": {_JSON: {"schema": _ref(names[f"{method}.params"])}},
+            "content": {JSON: {"schema": ref(names[f"{method}.params"])}},
         },
-        "responses": {"200": success, **_error_responses(command)},
-    }
-
-
-def _generic_paths() -> dict[str, Any]:
-    events_error = {s: {"$ref": f"#/components/responses/Error{s}"} for s in ("400", "401", "403", "422")}
-    return {
-        "/v1/call/{target}/{method}": {
-            "post": {
-                "operationId": "call",
-                "summary": "Call any method on any target (the paths below describe each method).",
-                "tags": ["http"],
-                "parameters": [
-                    {
-                        "name": "target",
-                        "in": "path",
-                        "required": True,
-                        "description": "bus, persona:<id>, cap:<capability>, or a client id",
-                        "schema": {"type": "string"},
-                    },
-                    {"name": "method", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {"$ref": "#/components/parameters/DeadlineMs"},
-                ],
-                "requestBody": {
-                    "required": False,
-                    "content": {_JSON: {"schema": {"type": "object", "description": "the method's params"}}},
-                },
-                "responses": {
-                    "200": {
-                        "description": "The method's result (or Server-Sent Events with"
-                        " `Accept: text/event-stream`).",
-                        "content": {
-                            _JSON: {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {"result": {}},
-                                    "required": ["result"],
-                                }
-                            },
-                            "text/event-stream": {"schema": {"type": "string"}},
-                        },
-                    },
-                    **_error_responses(),
-                },
-            }
-        },
-        "/v1/events": {
-            "get": {
-                "operationId": "events",
-                "summary": "Server-Sent Events of bus topics and room messages.",
-                "description": "Subscribes (and joins rooms) with the caller's token; first an"
-                " `event: ready`, then one event per notification, named by its method"
-                " (`event`, `room.message`, ...).",
-                "tags": ["http"],
-                "parameters": [
-                    {
-                        "name": name,
-                        "in": "query",
-                        "description": text,
-                        "schema": {"type": "array", "items": {"type": "string"}},
-                        "style": "form",
-                        "explode": True,
-                    }
-                    for name, text in (
-                        ("topic", "a topic pattern to subscribe to (repeat for more)"),
-                        ("room", "a room to join (repeat for more)"),
-                    )
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The event stream.",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    },
-                    **events_error,
-                },
-            }
-        },
-        "/v1/pair": {
-            "post": {
-                "operationId": "pair",
-                "summary": "Exchange a one-time pairing code (personad console) for a token.",
-                "tags": ["http"],
-                "security": [],
-                "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("http.PairRequest")}}},
-                "responses": {
-                    "200": {
-                        "description": "The new token.",
-                        "content": {_JSON: {"schema": _ref("http.Pairing")}},
-                    },
-                    "400": {"$ref": "#/components/responses/Error400"},
-                    "401": {"$ref": "#/components/responses/Error401"},
-                    "422": {"$ref": "#/components/responses/Error422"},
-                },
-            }
-        },
-        "/healthz": {
-            "get": {
-                "operationId": "healthz",
-                "summary": "The bus's health (no token needed).",
-                "tags": ["http"],
-                "security": [],
-                "responses": {
-                    status: {"description": text, "content": {_JSON: {"schema": _ref("http.Health")}}}
-                    for status, text in (("200", "Serving."), ("503", "Shutting down."))
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "summary": f"Prometheus metrics (a token with the {METRICS_GRANT!r} grant,"
-                " unless the bus runs with --public-metrics).",
-                "tags": ["http"],
-                "responses": {
-                    status: {"description": text, "content": {"text/plain": {"schema": {"type": "string"}}}}
-                    for status, text in (
-                        ("200", "The metrics, in Prometheus's text format."),
-                        ("401", "No valid bearer token."),
-                        ("403", f"The token lacks the {METRICS_GRANT!r} grant."),
-                    )
-                },
-            }
-        },
-        OPENAPI_PATH: {
-            "get": {
-                "operationId": "openapi",
-                "summary": "This document (no token needed).",
-                "tags": ["http"],
-                "security": [],
-                "responses": {
-                    "200": {"description": "OpenAPI 3.1.", "content": {_JSON: {"schema": {"type": "object"}}}}
-                },
-            }
-        },
+        "responses": {"200": success, **error_responses(command)},
     }
 
 
@@ -471,7 +210,7 @@ def _resolve(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
 
 def _mimic_operation(route: MimicRoute, names: dict[str, str], components: _Components) -> dict[str, Any]:
     command = REGISTRY[route.method]
-    params = _resolve(_ref(names[f"{route.method}.params"]), components.schemas)
+    params = _resolve(ref(names[f"{route.method}.params"]), components.schemas)
     properties: dict[str, Any] = params.get("properties", {})
     required = set(params.get("required", []))
     from_path = dict(route.into_params)
@@ -504,7 +243,7 @@ def _mimic_operation(route: MimicRoute, names: dict[str, str], components: _Comp
                 parameter |= {"style": "deepObject", "explode": True}
             parameters.append(parameter)
     else:
-        body: dict[str, Any] = _ref(names[f"{route.method}.params"])
+        body: dict[str, Any] = ref(names[f"{route.method}.params"])
         if from_path:
             derived = copy.deepcopy(params)
             derived["required"] = [r for r in params.get("required", []) if r not in from_path.values()]
@@ -515,16 +254,16 @@ def _mimic_operation(route: MimicRoute, names: dict[str, str], components: _Comp
             body = components.add(f"{route.method}.body", derived)
         operation["requestBody"] = {
             "required": bool(required - set(from_path.values())),
-            "content": {_JSON: {"schema": body}},
+            "content": {JSON: {"schema": body}},
         }
     parameters.append({"$ref": "#/components/parameters/DeadlineMs"})
     operation["parameters"] = parameters
     operation["responses"] = {
         "200": {
             "description": "The method's result.",
-            "content": {_JSON: {"schema": _ref(names[f"{route.method}.result"])}},
+            "content": {JSON: {"schema": ref(names[f"{route.method}.result"])}},
         },
-        **_error_responses(command),
+        **error_responses(command),
     }
     return operation
 
@@ -547,12 +286,12 @@ def _mimic_paths(names: dict[str, str], components: _Components) -> dict[str, An
             "summary": "The bus's health and the capabilities served now (needs the bus.clients grant).",
             "tags": ["mimic"],
             "responses": {
-                "200": {"description": "Serving.", "content": {_JSON: {"schema": _ref("http.MimicHealth")}}},
+                "200": {"description": "Serving.", "content": {JSON: {"schema": ref("http.MimicHealth")}}},
                 "503": {
                     "description": "Shutting down.",
-                    "content": {_JSON: {"schema": _ref("http.MimicHealth")}},
+                    "content": {JSON: {"schema": ref("http.MimicHealth")}},
                 },
-                **{s: r for s, r in _error_responses().items() if s != "503"},
+                **{s: r for s, r in error_responses().items() if s != "503"},
             },
         }
     }
@@ -570,9 +309,9 @@ def build_document() -> dict[str, Any]:
     names = {name: components.key(name) for name in protocol_defs}
     for name, schema in protocol_defs.items():
         components.schemas[names[name]] = _rewrite(schema, names)
-    responses = _http_components(components)
+    responses = http_components(components.add)
 
-    paths: dict[str, Any] = _generic_paths()
+    paths: dict[str, Any] = generic_paths()
     tags: set[str] = set()
     for method, command in sorted(REGISTRY.items()):
         if command.notification or method in _HANDSHAKE:
