@@ -105,7 +105,7 @@ function route() {
   }
   reason = null;
   who.textContent = current.name ? `Signed in as ${current.name}` : "Signed in with a pasted token";
-  who.title = current.grants ? `grants: ${current.grants.join(", ")}` : "";
+  who.title = current.id ? `token id ${current.id}, grants: ${current.grants.join(", ")}` : "";
   const p = path();
   const found = ROUTES.map((r) => ({ r, m: p.match(r.pattern) })).find((x) => x.m);
   if (!found) {
@@ -154,7 +154,7 @@ async function boot() {
       login.save(paired.token, { name: paired.name, id: paired.id, grants: paired.grants });
     } catch (exc) {
       login.forget();
-      reason = { error: exc, note: "The pairing link was refused." };
+      reason = { error: exc, title: "The pairing link was refused" };
     }
   }
   window.addEventListener("hashchange", route);
