@@ -64,7 +64,10 @@ class PairingStore:
                 return None
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
             subject = "*" if found["role"] == "admin" else "cli:*"
-            return self.tokens.add(name=f"{found['label']}-{stamp}", role=found["role"], subject=subject)
+            # A random tail: two pairings in one second must not share a
+            # name, or `personad token revoke <name>` would revoke both.
+            name = f"{found['label']}-{stamp}-{secrets.token_hex(2)}"
+            return self.tokens.add(name=name, role=found["role"], subject=subject)
 
     def _read(self) -> list[dict[str, Any]]:
         try:
