@@ -209,7 +209,9 @@ def test_watchdog_pid_of_this_process_enables(systemd: FakeSystemd) -> None:
     assert notifier.watchdog_interval == 15.0
 
 
-@pytest.mark.parametrize("pid", [str(os.getpid() + 1), "1", "0", "not-a-pid"])
+@pytest.mark.parametrize(
+    "pid", [str(os.getpid() + 1), "1", "0", "not-a-pid"], ids=["another", "init", "zero", "not-a-pid"]
+)
 def test_watchdog_pid_of_another_process_disables(systemd: FakeSystemd, pid: str) -> None:
     """WATCHDOG_PID naming another (or no valid) process turns the watchdog off."""
     notifier = notifier_for(systemd, WATCHDOG_USEC="30000000", WATCHDOG_PID=pid)
