@@ -17,9 +17,9 @@ WebSocket baseline (a :class:`daemon.client.BusClient`, msgpack) in rounds
    ``/v1/chat/completions`` from the official ``openai`` client, to its
    first content chunk, against a ``chat`` call over the WebSocket to its
    first ``chat.token`` (same message, temperature 0, 8 tokens).
-3. **MCP tool call**: ``memory_recall`` through ``personad mcp`` (stdio,
-   the official MCP SDK's client), against ``memory.recall`` from a
-   BusClient.
+3. **MCP tool call**: ``memory_recall`` through ``personad mcp`` (the
+   official MCP SDK's client, over stdio and over Streamable HTTP), against
+   ``memory.recall`` from a BusClient.
 
 Each line gives the p50 and p99 of both, and their ratios (door / WebSocket).
 There are no targets to pass: the figures say what a door adds.
@@ -239,21 +239,18 @@ async def bench_openai(client: BusClient, http_url: str, token: str, chats: int)
     await oai.close()
 
 
-async def bench_mcp(client: BusClient, env: dict[str, str], calls: int) -> None:
+async def bench_mcp(client: BusClient, env: dict[str, str], token: str, calls: int) -> None:
+    import httpx2
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
+    from mcp.client.streamable_http import streamable_http_client
 
-    params = StdioServerParameters(
-        command=sys.executable, args=["-m", "daemon", "mcp"], env=env, cwd=str(REPO)
-    )
-    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
-        await session.initialize()
+    async def ws() -> float:
+        began = time.perf_counter()
+        await client.call("memory.recall", to=PERSONA, params={"query": "hello", "limit": 3})
+        return time.perf_counter() - began
 
-        async def ws() -> float:
-            began = time.perf_counter()
-            await client.call("memory.recall", to=PERSONA, params={"query": "hello", "limit": 3})
-            return time.perf_counter() - began
-
+    def door_of(session: ClientSession) -> Callable[[], Awaitable[float]]:
         async def door() -> float:
             began = time.perf_counter()
             result = await session.call_tool(
@@ -263,7 +260,29 @@ async def bench_mcp(client: BusClient, env: dict[str, str], calls: int) -> None:
                 raise RuntimeError(f"memory_recall failed: {result.content}")
             return time.perf_counter() - began
 
-        report("MCP tool call (memory_recall)", *await interleaved(ws, door, calls=calls))
+        return door
+
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "daemon", "mcp"], env=env, cwd=str(REPO)
+    )
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        report("MCP tool call, stdio", *await interleaved(ws, door_of(session), calls=calls))
+
+    server = Child("mcp", ["mcp", "--http", "127.0.0.1:0"], env)
+    try:
+        endpoint = server.wait_for(r"Streamable HTTP at (http://\S+/mcp)", 60).group(1)
+        server.drain()
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+        async with (
+            http,
+            streamable_http_client(endpoint, http_client=http) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            report("MCP tool call, Streamable HTTP", *await interleaved(ws, door_of(session), calls=calls))
+    finally:
+        server.stop()
 
 
 async def main(opts: argparse.Namespace) -> int:
@@ -303,13 +322,13 @@ async def main(opts: argparse.Namespace) -> int:
             if opts.chat:
                 await bench_openai(client, http_url, token, opts.chats)
             if opts.mcp:
-                await bench_mcp(client, {**env, "PERSONAD_TOKEN": token}, opts.calls)
+                await bench_mcp(client, {**env, "PERSONAD_TOKEN": token}, token, opts.calls)
         finally:
             await client.close()
     finally:
         for child in reversed(children):
             child.stop()
-    print("doors.py: done", flush=True)
+    print("doors.py: ok", flush=True)
     return 0
 
 
