@@ -283,3 +283,17 @@ def chat_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServ
         yield services
     finally:
         services.stop_all()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(chat_services: ChatServices) -> Any:
+    """SmolLM2's own tokenizer: what a prompt must count, computed independently of the service."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(chat_services.model, local_files_only=True)
+
+
+def prompt_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> int:
+    """Tokens of a chat-templated prompt, as the model reads it."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -131,7 +131,7 @@ class Bus:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await asyncio.gather(*self._closing, return_exceptions=True)
-        self.http.close()
+        await self.http.shutdown()
         if self._server is not None:
             self._server.close(close_connections=True)  # 1001 going away
             with contextlib.suppress(TimeoutError):

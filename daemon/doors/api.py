@@ -139,7 +139,12 @@ class HttpApi:
         """The connection class the bus's websockets server uses: it hands plain HTTP to this door."""
         return front_connection(self.protocol_factory, self.limits)
 
-    def close(self) -> None:
+    async def shutdown(self, grace: float = 1.0) -> None:
+        """Let answers already settled (SHUTTING_DOWN, after the router's fail_all) reach their
+        callers, for up to ``grace`` seconds, then close every connection; event streams end here."""
+        busy = [p.handler_task for p in self.connections if p.handler_task is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
         for protocol in list(self.connections):
             protocol.close()
 

@@ -148,6 +148,11 @@ class HttpProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def handler_task(self) -> asyncio.Task[None] | None:
+        """The task answering the current request, if one is."""
+        return self._task
+
     # -- asyncio callbacks -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

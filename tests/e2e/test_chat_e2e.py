@@ -20,7 +20,7 @@ import pytest
 from daemon.client import BusClient
 from daemon.persona.chat import build_messages
 from daemon.persona.config import PersonaConfig
-from tests.conftest import WAIT, ChatServices
+from tests.conftest import WAIT, ChatServices, prompt_tokens
 
 pytestmark = pytest.mark.slow
 
@@ -44,19 +44,6 @@ async def admin(services: ChatServices) -> AsyncIterator[BusClient]:
     client = BusClient(services.url, token=services.state.admin_token, kind="cli")  # type: ignore[attr-defined]
     async with client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def tokenizer(chat_services: ChatServices) -> Any:
-    """SmolLM2's own tokenizer: what the prompt must count, computed independently of the service."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(chat_services.model, local_files_only=True)
-
-
-def prompt_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> int:
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 async def chat(admin: BusClient, message: str, **params: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -11,6 +11,10 @@ Every page the tests visit is screenshotted (full page) into
 and checked on the way: every control has an accessible name (Chromium's own
 accessibility tree, through CDP), the landmarks are there, and the page
 raised no script error and no Content-Security-Policy violation.
+
+One file past 500 lines on purpose: the fixtures (processes, browser, the
+page checks) and the tests share one expensive module-scoped setup, and
+splitting them would start every process twice.
 """
 
 from __future__ import annotations

@@ -291,3 +291,30 @@ async def test_methods_and_paths_that_are_not_served(http, state) -> None:
     assert (405, "POST") == (wrong_method.status_code, wrong_method.headers["allow"])
     assert 404 == (await http.get("/no/such/page")).status_code
     assert 404 == (await http.get("/../../etc/passwd")).status_code
+
+
+async def test_a_call_in_flight_when_the_bus_stops_is_answered_shutting_down(state, connect) -> None:
+    """As over the WebSocket: every request in flight gets its answer before the bus goes."""
+    from daemon.client import BusClient
+
+    bus = Bus(BusConfig(port=0), state.tokens())
+    await bus.start()
+    started = asyncio.Event()
+
+    async def stuck(request: Request, ctx: CallContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    target = BusClient(bus.url, token=state.admin_token, kind="persona", name="p", handler=stuck)
+    await target.start()
+    try:
+        async with httpx.AsyncClient(base_url=http_url(bus), timeout=WAIT) as http:
+            call = asyncio.ensure_future(
+                http.post("/v1/call/persona:p/persona.status", headers=bearer(state.admin_token))
+            )
+            await asyncio.wait_for(started.wait(), WAIT)
+            await bus.close()
+            response = await call
+        assert (503, ErrorCode.SHUTTING_DOWN) == (response.status_code, response.json()["error"]["code"])
+    finally:
+        await target.close()

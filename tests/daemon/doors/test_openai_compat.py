@@ -21,7 +21,7 @@ import pytest
 from daemon.client import BusClient
 from daemon.persona.chat import build_messages
 from daemon.persona.config import PersonaConfig
-from tests.conftest import WAIT, ChatServices, eventually
+from tests.conftest import WAIT, ChatServices, eventually, prompt_tokens
 
 pytestmark = pytest.mark.slow
 
@@ -58,18 +58,6 @@ async def admin(services: ChatServices) -> AsyncIterator[BusClient]:
     bus = BusClient(services.url, token=services.state.admin_token, kind="cli")  # type: ignore[attr-defined]
     async with bus:
         yield bus
-
-
-@pytest.fixture(scope="module")
-def tokenizer(chat_services: ChatServices) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(chat_services.model, local_files_only=True)
-
-
-def prompt_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> int:
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 async def last_interaction(admin: BusClient) -> dict[str, Any] | None:
