@@ -49,7 +49,7 @@ class HelloParams(StrictParams):
         str,
         Field(
             pattern=KIND_PATTERN,
-            description="what you are: persona, cli, browser, service, … (cap, room, bus and door are reserved)",
+            description="what you are: persona, cli, browser, service, … (reserved: cap, room, bus, door)",
         ),
     ]
     name: Annotated[
