@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The bus against raw websockets, as ratios measured in one run.
+"""The bus against raw websockets and against NATS, as ratios measured in one run.
 
     .venv/bin/python bench/bus.py [--quick] [--explain] [--cpus 0]
 
@@ -8,7 +8,12 @@ uvloop), a persona daemon (``python -m daemon persona demo``) and, in this
 process, a :class:`daemon.client.BusClient` (msgpack). The baselines use plain
 ``websockets`` (asyncio API, compression off, uvloop) with the same msgpack
 codec (``protocol.codec.MSGPACK``) and the same JSON-RPC-shaped payloads, in a
-separate server process, so the process counts are comparable. Each figure is
+separate server process, so the process counts are comparable. Request/response
+is also measured against NATS in the same topology: a ``nats-server`` started
+here (Debian's package, ``scripts/system-deps``) on a free port, a nats-py
+responder process answering ``persona.ping``-shaped msgpack requests, and
+nats-py ``request()`` calls from this process (caller -> broker -> responder ->
+broker -> caller, three processes, as for the bus). Each figure is
 measured interleaved with its baseline (raw, bus, bus, raw, ...) after a
 warm-up; the figures are the medians, the ratio is the median of the paired
 ratios (each bus run against the baseline run next to it).
@@ -30,10 +35,14 @@ per operation of every process involved (psutil). ``--explain`` adds,
 for information, the same request/response through stand-ins (a plain
 websockets relay, a raw caller, a raw persona) to show which part costs what.
 
-The last line is ``bus.py: ok`` only if all four targets hold (exit status 0),
+Against NATS, the targets are ≥ 1.0 at 1 in flight and ≥ 0.8 at 64 (ratios), and the
+bus's CPU per relayed request (psutil, 1 in flight) ≤ 100 µs.
+
+The last line is ``bus.py: ok`` only if every target holds (exit status 0),
 else ``bus.py: FAIL`` (exit status 1). Every child process is stopped at the
 end, whatever happens. The same file also holds the helper processes
-(``bus.py _raw-server``, ``_subscribers``, ``_idle``, ``_relay``, ``_raw-persona``),
+(``bus.py _raw-server``, ``_subscribers``, ``_idle``, ``_relay``, ``_raw-persona``,
+``_nats-responder``),
 not meant to be run by hand.
 """
 
@@ -49,6 +58,7 @@ import platform
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -81,6 +91,10 @@ KIB = 1024
 MIB = 1024 * 1024
 
 TARGETS = {"rr": 0.40, "pipelined": 0.35, "fanout": 0.70}
+#: Against nats-server + nats-py in the same topology.
+NATS_TARGETS = {"rr": 1.0, "pipelined": 0.8}
+MAX_BUS_CPU_US = 100.0
+NATS_SUBJECT = "persona.demo"
 MAX_KIB_PER_CONN = 30.0
 MAX_PERSONA_MIB = 60.0
 
@@ -370,6 +384,33 @@ async def raw_persona_main(args: argparse.Namespace) -> None:
     await ws.close()
 
 
+async def nats_responder_main(args: argparse.Namespace) -> None:
+    """The NATS side's persona: answers each request on NATS_SUBJECT, same codec and shapes."""
+    import nats
+
+    encode, decode = MSGPACK.encode_wire, MSGPACK.decode_data
+    nc = await nats.connect(args.url, allow_reconnect=False)
+
+    async def answer(msg: Any) -> None:
+        req = decode(msg.data)
+        await msg.respond(encode(ping_reply(req["id"])))
+
+    await nc.subscribe(NATS_SUBJECT, cb=answer)
+    await nc.flush()
+    _say("ready")
+    stdin = await _stdin_reader()
+    while (await stdin.readline()).strip() not in (b"quit", b""):
+        pass
+    await nc.drain()
+
+
+def free_port() -> int:
+    """A port free now on 127.0.0.1 (nats-server cannot be asked for port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 # ===================================================================================
 # The benchmark
 # ===================================================================================
@@ -550,8 +591,39 @@ class Bench:
         self.bus_pids = {"client": me, "bus": self.bus.pid, "persona": self.persona.pid}
         self.raw_ws = await connect(self.raw_url + "/echo", compression=None, max_size=MAX_SIZE)
         self.raw_pub = await connect(self.raw_url + "/pub", compression=None, max_size=MAX_SIZE)
+        await self.setup_nats()
+
+    async def setup_nats(self) -> None:
+        """nats-server on a free port, a nats-py responder process, a nats-py caller here."""
+        import nats
+
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        if not os.access(binary, os.X_OK):
+            raise RuntimeError("nats-server is not installed: run scripts/system-deps")
+        port = free_port()
+        url = f"nats://127.0.0.1:{port}"
+        self.nats_server = await self.spawn("nats-server", [binary, "-a", "127.0.0.1", "-p", str(port)],
+                                            log=self.tmp / "nats.log", capture=False)
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    self.nc = await nats.connect(url, allow_reconnect=False, connect_timeout=1)
+                    break
+                except Exception:  # not listening yet (nats-py raises its own and OSError kinds)
+                    if self.nats_server.proc.returncode is not None:
+                        raise RuntimeError(f"nats-server exited\n{self.nats_server.tail()}") from None
+                    await asyncio.sleep(0.05)
+        self.responder = await self.spawn("nats-responder", self.helper("_nats-responder", "--url", url),
+                                          stdin=True, log=self.tmp / "nats-responder.log")
+        await self.responder.line("ready", 30)
+        self.nats_pids = {"client": os.getpid(), "nats-server": self.nats_server.pid,
+                          "responder": self.responder.pid}
 
     async def teardown(self) -> None:
+        nc = getattr(self, "nc", None)
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 5)
         for closer in (getattr(self, "raw_ws", None), getattr(self, "raw_pub", None)):
             if closer is not None:
                 with contextlib.suppress(Exception):
@@ -645,6 +717,40 @@ class Bench:
         assert "result" in reply, reply
         return received, now() - t0
 
+    async def nats_rr(self, duration: float) -> Ops:
+        """nats-py request(), one at a time: the NATS side of figure 1."""
+        nc, encode, decode = self.nc, MSGPACK.encode_wire, MSGPACK.decode_data
+        n, t0 = 0, now()
+        deadline = t0 + duration
+        async with asyncio.timeout(duration + 30):
+            while True:
+                n += 1
+                reply = decode((await nc.request(NATS_SUBJECT, encode(ping_request(n)), timeout=30)).data)
+                t = now()
+                if t >= deadline:
+                    break
+        assert reply["id"] == n, reply
+        assert reply["result"]["pong"] is True, reply
+        return n, t - t0
+
+    async def nats_pipelined(self, duration: float, window: int) -> Ops:
+        """``window`` tasks calling request() on one nats-py connection (as bus_pipelined)."""
+        nc, encode, decode = self.nc, MSGPACK.encode_wire, MSGPACK.decode_data
+        done = 0
+        deadline = now() + duration
+
+        async def worker(i: int) -> None:
+            nonlocal done
+            while now() < deadline:
+                reply = decode((await nc.request(NATS_SUBJECT, encode(ping_request(i)), timeout=30)).data)
+                assert reply["id"] == i
+                done += 1
+
+        t0 = now()
+        async with asyncio.timeout(duration + 30):
+            await asyncio.gather(*(worker(i) for i in range(window)))
+        return done, now() - t0
+
     async def interleave(self, runs: dict[str, tuple[Callable[[], Awaitable[Ops]], dict[str, int]]],
                          ) -> dict[str, tuple[list[float], dict[str, float]]]:
         """Warm up, then run every variant once per repetition, rotating the order.
@@ -675,6 +781,7 @@ class Bench:
     async def compare(self, label: str, unit: str,
                       raw: Callable[[], Awaitable[Ops]], raw_pids: dict[str, int],
                       bus: Callable[[], Awaitable[Ops]], bus_pids: dict[str, int],
+                      nats: Callable[[], Awaitable[Ops]] | None = None,
                       ) -> tuple[float, float, float]:
         """The bus against its baseline, interleaved: median rates (ops/s) and median paired ratio.
 
@@ -683,35 +790,59 @@ class Bench:
         machine whose speed jumps between two levels for seconds at a time, the
         two medians can land on different levels, while a pair shares one.
         """
-        res = await self.interleave({"raw": (raw, raw_pids), "bus": (bus, bus_pids)})
-        (raw_rates, raw_cpu), (bus_rates, bus_cpu) = res["raw"], res["bus"]
+        runs = {"raw": (raw, raw_pids), "bus": (bus, bus_pids)}
+        if nats is not None:
+            runs["nats"] = (nats, self.nats_pids)
+        res = await self.interleave(runs)
+        (raw_rates, _), (bus_rates, bus_cpu) = res["raw"], res["bus"]
         pairs = [b / r for b, r in zip(bus_rates, raw_rates, strict=True)]
         print(f"  {label}:\n"
               f"    raw {unit}/s: {', '.join(f'{v:,.0f}' for v in raw_rates)}\n"
               f"    bus {unit}/s: {', '.join(f'{v:,.0f}' for v in bus_rates)}\n"
               f"    paired ratios: {', '.join(f'{v:.2f}' for v in pairs)}", flush=True)
-        for side, per in (("raw", raw_cpu), ("bus", bus_cpu)):
+        if "nats" in res:
+            nats_rates = res["nats"][0]
+            self.nats_pairs = [b / n for b, n in zip(bus_rates, nats_rates, strict=True)]
+            self.nats_rate = median(nats_rates)
+            print(f"    nats {unit}/s: {', '.join(f'{v:,.0f}' for v in nats_rates)}\n"
+                  f"    paired ratios to nats: {', '.join(f'{v:.2f}' for v in self.nats_pairs)}", flush=True)
+        for side, (_, per) in res.items():
             print(f"    {side} CPU µs per {unit}: "
                   f"{', '.join(f'{proc} {us:.1f}' for proc, us in per.items())}", flush=True)
+        self.bus_cpu_us = bus_cpu.get("bus", 0.0)
         return median(bus_rates), median(raw_rates), median(pairs)
 
     async def bench_rr(self) -> None:
         d = self.opts.duration
         bus, raw, ratio = await self.compare("request/response, 1 in flight", "req",
                                              lambda: self.raw_rr(d), self.raw_pids,
-                                             lambda: self.bus_rr(d), self.bus_pids)
+                                             lambda: self.bus_rr(d), self.bus_pids,
+                                             lambda: self.nats_rr(d))
         self.report("request/response 1 in flight", f"{bus:,.0f} req/s",
                     f"raw websockets echo {raw:,.0f} req/s", ratio,
                     f"≥ {TARGETS['rr']:.2f}", ratio >= TARGETS["rr"])
+        self.report_nats("request/response 1 in flight against NATS", bus, "rr")
+        cpu = self.bus_cpu_us
+        self.report("bus CPU per relayed request (1 in flight)", f"{cpu:.0f} µs",
+                    "psutil, the bus process's user+system time over the runs", None,
+                    f"≤ {MAX_BUS_CPU_US:.0f} µs", cpu <= MAX_BUS_CPU_US)
+
+    def report_nats(self, name: str, bus: float, key: str) -> None:
+        ratio = median(self.nats_pairs)
+        self.report(name, f"{bus:,.0f} req/s", f"nats-server + nats-py {self.nats_rate:,.0f} req/s",
+                    ratio, f"≥ {NATS_TARGETS[key]:.2f}", ratio >= NATS_TARGETS[key])
 
     async def bench_pipelined(self) -> None:
         d, w = self.opts.duration, self.opts.window
         bus, raw, ratio = await self.compare(f"request/response, {w} in flight", "req",
                                              lambda: self.raw_pipelined(d, w), self.raw_pids,
-                                             lambda: self.bus_pipelined(d, w), self.bus_pids)
+                                             lambda: self.bus_pipelined(d, w), self.bus_pids,
+                                             lambda: self.nats_pipelined(d, w))
         self.report(f"request/response {w} in flight", f"{bus:,.0f} req/s",
                     f"raw pipelined echo {raw:,.0f} req/s", ratio,
                     f"≥ {TARGETS['pipelined']:.2f}", ratio >= TARGETS["pipelined"])
+        self.report_nats(f"request/response {w} in flight against NATS", bus, "pipelined")
+        print(f"  bus CPU per relayed request at {w} in flight: {self.bus_cpu_us:.0f} µs", flush=True)
 
     # -- --explain: where the request/response ratio goes ------------------------------
 
@@ -896,7 +1027,7 @@ class Bench:
                   f"(idle, before: {self.persona_idle / MIB:.1f} MiB)", flush=True)
         finally:
             await self.teardown()
-        return all(ok for _, ok in self.results) and len(self.results) == 5
+        return all(ok for _, ok in self.results) and len(self.results) == 8
 
 
 def _version(package: str) -> str:
@@ -915,7 +1046,7 @@ def environment(nofile: int) -> str:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return (f"python {platform.python_version()} ({platform.python_implementation()}), "
             f"websockets {_version('websockets')}, uvloop {_version('uvloop')}, "
-            f"msgpack {_version('msgpack')}, psutil {_version('psutil')}\n"
+            f"msgpack {_version('msgpack')}, psutil {_version('psutil')}, nats-py {_version('nats-py')}\n"
             f"{platform.system()} {platform.release()} {platform.machine()}, "
             f"{os.cpu_count()} cores ({affinity}), load average {load}, RLIMIT_NOFILE {nofile}")
 
@@ -952,7 +1083,8 @@ async def bench_main(opts: argparse.Namespace) -> int:
     nofile = raise_nofile()
     if opts.cpus:
         os.sched_setaffinity(0, {int(c) for c in opts.cpus.split(",")})  # children inherit it
-    print(f"bench/bus.py: the bus against raw websockets, ratios measured in one run\n{environment(nofile)}\n"
+    print("bench/bus.py: the bus against raw websockets and NATS, ratios measured in one run\n"
+          f"{environment(nofile)}\n"
           f"reps {opts.reps} (median; 1 warm-up), {opts.duration}s per request/response run, "
           f"{opts.events} events per fan-out run, {opts.conns} idle connections", flush=True)
     main_task = asyncio.current_task()
@@ -980,7 +1112,7 @@ async def bench_main(opts: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-HELPERS = {"_raw-server", "_subscribers", "_idle", "_relay", "_raw-persona"}
+HELPERS = {"_raw-server", "_subscribers", "_idle", "_relay", "_raw-persona", "_nats-responder"}
 
 
 def helper_main(role: str, argv: list[str]) -> None:
@@ -993,7 +1125,8 @@ def helper_main(role: str, argv: list[str]) -> None:
     args.token = os.environ.get("BENCH_BUS_TOKEN", "")
     raise_nofile()
     entry = {"_raw-server": raw_server_main, "_subscribers": subscribers_main, "_idle": idle_main,
-             "_relay": relay_main, "_raw-persona": raw_persona_main}[role]
+             "_relay": relay_main, "_raw-persona": raw_persona_main,
+             "_nats-responder": nats_responder_main}[role]
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(entry(args))
 
