@@ -604,15 +604,18 @@ class Bench:
         url = f"nats://127.0.0.1:{port}"
         self.nats_server = await self.spawn("nats-server", [binary, "-a", "127.0.0.1", "-p", str(port)],
                                             log=self.tmp / "nats.log", capture=False)
+        # Wait for the port with plain TCP: nats-py prints a traceback per refused attempt.
         async with asyncio.timeout(30):
             while True:
                 try:
-                    self.nc = await nats.connect(url, allow_reconnect=False, connect_timeout=1)
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
                     break
-                except Exception:  # not listening yet (nats-py raises its own and OSError kinds)
+                except OSError:
                     if self.nats_server.proc.returncode is not None:
                         raise RuntimeError(f"nats-server exited\n{self.nats_server.tail()}") from None
                     await asyncio.sleep(0.05)
+        self.nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
         self.responder = await self.spawn("nats-responder", self.helper("_nats-responder", "--url", url),
                                           stdin=True, log=self.tmp / "nats-responder.log")
         await self.responder.line("ready", 30)
