@@ -75,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve /metrics without a bearer token (default: a token with the 'metrics' grant)",
     )
+    bus.add_argument(
+        "--nats",
+        default=None,
+        metavar="URL",
+        help="join a cluster of bus nodes through this NATS server, e.g. nats://10.0.0.1:4222 "
+        "(env PERSONAD_NATS_URL; docs/federation.md)",
+    )
+    bus.add_argument(
+        "--node",
+        default=None,
+        help="this node's name in the cluster, unique there (env PERSONAD_NODE; default: the host name)",
+    )
 
     persona = verb("persona", "run one persona daemon")
     persona.add_argument("id", help="persona id; its config is <config-dir>/personas/<id>.toml")
@@ -244,6 +256,14 @@ def _init(args: argparse.Namespace, state: StateDir, url: str) -> int:
     return 0
 
 
+def _node_name() -> str:
+    """The host name as a node name (one NATS subject token: no dots)."""
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().partition(".")[0])[:64] or "bus"
+
+
 def _bus(args: argparse.Namespace, state: StateDir, url: str) -> int:
     from .bus import BusConfig, run_bus
 
@@ -261,6 +281,8 @@ def _bus(args: argparse.Namespace, state: StateDir, url: str) -> int:
         origins=origins,
         allowed_hosts=tuple(args.allow_host),
         public_metrics=args.public_metrics,
+        nats_url=args.nats or os.environ.get("PERSONAD_NATS_URL") or None,
+        node=args.node or os.environ.get("PERSONAD_NODE") or _node_name(),
     )
     try:
         runtime.run(run_bus(config, state.tokens()))

@@ -24,6 +24,11 @@ class BusConfig:
     #: Serve /metrics without a bearer token (a token with the ``metrics``
     #: grant is needed otherwise).
     public_metrics: bool = False
+    #: Join a cluster of bus nodes through this NATS server (docs/federation.md);
+    #: None (the default): one bus on its own, and nats is never imported.
+    nats_url: str | None = None
+    #: This node's name in the cluster, unique there (a NATS subject token).
+    node: str = "bus"
 
     # Timeouts
     hello_timeout: float = 10.0

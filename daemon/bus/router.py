@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -45,6 +45,15 @@ from .rooms import RoomMethods
 from .session import Session
 
 log = logging.getLogger("personad.bus")
+
+
+class FederationHooks(Protocol):
+    """What the router asks of federation (daemon/bus/federation.py), when a node has it."""
+
+    def added(self, session: Session) -> None: ...
+    def removed(self, session: Session) -> None: ...
+    def resolve(self, to: str) -> Session | None: ...
+
 
 BusMethod = Callable[[Session, Any], dict[str, Any]]
 
@@ -75,6 +84,8 @@ class Router:
             fanout=self._fanout,
             max_invitations=config.max_room_invitations,
         )
+        #: Set by a bus with --nats: clients held by other nodes (federation).
+        self.federation: FederationHooks | None = None
         self._ids = itertools.count(1)
         self._round_robin = itertools.count()
         self._methods: dict[str, BusMethod] = {
@@ -96,6 +107,8 @@ class Router:
         self.clients[session.client_id] = session
         for cap in session.capabilities:
             self.providers.setdefault(cap, []).append(session)
+        if self.federation is not None:  # federation: hold its id cluster-wide
+            self.federation.added(session)
         return old
 
     def remove(self, session: Session) -> None:
@@ -108,6 +121,8 @@ class Router:
                     providers.remove(session)
                 if not providers:
                     self.providers.pop(cap, None)
+            if self.federation is not None:  # federation: release its id cluster-wide
+                self.federation.removed(session)
         self.topics.drop(session)
         self._room_methods.drop(session)
         for bus_id in list(session.outbound.values()):
@@ -124,6 +139,12 @@ class Router:
                 )
 
     def resolve(self, to: str) -> Session | None:
+        found = self._resolve_here(to)
+        if found is None and self.federation is not None:  # federation: held by another node?
+            return self.federation.resolve(to)
+        return found
+
+    def _resolve_here(self, to: str) -> Session | None:
         if to.startswith("cap:"):
             # A browser extension runs in a person's own browser, with their
             # cookies and sessions: it serves no cap:, not even as a fallback

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -56,6 +56,9 @@ from .offload import receive_off_loop
 from .router import Router
 from .session import Session
 
+if TYPE_CHECKING:
+    from .federation import Federation
+
 log = logging.getLogger("personad.bus")
 
 
@@ -81,6 +84,8 @@ class Bus:
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bus-decode")
         #: Host headers answered; set in start() once the port is known.
         self._hosts: frozenset[str] = frozenset()
+        #: This node's part of a NATS cluster (``config.nats_url``), else None.
+        self.federation: Federation | None = None
         # Imported here: the doors build on the bus's router and sessions,
         # so importing them at the top would be circular.
         from ..doors.api import HttpApi
@@ -109,6 +114,13 @@ class Bus:
             server_header=f"personad/{__version__}",
         )
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="bus-sweeper")
+        if self.config.nats_url is not None:
+            # Imported only here: a bus without --nats never loads nats.
+            from .federation import Federation
+
+            self.federation = Federation(self, self.router, url=self.config.nats_url, node=self.config.node)
+            await self.federation.start()
+            self.router.federation = self.federation
         self._hosts = allowed_hosts(self.config.host, self.port, self.config.allowed_hosts)
         log.info("bus listening url=%s", self.url)
 
@@ -128,6 +140,9 @@ class Bus:
         self.shutting_down = True
         failed = self.router.fail_all(ErrorCode.SHUTTING_DOWN, "the bus is shutting down")
         log.info("shutting down: answered %d requests in flight", failed)
+        if self.federation is not None:
+            self.router.federation = None
+            await self.federation.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         await asyncio.gather(*self._closing, return_exceptions=True)

@@ -1,0 +1,446 @@
+"""Buses federated over NATS: a client on any node reaches a client on any other.
+
+Each bus node keeps its own WebSocket clients and its own router; NATS
+carries only what crosses nodes (docs/federation.md has the whole design):
+
+* ``personad.to.<client id>`` — the node holding a client subscribes to it
+  (queue group ``holder``, so that during a hand-over between two nodes a
+  message is delivered once). A request is published there with a reply
+  subject on the caller's node, ``personad.reply.<node>.<bus id>``; a
+  target held by no node makes the NATS server answer that subject with
+  status 503 (no responders) at once, which becomes TARGET_OFFLINE.
+* ``personad.cap.<name>`` — every node with a provider of ``cap:<name>``
+  subscribes in queue group ``providers``: NATS picks one node, that node's
+  router picks its least busy provider. A caller's own node is asked first.
+* ``personad.cancel`` — a cancel (by the caller, its deadline, or its
+  disconnect) is broadcast, since a capability's request may have gone to
+  any node; the node that took it cancels it at its target.
+* ``personad.claim.<client id>`` — a node that accepts a hello announces
+  it; another node holding the same id closes its connection with 4004,
+  as one bus does for a second connection with the same id.
+
+Subjects carry client ids with ``.`` spelled ``~`` (``.`` separates NATS
+subject tokens; ``~`` is not allowed in client ids, so the mapping is one to
+one). Payloads are the bus's msgpack wire dicts.
+
+Imported only when ``personad bus --nats`` is given: without it the bus
+never imports nats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+
+from protocol import (
+    MSGPACK,
+    CloseCode,
+    ErrorCode,
+    ErrorObject,
+    Notification,
+    ProtocolError,
+    Request,
+    Response,
+)
+
+from ..tokens import PERSONAL_KINDS
+from .federation_sessions import RemoteCaller, RemoteTarget
+from .router import Router
+from .session import Session, SessionHost
+
+log = logging.getLogger("personad.bus.federation")
+
+#: A node name becomes one token of a NATS subject.
+NODE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NO_RESPONDERS = "503"
+_CANCEL_SUBJECT = "personad.cancel"
+
+
+class FederationHost(SessionHost, Protocol):
+    """What federation needs from the bus: a session's host, and closing one."""
+
+    def close_later(self, session: Session, code: CloseCode, reason: str) -> None: ...
+
+
+def subject_token(name: str) -> str:
+    """A client id or capability name as one NATS subject token."""
+    return name.replace(".", "~")
+
+
+class Federation:
+    """This node's part of the cluster: its NATS connection and the stand-in sessions."""
+
+    def __init__(self, host: FederationHost, router: Router, *, url: str, node: str) -> None:
+        if not NODE_PATTERN.match(node):
+            raise ValueError(f"node name {node!r}: letters, digits, '_' and '-' only (at most 64)")
+        self.host = host
+        self.router = router
+        self.url = url
+        self.node = node
+        self.reply_prefix = f"personad.reply.{node}."
+        self._nc: NatsClient | None = None
+        #: Requests this node published: bus id -> the stand-in the router holds as target.
+        self._sent: dict[int, RemoteTarget] = {}
+        #: Callers of requests taken from NATS, by (reply prefix, caller id).
+        self._callers: dict[tuple[str, str], RemoteCaller] = {}
+        #: Requests taken from NATS still in this node's router: (reply prefix, id) -> caller.
+        self._taken: dict[tuple[str, int], RemoteCaller] = {}
+        self._client_subs: dict[str, Subscription] = {}
+        self._cap_subs: dict[str, Subscription] = {}
+        self._cap_counts: collections.Counter[str] = collections.Counter()
+        #: NATS operations in order, done by one writer task: routing stays synchronous.
+        self._ops: collections.deque[Callable[[], Awaitable[Any]]] = collections.deque()
+        self._wake = asyncio.Event()
+        #: Set while nothing is queued (wait_idle, close).
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._writer: asyncio.Task[None] | None = None
+        #: Set while this node's router handles a message that came over NATS:
+        #: such a request is served here or not at all (never sent on again).
+        self._relaying = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._nc = await nats.connect(
+            self.url,
+            name=f"personad-bus:{self.node}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            error_cb=self._nats_error,
+            disconnected_cb=self._nats_disconnected,
+            reconnected_cb=self._nats_reconnected,
+        )
+        await self._nc.subscribe(self.reply_prefix + ">", cb=self._on_reply)
+        await self._nc.subscribe(_CANCEL_SUBJECT, cb=self._on_cancel)
+        await self._nc.subscribe("personad.claim.>", cb=self._on_claim)
+        await self._nc.flush()
+        self._writer = asyncio.get_running_loop().create_task(self._write(), name="federation-writer")
+        log.info("federation node=%s nats=%s", self.node, self.url)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            # Answers and cancels queued by the shutdown itself go out first.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._idle.wait()
+            self._writer.cancel()
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+
+    async def _nats_error(self, exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    async def _nats_disconnected(self) -> None:
+        log.warning("nats: disconnected from %s", self.url)
+
+    async def _nats_reconnected(self) -> None:
+        log.info("nats: reconnected")
+
+    async def wait_idle(self) -> None:
+        """Until every queued NATS operation is written and the server has seen it."""
+        await self._idle.wait()
+        assert self._nc is not None
+        await self._nc.flush()
+
+    # -- the writer: NATS calls are coroutines, routing is not ------------------------
+
+    def _queue(self, op: Callable[[], Awaitable[Any]]) -> None:
+        self._ops.append(op)
+        self._idle.clear()
+        self._wake.set()
+
+    def _publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        nc = self._nc
+        assert nc is not None
+        self._queue(lambda: nc.publish(subject, payload, reply=reply))
+
+    async def _write(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._ops:
+                op = self._ops.popleft()
+                try:
+                    await op()
+                except Exception as exc:  # one failed publish must not stop the others
+                    log.warning("nats operation failed: %r", exc)
+            self._idle.set()
+
+    # -- membership: the router's hooks ---------------------------------------------
+
+    def added(self, session: Session) -> None:
+        """A client said hello here: hold its subject, claim its id, offer its capabilities."""
+        nc = self._nc
+        assert nc is not None
+        cid = session.client_id
+        token = subject_token(cid)
+
+        async def subscribe() -> None:
+            if cid in self._client_subs or self.router.clients.get(cid) is not session:
+                return
+            self._client_subs[cid] = await nc.subscribe(
+                f"personad.to.{token}", queue="holder", cb=self._on_target
+            )
+
+        self._queue(subscribe)
+        self._publish(
+            f"personad.claim.{token}",
+            _pack({"node": self.node, "at": session.connected_at}),
+        )
+        if session.kind in PERSONAL_KINDS:
+            return  # serves no cap:, here or anywhere
+        for cap in session.capabilities:
+            self._cap_counts[cap] += 1
+            if self._cap_counts[cap] == 1:
+                self._queue(self._cap_subscriber(cap))
+
+    def _cap_subscriber(self, cap: str) -> Callable[[], Awaitable[None]]:
+        nc = self._nc
+        assert nc is not None
+
+        async def subscribe() -> None:
+            if cap not in self._cap_subs and self._cap_counts[cap] > 0:
+                self._cap_subs[cap] = await nc.subscribe(
+                    f"personad.cap.{subject_token(cap)}", queue="providers", cb=self._on_target
+                )
+
+        return subscribe
+
+    def removed(self, session: Session) -> None:
+        cid = session.client_id
+
+        async def unsubscribe() -> None:
+            if self.router.clients.get(cid) is not None:
+                return  # a newer connection with this id holds it again
+            sub = self._client_subs.pop(cid, None)
+            if sub is not None:
+                await sub.unsubscribe()
+
+        self._queue(unsubscribe)
+        if session.kind in PERSONAL_KINDS:
+            return
+        for cap in session.capabilities:
+            self._cap_counts[cap] -= 1
+            if self._cap_counts[cap] <= 0:
+                del self._cap_counts[cap]
+                self._queue(self._cap_unsubscriber(cap))
+
+    def _cap_unsubscriber(self, cap: str) -> Callable[[], Awaitable[None]]:
+        async def unsubscribe() -> None:
+            if self._cap_counts[cap] > 0:
+                return
+            sub = self._cap_subs.pop(cap, None)
+            if sub is not None:
+                await sub.unsubscribe()
+
+        return unsubscribe
+
+    def resolve(self, to: str) -> Session | None:
+        """A stand-in for ``to`` when no client here holds it (the router asked here first)."""
+        if self._relaying or to.startswith("room:"):
+            return None
+        return RemoteTarget(self.host, self, to, None)
+
+    # -- the caller's side -------------------------------------------------------------
+
+    def to_target(self, target: RemoteTarget, wire: dict[str, Any]) -> bool:
+        """What the router sends a remote target: a request, a cancel or a notification."""
+        if target.client_id.startswith("cap:"):
+            subject = f"personad.cap.{subject_token(target.client_id[4:])}"
+        else:
+            subject = f"personad.to.{subject_token(target.client_id)}"
+        method = wire.get("method")
+        if method == "bus.cancel" and "from" not in wire:
+            # The bus's own cancel (deadline, caller's cancel, caller gone).
+            params = wire.get("params") or {}
+            bus_id = params.get("id")
+            if isinstance(bus_id, int) and self._sent.pop(bus_id, None) is not None:
+                self._publish(_CANCEL_SUBJECT, _pack({"reply": self.reply_prefix, "id": bus_id}))
+            return True
+        try:
+            payload = _pack({**wire, "to": target.client_id})
+        except ProtocolError as exc:
+            log.error("cannot encode for %s: %s", target.client_id, exc.reason)
+            return False
+        if "id" in wire:
+            bus_id = wire["id"]
+            self._sent[bus_id] = target
+            self._publish(subject, payload, reply=f"{self.reply_prefix}{bus_id}")
+        else:
+            self._publish(subject, payload)
+        return True
+
+    async def _on_reply(self, msg: Msg) -> None:
+        """An answer, progress or no-responders for a request this node published."""
+        try:
+            bus_id = int(msg.subject.rpartition(".")[2])
+        except ValueError:
+            return
+        target = self._sent.get(bus_id)
+        if target is None:
+            return  # answered, timed out or cancelled meanwhile
+        if msg.headers is not None and msg.headers.get("Status") == _NO_RESPONDERS:
+            del self._sent[bus_id]
+            offline = ErrorObject(
+                code=int(ErrorCode.TARGET_OFFLINE), message=f"{target.client_id} is not connected to any node"
+            )
+            self.router.on_response(target, Response(id=bus_id, error=offline))
+            return
+        wire = self._decode(msg)
+        if wire is None:
+            return
+        try:
+            if "method" in wire:
+                note = Notification.model_validate(
+                    _present(method=wire["method"], params=wire.get("params"), meta={"reply_to": bus_id})
+                )
+                self.router.on_notification(target, note)
+                return
+            del self._sent[bus_id]
+            answer = {k: v for k, v in wire.items() if k in ("result", "error")}
+            response = Response.model_validate({"jsonrpc": "2.0", "id": bus_id, **answer})
+        except ValidationError as exc:
+            log.warning("invalid answer from %s over nats: %s", target.client_id, exc)
+            return
+        self.router.on_response(target, response)
+
+    # -- the target's side -------------------------------------------------------------
+
+    async def _on_target(self, msg: Msg) -> None:
+        """A request or notification for a client (or capability) held here."""
+        wire = self._decode(msg)
+        if wire is None:
+            return
+        to, sender = wire.get("to"), wire.get("from")
+        if not isinstance(to, str) or not isinstance(sender, str):
+            return
+        if "id" not in wire:
+            self._deliver_notification(to, wire)
+            return
+        reply = msg.reply
+        if not reply:
+            return
+        prefix = reply[: reply.rfind(".") + 1]
+        key = (prefix, sender)
+        caller = self._callers.get(key)
+        if caller is None:
+            caller = self._callers[key] = RemoteCaller(self.host, self, sender, prefix)
+        rid = wire["id"]
+        try:
+            request = Request.model_validate(
+                _present(
+                    id=rid, method=wire.get("method"), params=wire.get("params"), to=to, meta=wire.get("meta")
+                )
+            )
+        except ValidationError as exc:
+            # Its node relayed what it validated; answer rather than let it time out.
+            log.warning("invalid request from %s over nats: %s", sender, exc)
+            error = {"code": int(ErrorCode.INVALID_REQUEST), "message": "invalid request over nats"}
+            self._publish(reply, _pack({"jsonrpc": "2.0", "id": rid, "error": error}))
+            return
+        self._relaying = True
+        try:
+            self.router.on_request(caller, request)
+        finally:
+            self._relaying = False
+        if rid in caller.outbound:
+            self._taken[(prefix, rid)] = caller
+        else:
+            self._forget_if_idle(caller)
+
+    def _deliver_notification(self, to: str, wire: dict[str, Any]) -> None:
+        wire.pop("to", None)
+        if to.startswith("cap:"):
+            providers = [p for p in self.router.providers.get(to[4:], ()) if p.kind not in PERSONAL_KINDS]
+            dest = min(providers, key=lambda p: len(p.inbound)) if providers else None
+        else:
+            dest = self.router.clients.get(to)
+        if dest is not None:
+            dest.send(wire)
+
+    def to_caller(self, caller: RemoteCaller, wire: dict[str, Any]) -> bool:
+        """What the router sends a remote caller: an answer or progress, back to its node."""
+        is_answer = "method" not in wire
+        if is_answer:
+            rid = wire.get("id")
+        else:
+            meta = wire.get("meta") or {}
+            rid = meta.get("reply_to")
+        if not isinstance(rid, int):
+            return False
+        try:
+            payload = _pack(wire)
+        except ProtocolError as exc:
+            log.error("cannot encode for %s: %s", caller.client_id, exc.reason)
+            return False
+        self._publish(f"{caller.reply_prefix}{rid}", payload)
+        if is_answer:
+            self._taken.pop((caller.reply_prefix, rid), None)
+            self._forget_if_idle(caller)
+        return True
+
+    def _forget_if_idle(self, caller: RemoteCaller) -> None:
+        if not caller.outbound and not caller.inbound:
+            self._callers.pop((caller.reply_prefix, caller.client_id), None)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        data = self._decode(msg)
+        if data is None:
+            return
+        prefix, rid = data.get("reply"), data.get("id")
+        if not isinstance(prefix, str) or not isinstance(rid, int):
+            return
+        caller = self._taken.get((prefix, rid))
+        if caller is None:
+            return  # not taken here
+        self.router.on_notification(caller, Notification(method="bus.cancel", params={"id": rid}))
+
+    async def _on_claim(self, msg: Msg) -> None:
+        """Another node accepted a hello: a connection here with the same id is replaced."""
+        data = self._decode(msg)
+        if data is None or data.get("node") == self.node:
+            return
+        cid = msg.subject[len("personad.claim.") :].replace("~", ".")
+        local = self.router.clients.get(cid)
+        at = data.get("at")
+        if local is None or local.closed or not isinstance(at, int | float) or local.connected_at > at:
+            return
+        log.info("client %s: replaced by a connection on node %s", cid, data.get("node"))
+        local.closed = True
+        self.host.metrics.closed["replaced_remote"] += 1
+        self.host.close_later(
+            local, CloseCode.REPLACED, f"replaced by a newer connection on node {data.get('node')}"
+        )
+
+    def _decode(self, msg: Msg) -> dict[str, Any] | None:
+        try:
+            data = MSGPACK.decode_data(msg.data, max_bytes=self.host.config.max_message_bytes)
+        except ProtocolError as exc:
+            log.warning("undecodable nats message on %s: %s", msg.subject, exc.reason)
+            return None
+        return data if isinstance(data, dict) else None
+
+
+def _pack(data: dict[str, Any]) -> bytes:
+    frame = MSGPACK.dumps(data)
+    assert isinstance(frame, bytes)  # msgpack frames are binary
+    return frame
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    """A message's members without the absent ones (the protocol refuses explicit nulls)."""
+    return {"jsonrpc": "2.0", **{k: v for k, v in fields.items() if v is not None}}

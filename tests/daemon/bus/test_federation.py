@@ -1,0 +1,246 @@
+"""Buses federated over NATS: a real nats-server and bus nodes on 127.0.0.1, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.bus import Bus, BusConfig
+from daemon.client import BusClient, CallContext
+from daemon.state import StateDir
+from protocol import ErrorCode, Request, RpcError
+from tests.conftest import WAIT, eventually
+
+NATS_SERVER = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def nats_url(tmp_path: Path) -> AsyncIterator[str]:
+    """nats-server on 127.0.0.1, with JetStream in a tmp dir, for this test only."""
+    if NATS_SERVER is None:
+        pytest.skip("nats-server is not installed (scripts/system-deps)")
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *(NATS_SERVER, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def accepting() -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    try:
+        await eventually(accepting, what="nats-server accepting")
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), WAIT)
+
+
+class Cluster:
+    """Bus nodes on one NATS server, and clients connected to one node each."""
+
+    def __init__(self, nats_url: str, state: StateDir) -> None:
+        self.nats_url = nats_url
+        self.state = state
+        self.nodes: dict[str, Bus] = {}
+        self.clients: list[BusClient] = []
+
+    async def node(self, name: str, **config: Any) -> Bus:
+        bus = Bus(BusConfig(port=0, nats_url=self.nats_url, node=name, **config), self.state.tokens())
+        await bus.start()
+        self.nodes[name] = bus
+        return bus
+
+    async def connect(self, node: str | list[str], **kwargs: Any) -> BusClient:
+        kwargs.setdefault("token", self.state.admin_token)  # type: ignore[attr-defined]
+        kwargs.setdefault("kind", "cli")
+        names = [node] if isinstance(node, str) else node
+        url = ",".join(self.nodes[n].url for n in names)
+        client = BusClient(url, **kwargs)
+        await client.start()
+        if kwargs.get("reconnect"):
+            await client.wait_connected(WAIT)
+        self.clients.append(client)
+        return client
+
+    async def settled(self) -> None:
+        """Until every node's subscriptions and claims have reached the NATS server."""
+        for bus in self.nodes.values():
+            if bus.federation is not None and not bus.shutting_down:
+                await bus.federation.wait_idle()
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
+        for bus in self.nodes.values():
+            await bus.close()
+
+
+@pytest.fixture
+async def cluster(nats_url: str, state: StateDir) -> AsyncIterator[Cluster]:
+    c = Cluster(nats_url, state)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def echo(request: Request, ctx: CallContext) -> dict:
+    return {"params": request.params, "caller": ctx.caller}
+
+
+# -- step 1: clients on one node reach clients on another --------------------------
+
+
+async def test_persona_on_a_answers_caller_on_c(cluster: Cluster) -> None:
+    """A request from node C reaches persona:alice on node A; the answer says who called."""
+    await cluster.node("a")
+    await cluster.node("b")
+    await cluster.node("c")
+    await cluster.connect("a", kind="persona", name="alice", handler=echo)
+    await cluster.settled()
+    caller = await cluster.connect("c", name="carol")
+    result = await caller.call("persona.status", {"x": 1}, to="persona:alice")
+    assert {"params": {"x": 1}, "caller": "cli:carol"} == result
+
+
+async def test_progress_crosses_nodes_to_the_caller(cluster: Cluster) -> None:
+    """Streamed progress from a persona on A reaches the caller on C, in order."""
+
+    async def streamer(request: Request, ctx: CallContext) -> str:
+        for word in ("one", "two", "three"):
+            await ctx.progress("chat.token", {"text": word})
+        return "done"
+
+    await cluster.node("a")
+    await cluster.node("c")
+    await cluster.connect("a", kind="persona", name="s", handler=streamer)
+    await cluster.settled()
+    caller = await cluster.connect("c")
+    got: list = []
+    assert "done" == await caller.call("chat", to="persona:s", on_progress=got.append)
+    assert ["one", "two", "three"] == [n.params["text"] for n in got]
+
+
+async def test_no_node_holds_the_target_answers_target_offline(cluster: Cluster) -> None:
+    """A target on no node is TARGET_OFFLINE from NATS's no-responders, not a timeout."""
+    await cluster.node("a")
+    await cluster.node("b")
+    caller = await cluster.connect("a")
+    with pytest.raises(RpcError) as info:
+        await caller.call("persona.status", to="persona:nobody", deadline_ms=60_000)
+    assert ErrorCode.TARGET_OFFLINE == info.value.code
+    assert "any node" in info.value.message
+
+
+async def test_deadline_crosses_nodes(cluster: Cluster) -> None:
+    """Past its deadline the caller on C gets TIMEOUT; the handler on A is cancelled."""
+    cancelled = asyncio.Event()
+
+    async def stuck(request: Request, ctx: CallContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    await cluster.node("a")
+    await cluster.node("c")
+    await cluster.connect("a", kind="persona", name="stuck", handler=stuck)
+    await cluster.settled()
+    caller = await cluster.connect("c")
+    with pytest.raises(RpcError) as info:
+        await caller.call("persona.status", to="persona:stuck", deadline_ms=300)
+    assert ErrorCode.TIMEOUT == info.value.code
+    await asyncio.wait_for(cancelled.wait(), WAIT)
+    await eventually(lambda: not cluster.nodes["a"].router.pending, what="node A settles it")
+
+
+async def test_caller_cancel_crosses_nodes(cluster: Cluster) -> None:
+    """Cancelling the call on C stops the handler on A."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def stuck(request: Request, ctx: CallContext) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    await cluster.node("a")
+    await cluster.node("c")
+    await cluster.connect("a", kind="persona", name="stuck", handler=stuck)
+    await cluster.settled()
+    caller = await cluster.connect("c")
+    task = asyncio.ensure_future(caller.call("persona.status", to="persona:stuck"))
+    await asyncio.wait_for(started.wait(), WAIT)
+    task.cancel()
+    await asyncio.wait_for(cancelled.wait(), WAIT)
+
+
+async def test_target_leaving_answers_the_remote_caller(cluster: Cluster) -> None:
+    """A persona on A that disconnects mid-request: the caller on C gets TARGET_OFFLINE."""
+    started = asyncio.Event()
+
+    async def stuck(request: Request, ctx: CallContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    await cluster.node("a")
+    await cluster.node("c")
+    target = await cluster.connect("a", kind="persona", name="leaving", handler=stuck)
+    await cluster.settled()
+    caller = await cluster.connect("c")
+    call = asyncio.ensure_future(caller.call("persona.status", to="persona:leaving"))
+    await asyncio.wait_for(started.wait(), WAIT)
+    await target.close()
+    with pytest.raises(RpcError) as info:
+        await call
+    assert ErrorCode.TARGET_OFFLINE == info.value.code
+
+
+async def test_notification_crosses_nodes(cluster: Cluster) -> None:
+    """A notification to a client id held on another node is delivered, stamped with its sender."""
+    await cluster.node("a")
+    await cluster.node("c")
+    got: list = []
+    await cluster.connect("a", name="listener", on_notification=got.append)
+    await cluster.settled()
+    sender = await cluster.connect("c", name="sender")
+    await sender.notify("note.hello", {"n": 1}, to="cli:listener")
+    await eventually(lambda: got, what="the notification")
+    assert "cli:sender" == got[0].from_
+    assert {"n": 1} == got[0].params
+
+
+async def test_the_caller_grants_are_checked_on_its_own_node(cluster: Cluster, state) -> None:
+    """A token that may not call the persona is refused by its node; nothing crosses."""
+    await cluster.node("a")
+    await cluster.node("c")
+    await cluster.connect("a", kind="persona", name="alice", handler=echo)
+    await cluster.settled()
+    token, _ = state.tokens().add(name="watcher", role="observer", subject="cli:*")
+    caller = await cluster.connect("c", token=token)
+    with pytest.raises(RpcError) as info:
+        await caller.call("chat", to="persona:alice")
+    assert ErrorCode.FORBIDDEN == info.value.code
