@@ -244,3 +244,106 @@ async def test_the_caller_grants_are_checked_on_its_own_node(cluster: Cluster, s
     with pytest.raises(RpcError) as info:
         await caller.call("chat", to="persona:alice")
     assert ErrorCode.FORBIDDEN == info.value.code
+
+
+# -- step 2: capabilities served on any node ------------------------------------------
+
+
+async def serving(name: str):
+    async def handler(request: Request, ctx: CallContext) -> dict:
+        return {"served_by": name, "caller": ctx.caller}
+
+    return handler
+
+
+async def test_cap_on_b_serves_personas_on_a(cluster: Cluster) -> None:
+    """cap:inference provided only on node B answers a persona on node A."""
+    await cluster.node("a")
+    await cluster.node("b")
+    await cluster.connect(
+        "b", kind="inference", name="gpu", capabilities=["inference"], handler=await serving("b")
+    )
+    await cluster.settled()
+    persona = await cluster.connect("a", kind="persona", name="alice")
+    result = await persona.call("inference.generate", {"prompt": "hi"}, to="cap:inference")
+    assert {"served_by": "b", "caller": "persona:alice"} == result
+
+
+async def test_local_provider_is_asked_first(cluster: Cluster) -> None:
+    """With providers on A and B, a caller on A is served by A's, every time."""
+    await cluster.node("a")
+    await cluster.node("b")
+    for node in ("a", "b"):
+        await cluster.connect(
+            node, kind="inference", name=node, capabilities=["inference"], handler=await serving(node)
+        )
+    await cluster.settled()
+    caller = await cluster.connect("a")
+    served = {(await caller.call("inference.generate", to="cap:inference"))["served_by"] for _ in range(10)}
+    assert {"a"} == served
+
+
+async def test_providers_on_two_nodes_share_the_remote_load(cluster: Cluster) -> None:
+    """A caller on C, with providers on A and B only: NATS's queue group spreads its calls."""
+    for node in ("a", "b", "c"):
+        await cluster.node(node)
+    for node in ("a", "b"):
+        await cluster.connect(
+            node, kind="inference", name=node, capabilities=["inference"], handler=await serving(node)
+        )
+    await cluster.settled()
+    caller = await cluster.connect("c")
+    served = [(await caller.call("inference.generate", to="cap:inference"))["served_by"] for _ in range(40)]
+    assert {"a", "b"} == set(served)
+
+
+async def test_cap_with_no_provider_anywhere_is_target_offline(cluster: Cluster) -> None:
+    """The last provider leaving its node withdraws the capability from the cluster."""
+    await cluster.node("a")
+    await cluster.node("b")
+    provider = await cluster.connect(
+        "b", kind="inference", name="gpu", capabilities=["inference"], handler=await serving("b")
+    )
+    await cluster.settled()
+    caller = await cluster.connect("a")
+    assert "b" == (await caller.call("inference.generate", to="cap:inference"))["served_by"]
+    await provider.close()
+    await eventually(lambda: not cluster.nodes["b"].router.providers, what="node B forgets its provider")
+    await cluster.settled()
+    with pytest.raises(RpcError) as info:
+        await caller.call("inference.generate", to="cap:inference", deadline_ms=60_000)
+    assert ErrorCode.TARGET_OFFLINE == info.value.code
+
+
+async def test_an_extension_serves_no_cap_on_other_nodes(cluster: Cluster) -> None:
+    """A person's browser extension is never offered to other nodes as a capability provider."""
+    await cluster.node("a")
+    await cluster.node("b")
+    await cluster.connect(
+        "b", kind="extension", name="mine", capabilities=["browser"], handler=await serving("ext")
+    )
+    await cluster.settled()
+    caller = await cluster.connect("a")
+    with pytest.raises(RpcError) as info:
+        await caller.call("screenshot", to="cap:browser", deadline_ms=60_000)
+    assert ErrorCode.TARGET_OFFLINE == info.value.code
+
+
+# -- step 3: one connection per client id, cluster-wide -------------------------------
+
+
+async def test_a_claim_on_another_node_replaces_the_first(cluster: Cluster) -> None:
+    """persona:twin connects on A, then on B: A's connection is closed with 4004, B's serves."""
+    await cluster.node("a")
+    await cluster.node("b")
+    await cluster.node("c")
+    first = await cluster.connect("a", kind="persona", name="twin", handler=await serving("a"))
+    link = first._link
+    await cluster.settled()
+    await cluster.connect("b", kind="persona", name="twin", handler=await serving("b"))
+    await eventually(lambda: link.ws.close_code is not None, what="A closes the first connection")
+    assert 4004 == link.ws.close_code
+    await eventually(lambda: "persona:twin" not in cluster.nodes["a"].router.clients, what="A forgets it")
+    await cluster.settled()
+    caller = await cluster.connect("c")
+    assert "b" == (await caller.call("persona.status", to="persona:twin"))["served_by"]
