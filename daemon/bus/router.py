@@ -37,6 +37,7 @@ from protocol import ErrorCode, Notification, Request, Response, RpcError
 from protocol import commands as registry
 from protocol.validation import invalid_params
 
+from ..envelope import FastMessage
 from ..tokens import PERSONAL_KINDS
 from .config import BusConfig
 from .metrics import Metrics
@@ -161,7 +162,8 @@ class Router:
 
     # -- requests ------------------------------------------------------------------
 
-    def on_request(self, session: Session, request: Request) -> None:
+    def on_request(self, session: Session, request: Request | FastMessage) -> None:
+        assert request.id is not None  # a request always has one (pydantic or daemon/envelope.py)
         if request.method == "hello":
             session.send(_error(request.id, ErrorCode.INVALID_REQUEST, "hello was already said"))
             return
@@ -233,7 +235,7 @@ class Router:
         session.outbound[request.id] = bus_id
         dest.inbound.add(bus_id)
 
-    def on_response(self, session: Session, response: Response) -> None:
+    def on_response(self, session: Session, response: Response | FastMessage) -> None:
         rid = response.id
         pending = self.pending.get(rid) if isinstance(rid, int) else None
         if pending is None or pending.target is not session:
@@ -308,7 +310,7 @@ class Router:
 
     # -- notifications -----------------------------------------------------------
 
-    def on_notification(self, session: Session, note: Notification) -> None:
+    def on_notification(self, session: Session, note: Notification | FastMessage) -> None:
         if note.method.startswith("bus.") and (note.to is not None or note.meta is not None):
             # bus.cancel and friends come only from the bus: a client relaying
             # one (to a target, or as "progress") could cancel someone else's
@@ -371,7 +373,7 @@ class Router:
 
     # -- the bus's own methods ---------------------------------------------------
 
-    def _call_bus(self, session: Session, request: Request) -> None:
+    def _call_bus(self, session: Session, request: Request | FastMessage) -> None:
         method = self._methods.get(request.method)
         command = registry.get(request.method)
         if method is None or command is None:

@@ -13,6 +13,14 @@ Until its hello is accepted a connection may send one small frame only
 payload is read); then the limit is raised to ``max_message_bytes``. Frames
 of ``decode_in_thread_bytes`` or more are decoded in a worker thread so the
 loop keeps serving the other clients.
+
+Once a session is serving, a complete binary frame is routed as websockets
+parses it (:class:`FastConnection`), in the same callback: no queue, no
+future and no task wake-up per relayed message. Everything else (text frames,
+fragments, big frames, and any frame while an earlier one still waits in the
+queue, so that order is kept) goes through the queue and ``_serve``'s loop.
+The envelope is read without pydantic when it is plainly valid
+(daemon/envelope.py); anything else is validated as before.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import secrets
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -31,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
@@ -44,10 +54,13 @@ from protocol import (
     Request,
     Response,
 )
+from protocol.codec import validate
 from protocol.commands.bus import RESERVED_KINDS, HelloParams
+from protocol.connection import State as ConnState
 from protocol.validation import invalid_params
 
 from .. import __version__
+from ..envelope import FastMessage, read
 from ..systemd_notify import Notifier
 from ..tokens import PROVIDE_PREFIX, TokenEntry, TokenStore
 from .config import BusConfig
@@ -103,7 +116,7 @@ class Bus:
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             origins=list(self.config.origins),  # type: ignore[arg-type]
             process_request=self._process_request,
-            create_connection=self.http.front_connection(),
+            create_connection=fast_connection(self.http.front_connection()),
             compression=None,
             # Raised to max_message_bytes per connection once hello succeeds.
             max_size=self.config.max_hello_bytes,
@@ -120,6 +133,8 @@ class Bus:
 
             self.federation = Federation(self, self.router, url=self.config.nats_url, node=self.config.node)
             await self.federation.start()
+            # Tokens made and revoked on any machine count on every node.
+            self.tokens = await self.federation.share_tokens(self.tokens)
             self.router.federation = self.federation
         self._hosts = allowed_hosts(self.config.host, self.port, self.config.allowed_hosts)
         log.info("bus listening url=%s", self.url)
@@ -294,44 +309,103 @@ class Bus:
                 log.info("client left id=%s code=%s", session.client_id, ws.close_code)
 
     async def _serve(self, session: Session) -> None:
-        metrics, router, conn = self.metrics, self.router, session.conn
+        ws = session.ws
         in_thread = self.config.decode_in_thread_bytes
         loop = asyncio.get_running_loop()
-        async for frame in session.ws:
-            metrics.frames_in += 1
-            metrics.bytes_in += len(frame)
-            try:
-                if len(frame) < in_thread:
-                    message = conn.receive(frame)
-                else:
-                    # This session waits (its messages stay in order); the
-                    # others are served meanwhile. Only this session's
-                    # Connection is touched, by one thread at a time.
-                    message = await loop.run_in_executor(self._decoder, receive_off_loop, conn, frame)
-            except ProtocolError as exc:
-                request_id = getattr(exc, "request_id", None)
-                if request_id is not None:
-                    # Parsable but invalid: answer it, JSON-RPC style, and go on.
-                    router._reply_error(session, request_id, ErrorCode.INVALID_REQUEST, exc.reason)
-                    continue
-                log.warning("closing %s: %s", session.client_id, exc.reason)
-                metrics.closed["protocol_error"] += 1
-                session.closed = True
-                await session.ws.close(exc.close_code, exc.reason[:120])
-                return
-            if isinstance(message, Request):
+
+        def on_frame(frame: bytes) -> bool:
+            if len(frame) >= in_thread:
+                return False  # queued, for the loop below to decode off the loop
+            refusal = self._receive(session, frame)
+            if refusal is not None:
+                _set_on_frame(ws, _swallow)  # closing: read nothing more
+                self.close_later(session, *refusal)
+            return True
+
+        _set_on_frame(ws, on_frame)
+        try:
+            async for frame in ws:
+                try:
+                    if len(frame) < in_thread:
+                        refusal = self._receive(session, frame)
+                    else:
+                        self.metrics.frames_in += 1
+                        self.metrics.bytes_in += len(frame)
+                        try:
+                            # This session waits (its messages stay in order: the
+                            # fast path is off while a frame is queued or here);
+                            # the others are served meanwhile. Only this session's
+                            # Connection is touched, by one thread at a time.
+                            message = await loop.run_in_executor(
+                                self._decoder, receive_off_loop, session.conn, frame
+                            )
+                        except ProtocolError as exc:
+                            refusal = self._refused(session, exc)
+                        else:
+                            self._route(session, message)
+                            refusal = None
+                    if refusal is not None:
+                        await ws.close(*refusal)
+                        return
+                finally:
+                    _took(ws)
+        finally:
+            _set_on_frame(ws, None)
+
+    def _receive(self, session: Session, frame: bytes | str) -> tuple[CloseCode, str] | None:
+        """Decode and route one frame; the close code and reason when the connection must close."""
+        metrics = self.metrics
+        metrics.frames_in += 1
+        metrics.bytes_in += len(frame)
+        conn = session.conn
+        try:
+            if conn.state is ConnState.READY:
+                data = session.codec.decode_data(frame, max_bytes=conn.max_message_bytes)
+                message: Request | Response | Notification | FastMessage | None = read(data)
+                if message is None:
+                    message = validate(data)  # the exact refusal, or a message read() leaves to pydantic
+            else:
+                message = conn.receive(frame)
+        except ProtocolError as exc:
+            return self._refused(session, exc)
+        self._route(session, message)
+        return None
+
+    def _refused(self, session: Session, exc: ProtocolError) -> tuple[CloseCode, str] | None:
+        request_id = getattr(exc, "request_id", None)
+        if request_id is not None:
+            # Parsable but invalid: answer it, JSON-RPC style, and go on.
+            self.router._reply_error(session, request_id, ErrorCode.INVALID_REQUEST, exc.reason)
+            return None
+        log.warning("closing %s: %s", session.client_id, exc.reason)
+        self.metrics.closed["protocol_error"] += 1
+        session.closed = True
+        return CloseCode(exc.close_code), exc.reason[:120]
+
+    def _route(self, session: Session, message: Request | Response | Notification | FastMessage) -> None:
+        router = self.router
+        if isinstance(message, FastMessage):
+            kind = message.kind
+            if kind == "request":
                 router.on_request(session, message)
-            elif isinstance(message, Response):
+            elif kind == "response":
                 router.on_response(session, message)
             else:
-                assert isinstance(message, Notification)
                 router.on_notification(session, message)
+        elif isinstance(message, Request):
+            router.on_request(session, message)
+        elif isinstance(message, Response):
+            router.on_response(session, message)
+        else:
+            assert isinstance(message, Notification)
+            router.on_notification(session, message)
 
     async def _handshake(self, session: Session) -> bool:
         ws, conn = session.ws, session.conn
         try:
             async with asyncio.timeout(self.config.hello_timeout):
                 frame = await ws.recv()
+            _took(ws)
         except TimeoutError:
             await ws.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
             return False
@@ -436,6 +510,55 @@ class Bus:
         conn.hello_accepted()
         log.info("client joined id=%s codec=%s token=%s", client_id, session.codec.name, token.name)
         return True
+
+
+FrameHandler = Callable[[bytes], bool]
+
+
+def fast_connection(base: type[ServerConnection]) -> type[ServerConnection]:
+    """``base`` with complete binary frames handed to ``on_frame`` as they are parsed.
+
+    ``on_frame`` (set by ``Bus._serve`` once the session is serving) returns
+    False to leave a frame to the queue. ``queued`` counts messages in the
+    queue or still being handled by ``_serve``: while any is, frames are
+    queued behind it, so they are handled in the order they came.
+    """
+
+    class FastConnection(base):  # type: ignore[valid-type,misc]
+        on_frame: FrameHandler | None = None
+        queued = 0
+
+        def process_event(self, event: Frame | object) -> None:
+            if not isinstance(event, Frame):  # the opening handshake's request
+                super().process_event(event)
+                return
+            handler = self.on_frame
+            if (
+                handler is not None
+                and not self.queued
+                and event.fin
+                and event.opcode is Opcode.BINARY
+                and handler(event.data if type(event.data) is bytes else bytes(event.data))
+            ):
+                return
+            if event.fin and event.opcode in DATA_OPCODES:
+                self.queued += 1
+            super().process_event(event)
+
+    return FastConnection
+
+
+def _set_on_frame(ws: ServerConnection, handler: FrameHandler | None) -> None:
+    ws.on_frame = handler  # type: ignore[attr-defined]
+
+
+def _took(ws: ServerConnection) -> None:
+    """A queued message was handled (or taken by the handshake)."""
+    ws.queued -= 1  # type: ignore[attr-defined]
+
+
+def _swallow(frame: bytes) -> bool:
+    return True
 
 
 def allowed_hosts(bind_host: str, port: int, extra: tuple[str, ...]) -> frozenset[str]:
