@@ -18,6 +18,8 @@ carries only what crosses nodes (docs/federation.md has the whole design):
 * ``personad.claim.<client id>`` — a node that accepts a hello announces
   it; another node holding the same id closes its connection with 4004,
   as one bus does for a second connection with the same id.
+* the JetStream key-value bucket ``personad_tokens`` — every node's tokens
+  and revocations (federation_tokens.py).
 
 Subjects carry client ids with ``.`` spelled ``~`` (``.`` separates NATS
 subject tokens; ``~`` is not allowed in client ids, so the mapping is one to
@@ -54,8 +56,9 @@ from protocol import (
     Response,
 )
 
-from ..tokens import PERSONAL_KINDS
+from ..tokens import PERSONAL_KINDS, TokenStore
 from .federation_sessions import RemoteCaller, RemoteTarget
+from .federation_tokens import SharedTokens
 from .router import Router
 from .session import Session, SessionHost
 
@@ -106,6 +109,7 @@ class Federation:
         self._idle = asyncio.Event()
         self._idle.set()
         self._writer: asyncio.Task[None] | None = None
+        self._tokens: SharedTokens | None = None
         #: Set while this node's router handles a message that came over NATS:
         #: such a request is served here or not at all (never sent on again).
         self._relaying = False
@@ -131,7 +135,16 @@ class Federation:
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="federation-writer")
         log.info("federation node=%s nats=%s", self.node, self.url)
 
+    async def share_tokens(self, local: TokenStore) -> SharedTokens:
+        """This machine's token file joined to the cluster's (federation_tokens.py)."""
+        assert self._nc is not None
+        self._tokens = SharedTokens(local, node=self.node, queue=self._queue)
+        await self._tokens.start(self._nc.jetstream())
+        return self._tokens
+
     async def close(self) -> None:
+        if self._tokens is not None:
+            await self._tokens.close()
         if self._writer is not None:
             # Answers and cancels queued by the shutdown itself go out first.
             with contextlib.suppress(TimeoutError):

@@ -15,7 +15,7 @@ import pytest
 from daemon.bus import Bus, BusConfig
 from daemon.client import BusClient, CallContext
 from daemon.state import StateDir
-from protocol import ErrorCode, Request, RpcError
+from protocol import CloseCode, ErrorCode, Request, RpcError
 from tests.conftest import WAIT, eventually
 
 NATS_SERVER = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
@@ -64,8 +64,10 @@ class Cluster:
         self.nodes: dict[str, Bus] = {}
         self.clients: list[BusClient] = []
 
-    async def node(self, name: str, **config: Any) -> Bus:
-        bus = Bus(BusConfig(port=0, nats_url=self.nats_url, node=name, **config), self.state.tokens())
+    async def node(self, name: str, state: StateDir | None = None, **config: Any) -> Bus:
+        """A bus node; ``state``: its own machine's state dir (default: one shared by all)."""
+        tokens = (state or self.state).tokens()
+        bus = Bus(BusConfig(port=0, nats_url=self.nats_url, node=name, **config), tokens)
         await bus.start()
         self.nodes[name] = bus
         return bus
@@ -347,3 +349,45 @@ async def test_a_claim_on_another_node_replaces_the_first(cluster: Cluster) -> N
     await cluster.settled()
     caller = await cluster.connect("c")
     assert "b" == (await caller.call("persona.status", to="persona:twin"))["served_by"]
+
+
+# -- step 4: tokens and revocations shared by the nodes ----------------------------
+
+
+def machine(tmp_path: Path, name: str) -> StateDir:
+    sd = StateDir(tmp_path / name)
+    sd.init()
+    return sd
+
+
+async def test_a_token_made_on_one_machine_works_on_every_node(cluster: Cluster, tmp_path: Path) -> None:
+    """A token added to machine A's file is accepted by node B, whose own file never had it."""
+    a, b = machine(tmp_path, "a"), machine(tmp_path, "b")
+    await cluster.node("a", state=a)
+    await cluster.node("b", state=b)
+    token, _ = a.tokens().add(name="alice", role="persona", subject="persona:alice")
+    # Node A publishes its file's changes on its next sweep (once a second).
+    await eventually(lambda: cluster.nodes["b"].tokens.verify(token), what="B learns A's token")
+    client = await cluster.connect("b", token=token, kind="persona", name="alice")
+    assert "persona:alice" == client.client_id
+
+
+async def test_a_revoked_token_is_closed_on_every_node(cluster: Cluster, tmp_path: Path) -> None:
+    """Revoked on machine A, its connections on B and C are closed (4006) and new ones refused."""
+    a, b, c = machine(tmp_path, "a"), machine(tmp_path, "b"), machine(tmp_path, "c")
+    await cluster.node("a", state=a)
+    await cluster.node("b", state=b)
+    token, entry = a.tokens().add(name="bob", role="persona", subject="persona:bob*")
+    await eventually(lambda: cluster.nodes["b"].tokens.verify(token), what="B learns A's token")
+    # Machine C has a copy of A's file: the revocation still wins there.
+    c.tokens().path.write_bytes(a.tokens().path.read_bytes())
+    await cluster.node("c", state=c)
+    on_b = await cluster.connect("b", token=token, kind="persona", name="bob1")
+    on_c = await cluster.connect("c", token=token, kind="persona", name="bob2")
+    links = [on_b._link, on_c._link]
+    assert 1 == a.tokens().revoke(entry.id)
+    for link in links:
+        await eventually(lambda link=link: link.ws.close_code is not None, what="closed on its node")
+        assert int(CloseCode.TOKEN_REVOKED) == link.ws.close_code
+    assert cluster.nodes["b"].tokens.verify(token) is None
+    assert cluster.nodes["c"].tokens.verify(token) is None
