@@ -17,7 +17,9 @@ carries only what crosses nodes (docs/federation.md has the whole design):
   any node; the node that took it cancels it at its target.
 * ``personad.claim.<client id>`` — a node that accepts a hello announces
   it; another node holding the same id closes its connection with 4004,
-  as one bus does for a second connection with the same id.
+  as one bus does for a second connection with the same id;
+* ``personad.event`` — ``bus.publish`` on any node, delivered by every
+  other node to its own subscribers (``delivered`` counts this node's);
 * the JetStream key-value bucket ``personad_tokens`` — every node's tokens
   and revocations (federation_tokens.py).
 
@@ -68,6 +70,7 @@ log = logging.getLogger("personad.bus.federation")
 NODE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NO_RESPONDERS = "503"
 _CANCEL_SUBJECT = "personad.cancel"
+_EVENT_SUBJECT = "personad.event"
 
 
 class FederationHost(SessionHost, Protocol):
@@ -131,6 +134,7 @@ class Federation:
         await self._nc.subscribe(self.reply_prefix + ">", cb=self._on_reply)
         await self._nc.subscribe(_CANCEL_SUBJECT, cb=self._on_cancel)
         await self._nc.subscribe("personad.claim.>", cb=self._on_claim)
+        await self._nc.subscribe(_EVENT_SUBJECT, cb=self._on_event)
         await self._nc.flush()
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="federation-writer")
         log.info("federation node=%s nats=%s", self.node, self.url)
@@ -267,6 +271,28 @@ class Federation:
         if self._relaying or to.startswith("room:"):
             return None
         return RemoteTarget(self.host, self, to, None)
+
+    def published(self, wire: dict[str, Any]) -> None:
+        """An event published here: every other node delivers it to its own subscribers."""
+        try:
+            payload = _pack({"node": self.node, "event": wire})
+        except ProtocolError as exc:
+            log.error("cannot relay event %s: %s", wire["params"].get("topic"), exc.reason)
+            return
+        self._publish(_EVENT_SUBJECT, payload)
+
+    async def _on_event(self, msg: Msg) -> None:
+        data = self._decode(msg)
+        if data is None or data.get("node") == self.node:
+            return
+        wire = data.get("event")
+        params = wire.get("params") if isinstance(wire, dict) else None
+        topic = params.get("topic") if isinstance(params, dict) else None
+        if not isinstance(topic, str):
+            return
+        assert isinstance(wire, dict)
+        delivered = self.router._fanout(list(self.router.topics.match(topic)), wire)
+        self.host.metrics.events_delivered += delivered
 
     # -- the caller's side -------------------------------------------------------------
 

@@ -54,6 +54,7 @@ class FederationHooks(Protocol):
     def added(self, session: Session) -> None: ...
     def removed(self, session: Session) -> None: ...
     def resolve(self, to: str) -> Session | None: ...
+    def published(self, wire: dict[str, Any]) -> None: ...
 
 
 BusMethod = Callable[[Session, Any], dict[str, Any]]
@@ -435,6 +436,8 @@ class Router:
         }
         delivered = self._fanout(list(self.topics.match(params.topic)), wire)
         self.metrics.events_delivered += delivered
+        if self.federation is not None:  # federation: subscribers on other nodes too
+            self.federation.published(wire)
         return {"delivered": delivered}
 
     def _fanout(self, sessions: list[Session], wire: dict[str, Any]) -> int:

@@ -391,3 +391,27 @@ async def test_a_revoked_token_is_closed_on_every_node(cluster: Cluster, tmp_pat
         assert int(CloseCode.TOKEN_REVOKED) == link.ws.close_code
     assert cluster.nodes["b"].tokens.verify(token) is None
     assert cluster.nodes["c"].tokens.verify(token) is None
+
+
+# -- step 5: events span nodes -----------------------------------------------------
+
+
+async def test_events_reach_subscribers_on_every_node(cluster: Cluster) -> None:
+    """An event published on A reaches the matching subscribers on B and C, and only them."""
+    for node in ("a", "b", "c"):
+        await cluster.node(node)
+    got: dict[str, list] = {"b": [], "c": [], "other": []}
+    on_b = await cluster.connect("b", on_notification=got["b"].append)
+    on_c = await cluster.connect("c", on_notification=got["c"].append)
+    other = await cluster.connect("c", on_notification=got["other"].append)
+    await on_b.subscribe("registry.*")
+    await on_c.subscribe("registry.persona")
+    await other.subscribe("chat.*")
+    publisher = await cluster.connect("a", name="pub")
+    await publisher.publish("registry.persona", {"id": "alice"})
+    await eventually(lambda: got["b"] and got["c"], what="both subscribers")
+    for node in ("b", "c"):
+        (event,) = got[node]
+        assert {"topic": "registry.persona", "data": {"id": "alice"}, "publisher": "cli:pub"} == event.params
+    await cluster.settled()
+    assert [] == got["other"]
