@@ -14,7 +14,9 @@ cancels and awaits every one of them.
 
 Reconnection (``reconnect=True``, used by daemons): when the bus goes away the
 client retries with exponential backoff and jitter, so a restarted bus is not
-hit by every daemon at once. What happens to work in flight, chosen so that
+hit by every daemon at once. Given several bus URLs (a federated cluster's
+nodes, comma-separated), each attempt tries them all in turn, starting with
+the node it had. What happens to work in flight, chosen so that
 nothing is lost *or* done twice:
 
 * our calls already sent fail with CONNECTION_LOST: the bus that held their
@@ -60,10 +62,12 @@ from protocol import (
     Role,
     RpcError,
 )
-from protocol.codec import DEFAULT_MAX_MESSAGE_BYTES
+from protocol.codec import DEFAULT_MAX_MESSAGE_BYTES, validate
 from protocol.commands.bus import HelloParams, HelloResult
+from protocol.connection import State as ConnState
 
 from . import __version__
+from .envelope import FastMessage, read
 from .errors import AuthError, BusUnavailable
 
 log = logging.getLogger("personad.client")
@@ -147,7 +151,13 @@ class BusClient:
         outbox_limit: int = 1000,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        self.url = url
+        #: The bus nodes to try, in order (``ws://a:8765,ws://b:8765``): on
+        #: losing its node the client moves to the next that answers, so a
+        #: federated cluster (docs/federation.md) survives a node's death.
+        self.urls = [u.strip() for u in url.split(",") if u.strip()] or [url]
+        self._url_index = 0
+        #: The node connected to (or tried) now.
+        self.url = self.urls[0]
         self._token = token
         self._hello_params = HelloParams(
             protocol=PROTOCOL_VERSION,
@@ -278,6 +288,22 @@ class BusClient:
     # -- connecting ---------------------------------------------------------------
 
     async def _open(self) -> _Link:
+        """Connect to the first bus URL that answers, starting with the last one that did."""
+        error: BusUnavailable | None = None
+        for step in range(len(self.urls)):
+            index = (self._url_index + step) % len(self.urls)
+            self.url = self.urls[index]
+            try:
+                link = await self._open_one()
+            except BusUnavailable as exc:
+                error = exc
+                continue
+            self._url_index = index
+            return link
+        assert error is not None
+        raise error
+
+    async def _open_one(self) -> _Link:
         headers = None if self._token_in_hello else {"Authorization": f"Bearer {self._token}"}
         try:
             ws = await connect(
@@ -379,10 +405,21 @@ class BusClient:
     # -- receiving ---------------------------------------------------------------
 
     async def _read_loop(self, link: _Link) -> None:
+        conn = link.conn
         try:
             async for frame in link.ws:
                 try:
-                    message = link.conn.receive(frame)
+                    if conn.state is ConnState.READY:
+                        # Answers to our calls skip pydantic when plainly valid
+                        # (daemon/envelope.py); requests and notifications reach
+                        # handlers and listeners as the protocol's models.
+                        data = self.codec.decode_data(frame, max_bytes=conn.max_message_bytes)
+                        fast = read(data)
+                        message: Request | Notification | Response | FastMessage = (
+                            fast if fast is not None and fast.kind == "response" else validate(data)
+                        )
+                    else:
+                        message = conn.receive(frame)
                 except ProtocolError as exc:
                     log.error("bad message from the bus, closing: %s", exc.reason)
                     await link.ws.close(int(exc.close_code), exc.reason[:120])
@@ -400,8 +437,8 @@ class BusClient:
             if not self._closing:
                 log.warning("disconnected from the bus (generation %d)", link.generation)
 
-    def _dispatch(self, link: _Link, message: Request | Notification | Response) -> None:
-        if isinstance(message, Response):
+    def _dispatch(self, link: _Link, message: Request | Notification | Response | FastMessage) -> None:
+        if isinstance(message, Response | FastMessage):
             pending = self._pending.pop(message.id, None) if isinstance(message.id, int) else None
             if pending is None:
                 log.debug("response for unknown request %r", message.id)
