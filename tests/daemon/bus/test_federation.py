@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -415,3 +416,48 @@ async def test_events_reach_subscribers_on_every_node(cluster: Cluster) -> None:
         assert {"topic": "registry.persona", "data": {"id": "alice"}, "publisher": "cli:pub"} == event.params
     await cluster.settled()
     assert [] == got["other"]
+
+
+# -- step 6: clients move to another node when theirs dies --------------------------
+
+
+async def test_a_dead_node_s_personas_move_to_another(cluster: Cluster) -> None:
+    """Node A stops; its persona reconnects to B (the next URL it has) and answers again."""
+    for node in ("a", "b", "c"):
+        await cluster.node(node)
+    persona = await cluster.connect(["a", "b"], kind="persona", name="alice", handler=echo, reconnect=True)
+    assert persona.url == cluster.nodes["a"].url
+    await cluster.settled()
+    caller = await cluster.connect("c", name="carol")
+    assert "cli:carol" == (await caller.call("persona.status", to="persona:alice"))["caller"]
+    started = time.monotonic()
+    await cluster.nodes["a"].close()
+
+    meanwhile: list[int] = []
+
+    async def answers() -> bool:
+        try:
+            await caller.call("persona.status", to="persona:alice", deadline_ms=1000)
+        except RpcError as exc:
+            meanwhile.append(exc.code)
+            return False
+        return True
+
+    await eventually(answers, what="persona:alice answering from node B")
+    # While it moved, the caller heard that it was offline, never anything else.
+    assert set(meanwhile) <= {ErrorCode.TARGET_OFFLINE}
+    moved_after = time.monotonic() - started
+    assert persona.url == cluster.nodes["b"].url
+    assert 1 == persona.reconnects
+    print(f"persona moved from node A to B and answered again after {moved_after * 1000:.0f} ms")
+
+
+async def test_a_client_starts_on_the_first_node_that_answers(cluster: Cluster) -> None:
+    """A URL list whose first node is down: the client connects to the next."""
+    await cluster.node("b")
+    dead = f"ws://127.0.0.1:{free_port()}"
+    client = BusClient(f"{dead},{cluster.nodes['b'].url}", token=cluster.state.admin_token, kind="cli")  # type: ignore[attr-defined]
+    await client.start()
+    cluster.clients.append(client)
+    assert cluster.nodes["b"].url == client.url
+    assert (await client.call("bus.ping"))["time"] > 0
