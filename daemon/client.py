@@ -41,12 +41,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.connection import broadcast
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import State as WsState
 
 from protocol import (
@@ -317,6 +318,7 @@ class BusClient:
                 ping_timeout=20,
                 close_timeout=5,
                 user_agent_header=f"personad/{__version__}",
+                create_connection=_FastConnection,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -335,6 +337,7 @@ class BusClient:
             await ws.send(conn.send(hello))
             async with asyncio.timeout(self._open_timeout):
                 reply = conn.receive(await ws.recv())
+            ws.queued -= 1  # type: ignore[attr-defined]  # the hello's answer was handled
         except (ConnectionClosed, TimeoutError, ProtocolError) as exc:
             await ws.close()
             reason = getattr(getattr(exc, "rcvd", None), "reason", "") or str(exc) or "timeout"
@@ -405,29 +408,35 @@ class BusClient:
     # -- receiving ---------------------------------------------------------------
 
     async def _read_loop(self, link: _Link) -> None:
-        conn = link.conn
+        ws = cast(_FastConnection, link.ws)
+
+        def on_frame(frame: bytes) -> bool:
+            try:
+                self._dispatch(link, self._read(link, frame))
+            except ProtocolError as exc:
+                log.error("bad message from the bus, closing: %s", exc.reason)
+                ws.on_frame = _swallow
+                self._spawn(ws.close(int(exc.close_code), exc.reason[:120]), "bus-close")
+            return True
+
+        # Complete binary frames are handled as websockets parses them (no
+        # wake-up of this task per message); the rest come through the loop.
+        ws.on_frame = on_frame
         try:
-            async for frame in link.ws:
+            async for frame in ws:
                 try:
-                    if conn.state is ConnState.READY:
-                        # Answers to our calls skip pydantic when plainly valid
-                        # (daemon/envelope.py); requests and notifications reach
-                        # handlers and listeners as the protocol's models.
-                        data = self.codec.decode_data(frame, max_bytes=conn.max_message_bytes)
-                        fast = read(data)
-                        message: Request | Notification | Response | FastMessage = (
-                            fast if fast is not None and fast.kind == "response" else validate(data)
-                        )
-                    else:
-                        message = conn.receive(frame)
+                    message = self._read(link, frame)
                 except ProtocolError as exc:
                     log.error("bad message from the bus, closing: %s", exc.reason)
-                    await link.ws.close(int(exc.close_code), exc.reason[:120])
+                    await ws.close(int(exc.close_code), exc.reason[:120])
                     break
+                finally:
+                    ws.queued -= 1
                 self._dispatch(link, message)
         except ConnectionClosed:
             pass
         finally:
+            ws.on_frame = None
             self._link = None
             self._connected.clear()
             self.connected_since = None
@@ -436,6 +445,18 @@ class BusClient:
             self._fail_pending(link.generation, ErrorCode.CONNECTION_LOST, "connection to the bus lost")
             if not self._closing:
                 log.warning("disconnected from the bus (generation %d)", link.generation)
+
+    def _read(self, link: _Link, frame: bytes | str) -> Request | Notification | Response | FastMessage:
+        """Decode one frame. Raises ProtocolError."""
+        conn = link.conn
+        if conn.state is not ConnState.READY:
+            return conn.receive(frame)
+        # Answers to our calls skip pydantic when plainly valid
+        # (daemon/envelope.py); requests and notifications reach
+        # handlers and listeners as the protocol's models.
+        data = self.codec.decode_data(frame, max_bytes=conn.max_message_bytes)
+        fast = read(data)
+        return fast if fast is not None and fast.kind == "response" else validate(data)
 
     def _dispatch(self, link: _Link, message: Request | Notification | Response | FastMessage) -> None:
         if isinstance(message, Response | FastMessage):
@@ -720,6 +741,39 @@ async def _send(ws: ClientConnection, frame: bytes | str) -> None:
         broadcast((ws,), frame)
     if ws.paused:
         await ws.drain()
+
+
+class _FastConnection(ClientConnection):
+    """Hands complete binary frames to ``on_frame`` as websockets parses them.
+
+    ``queued`` counts messages left to the queue (text, fragmented, or
+    arriving while an earlier one is queued): while any is, frames are
+    queued behind it, so that they are handled in the order they came.
+    """
+
+    on_frame: Callable[[bytes], bool] | None = None
+    queued = 0
+
+    def process_event(self, event: Any) -> None:
+        if not isinstance(event, Frame):  # the opening handshake's response
+            super().process_event(event)
+            return
+        handler = self.on_frame
+        if (
+            handler is not None
+            and not self.queued
+            and event.fin
+            and event.opcode is Opcode.BINARY
+            and handler(event.data if type(event.data) is bytes else bytes(event.data))
+        ):
+            return
+        if event.fin and event.opcode in DATA_OPCODES:
+            self.queued += 1
+        super().process_event(event)
+
+
+def _swallow(frame: bytes) -> bool:
+    return True
 
 
 def _expire(future: asyncio.Future[Any], method: str) -> None:
