@@ -137,6 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-hub", action="store_true", help="do not start PersonaHub (cap:hub)")
     up.add_argument("--no-demo", action="store_true", help="skip training and showing the demo")
+    up.add_argument(
+        "--no-personas",
+        action="store_true",
+        help="run no registry and no personas here (another machine of the cluster does)",
+    )
+    up.add_argument(
+        "--nats",
+        default=None,
+        metavar="URL",
+        help="this machine's bus joins a cluster through this NATS server (docs/federation.md)",
+    )
+    up.add_argument(
+        "--node", default=None, help="this machine's node name in the cluster (default: the host name)"
+    )
+    up.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="WS_URL",
+        help="another machine's bus, where this machine's personas and services move if its bus dies "
+        "(repeatable)",
+    )
 
     schema = verb("schema", "print the protocol as one JSON Schema (draft 2020-12) document")
     schema.add_argument(
@@ -406,6 +428,7 @@ def _chat(args: argparse.Namespace, state: StateDir, url: str) -> int:
 
 
 def _status(args: argparse.Namespace, state: StateDir, url: str) -> int:
+    url = url.split(",")[0].strip()  # of a cluster's list, the first node
     http = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rstrip("/")
     try:
         with urllib.request.urlopen(f"{http}/healthz", timeout=5) as response:
@@ -443,6 +466,10 @@ def _up(args: argparse.Namespace, state: StateDir, url: str) -> int:
         skills=not args.no_skills,
         hub=not args.no_hub,
         demo=not args.no_demo,
+        personas=not args.no_personas,
+        nats=args.nats,
+        node=args.node or (_node_name() if args.nats else None),
+        peers=tuple(args.peer),
     )
     return runtime.run(supervisor.run())
 

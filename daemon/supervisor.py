@@ -13,6 +13,12 @@ runs it follows the registry (supervisor_personas.py): a persona made active
 archived, merged or deleted is stopped. One Ctrl-C (or SIGTERM) stops them
 all: personas first, then the bus, each with SIGTERM and a grace period
 before SIGKILL.
+
+With ``--nats`` it runs one machine's part of a federated cluster
+(docs/federation.md): its bus joins the cluster as ``--node``, its services
+are named after the node, its children are given the other machines' buses
+(``--peer``) to move to, and with ``--no-personas`` it runs no registry and
+no personas (one machine of the cluster does).
 """
 
 from __future__ import annotations
@@ -126,8 +132,20 @@ class Supervisor:
         skills: bool = True,
         hub: bool = True,
         demo: bool = True,
+        personas: bool = True,
+        nats: str | None = None,
+        node: str | None = None,
+        peers: tuple[str, ...] = (),
     ) -> None:
         self.inference = inference
+        #: Whether this machine runs the registry and the personas (one machine
+        #: of a cluster does; the others run a bus node and services only).
+        self.run_personas = personas
+        #: The bus joins a federated cluster through this NATS server (docs/federation.md).
+        self.nats = nats
+        self.node = node
+        #: The other machines' bus URLs: the children move there if this node dies.
+        self.peers = peers
         self.browser = browser
         self.academy = academy
         self.skills = skills
@@ -150,6 +168,26 @@ class Supervisor:
 
     def _argv(self, *verb: str) -> list[str]:
         return [sys.executable, "-m", "daemon", "--state-dir", str(self.state.root), *verb]
+
+    def _bus_argv(self) -> list[str]:
+        argv = self._argv("bus", "--host", self.host, "--port", str(self.port))
+        if self.nats is not None:
+            argv += ["--nats", self.nats]
+        if self.node is not None:
+            argv += ["--node", self.node]
+        return argv
+
+    def _named(self) -> list[str]:
+        """In a cluster, a service's client id names its machine: inference:<node>, browser:<node>.
+
+        One id is held by one connection cluster-wide, so two machines' inference:main would
+        keep replacing each other.
+        """
+        return ["--name", self.node] if self.node is not None else []
+
+    def _children_url(self) -> str:
+        """PERSONAD_URL for the children: this machine's bus first, then its peers."""
+        return ",".join([self.url, *self.peers])
 
     async def run(self) -> int:
         token = self.state.init()
@@ -174,7 +212,8 @@ class Supervisor:
                 return 0
             stopper.cancel()
             startup.result()
-            assert self.follower is not None
+            if self.follower is None:  # a machine without personas (--no-personas)
+                return await self._supervise(stop)
             following = asyncio.ensure_future(self.follower.follow())
             try:
                 return await self._supervise(stop)
@@ -191,10 +230,14 @@ class Supervisor:
             print("personad: all stopped", flush=True)
 
     async def _start_all(self) -> None:
-        base_env = {**os.environ, "PERSONAD_URL": self.url, "PERSONAD_STATE_DIR": str(self.state.root)}
+        base_env = {
+            **os.environ,
+            "PERSONAD_URL": self._children_url(),
+            "PERSONAD_STATE_DIR": str(self.state.root),
+        }
         base_env.pop("NOTIFY_SOCKET", None)  # the children are ours, not systemd's
         base_env.pop("PERSONAD_TOKEN", None)  # each child finds or is given its own
-        bus = Child("bus", self._argv("bus", "--host", self.host, "--port", str(self.port)), base_env)
+        bus = Child("bus", self._bus_argv(), base_env)
         self.children.append(bus)
         await bus.start(capture_stdout=True)
         try:
@@ -203,23 +246,27 @@ class Supervisor:
             raise BusUnavailable("the bus did not start listening within 20s") from None
         # From now on the port is fixed, also for restarts.
         self.port = int(self.url.rsplit(":", 1)[1])
-        bus.argv = self._argv("bus", "--host", self.host, "--port", str(self.port))
-        base_env["PERSONAD_URL"] = self.url
+        bus.argv = self._bus_argv()
+        base_env["PERSONAD_URL"] = self._children_url()
         self._base_env = base_env
         await self._wait_healthy(bus)
 
-        registry = Child("registry", self._argv("registry", "--config-dir", str(self.config_dir)), base_env)
-        self.children.append(registry)
-        await registry.start()
-        self.follower = RegistryFollower(
-            self.state,
-            self.config_dir,
-            self.url,
-            start=self._start_persona,
-            stop=self._stop_persona,
-            running=lambda: self.personas,
-        )
-        configs = await self.follower.open()
+        configs: dict[str, tuple[PersonaConfig, Path]] = {}
+        if self.run_personas:
+            registry = Child(
+                "registry", self._argv("registry", "--config-dir", str(self.config_dir)), base_env
+            )
+            self.children.append(registry)
+            await registry.start()
+            self.follower = RegistryFollower(
+                self.state,
+                self.config_dir,
+                self.url,
+                start=self._start_persona,
+                stop=self._stop_persona,
+                running=lambda: self.personas,
+            )
+            configs = await self.follower.open()
 
         if self.inference and self.demo:
             # Trains legal → legal.patent → legal.patent.uspto once (cached by
@@ -233,9 +280,9 @@ class Supervisor:
                 raise BusUnavailable("training the demo adapters failed (see above)")
         services = []
         if self.inference:
-            services.append(Child("inference", self._argv("inference"), base_env))
+            services.append(Child("inference", self._argv("inference", *self._named()), base_env))
         if self.browser:
-            argv = self._argv("browser")
+            argv = self._argv("browser", *self._named())
             if self.demo:
                 # The demo page is on 127.0.0.1, which the worker's network
                 # policy denies: allow exactly its address and port, nothing more.
@@ -337,7 +384,7 @@ class Supervisor:
                 print(
                     f"persona:{pid} ({status['name']}) is up: session dir {status['session_dir']}", flush=True
                 )
-            if self.demo:
+            if self.demo and persona_ids:
                 await self._demo(client, persona_ids[0])
         http_url = self.url.replace("ws://", "http://", 1)
         # A fresh one-time link each start: the page trades its code for a token.
@@ -347,6 +394,9 @@ class Supervisor:
             f"  a new link later: .venv/bin/personad console",
             flush=True,
         )
+        if not persona_ids:  # a cluster machine without personas (--no-personas)
+            print(f"\npersonad is running on {self.url}. Ctrl-C stops everything.", flush=True)
+            return
         print(
             f"\npersonad is running on {self.url}. In another terminal:\n"
             f"  .venv/bin/personad chat {persona_ids[0]}\n"
