@@ -342,6 +342,11 @@ class Federation:
         wire = self._decode(msg)
         if wire is None:
             return
+        sender = wire.get("from")
+        if isinstance(sender, str):
+            # A stand-in serves one request: for cap:<name>, it now names the
+            # provider that answered, as a local provider's answer would.
+            target.client_id = sender
         try:
             if "method" in wire:
                 note = Notification.model_validate(

@@ -461,3 +461,20 @@ async def test_a_client_starts_on_the_first_node_that_answers(cluster: Cluster) 
     cluster.clients.append(client)
     assert cluster.nodes["b"].url == client.url
     assert (await client.call("bus.ping"))["time"] > 0
+
+
+async def test_a_remote_provider_names_itself(cluster: Cluster) -> None:
+    """Progress from cap:inference on B reaches A stamped with the provider's id, not the cap."""
+
+    async def streamer(request: Request, ctx: CallContext) -> str:
+        await ctx.progress("inference.token", {"text": "hi"})
+        return "done"
+
+    await cluster.node("a")
+    await cluster.node("b")
+    await cluster.connect("b", kind="inference", name="gpu", capabilities=["inference"], handler=streamer)
+    await cluster.settled()
+    caller = await cluster.connect("a")
+    got: list = []
+    assert "done" == await caller.call("inference.generate", to="cap:inference", on_progress=got.append)
+    assert ["inference:gpu"] == [n.from_ for n in got]
