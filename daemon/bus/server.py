@@ -92,6 +92,8 @@ class Bus:
         self._closing: set[asyncio.Task[None]] = set()
         #: Sessions with frames queued this loop iteration (see Session.push).
         self._to_flush: list[Session] = []
+        #: True while a connection handles the data it read (see schedule_flush).
+        self._receiving = False
         #: Decodes big frames off the loop; two threads, so a flood of big
         #: frames queues here instead of taking every core.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bus-decode")
@@ -116,7 +118,7 @@ class Bus:
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             origins=list(self.config.origins),  # type: ignore[arg-type]
             process_request=self._process_request,
-            create_connection=fast_connection(self.http.front_connection()),
+            create_connection=fast_connection(self.http.front_connection(), self._received),
             compression=None,
             # Raised to max_message_bytes per connection once hello succeeds.
             max_size=self.config.max_hello_bytes,
@@ -170,9 +172,18 @@ class Bus:
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def schedule_flush(self, session: Session) -> None:
-        if not self._to_flush:
+        # Frames queued while a connection's data is being handled are
+        # written when it is done (_received): one more loop iteration, with
+        # its poll syscall, would cost more than the batching saves there.
+        if not self._to_flush and not self._receiving:
             asyncio.get_running_loop().call_soon(self._flush)
         self._to_flush.append(session)
+
+    def _received(self, receiving: bool) -> None:
+        """A connection starts (True) or ends (False) handling the data it read."""
+        self._receiving = receiving
+        if not receiving and self._to_flush:
+            self._flush()
 
     def _flush(self) -> None:
         sessions, self._to_flush = self._to_flush, []
@@ -515,8 +526,11 @@ class Bus:
 FrameHandler = Callable[[bytes], bool]
 
 
-def fast_connection(base: type[ServerConnection]) -> type[ServerConnection]:
+def fast_connection(base: type[ServerConnection], received: Callable[[bool], None]) -> type[ServerConnection]:
     """``base`` with complete binary frames handed to ``on_frame`` as they are parsed.
+
+    ``received(True)`` and ``received(False)`` bracket the handling of each
+    read, so that the frames it produced are written in one go at its end.
 
     ``on_frame`` (set by ``Bus._serve`` once the session is serving) returns
     False to leave a frame to the queue. ``queued`` counts messages in the
@@ -527,6 +541,13 @@ def fast_connection(base: type[ServerConnection]) -> type[ServerConnection]:
     class FastConnection(base):  # type: ignore[valid-type,misc]
         on_frame: FrameHandler | None = None
         queued = 0
+
+        def data_received(self, data: bytes) -> None:
+            received(True)
+            try:
+                super().data_received(data)
+            finally:
+                received(False)
 
         def process_event(self, event: Frame | object) -> None:
             if not isinstance(event, Frame):  # the opening handshake's request
