@@ -284,7 +284,7 @@ async def test_cli_prints_the_profile_and_what_the_rules_did(
     args = cli_args(
         "court clerk",
         "--trait",
-        "precision=90",
+        "precision=80",  # the model may move it 10 either way: formal's +5 always fits
         "--flag",
         "formal",
         "--style",
@@ -297,7 +297,7 @@ async def test_cli_prints_the_profile_and_what_the_rules_did(
     assert {
         "role": "court clerk",
         "start": False,
-        "base_traits": {"precision": 90},
+        "base_traits": {"precision": 80},
         "context": {"formal": True},
         "user_preferences": {"style": "terse", "detail_level": "brief"},
         "persona_id": "clerk",
