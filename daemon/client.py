@@ -45,7 +45,6 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.connection import broadcast
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import State as WsState
@@ -551,7 +550,8 @@ class BusClient:
                     "data": {"reason": "result_too_large", "bytes": size, "limit": limit},
                 }
                 frame = current.conn.send_wire({"jsonrpc": "2.0", "id": request.id, "error": error})
-            await _send(current.ws, frame)
+            # Other answers being worked out now go in the same write.
+            await _send(current.ws, frame, batch=len(self._serving) > 1)
         except ProtocolError as exc:
             log.error("cannot encode answer to %s: %s", request.method, exc.reason)
             error = {"code": ErrorCode.INTERNAL_ERROR, "message": "result could not be encoded"}
@@ -618,7 +618,8 @@ class BusClient:
         pending.timer = loop.call_later(deadline_ms / 1000 + 2.0, _expire, future, method)
         self._pending[rid] = pending
         try:
-            await _send(link.ws, link.conn.send_wire(message))
+            # Other calls in flight: more are likely sent this iteration, in one write.
+            await _send(link.ws, link.conn.send_wire(message), batch=len(self._pending) > 1)
             return await future
         except ConnectionClosed:
             raise RpcError(ErrorCode.CONNECTION_LOST, "connection to the bus lost") from None
@@ -720,27 +721,54 @@ def _frame_bytes(frame: bytes | str) -> int:
     return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
 
 
-async def _send(ws: ClientConnection, frame: bytes | str) -> None:
-    """Write a frame now, then wait only if the transport asked us to pause.
+async def _send(ws: ClientConnection, frame: bytes | str, *, batch: bool = False) -> None:
+    """Write a frame now (or, with ``batch``, at the end of this loop iteration),
+    then wait only if the transport asked us to pause.
 
     The same order as asyncio's StreamWriter (write, then drain): a reply or
     a call goes out in the loop iteration that produced it instead of after
     a send lock, and frames from concurrent tasks keep the order in which
-    they were produced (progress before the final answer). websockets' own
-    ``send()`` waits for the drain first, and costs several microseconds
-    more per frame on the hot path (measured in bench/bus.py --explain).
-    ``paused``/``drain()`` are websockets' flow-control hooks (adapted from
+    they were produced (progress before the final answer): every frame is
+    framed at once into websockets' sans-I/O buffer, and any write sends
+    all of it. websockets' own ``send()`` waits for the drain first, and
+    costs several microseconds more per frame on the hot path (measured in
+    bench/bus.py --explain). ``batch`` is for frames that others are likely
+    to follow in the same iteration (answers and calls when several are in
+    flight): one write() for all, where each costs a syscall. ``paused`` and
+    ``drain()`` are websockets' flow-control hooks (adapted from
     StreamWriter); websockets is pinned below 18 for them.
     """
-    if ws.protocol.state is not WsState.OPEN:
-        await ws.send(frame)  # raises the proper ConnectionClosed
+    if ws.protocol.state is not WsState.OPEN or ws.send_in_progress is not None:
+        await ws.send(frame)  # raises the proper ConnectionClosed, or waits for a fragmented send
         return
     if isinstance(frame, str):
-        broadcast((ws,), frame.encode("utf-8"), text=True)
+        ws.protocol.send_text(frame.encode("utf-8"))
     else:
-        broadcast((ws,), frame)
+        ws.protocol.send_binary(frame)
+    if batch and isinstance(ws, _FastConnection):
+        ws.write_soon()
+    else:
+        _write(ws)
     if ws.paused:
         await ws.drain()
+
+
+def _write(ws: ClientConnection) -> None:
+    """Write everything framed so far, in one write() when possible."""
+    if ws.transport.is_closing():
+        return
+    chunks = ws.protocol.data_to_send()
+    if all(chunks):
+        if chunks:
+            ws.transport.write(b"".join(chunks))
+        return
+    # An empty chunk means "half-close after this": websockets' own writer does it.
+    for chunk in chunks:
+        if chunk:
+            ws.transport.write(chunk)
+        elif ws.transport.can_write_eof():
+            with contextlib.suppress(Exception):  # as websockets: uvloop may raise RuntimeError
+                ws.transport.write_eof()
 
 
 class _FastConnection(ClientConnection):
@@ -753,6 +781,17 @@ class _FastConnection(ClientConnection):
 
     on_frame: Callable[[bytes], bool] | None = None
     queued = 0
+    _write_scheduled = False
+
+    def write_soon(self) -> None:
+        """Write what is framed at the end of this loop iteration (see _send's ``batch``)."""
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self.loop.call_soon(self._write_now)
+
+    def _write_now(self) -> None:
+        self._write_scheduled = False
+        _write(self)
 
     def process_event(self, event: Any) -> None:
         if not isinstance(event, Frame):  # the opening handshake's response
