@@ -21,7 +21,9 @@ carries only what crosses nodes (docs/federation.md has the whole design):
 * ``personad.event`` — ``bus.publish`` on any node, delivered by every
   other node to its own subscribers (``delivered`` counts this node's);
 * the JetStream key-value bucket ``personad_tokens`` — every node's tokens
-  and revocations (federation_tokens.py).
+  and revocations (federation_tokens.py);
+* ``personad.home.<node>`` and the bucket ``personad_rooms`` — rooms, each
+  served by its home node for members anywhere (federation_rooms.py).
 
 Subjects carry client ids with ``.`` spelled ``~`` (``.`` separates NATS
 subject tokens; ``~`` is not allowed in client ids, so the mapping is one to
@@ -59,7 +61,8 @@ from protocol import (
 )
 
 from ..tokens import PERSONAL_KINDS, TokenStore
-from .federation_sessions import RemoteCaller, RemoteTarget
+from .federation_rooms import FederatedRooms
+from .federation_sessions import RemoteCaller, RemoteTarget, RoomMember
 from .federation_tokens import SharedTokens
 from .router import Router
 from .session import Session, SessionHost
@@ -113,6 +116,7 @@ class Federation:
         self._idle.set()
         self._writer: asyncio.Task[None] | None = None
         self._tokens: SharedTokens | None = None
+        self.rooms: FederatedRooms | None = None
         #: Set while this node's router handles a message that came over NATS:
         #: such a request is served here or not at all (never sent on again).
         self._relaying = False
@@ -135,6 +139,8 @@ class Federation:
         await self._nc.subscribe(_CANCEL_SUBJECT, cb=self._on_cancel)
         await self._nc.subscribe("personad.claim.>", cb=self._on_claim)
         await self._nc.subscribe(_EVENT_SUBJECT, cb=self._on_event)
+        self.rooms = FederatedRooms(self)
+        await self.rooms.start(self._nc.jetstream())
         await self._nc.flush()
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="federation-writer")
         log.info("federation node=%s nats=%s", self.node, self.url)
@@ -147,6 +153,8 @@ class Federation:
         return self._tokens
 
     async def close(self) -> None:
+        if self.rooms is not None:
+            await self.rooms.close()
         if self._tokens is not None:
             await self._tokens.close()
         if self._writer is not None:
@@ -179,6 +187,43 @@ class Federation:
         self._ops.append(op)
         self._idle.clear()
         self._wake.set()
+
+    # -- for federation_rooms.py -----------------------------------------------------
+
+    @property
+    def nats(self) -> NatsClient:
+        assert self._nc is not None
+        return self._nc
+
+    @property
+    def tokens(self) -> SharedTokens | None:
+        return self._tokens
+
+    def queue(self, op: Callable[[], Awaitable[Any]]) -> None:
+        """Run a NATS coroutine in order with every other operation of this node."""
+        self._queue(op)
+
+    def publish(self, subject: str, data: dict[str, Any], reply: str = "") -> None:
+        try:
+            payload = _pack(data)
+        except ProtocolError as exc:
+            log.error("cannot publish to %s: %s", subject, exc.reason)
+            return
+        self._publish(subject, payload, reply)
+
+    def decode(self, msg: Msg) -> dict[str, Any] | None:
+        return self._decode(msg)
+
+    def deliver_to(self, client_id: str, wire: dict[str, Any]) -> None:
+        """A notification for a client on whichever node holds it (nobody: dropped)."""
+        self.publish(f"personad.to.{subject_token(client_id)}", {**wire, "deliver_to": client_id})
+
+    def to_member(self, member: RoomMember, wire: dict[str, Any]) -> bool:
+        assert self.rooms is not None
+        return self.rooms.to_member(member, wire)
+
+    def room_call(self, session: Session, request: Any) -> bool:
+        return self.rooms is not None and self.rooms.room_call(session, request)
 
     def _publish(self, subject: str, payload: bytes, reply: str = "") -> None:
         nc = self._nc
@@ -239,6 +284,8 @@ class Federation:
 
     def removed(self, session: Session) -> None:
         cid = session.client_id
+        if self.rooms is not None:
+            self.rooms.client_left(cid)
 
         async def unsubscribe() -> None:
             if self.router.clients.get(cid) is not None:
@@ -369,11 +416,14 @@ class Federation:
         wire = self._decode(msg)
         if wire is None:
             return
+        if "id" not in wire:
+            # A notification: "deliver_to" when the wire keeps its own "to" (room:x).
+            target = wire.pop("deliver_to", None) or wire.pop("to", None)
+            if isinstance(target, str):
+                self._deliver_notification(target, wire)
+            return
         to, sender = wire.get("to"), wire.get("from")
         if not isinstance(to, str) or not isinstance(sender, str):
-            return
-        if "id" not in wire:
-            self._deliver_notification(to, wire)
             return
         reply = msg.reply
         if not reply:
@@ -407,7 +457,6 @@ class Federation:
             self._forget_if_idle(caller)
 
     def _deliver_notification(self, to: str, wire: dict[str, Any]) -> None:
-        wire.pop("to", None)
         if to.startswith("cap:"):
             providers = [p for p in self.router.providers.get(to[4:], ()) if p.kind not in PERSONAL_KINDS]
             dest = min(providers, key=lambda p: len(p.inbound)) if providers else None

@@ -108,3 +108,28 @@ class RemoteCaller(_Remote):
 
     def send(self, wire: dict[str, Any]) -> bool:
         return self.federation.to_caller(self, wire)
+
+
+class RoomMember(_Remote):
+    """A member, connected to another node, of a room whose home is this node.
+
+    Rooms live on one node, their home (the node where they were made;
+    federation_rooms.py): a client elsewhere joins through a stand-in that
+    carries its own token, so the room's rules (owner, invitations, room
+    grants) judge it as they judge a local member. What the room sends it is
+    published to its client id's subject, delivered by the node holding it.
+    """
+
+    __slots__ = ("origin",)
+
+    def __init__(
+        self, host: SessionHost, federation: Federation, client_id: str, origin: str, token: TokenEntry
+    ) -> None:
+        super().__init__(host, federation, client_id, token)
+        self.origin = origin
+
+    def __repr__(self) -> str:
+        return f"<RoomMember {self.client_id} on {self.origin}>"
+
+    def send(self, wire: dict[str, Any]) -> bool:
+        return self.federation.to_member(self, wire)

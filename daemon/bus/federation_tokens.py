@@ -114,6 +114,15 @@ class SharedTokens(TokenStore):
             return shared
         return None
 
+    def by_digest(self, digest: str) -> TokenEntry | None:
+        """A valid token by its SHA-256 (how another node names its caller's token)."""
+        if digest in self._revoked:
+            return None
+        for entry in self.local.entries():
+            if entry.sha256 == digest:
+                return entry
+        return self._shared.get(digest)
+
     def entries(self) -> list[TokenEntry]:
         """Every valid token; also publishes what changed in this machine's file
         (the bus's sweeper calls this once a second)."""

@@ -55,6 +55,7 @@ class FederationHooks(Protocol):
     def removed(self, session: Session) -> None: ...
     def resolve(self, to: str) -> Session | None: ...
     def published(self, wire: dict[str, Any]) -> None: ...
+    def room_call(self, session: Session, request: Any) -> bool: ...
 
 
 BusMethod = Callable[[Session, Any], dict[str, Any]]
@@ -179,6 +180,8 @@ class Router:
             )
             return
         if request.to is None:
+            if self.federation is not None and self.federation.room_call(session, request):
+                return  # federation: a room whose home is another node
             self._call_bus(session, request)
             return
         if request.to.startswith("room:"):

@@ -478,3 +478,52 @@ async def test_a_remote_provider_names_itself(cluster: Cluster) -> None:
     got: list = []
     assert "done" == await caller.call("inference.generate", to="cap:inference", on_progress=got.append)
     assert ["inference:gpu"] == [n.from_ for n in got]
+
+
+# -- step 5: rooms span nodes ------------------------------------------------------
+
+
+async def test_a_room_spans_a_and_c(cluster: Cluster, state) -> None:
+    """A room made on A: an invited client on C joins it, both hear each other, an uninvited one cannot."""
+    await cluster.node("a")
+    await cluster.node("c")
+    tokens = state.tokens()
+    heard: dict[str, list] = {"alice": [], "carol": []}
+    alice_token, _ = tokens.add(name="alice", role="persona", subject="persona:alice")
+    carol_token, _ = tokens.add(name="carol", role="persona", subject="persona:carol")
+    mallory_token, _ = tokens.add(name="mallory", role="persona", subject="persona:mallory")
+    alice = await cluster.connect(
+        "a", token=alice_token, kind="persona", name="alice", on_notification=heard["alice"].append
+    )
+    carol = await cluster.connect(
+        "c", token=carol_token, kind="persona", name="carol", on_notification=heard["carol"].append
+    )
+    mallory = await cluster.connect("c", token=mallory_token, kind="persona", name="mallory")
+    assert "persona:alice" == (await alice.call("bus.room.join", {"room": "team"}))["owner"]
+    await alice.call("bus.room.invite", {"room": "team", "client": "persona:carol"})
+    await cluster.settled()
+    await eventually(
+        lambda: cluster.nodes["c"].federation.rooms.homes.get("team") == "a", what="C learns the home"
+    )
+
+    joined = await carol.call("bus.room.join", {"room": "team"})
+    assert ["persona:alice", "persona:carol"] == joined["members"]
+    with pytest.raises(RpcError) as info:
+        await mallory.call("bus.room.join", {"room": "team"})
+    assert ErrorCode.FORBIDDEN == info.value.code
+
+    await carol.call("bus.room.send", {"room": "team", "data": "hello from C"})
+    await alice.call("bus.room.send", {"room": "team", "data": "hello from A"})
+
+    def messages(name: str) -> list:
+        return [n.params for n in heard[name] if n.method == "room.message"]
+
+    await eventually(lambda: messages("alice") and messages("carol"), what="both messages")
+    assert [{"room": "team", "sender": "persona:carol", "data": "hello from C"}] == messages("alice")
+    assert [{"room": "team", "sender": "persona:alice", "data": "hello from A"}] == messages("carol")
+
+    await carol.close()
+    await eventually(
+        lambda: [m.client_id for m in cluster.nodes["a"].router.rooms.members("team")] == ["persona:alice"],
+        what="A drops the member C lost",
+    )
