@@ -28,6 +28,15 @@ from .metrics import Metrics
 log = logging.getLogger("personad.bus")
 
 
+def binary_header(size: int) -> bytes:
+    """The header of an unmasked, final binary WebSocket frame (RFC 6455 §5.2)."""
+    if size < 126:
+        return bytes((0x82, size))
+    if size < 65536:
+        return b"\x82\x7e" + size.to_bytes(2, "big")
+    return b"\x82\x7f" + size.to_bytes(8, "big")
+
+
 class SessionHost(Protocol):
     """What a session needs from the bus that owns it, and nothing more.
 
@@ -109,7 +118,20 @@ class Session:
                 log.error("unencodable text frame for %s dropped", self.client_id)
                 return False
         else:
-            self.ws.protocol.send_binary(frame)
+            protocol = self.ws.protocol
+            if frame and not protocol.extensions and not protocol.debug:
+                # What send_binary() queues, without building a Frame and
+                # serializing it in Python (a server's frames are not masked,
+                # and compression is off). One chunk, as websockets' own
+                # writer makes one write() per chunk; a big payload is not
+                # copied (flush() joins the chunks anyway).
+                header = binary_header(len(frame))
+                if len(frame) < 65536:
+                    protocol.writes.append(header + frame)
+                else:
+                    protocol.writes += (header, frame)
+            else:
+                protocol.send_binary(frame)
         if not self._flush_pending:
             self._flush_pending = True
             self.host.schedule_flush(self)
