@@ -225,6 +225,9 @@ class Federation:
     def room_call(self, session: Session, request: Any) -> bool:
         return self.rooms is not None and self.rooms.room_call(session, request)
 
+    def room_notify(self, session: Session, room: str, wire: dict[str, Any]) -> bool:
+        return self.rooms is not None and self.rooms.room_notify(session, room, wire)
+
     def _publish(self, subject: str, payload: bytes, reply: str = "") -> None:
         nc = self._nc
         assert nc is not None

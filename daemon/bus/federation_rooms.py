@@ -215,6 +215,23 @@ class FederatedRooms:
             wire["result"] = result
         session.send(wire)
 
+    def room_notify(self, session: Session, room: str, wire: dict[str, Any]) -> bool:
+        """A notification to ``room:<name>`` from a member whose room is homed elsewhere."""
+        home = self.homes.get(room)
+        if home is None or home == self.node or home not in self.away.get(session.client_id, ()):
+            return False
+        self.fed.publish(
+            f"personad.home.{home}",
+            {
+                "method": "room.notify",
+                "room": room,
+                "wire": wire,
+                "from": session.client_id,
+                "node": self.node,
+            },
+        )
+        return True
+
     def client_left(self, client_id: str) -> None:
         """A local client disconnected: every home it joined drops it."""
         for home in self.away.pop(client_id, ()):
@@ -236,6 +253,9 @@ class FederatedRooms:
             member = self.members.pop(key, None)
             if member is not None:
                 self.router._room_methods.drop(member)
+            return
+        if method == "room.notify":
+            self._relay_note(self.members.get(key), data.get("room"), data.get("wire"))
             return
         reply = msg.reply
         if not reply:
@@ -262,6 +282,17 @@ class FederatedRooms:
             elif room in self.claimed:
                 self._release(room)
         self.fed.publish(reply, answer)
+
+    def _relay_note(self, member: RoomMember | None, room: Any, wire: Any) -> None:
+        """A remote member's notification to its room: to every other member, as a local one's."""
+        if member is None or not isinstance(room, str) or not isinstance(wire, dict):
+            return
+        members = self.router.rooms.members(room)
+        if member not in members:
+            return
+        wire["from"] = member.client_id  # stamped by its node; kept as it was
+        wire["to"] = f"room:{room}"
+        self.router._fanout([m for m in members if m is not member], wire)
 
     def _serve(self, member: RoomMember, method: str, params: Any) -> dict[str, Any]:
         serve = self.router._methods.get(method)

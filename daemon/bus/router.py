@@ -56,6 +56,7 @@ class FederationHooks(Protocol):
     def resolve(self, to: str) -> Session | None: ...
     def published(self, wire: dict[str, Any]) -> None: ...
     def room_call(self, session: Session, request: Any) -> bool: ...
+    def room_notify(self, session: Session, room: str, wire: dict[str, Any]) -> bool: ...
 
 
 BusMethod = Callable[[Session, Any], dict[str, Any]]
@@ -355,6 +356,8 @@ class Router:
             room = note.to[5:]
             members = self.rooms.members(room)
             if session not in members:
+                if self.federation is not None and self.federation.room_notify(session, room, wire):
+                    return  # federation: a room whose home is another node
                 log.warning("%s sent to room %s without being a member", session.client_id, room)
                 return
             wire["to"] = note.to

@@ -490,7 +490,9 @@ async def test_a_room_spans_a_and_c(cluster: Cluster, state) -> None:
     tokens = state.tokens()
     heard: dict[str, list] = {"alice": [], "carol": []}
     alice_token, _ = tokens.add(name="alice", role="persona", subject="persona:alice")
-    carol_token, _ = tokens.add(name="carol", role="persona", subject="persona:carol")
+    carol_token, _ = tokens.add(
+        name="carol", role="persona", subject="persona:carol", extra_grants=("team.*@room:team",)
+    )
     mallory_token, _ = tokens.add(name="mallory", role="persona", subject="persona:mallory")
     alice = await cluster.connect(
         "a", token=alice_token, kind="persona", name="alice", on_notification=heard["alice"].append
@@ -521,6 +523,12 @@ async def test_a_room_spans_a_and_c(cluster: Cluster, state) -> None:
     await eventually(lambda: messages("alice") and messages("carol"), what="both messages")
     assert [{"room": "team", "sender": "persona:carol", "data": "hello from C"}] == messages("alice")
     assert [{"room": "team", "sender": "persona:alice", "data": "hello from A"}] == messages("carol")
+
+    # A notification addressed to the room, from C, reaches the members on A.
+    await carol.notify("team.note", {"n": 1}, to="room:team")
+    await eventually(lambda: [n for n in heard["alice"] if n.method == "team.note"], what="the room note")
+    (note,) = [n for n in heard["alice"] if n.method == "team.note"]
+    assert ("persona:carol", "room:team", {"n": 1}) == (note.from_, note.to, note.params)
 
     await carol.close()
     await eventually(
