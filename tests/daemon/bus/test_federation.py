@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -535,3 +536,26 @@ async def test_a_room_spans_a_and_c(cluster: Cluster, state) -> None:
         lambda: [m.client_id for m in cluster.nodes["a"].router.rooms.members("team")] == ["persona:alice"],
         what="A drops the member C lost",
     )
+
+
+# -- without --nats, nothing changes ---------------------------------------------------
+
+
+def test_a_bus_without_nats_never_imports_it() -> None:
+    """The default path (the bus, the CLI, the client, a running bus) loads no nats module."""
+    code = (
+        "import asyncio, sys, tempfile, pathlib\n"
+        "from daemon.bus import Bus, BusConfig\n"
+        "import daemon.cli, daemon.client, daemon.supervisor\n"
+        "from daemon.state import StateDir\n"
+        "async def main():\n"
+        "    sd = StateDir(pathlib.Path(tempfile.mkdtemp()) / 's'); sd.init()\n"
+        "    async with Bus(BusConfig(port=0), sd.tokens()):\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m == 'nats' or m.startswith('nats.')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, check=True
+    )
+    assert "[]" == out.stdout.strip().splitlines()[-1]
