@@ -60,6 +60,8 @@ from protocol import (
     Response,
 )
 
+from .. import envelope
+from ..envelope import FastMessage
 from ..tokens import PERSONAL_KINDS, TokenStore
 from .federation_rooms import FederatedRooms
 from .federation_sessions import RemoteCaller, RemoteTarget, RoomMember
@@ -399,14 +401,17 @@ class Federation:
             target.client_id = sender
         try:
             if "method" in wire:
-                note = Notification.model_validate(
-                    _present(method=wire["method"], params=wire.get("params"), meta={"reply_to": bus_id})
-                )
+                fields = _present(method=wire["method"], params=wire.get("params"), meta={"reply_to": bus_id})
+                note = _fast(fields, "notification") or Notification.model_validate(fields)
                 self.router.on_notification(target, note)
                 return
             del self._sent[bus_id]
-            answer = {k: v for k, v in wire.items() if k in ("result", "error")}
-            response = Response.model_validate({"jsonrpc": "2.0", "id": bus_id, **answer})
+            fields = {
+                "jsonrpc": "2.0",
+                "id": bus_id,
+                **{k: v for k, v in wire.items() if k in ("result", "error")},
+            }
+            response = _fast(fields, "response") or Response.model_validate(fields)
         except ValidationError as exc:
             log.warning("invalid answer from %s over nats: %s", target.client_id, exc)
             return
@@ -438,11 +443,10 @@ class Federation:
             caller = self._callers[key] = RemoteCaller(self.host, self, sender, prefix)
         rid = wire["id"]
         try:
-            request = Request.model_validate(
-                _present(
-                    id=rid, method=wire.get("method"), params=wire.get("params"), to=to, meta=wire.get("meta")
-                )
+            fields = _present(
+                id=rid, method=wire.get("method"), params=wire.get("params"), to=to, meta=wire.get("meta")
             )
+            request = _fast(fields, "request") or Request.model_validate(fields)
         except ValidationError as exc:
             # Its node relayed what it validated; answer rather than let it time out.
             log.warning("invalid request from %s over nats: %s", sender, exc)
@@ -535,6 +539,12 @@ def _pack(data: dict[str, Any]) -> bytes:
     frame = MSGPACK.dumps(data)
     assert isinstance(frame, bytes)  # msgpack frames are binary
     return frame
+
+
+def _fast(fields: dict[str, Any], kind: str) -> FastMessage | None:
+    """The envelope read without pydantic when plainly valid (daemon/envelope.py), else None."""
+    message = envelope.read(fields)
+    return message if message is not None and message.kind == kind else None
 
 
 def _present(**fields: Any) -> dict[str, Any]:
