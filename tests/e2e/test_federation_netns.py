@@ -4,23 +4,30 @@ Each bus node (and the persona daemon of node A) runs in a namespace of its
 own with one address on a bridge; nats-server and the CLI run in the test's
 namespace on the bridge's address. Nothing reaches a node through
 127.0.0.1, so every hop is a real network hop between "machines". Needs
-root and iproute2 (``ip netns``); skipped otherwise.
+root and iproute2 (``ip netns``); skipped otherwise. Machines B and C have
+state dirs of their own: they accept A's tokens because the nodes share them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Proc
+from daemon.client import BusClient, CallContext
+from daemon.errors import AuthError
+from daemon.state import StateDir
+from protocol import CloseCode, ErrorCode, Request, RpcError
+from tests.conftest import REPO, WAIT, Proc, eventually
 from tests.e2e.test_federation import NATS_SERVER, call, call_until_ok, free_port
 
 IP = shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin")
@@ -103,8 +110,17 @@ def in_namespace(
     return proc
 
 
-def test_nodes_in_separate_namespaces(state, network: Network, procs: list[Proc], tmp_path: Path) -> None:
-    """Persona on A answers a caller on C; no node: TARGET_OFFLINE; A SIGKILLed: it answers from B."""
+@dataclass
+class Cluster:
+    """nats-server on the bridge and three bus nodes, one per namespace, each with its own state dir."""
+
+    urls: dict[str, str]
+    nodes: dict[str, Proc]
+    states: dict[str, StateDir]
+
+
+@pytest.fixture
+def cluster(state, network: Network, procs: list[Proc], tmp_path: Path) -> Iterator[Cluster]:
     port = free_port()
     assert NATS_SERVER is not None
     nats = subprocess.Popen(
@@ -113,36 +129,111 @@ def test_nodes_in_separate_namespaces(state, network: Network, procs: list[Proc]
         stderr=subprocess.DEVNULL,
     )
     try:
-        urls = {}
-        nodes = {}
+        urls, nodes, states = {}, {}, {}
         for name, (ns, address) in network.namespaces.items():
+            # Machine A's state dir is the test's (its admin token); B and C have their own
+            # and learn A's tokens over NATS, as separate machines would.
+            node_state = state if name == "a" else StateDir(tmp_path / f"state-{name}")
+            node_state.init()
             proc = in_namespace(
                 procs,
-                state,
+                node_state,
                 ns,
                 *("bus", "--host", address, "--port", "8765"),
                 *("--nats", f"nats://{network.gateway}:{port}", "--node", name),
             )
             urls[name] = proc.wait_for_line(r"listening on (ws://\S+)").group(1)
             nodes[name] = proc
+            states[name] = node_state
         assert urls["a"] == f"ws://{network.namespaces['a'][1]}:8765"
-        in_namespace(
-            procs,
-            state,
-            network.namespaces["a"][0],
-            "persona",
-            "demo",
-            env={"PERSONAD_URL": f"{urls['a']},{urls['b']}"},
-        )
-        status = call_until_ok(state, urls["c"], "persona:demo", "persona.status")
-        assert ("demo", 0) == (status["id"], status["bus"]["reconnects"])
-
-        offline = call(state, urls["c"], "persona:ghost", "persona.status")
-        assert offline.stderr.startswith("error -32001:"), offline.stderr
-
-        nodes["a"].stop(signal.SIGKILL)
-        status = call_until_ok(state, urls["c"], "persona:demo", "persona.status")
-        assert ("connected", 1) == (status["bus"]["state"], status["bus"]["reconnects"])
+        yield Cluster(urls, nodes, states)
     finally:
         nats.terminate()
         nats.wait()
+
+
+def test_persona_on_a_answers_c_and_moves_to_b(state, network: Network, cluster: Cluster, procs) -> None:
+    """Persona on A answers a caller on C; no node: TARGET_OFFLINE; A SIGKILLed: it answers from B."""
+    urls = cluster.urls
+    in_namespace(
+        procs,
+        state,
+        network.namespaces["a"][0],
+        "persona",
+        "demo",
+        env={"PERSONAD_URL": f"{urls['a']},{urls['b']}"},
+    )
+    status = call_until_ok(state, urls["c"], "persona:demo", "persona.status")
+    assert ("demo", 0) == (status["id"], status["bus"]["reconnects"])
+
+    offline = call(state, urls["c"], "persona:ghost", "persona.status")
+    assert offline.stderr.startswith("error -32001:"), offline.stderr
+
+    cluster.nodes["a"].stop(signal.SIGKILL)
+    status = call_until_ok(state, urls["c"], "persona:demo", "persona.status")
+    assert ("connected", 1) == (status["bus"]["state"], status["bus"]["reconnects"])
+
+
+async def echo(request: Request, ctx: CallContext) -> dict:
+    return {"caller": ctx.caller}
+
+
+async def test_cap_room_and_revocation_across_namespaces(state, cluster: Cluster) -> None:
+    """cap:inference on B serves A; a room spans A and C; a token revoked on A is closed on B and C."""
+    urls, clients = cluster.urls, []
+
+    async def connect(node: str, token: str, **kwargs) -> BusClient:
+        client = BusClient(urls[node], token=token, **kwargs)
+        deadline = time.monotonic() + WAIT
+        while True:  # B and C accept A's tokens once they have read them over NATS
+            try:
+                await client.start()
+                break
+            except AuthError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        clients.append(client)
+        return client
+
+    try:
+        admin = state.admin_token  # type: ignore[attr-defined]
+        await connect("b", admin, kind="inference", name="b", capabilities=["inference"], handler=echo)
+        persona = await connect("a", admin, kind="persona", name="alice")
+        result = await eventually_ok(lambda: persona.call("inference.generate", to="cap:inference"))
+        assert {"caller": "persona:alice"} == result
+
+        heard: list = []
+        carol_token, entry = state.tokens().add(name="carol", role="persona", subject="persona:carol*")
+        carol = await connect("c", carol_token, kind="persona", name="carol", on_notification=heard.append)
+        carol_on_b = await connect("b", carol_token, kind="persona", name="carol2")
+        await persona.call("bus.room.join", {"room": "team"})
+        await persona.call("bus.room.invite", {"room": "team", "client": "persona:carol"})
+        joined = await eventually_ok(lambda: carol.call("bus.room.join", {"room": "team"}))
+        assert ["persona:alice", "persona:carol"] == joined["members"]
+        await persona.call("bus.room.send", {"room": "team", "data": "hi"})
+        await eventually(
+            lambda: [n for n in heard if n.method == "room.message"], what="the room message on C"
+        )
+
+        links = [carol._link, carol_on_b._link]
+        assert 1 == state.tokens().revoke(entry.id)
+        for link in links:
+            assert link is not None
+            await eventually(lambda link=link: link.ws.close_code is not None, what="closed on its node")
+            assert int(CloseCode.TOKEN_REVOKED) == link.ws.close_code
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def eventually_ok(call_it):
+    """The call's result once it stops failing with TARGET_OFFLINE or FORBIDDEN (state still spreading)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            return await call_it()
+        except RpcError as exc:
+            if exc.code not in (ErrorCode.TARGET_OFFLINE, ErrorCode.FORBIDDEN) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
