@@ -69,6 +69,7 @@ from protocol.connection import State as ConnState
 from . import __version__
 from .envelope import FastMessage, read
 from .errors import AuthError, BusUnavailable
+from .wsfast import read_frames
 
 log = logging.getLogger("personad.client")
 
@@ -783,6 +784,13 @@ class _FastConnection(ClientConnection):
     queued = 0
     _write_scheduled = False
 
+    def data_received(self, data: bytes) -> None:
+        # Small binary frames skip websockets' parser (daemon/wsfast.py).
+        if self.on_frame is not None and not self.queued:
+            data = read_frames(self, self.protocol, data, _FAST_FRAME_BYTES, masked=False)
+        if data:
+            super().data_received(data)
+
     def write_soon(self) -> None:
         """Write what is framed at the end of this loop iteration (see _send's ``batch``)."""
         if not self._write_scheduled:
@@ -809,6 +817,11 @@ class _FastConnection(ClientConnection):
         if event.fin and event.opcode in DATA_OPCODES:
             self.queued += 1
         super().process_event(event)
+
+
+#: Frames read past websockets' parser are smaller than this (bigger ones are
+#: rare, and their decoding costs more than the parser anyway).
+_FAST_FRAME_BYTES = 128 * 1024
 
 
 def _swallow(frame: bytes) -> bool:

@@ -43,8 +43,6 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
-from websockets.protocol import State as WsState
-from websockets.streams import StreamReader
 
 from protocol import (
     PROTOCOL_VERSION,
@@ -65,16 +63,12 @@ from .. import __version__
 from ..envelope import FastMessage, read
 from ..systemd_notify import Notifier
 from ..tokens import PROVIDE_PREFIX, TokenEntry, TokenStore
+from ..wsfast import read_frames
 from .config import BusConfig
 from .metrics import Metrics
 from .offload import receive_off_loop
 from .router import Router
 from .session import Session
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # websockets without its C extension
-    from websockets.utils import apply_mask
 
 if TYPE_CHECKING:
     from .federation import Federation
@@ -532,8 +526,6 @@ class Bus:
 
 
 FrameHandler = Callable[[bytes], bool]
-#: Where websockets' parser waits between frames (see FastConnection._fast_frames).
-_AT_EOF = StreamReader.at_eof.__code__
 
 
 def fast_connection(base: type[ServerConnection], received: Callable[[bool], None]) -> type[ServerConnection]:
@@ -559,60 +551,11 @@ def fast_connection(base: type[ServerConnection], received: Callable[[bool], Non
             received(True)
             try:
                 if self.on_frame is not None and not self.queued:
-                    data = self._fast_frames(data)
+                    data = read_frames(self, self.protocol, data, self.fast_limit, masked=True)
                 if data:
                     super().data_received(data)
             finally:
                 received(False)
-
-        def _fast_frames(self, data: bytes) -> bytes:
-            """Handle the complete, small, masked, final binary frames that ``data`` starts with.
-
-            Only when websockets' parser waits at a frame boundary with nothing
-            buffered; the rest (from the first frame that is anything else:
-            a control frame, text, a fragment, a big or partial frame) is
-            returned for websockets, starting at a frame boundary. What
-            websockets checks on such frames (RSV bits, masking, size) is
-            checked here by what is accepted.
-            """
-            protocol = self.protocol
-            if (
-                protocol.state is not WsState.OPEN
-                or protocol.reader.buffer
-                or protocol.current_size is not None
-                or protocol.extensions
-            ):
-                return data
-            # The parser is a generator delegating to generators (the
-            # handshake's, the frames', then the reader's): the innermost
-            # says where it waits.
-            waiting = protocol.parser
-            while waiting.gi_yieldfrom is not None:
-                waiting = waiting.gi_yieldfrom
-            if waiting.gi_code is not _AT_EOF:
-                return data  # in the middle of a frame
-            limit = min(self.fast_limit, protocol.max_message_size or self.fast_limit)
-            pos, end = 0, len(data)
-            while end - pos >= 6:
-                handler = self.on_frame
-                if handler is None or data[pos] != 0x82:  # FIN, no RSV, binary
-                    break
-                size = data[pos + 1] ^ 0x80  # the mask bit must be set (client to server)
-                head = pos + 2
-                if size == 126:
-                    if end - pos < 8:
-                        break
-                    size = int.from_bytes(data[head : head + 2], "big")
-                    head += 2
-                elif size > 126:  # unmasked, or a 64-bit length: websockets decides
-                    break
-                start = head + 4
-                if size >= limit or start + size > end:
-                    break
-                payload = apply_mask(data[start : start + size], data[head:start])
-                pos = start + size
-                handler(payload)
-            return data[pos:] if pos else data
 
         def process_event(self, event: Frame | object) -> None:
             if not isinstance(event, Frame):  # the opening handshake's request
