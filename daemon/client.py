@@ -69,7 +69,7 @@ from protocol.connection import State as ConnState
 from . import __version__
 from .envelope import FastMessage, read
 from .errors import AuthError, BusUnavailable
-from .wsfast import read_frames
+from .wsfast import masked_binary_frame, read_frames
 
 log = logging.getLogger("personad.client")
 
@@ -196,6 +196,7 @@ class BusClient:
         self._connected = asyncio.Event()
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._running_loop: asyncio.AbstractEventLoop | None = None
         self._maintainer: asyncio.Task[None] | None = None
         self._fatal: BaseException | None = None
         self._failed: asyncio.Future[BaseException] | None = None
@@ -261,8 +262,15 @@ class BusClient:
         assert self._failed is not None, "start() first"
         return await asyncio.shield(self._failed)
 
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, kept: asyncio.get_running_loop() makes a getpid() syscall each time."""
+        loop = self._running_loop
+        if loop is None or loop.is_closed():
+            loop = self._running_loop = asyncio.get_running_loop()
+        return loop
+
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task = self._loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -515,7 +523,7 @@ class BusClient:
     async def _serve(self, link: _Link, request: Request) -> None:
         ctx = CallContext(self, request, link.generation)
         if request.meta is not None and request.meta.deadline_ms is not None:
-            ctx.deadline = asyncio.get_running_loop().time() + request.meta.deadline_ms / 1000
+            ctx.deadline = self._loop().time() + request.meta.deadline_ms / 1000
         reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request.id}
         if self._handler is None:
             reply["error"] = {"code": ErrorCode.METHOD_NOT_FOUND, "message": "this client serves no methods"}
@@ -588,7 +596,7 @@ class BusClient:
         or CONNECTION_LOST when the connection drops first.
         """
         deadline_ms = deadline_ms or self.default_deadline_ms
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         started = loop.time()
         link = self._link
         if link is None:
@@ -744,6 +752,8 @@ async def _send(ws: ClientConnection, frame: bytes | str, *, batch: bool = False
         return
     if isinstance(frame, str):
         ws.protocol.send_text(frame.encode("utf-8"))
+    elif frame and not ws.protocol.extensions and not ws.protocol.debug:
+        ws.protocol.writes.append(masked_binary_frame(frame))
     else:
         ws.protocol.send_binary(frame)
     if batch and isinstance(ws, _FastConnection):

@@ -8,11 +8,13 @@ data starts with and hands their payloads on; everything from the first
 other frame on (control frames, text, fragments, big or partial frames) is
 returned for websockets, starting at a frame boundary, so websockets still
 sees a valid stream and keeps doing its own checks and answers (pings,
-close, size limits, masking rules).
+close, size limits, masking rules). :func:`masked_binary_frame` is the
+sending side's counterpart for clients.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,7 +27,7 @@ try:
 except ImportError:  # websockets without its C extension
     from websockets.utils import apply_mask
 
-__all__ = ["FrameSink", "read_frames"]
+__all__ = ["FrameSink", "masked_binary_frame", "read_frames"]
 
 #: Where websockets' parser waits between frames.
 _AT_EOF = StreamReader.at_eof.__code__
@@ -91,3 +93,37 @@ def read_frames(sink: FrameSink, protocol: WsProtocol, data: bytes, limit: int, 
         pos = start + size
         handler(payload)
     return data[pos:] if pos else data
+
+
+class _MaskKeys:
+    """Masking keys (RFC 6455 §5.3: from a strong source of entropy), drawn from
+    os.urandom 1,024 at a time rather than one getrandom() syscall per frame."""
+
+    __slots__ = ("_keys", "_pos")
+
+    def __init__(self) -> None:
+        self._keys = b""
+        self._pos = 0
+
+    def next(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._keys):
+            self._keys, pos = os.urandom(4096), 0
+        self._pos = pos + 4
+        return self._keys[pos : pos + 4]
+
+
+_mask_keys = _MaskKeys()
+
+
+def masked_binary_frame(payload: bytes) -> bytes:
+    """A final, masked binary frame: what websockets' client sends, without its Frame object."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((_FINAL_BINARY, 0x80 | size))
+    elif size < 65536:
+        head = b"\x82\xfe" + size.to_bytes(2, "big")
+    else:
+        head = b"\x82\xff" + size.to_bytes(8, "big")
+    key = _mask_keys.next()
+    return head + key + apply_mask(payload, key)

@@ -90,6 +90,7 @@ class Router:
         )
         #: Set by a bus with --nats: clients held by other nodes (federation).
         self.federation: FederationHooks | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
         self._round_robin = itertools.count()
         self._methods: dict[str, BusMethod] = {
@@ -235,7 +236,10 @@ class Router:
                 session, request.id, ErrorCode.TARGET_OFFLINE, f"{dest.client_id} could not take the request"
             )
             return
-        timer = asyncio.get_running_loop().call_later(deadline_ms / 1000, self._expire, bus_id)
+        loop = self._loop
+        if loop is None:  # kept: asyncio.get_running_loop() makes a getpid() syscall each time
+            loop = self._loop = asyncio.get_running_loop()
+        timer = loop.call_later(deadline_ms / 1000, self._expire, bus_id)
         self.pending[bus_id] = Pending(bus_id, session, request.id, dest, request.method, deadline_ms, timer)
         session.outbound[request.id] = bus_id
         dest.inbound.add(bus_id)
