@@ -25,9 +25,9 @@ carries only what crosses nodes (docs/federation.md has the whole design):
 * ``personad.home.<node>`` and the bucket ``personad_rooms`` — rooms, each
   served by its home node for members anywhere (federation_rooms.py).
 
-Subjects carry client ids with ``.`` spelled ``~`` (``.`` separates NATS
-subject tokens; ``~`` is not allowed in client ids, so the mapping is one to
-one). Payloads are the bus's msgpack wire dicts.
+Subjects carry client ids with ``.`` spelled ``~`` (federation_link.py's
+``subject_token``); payloads are the bus's msgpack wire dicts, written in
+order by federation_link.py's one writer task, since routing never awaits.
 
 Imported only when ``personad bus --nats`` is given: without it the bus
 never imports nats.
@@ -35,22 +35,17 @@ never imports nats.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import nats
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from protocol import (
-    MSGPACK,
     CloseCode,
     ErrorCode,
     ErrorObject,
@@ -63,6 +58,7 @@ from protocol import (
 from .. import envelope
 from ..envelope import FastMessage
 from ..tokens import PERSONAL_KINDS, TokenStore
+from .federation_link import NatsLink, pack, subject_token
 from .federation_rooms import FederatedRooms
 from .federation_sessions import RemoteCaller, RemoteTarget, RoomMember
 from .federation_tokens import SharedTokens
@@ -84,11 +80,6 @@ class FederationHost(SessionHost, Protocol):
     def close_later(self, session: Session, code: CloseCode, reason: str) -> None: ...
 
 
-def subject_token(name: str) -> str:
-    """A client id or capability name as one NATS subject token."""
-    return name.replace(".", "~")
-
-
 class Federation:
     """This node's part of the cluster: its NATS connection and the stand-in sessions."""
 
@@ -100,7 +91,9 @@ class Federation:
         self.url = url
         self.node = node
         self.reply_prefix = f"personad.reply.{node}."
-        self._nc: NatsClient | None = None
+        self.link = NatsLink(
+            url, name=f"personad-bus:{node}", max_message_bytes=host.config.max_message_bytes
+        )
         #: Requests this node published: bus id -> the stand-in the router holds as target.
         self._sent: dict[int, RemoteTarget] = {}
         #: Callers of requests taken from NATS, by (reply prefix, caller id).
@@ -110,13 +103,6 @@ class Federation:
         self._client_subs: dict[str, Subscription] = {}
         self._cap_subs: dict[str, Subscription] = {}
         self._cap_counts: collections.Counter[str] = collections.Counter()
-        #: NATS operations in order, done by one writer task: routing stays synchronous.
-        self._ops: collections.deque[Callable[[], Awaitable[Any]]] = collections.deque()
-        self._wake = asyncio.Event()
-        #: Set while nothing is queued (wait_idle, close).
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._writer: asyncio.Task[None] | None = None
         self._tokens: SharedTokens | None = None
         self.rooms: FederatedRooms | None = None
         #: Set while this node's router handles a message that came over NATS:
@@ -126,32 +112,21 @@ class Federation:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        self._nc = await nats.connect(
-            self.url,
-            name=f"personad-bus:{self.node}",
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            error_cb=self._nats_error,
-            disconnected_cb=self._nats_disconnected,
-            reconnected_cb=self._nats_reconnected,
-        )
-        await self._nc.subscribe(self.reply_prefix + ">", cb=self._on_reply)
-        await self._nc.subscribe(_CANCEL_SUBJECT, cb=self._on_cancel)
-        await self._nc.subscribe("personad.claim.>", cb=self._on_claim)
-        await self._nc.subscribe(_EVENT_SUBJECT, cb=self._on_event)
+        await self.link.connect()
+        nc = self.link.nc
+        await nc.subscribe(self.reply_prefix + ">", cb=self._on_reply)
+        await nc.subscribe(_CANCEL_SUBJECT, cb=self._on_cancel)
+        await nc.subscribe("personad.claim.>", cb=self._on_claim)
+        await nc.subscribe(_EVENT_SUBJECT, cb=self._on_event)
         self.rooms = FederatedRooms(self)
-        await self.rooms.start(self._nc.jetstream())
-        await self._nc.flush()
-        self._writer = asyncio.get_running_loop().create_task(self._write(), name="federation-writer")
+        await self.rooms.start(nc.jetstream())
+        await nc.flush()
         log.info("federation node=%s nats=%s", self.node, self.url)
 
     async def share_tokens(self, local: TokenStore) -> SharedTokens:
         """This machine's token file joined to the cluster's (federation_tokens.py)."""
-        assert self._nc is not None
-        self._tokens = SharedTokens(local, node=self.node, queue=self._queue)
-        await self._tokens.start(self._nc.jetstream())
+        self._tokens = SharedTokens(local, node=self.node, queue=self.link.queue)
+        await self._tokens.start(self.link.nc.jetstream())
         return self._tokens
 
     async def close(self) -> None:
@@ -159,66 +134,21 @@ class Federation:
             await self.rooms.close()
         if self._tokens is not None:
             await self._tokens.close()
-        if self._writer is not None:
-            # Answers and cancels queued by the shutdown itself go out first.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._idle.wait()
-            self._writer.cancel()
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.close()
-
-    async def _nats_error(self, exc: Exception) -> None:
-        log.warning("nats: %s", exc)
-
-    async def _nats_disconnected(self) -> None:
-        log.warning("nats: disconnected from %s", self.url)
-
-    async def _nats_reconnected(self) -> None:
-        log.info("nats: reconnected")
+        await self.link.close()
 
     async def wait_idle(self) -> None:
         """Until every queued NATS operation is written and the server has seen it."""
-        await self._idle.wait()
-        assert self._nc is not None
-        await self._nc.flush()
-
-    # -- the writer: NATS calls are coroutines, routing is not ------------------------
-
-    def _queue(self, op: Callable[[], Awaitable[Any]]) -> None:
-        self._ops.append(op)
-        self._idle.clear()
-        self._wake.set()
+        await self.link.wait_idle()
 
     # -- for federation_rooms.py -----------------------------------------------------
-
-    @property
-    def nats(self) -> NatsClient:
-        assert self._nc is not None
-        return self._nc
 
     @property
     def tokens(self) -> SharedTokens | None:
         return self._tokens
 
-    def queue(self, op: Callable[[], Awaitable[Any]]) -> None:
-        """Run a NATS coroutine in order with every other operation of this node."""
-        self._queue(op)
-
-    def publish(self, subject: str, data: dict[str, Any], reply: str = "") -> None:
-        try:
-            payload = _pack(data)
-        except ProtocolError as exc:
-            log.error("cannot publish to %s: %s", subject, exc.reason)
-            return
-        self._publish(subject, payload, reply)
-
-    def decode(self, msg: Msg) -> dict[str, Any] | None:
-        return self._decode(msg)
-
     def deliver_to(self, client_id: str, wire: dict[str, Any]) -> None:
         """A notification for a client on whichever node holds it (nobody: dropped)."""
-        self.publish(f"personad.to.{subject_token(client_id)}", {**wire, "deliver_to": client_id})
+        self.link.publish(f"personad.to.{subject_token(client_id)}", {**wire, "deliver_to": client_id})
 
     def to_member(self, member: RoomMember, wire: dict[str, Any]) -> bool:
         assert self.rooms is not None
@@ -230,29 +160,11 @@ class Federation:
     def room_notify(self, session: Session, room: str, wire: dict[str, Any]) -> bool:
         return self.rooms is not None and self.rooms.room_notify(session, room, wire)
 
-    def _publish(self, subject: str, payload: bytes, reply: str = "") -> None:
-        nc = self._nc
-        assert nc is not None
-        self._queue(lambda: nc.publish(subject, payload, reply=reply))
-
-    async def _write(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._ops:
-                op = self._ops.popleft()
-                try:
-                    await op()
-                except Exception as exc:  # one failed publish must not stop the others
-                    log.warning("nats operation failed: %r", exc)
-            self._idle.set()
-
     # -- membership: the router's hooks ---------------------------------------------
 
     def added(self, session: Session) -> None:
         """A client said hello here: hold its subject, claim its id, offer its capabilities."""
-        nc = self._nc
-        assert nc is not None
+        nc = self.link.nc
         cid = session.client_id
         token = subject_token(cid)
 
@@ -263,21 +175,20 @@ class Federation:
                 f"personad.to.{token}", queue="holder", cb=self._on_target
             )
 
-        self._queue(subscribe)
-        self._publish(
+        self.link.queue(subscribe)
+        self.link.send(
             f"personad.claim.{token}",
-            _pack({"node": self.node, "at": session.connected_at}),
+            pack({"node": self.node, "at": session.connected_at}),
         )
         if session.kind in PERSONAL_KINDS:
             return  # serves no cap:, here or anywhere
         for cap in session.capabilities:
             self._cap_counts[cap] += 1
             if self._cap_counts[cap] == 1:
-                self._queue(self._cap_subscriber(cap))
+                self.link.queue(self._cap_subscriber(cap))
 
     def _cap_subscriber(self, cap: str) -> Callable[[], Awaitable[None]]:
-        nc = self._nc
-        assert nc is not None
+        nc = self.link.nc
 
         async def subscribe() -> None:
             if cap not in self._cap_subs and self._cap_counts[cap] > 0:
@@ -299,14 +210,14 @@ class Federation:
             if sub is not None:
                 await sub.unsubscribe()
 
-        self._queue(unsubscribe)
+        self.link.queue(unsubscribe)
         if session.kind in PERSONAL_KINDS:
             return
         for cap in session.capabilities:
             self._cap_counts[cap] -= 1
             if self._cap_counts[cap] <= 0:
                 del self._cap_counts[cap]
-                self._queue(self._cap_unsubscriber(cap))
+                self.link.queue(self._cap_unsubscriber(cap))
 
     def _cap_unsubscriber(self, cap: str) -> Callable[[], Awaitable[None]]:
         async def unsubscribe() -> None:
@@ -327,14 +238,14 @@ class Federation:
     def published(self, wire: dict[str, Any]) -> None:
         """An event published here: every other node delivers it to its own subscribers."""
         try:
-            payload = _pack({"node": self.node, "event": wire})
+            payload = pack({"node": self.node, "event": wire})
         except ProtocolError as exc:
             log.error("cannot relay event %s: %s", wire["params"].get("topic"), exc.reason)
             return
-        self._publish(_EVENT_SUBJECT, payload)
+        self.link.send(_EVENT_SUBJECT, payload)
 
     async def _on_event(self, msg: Msg) -> None:
-        data = self._decode(msg)
+        data = self.link.decode(msg)
         if data is None or data.get("node") == self.node:
             return
         wire = data.get("event")
@@ -360,19 +271,19 @@ class Federation:
             params = wire.get("params") or {}
             bus_id = params.get("id")
             if isinstance(bus_id, int) and self._sent.pop(bus_id, None) is not None:
-                self._publish(_CANCEL_SUBJECT, _pack({"reply": self.reply_prefix, "id": bus_id}))
+                self.link.send(_CANCEL_SUBJECT, pack({"reply": self.reply_prefix, "id": bus_id}))
             return True
         try:
-            payload = _pack({**wire, "to": target.client_id})
+            payload = pack({**wire, "to": target.client_id})
         except ProtocolError as exc:
             log.error("cannot encode for %s: %s", target.client_id, exc.reason)
             return False
         if "id" in wire:
             bus_id = wire["id"]
             self._sent[bus_id] = target
-            self._publish(subject, payload, reply=f"{self.reply_prefix}{bus_id}")
+            self.link.send(subject, payload, reply=f"{self.reply_prefix}{bus_id}")
         else:
-            self._publish(subject, payload)
+            self.link.send(subject, payload)
         return True
 
     async def _on_reply(self, msg: Msg) -> None:
@@ -391,7 +302,7 @@ class Federation:
             )
             self.router.on_response(target, Response(id=bus_id, error=offline))
             return
-        wire = self._decode(msg)
+        wire = self.link.decode(msg)
         if wire is None:
             return
         sender = wire.get("from")
@@ -421,7 +332,7 @@ class Federation:
 
     async def _on_target(self, msg: Msg) -> None:
         """A request or notification for a client (or capability) held here."""
-        wire = self._decode(msg)
+        wire = self.link.decode(msg)
         if wire is None:
             return
         if "id" not in wire:
@@ -451,7 +362,7 @@ class Federation:
             # Its node relayed what it validated; answer rather than let it time out.
             log.warning("invalid request from %s over nats: %s", sender, exc)
             error = {"code": int(ErrorCode.INVALID_REQUEST), "message": "invalid request over nats"}
-            self._publish(reply, _pack({"jsonrpc": "2.0", "id": rid, "error": error}))
+            self.link.send(reply, pack({"jsonrpc": "2.0", "id": rid, "error": error}))
             return
         self._relaying = True
         try:
@@ -483,11 +394,11 @@ class Federation:
         if not isinstance(rid, int):
             return False
         try:
-            payload = _pack(wire)
+            payload = pack(wire)
         except ProtocolError as exc:
             log.error("cannot encode for %s: %s", caller.client_id, exc.reason)
             return False
-        self._publish(f"{caller.reply_prefix}{rid}", payload)
+        self.link.send(f"{caller.reply_prefix}{rid}", payload)
         if is_answer:
             self._taken.pop((caller.reply_prefix, rid), None)
             self._forget_if_idle(caller)
@@ -498,7 +409,7 @@ class Federation:
             self._callers.pop((caller.reply_prefix, caller.client_id), None)
 
     async def _on_cancel(self, msg: Msg) -> None:
-        data = self._decode(msg)
+        data = self.link.decode(msg)
         if data is None:
             return
         prefix, rid = data.get("reply"), data.get("id")
@@ -511,7 +422,7 @@ class Federation:
 
     async def _on_claim(self, msg: Msg) -> None:
         """Another node accepted a hello: a connection here with the same id is replaced."""
-        data = self._decode(msg)
+        data = self.link.decode(msg)
         if data is None or data.get("node") == self.node:
             return
         cid = msg.subject[len("personad.claim.") :].replace("~", ".")
@@ -525,20 +436,6 @@ class Federation:
         self.host.close_later(
             local, CloseCode.REPLACED, f"replaced by a newer connection on node {data.get('node')}"
         )
-
-    def _decode(self, msg: Msg) -> dict[str, Any] | None:
-        try:
-            data = MSGPACK.decode_data(msg.data, max_bytes=self.host.config.max_message_bytes)
-        except ProtocolError as exc:
-            log.warning("undecodable nats message on %s: %s", msg.subject, exc.reason)
-            return None
-        return data if isinstance(data, dict) else None
-
-
-def _pack(data: dict[str, Any]) -> bytes:
-    frame = MSGPACK.dumps(data)
-    assert isinstance(frame, bytes)  # msgpack frames are binary
-    return frame
 
 
 def _fast(fields: dict[str, Any], kind: str) -> FastMessage | None:

@@ -21,13 +21,15 @@ room starts again on this node, empty.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -68,9 +70,12 @@ class FederatedRooms:
         self._ids = itertools.count(1)
         self._kv: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._lookups: set[asyncio.Task[None]] = set()
+        #: Set while a call whose room the bucket does not know is served here.
+        self._serve_here = False
 
     async def start(self, js: JetStreamContext) -> None:
-        nc = self.fed.nats
+        nc = self.fed.link.nc
         try:
             self._kv = await js.key_value(BUCKET)
         except BucketNotFoundError:
@@ -90,7 +95,7 @@ class FederatedRooms:
         await nc.subscribe(f"personad.roomreply.{self.node}.>", cb=self._on_reply)
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._lookups]:
             task.cancel()
         for _, _, _, timer in self.calls.values():
             timer.cancel()
@@ -127,7 +132,7 @@ class FederatedRooms:
             except KeyWrongLastSequenceError:
                 log.warning("room %s was made on two nodes at once; %s keeps its own", room, self.node)
 
-        self.fed.queue(create)
+        self.fed.link.queue(create)
 
     def _release(self, room: str) -> None:
         kv = self._kv
@@ -139,7 +144,7 @@ class FederatedRooms:
             async def delete() -> None:
                 await kv.delete(room)
 
-            self.fed.queue(delete)
+            self.fed.link.queue(delete)
 
     # -- the caller's node -------------------------------------------------------------
 
@@ -152,6 +157,11 @@ class FederatedRooms:
         if not isinstance(room, str) or self.router.rooms.exists(room):
             return False
         home = self.homes.get(room)
+        if home is None and not self._serve_here and self._kv is not None:
+            # Not known here yet: the bucket says, before a join could make
+            # a second room of the same name on this node.
+            self._spawn(self._look_up(room, session, request))
+            return True
         if home is None or home == self.node:
             # Served here; a join may make the room: claim it once that is done.
             asyncio.get_running_loop().call_soon(self._claim, room)
@@ -160,7 +170,7 @@ class FederatedRooms:
         fid = next(self._ids)
         timer = asyncio.get_running_loop().call_later(ROOM_CALL_TIMEOUT, self._expire, fid)
         self.calls[fid] = (session, request.id, request, timer)
-        self.fed.publish(
+        self.fed.link.publish(
             f"personad.home.{home}",
             {
                 "method": request.method,
@@ -174,6 +184,40 @@ class FederatedRooms:
         if request.method == "bus.room.join":
             self.away.setdefault(session.client_id, set()).add(home)
         return True
+
+    async def _look_up(self, room: str, session: Session, request: Any) -> None:
+        assert self._kv is not None
+        try:
+            entry = await self._kv.get(room)
+        except NotFoundError:  # never homed, or released (deleted)
+            entry = None
+        except Exception as exc:  # NATS unreachable: the room is served here
+            log.warning("room %s: cannot read its home: %r", room, exc)
+            entry = None
+        if entry is not None and entry.value:
+            self.homes.setdefault(room, entry.value.decode())
+        if not session.closed:
+            self._serve_locally(session, request)
+
+    def _serve_locally(self, session: Session, request: Any) -> None:
+        """Give a call back to the router, unless a home is known: then it is forwarded."""
+        self._serve_here = True  # with no home, served here: the bucket is not asked again
+        try:
+            self.router.on_request(session, request)
+        finally:
+            self._serve_here = False
+
+    async def _forget_home(self, room: str, dead: str) -> None:
+        assert self._kv is not None
+        with contextlib.suppress(Exception):  # gone already, or claimed again: nothing to do
+            entry = await self._kv.get(room)
+            if entry.value is not None and entry.value.decode() == dead:
+                await self._kv.delete(room, last=entry.revision)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
 
     def _expire(self, fid: int) -> None:
         call = self.calls.pop(fid, None)
@@ -196,14 +240,16 @@ class FederatedRooms:
         session, rid, request, timer = call
         timer.cancel()
         if msg.headers is not None and msg.headers.get("Status") == "503":
-            # Its home is gone: the room starts again here.
+            # Its home is gone: the room starts again here, and the bucket
+            # forgets the dead home (unless another node claimed it since).
             room = request.params["room"]
-            if self.homes.get(room) not in (None, self.node):
-                del self.homes[room]
+            dead = self.homes.pop(room, None)
+            if dead is not None and dead != self.node:
+                self._spawn(self._forget_home(room, dead))
             if not session.closed:
-                self.router.on_request(session, request)
+                self._serve_locally(session, request)
             return
-        data = self.fed.decode(msg)
+        data = self.fed.link.decode(msg)
         if data is not None:
             self._answer(session, rid, result=data.get("result"), error=data.get("error"))
 
@@ -220,7 +266,7 @@ class FederatedRooms:
         home = self.homes.get(room)
         if home is None or home == self.node or home not in self.away.get(session.client_id, ()):
             return False
-        self.fed.publish(
+        self.fed.link.publish(
             f"personad.home.{home}",
             {
                 "method": "room.notify",
@@ -235,14 +281,14 @@ class FederatedRooms:
     def client_left(self, client_id: str) -> None:
         """A local client disconnected: every home it joined drops it."""
         for home in self.away.pop(client_id, ()):
-            self.fed.publish(
+            self.fed.link.publish(
                 f"personad.home.{home}", {"method": "bus.room.drop", "from": client_id, "node": self.node}
             )
 
     # -- the home node ------------------------------------------------------------------
 
     async def _on_home_call(self, msg: Msg) -> None:
-        data = self.fed.decode(msg)
+        data = self.fed.link.decode(msg)
         if data is None:
             return
         method, origin, client_id = data.get("method"), data.get("node"), data.get("from")
@@ -265,7 +311,7 @@ class FederatedRooms:
             tokens = self.fed.tokens
             token = tokens.by_digest(str(data.get("token"))) if tokens is not None else None
             if token is None:
-                self.fed.publish(
+                self.fed.link.publish(
                     reply, {"error": {"code": int(ErrorCode.UNAUTHENTICATED), "message": "unknown token"}}
                 )
                 return
@@ -281,7 +327,7 @@ class FederatedRooms:
                 self._claim(room)
             elif room in self.claimed:
                 self._release(room)
-        self.fed.publish(reply, answer)
+        self.fed.link.publish(reply, answer)
 
     def _relay_note(self, member: RoomMember | None, room: Any, wire: Any) -> None:
         """A remote member's notification to its room: to every other member, as a local one's."""

@@ -209,7 +209,10 @@ async def test_cap_room_and_revocation_across_namespaces(state, cluster: Cluster
         carol_on_b = await connect("b", carol_token, kind="persona", name="carol2")
         await persona.call("bus.room.join", {"room": "team"})
         await persona.call("bus.room.invite", {"room": "team", "client": "persona:carol"})
-        joined = await eventually_ok(lambda: carol.call("bus.room.join", {"room": "team"}))
+        # Once C has the room's home (A), carol, invited, may see it: then she joins.
+        seen = await eventually_ok(lambda: carol.call("bus.room.members", {"room": "team"}))
+        assert ["persona:alice"] == seen["members"]
+        joined = await carol.call("bus.room.join", {"room": "team"})
         assert ["persona:alice", "persona:carol"] == joined["members"]
         await persona.call("bus.room.send", {"room": "team", "data": "hi"})
         await eventually(

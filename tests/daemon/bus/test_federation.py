@@ -538,6 +538,37 @@ async def test_a_room_spans_a_and_c(cluster: Cluster, state) -> None:
     )
 
 
+async def test_a_room_whose_home_died_starts_again_elsewhere(cluster: Cluster) -> None:
+    """Node A, a room's home, stops: the next join on C meets no responders and makes the room on C."""
+    await cluster.node("a")
+    await cluster.node("c")
+    alice = await cluster.connect("a", kind="persona", name="alice")
+    await alice.call("bus.room.join", {"room": "team"})
+    await cluster.settled()
+    await eventually(
+        lambda: cluster.nodes["c"].federation.rooms.homes.get("team") == "a", what="C learns the home"
+    )
+    await alice.close()
+    await cluster.nodes["a"].close()
+    carol = await cluster.connect("c", kind="persona", name="carol")
+    joined = await carol.call("bus.room.join", {"room": "team"})
+    assert ("persona:carol", ["persona:carol"]) == (joined["owner"], joined["members"])
+    rooms = cluster.nodes["c"].federation.rooms
+    await eventually(lambda: rooms.homes.get("team") == "c", what="C is the room's home now")
+
+
+async def test_a_join_on_another_node_finds_a_room_made_a_moment_ago(cluster: Cluster) -> None:
+    """The bucket is asked before a join makes a room: no second room of the same name on C."""
+    await cluster.node("a")
+    await cluster.node("c")
+    alice = await cluster.connect("a", kind="persona", name="alice")
+    carol = await cluster.connect("c", kind="persona", name="carol")
+    await alice.call("bus.room.join", {"room": "fresh"})
+    await cluster.settled()  # A's claim reached NATS; C may not have watched it yet
+    joined = await carol.call("bus.room.join", {"room": "fresh"})
+    assert ("persona:alice", ["persona:alice", "persona:carol"]) == (joined["owner"], joined["members"])
+
+
 # -- without --nats, nothing changes ---------------------------------------------------
 
 

@@ -1,0 +1,146 @@
+"""A bus node's NATS connection, used from synchronous routing code.
+
+The router never awaits (routing is synchronous, router.py), but every
+nats-py call is a coroutine. So what federation sends is queued here, in
+order, and written by one task: subscriptions, unsubscriptions and
+publications reach the NATS server in the order routing made them, and a
+slow NATS connection never blocks a routing decision. Payloads are the
+bus's msgpack wire dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from protocol import MSGPACK, ProtocolError
+
+log = logging.getLogger("personad.bus.federation")
+
+Op = Callable[[], Awaitable[Any]]
+
+
+def subject_token(name: str) -> str:
+    """A client id, capability or room name as one NATS subject token.
+
+    ``.`` separates subject tokens; it becomes ``~``, which no client id,
+    capability or room name contains, so the mapping is one to one.
+    """
+    return name.replace(".", "~")
+
+
+def pack(data: dict[str, Any]) -> bytes:
+    frame = MSGPACK.dumps(data)
+    assert isinstance(frame, bytes)  # msgpack frames are binary
+    return frame
+
+
+class NatsLink:
+    """One NATS connection and the ordered queue of what is written to it."""
+
+    def __init__(self, url: str, *, name: str, max_message_bytes: int) -> None:
+        self.url = url
+        self.name = name
+        self.max_message_bytes = max_message_bytes
+        self._nc: NatsClient | None = None
+        self._ops: collections.deque[Op] = collections.deque()
+        self._wake = asyncio.Event()
+        #: Set while nothing is queued (wait_idle, close).
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        self._nc = await nats.connect(
+            self.url,
+            name=self.name,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            error_cb=self._error,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+        )
+        self._writer = asyncio.get_running_loop().create_task(self._write(), name="federation-writer")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            # Answers and cancels queued by the shutdown itself go out first.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._idle.wait()
+            self._writer.cancel()
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+
+    @property
+    def nc(self) -> NatsClient:
+        assert self._nc is not None, "connect() first"
+        return self._nc
+
+    async def wait_idle(self) -> None:
+        """Until every queued operation is written and the server has seen it."""
+        await self._idle.wait()
+        await self.nc.flush()
+
+    # -- writing ---------------------------------------------------------------------
+
+    def queue(self, op: Op) -> None:
+        """Run a NATS coroutine after every one queued before it."""
+        self._ops.append(op)
+        self._idle.clear()
+        self._wake.set()
+
+    def send(self, subject: str, payload: bytes, reply: str = "") -> None:
+        nc = self.nc
+        self.queue(lambda: nc.publish(subject, payload, reply=reply))
+
+    def publish(self, subject: str, data: dict[str, Any], reply: str = "") -> bool:
+        """Encode and queue one message; False when it cannot be encoded."""
+        try:
+            payload = pack(data)
+        except ProtocolError as exc:
+            log.error("cannot publish to %s: %s", subject, exc.reason)
+            return False
+        self.send(subject, payload, reply)
+        return True
+
+    async def _write(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._ops:
+                op = self._ops.popleft()
+                try:
+                    await op()
+                except Exception as exc:  # one failed publish must not stop the others
+                    log.warning("nats operation failed: %r", exc)
+            self._idle.set()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def decode(self, msg: Msg) -> dict[str, Any] | None:
+        try:
+            data = MSGPACK.decode_data(msg.data, max_bytes=self.max_message_bytes)
+        except ProtocolError as exc:
+            log.warning("undecodable nats message on %s: %s", msg.subject, exc.reason)
+            return None
+        return data if isinstance(data, dict) else None
+
+    async def _error(self, exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    async def _disconnected(self) -> None:
+        log.warning("nats: disconnected from %s", self.url)
+
+    async def _reconnected(self) -> None:
+        log.info("nats: reconnected")
