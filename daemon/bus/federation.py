@@ -423,9 +423,13 @@ class Federation:
     async def _on_claim(self, msg: Msg) -> None:
         """Another node accepted a hello: a connection here with the same id is replaced."""
         data = self.link.decode(msg)
-        if data is None or data.get("node") == self.node:
+        if data is None:
             return
         cid = msg.subject[len("personad.claim.") :].replace("~", ".")
+        if self.rooms is not None and isinstance(data.get("node"), str):
+            self.rooms.client_claimed(cid, data["node"])
+        if data.get("node") == self.node:
+            return
         local = self.router.clients.get(cid)
         at = data.get("at")
         if local is None or local.closed or not isinstance(at, int | float) or local.connected_at > at:

@@ -287,6 +287,15 @@ class FederatedRooms:
 
     # -- the home node ------------------------------------------------------------------
 
+    def client_claimed(self, client_id: str, node: str) -> None:
+        """A client said hello on ``node``: its memberships through any other node are over.
+
+        Room members are connections, here as on one bus; this also ends those
+        of a client whose node died without saying so, once it reconnects.
+        """
+        for key in [k for k in self.members if k[1] == client_id and k[0] != node]:
+            self.router._room_methods.drop(self.members.pop(key))
+
     async def _on_home_call(self, msg: Msg) -> None:
         data = self.fed.link.decode(msg)
         if data is None:

@@ -187,6 +187,29 @@ async def test_a_room_spans_a_and_c(cluster: Cluster, state) -> None:
     )
 
 
+async def test_a_member_whose_node_died_leaves_when_it_says_hello_again(cluster: Cluster) -> None:
+    """Carol's node C stops without telling A; when carol says hello on B, A drops her old membership."""
+    await cluster.node("a")
+    await cluster.node("b")
+    await cluster.node("c")
+    alice = await cluster.connect("a", kind="persona", name="alice")
+    await alice.call("bus.room.join", {"room": "team"})
+    await cluster.settled()
+    carol = await cluster.connect("c", kind="persona", name="carol")
+    joined = await carol.call("bus.room.join", {"room": "team"})
+    assert ["persona:alice", "persona:carol"] == joined["members"]
+    # Node C goes without a word to A: its NATS connection is cut before its clients leave.
+    node_c = cluster.nodes["c"]
+    assert node_c.federation is not None
+    node_c.router.federation = None
+    await node_c.federation.link.nc.close()
+    await cluster.connect("b", kind="persona", name="carol")
+    await eventually(
+        lambda: [m.client_id for m in cluster.nodes["a"].router.rooms.members("team")] == ["persona:alice"],
+        what="A drops the membership through C",
+    )
+
+
 async def test_a_room_whose_home_died_starts_again_elsewhere(cluster: Cluster) -> None:
     """Node A, a room's home, stops: the next join on C meets no responders and makes the room on C."""
     await cluster.node("a")
