@@ -46,7 +46,6 @@ from typing import Any, cast
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import State as WsState
 
 from protocol import (
@@ -69,7 +68,7 @@ from protocol.connection import State as ConnState
 from . import __version__
 from .envelope import FastMessage, read
 from .errors import AuthError, BusUnavailable
-from .wsfast import masked_binary_frame, read_frames
+from .wsfast import FastClientConnection, masked_binary_frame, swallow, write_pending
 
 log = logging.getLogger("personad.client")
 
@@ -326,7 +325,7 @@ class BusClient:
                 ping_timeout=20,
                 close_timeout=5,
                 user_agent_header=f"personad/{__version__}",
-                create_connection=_FastConnection,
+                create_connection=FastClientConnection,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -416,14 +415,14 @@ class BusClient:
     # -- receiving ---------------------------------------------------------------
 
     async def _read_loop(self, link: _Link) -> None:
-        ws = cast(_FastConnection, link.ws)
+        ws = cast(FastClientConnection, link.ws)
 
         def on_frame(frame: bytes) -> bool:
             try:
                 self._dispatch(link, self._read(link, frame))
             except ProtocolError as exc:
                 log.error("bad message from the bus, closing: %s", exc.reason)
-                ws.on_frame = _swallow
+                ws.on_frame = swallow
                 self._spawn(ws.close(int(exc.close_code), exc.reason[:120]), "bus-close")
             return True
 
@@ -756,86 +755,12 @@ async def _send(ws: ClientConnection, frame: bytes | str, *, batch: bool = False
         ws.protocol.writes.append(masked_binary_frame(frame))
     else:
         ws.protocol.send_binary(frame)
-    if batch and isinstance(ws, _FastConnection):
+    if batch and isinstance(ws, FastClientConnection):
         ws.write_soon()
     else:
-        _write(ws)
+        write_pending(ws)
     if ws.paused:
         await ws.drain()
-
-
-def _write(ws: ClientConnection) -> None:
-    """Write everything framed so far, in one write() when possible."""
-    if ws.transport.is_closing():
-        return
-    chunks = ws.protocol.data_to_send()
-    if all(chunks):
-        if chunks:
-            ws.transport.write(b"".join(chunks))
-        return
-    # An empty chunk means "half-close after this": websockets' own writer does it.
-    for chunk in chunks:
-        if chunk:
-            ws.transport.write(chunk)
-        elif ws.transport.can_write_eof():
-            with contextlib.suppress(Exception):  # as websockets: uvloop may raise RuntimeError
-                ws.transport.write_eof()
-
-
-class _FastConnection(ClientConnection):
-    """Hands complete binary frames to ``on_frame`` as websockets parses them.
-
-    ``queued`` counts messages left to the queue (text, fragmented, or
-    arriving while an earlier one is queued): while any is, frames are
-    queued behind it, so that they are handled in the order they came.
-    """
-
-    on_frame: Callable[[bytes], bool] | None = None
-    queued = 0
-    _write_scheduled = False
-
-    def data_received(self, data: bytes) -> None:
-        # Small binary frames skip websockets' parser (daemon/wsfast.py).
-        if self.on_frame is not None and not self.queued:
-            data = read_frames(self, self.protocol, data, _FAST_FRAME_BYTES, masked=False)
-        if data:
-            super().data_received(data)
-
-    def write_soon(self) -> None:
-        """Write what is framed at the end of this loop iteration (see _send's ``batch``)."""
-        if not self._write_scheduled:
-            self._write_scheduled = True
-            self.loop.call_soon(self._write_now)
-
-    def _write_now(self) -> None:
-        self._write_scheduled = False
-        _write(self)
-
-    def process_event(self, event: Any) -> None:
-        if not isinstance(event, Frame):  # the opening handshake's response
-            super().process_event(event)
-            return
-        handler = self.on_frame
-        if (
-            handler is not None
-            and not self.queued
-            and event.fin
-            and event.opcode is Opcode.BINARY
-            and handler(event.data if type(event.data) is bytes else bytes(event.data))
-        ):
-            return
-        if event.fin and event.opcode in DATA_OPCODES:
-            self.queued += 1
-        super().process_event(event)
-
-
-#: Frames read past websockets' parser are smaller than this (bigger ones are
-#: rare, and their decoding costs more than the parser anyway).
-_FAST_FRAME_BYTES = 128 * 1024
-
-
-def _swallow(frame: bytes) -> bool:
-    return True
 
 
 def _expire(future: asyncio.Future[Any], method: str) -> None:

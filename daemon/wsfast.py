@@ -10,14 +10,25 @@ returned for websockets, starting at a frame boundary, so websockets still
 sees a valid stream and keeps doing its own checks and answers (pings,
 close, size limits, masking rules). :func:`masked_binary_frame` is the
 sending side's counterpart for clients.
+
+The connection classes (the bus's, BusClient's) go one step further: a
+complete binary frame that websockets did parse is handed on from its
+``process_event`` too, instead of through websockets' queue, a future and
+a wake-up of the reading task. Frames that must be queued (text, fragments,
+big frames, and anything behind a queued frame, so that order is kept) go
+through the queue to the reading task as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import Protocol as WsProtocol
 from websockets.protocol import State
 from websockets.streams import StreamReader
@@ -27,7 +38,18 @@ try:
 except ImportError:  # websockets without its C extension
     from websockets.utils import apply_mask
 
-__all__ = ["FrameSink", "masked_binary_frame", "read_frames"]
+__all__ = [
+    "FAST_FRAME_BYTES",
+    "FastClientConnection",
+    "FrameSink",
+    "fast_server_connection",
+    "masked_binary_frame",
+    "read_frames",
+    "set_on_frame",
+    "swallow",
+    "took",
+    "write_pending",
+]
 
 #: Where websockets' parser waits between frames.
 _AT_EOF = StreamReader.at_eof.__code__
@@ -127,3 +149,129 @@ def masked_binary_frame(payload: bytes) -> bytes:
         head = b"\x82\xff" + size.to_bytes(8, "big")
     key = _mask_keys.next()
     return head + key + apply_mask(payload, key)
+
+
+# -- connection classes ------------------------------------------------------------------
+
+#: Frames read past websockets' parser are smaller than this (bigger ones are
+#: rare, and their decoding costs more than the parser anyway).
+FAST_FRAME_BYTES = 128 * 1024
+
+FrameHandler = Callable[[bytes], bool]
+
+
+def _fast_event(conn: Any, event: Any) -> bool:
+    """``process_event``'s fast path: True when ``conn.on_frame`` took the event.
+
+    ``on_frame`` returns False to leave a frame to websockets' queue.
+    ``queued`` counts messages in the queue, or taken from it and not yet
+    handled: while any is, frames are queued behind it, so that they are
+    handled in the order they came.
+    """
+    if not isinstance(event, Frame):  # the opening handshake's request or response
+        return False
+    handler = conn.on_frame
+    if (
+        handler is not None
+        and not conn.queued
+        and event.fin
+        and event.opcode is Opcode.BINARY
+        and handler(event.data if type(event.data) is bytes else bytes(event.data))
+    ):
+        return True
+    if event.fin and event.opcode in DATA_OPCODES:
+        conn.queued += 1
+    return False
+
+
+def set_on_frame(ws: Any, handler: FrameHandler | None) -> None:
+    """Start (a handler) or stop (None) handing frames to ``handler`` as they are read."""
+    ws.on_frame = handler
+
+
+def took(ws: Any) -> None:
+    """A message from websockets' queue was handled (see _fast_event)."""
+    ws.queued -= 1
+
+
+def swallow(frame: bytes) -> bool:
+    """An ``on_frame`` for a connection that is closing: what it sends is dropped."""
+    return True
+
+
+def fast_server_connection(
+    base: type[ServerConnection], received: Callable[[bool], None]
+) -> type[ServerConnection]:
+    """``base`` (the bus's connection class) reading frames as described above, masked.
+
+    ``received(True)`` and ``received(False)`` bracket the handling of each
+    read, so that the frames it produced are written in one go at its end.
+    """
+
+    class FastServerConnection(base):  # type: ignore[valid-type,misc]
+        on_frame: FrameHandler | None = None
+        queued = 0
+        fast_limit = FAST_FRAME_BYTES
+
+        def data_received(self, data: bytes) -> None:
+            received(True)
+            try:
+                if self.on_frame is not None and not self.queued:
+                    data = read_frames(self, self.protocol, data, self.fast_limit, masked=True)
+                if data:
+                    super().data_received(data)
+            finally:
+                received(False)
+
+        def process_event(self, event: Any) -> None:
+            if not _fast_event(self, event):
+                super().process_event(event)
+
+    return FastServerConnection
+
+
+class FastClientConnection(ClientConnection):
+    """BusClient's connection: frames from the bus read as described above (unmasked),
+    and frames written in one go per loop iteration when asked (``write_soon``)."""
+
+    on_frame: FrameHandler | None = None
+    queued = 0
+    _write_scheduled = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.on_frame is not None and not self.queued:
+            data = read_frames(self, self.protocol, data, FAST_FRAME_BYTES, masked=False)
+        if data:
+            super().data_received(data)
+
+    def process_event(self, event: Any) -> None:
+        if not _fast_event(self, event):
+            super().process_event(event)
+
+    def write_soon(self) -> None:
+        """Write what is framed at the end of this loop iteration."""
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self.loop.call_soon(self._write_now)
+
+    def _write_now(self) -> None:
+        self._write_scheduled = False
+        write_pending(self)
+
+
+def write_pending(ws: ClientConnection) -> None:
+    """Write everything framed so far, in one write() when possible."""
+    if ws.transport.is_closing():
+        return
+    chunks = ws.protocol.data_to_send()
+    if all(chunks):
+        if chunks:
+            ws.transport.write(b"".join(chunks))
+        return
+    # An empty chunk means "half-close after this", as in websockets' own writer.
+    for chunk in chunks:
+        if chunk:
+            ws.transport.write(chunk)
+        elif ws.transport.can_write_eof():
+            with contextlib.suppress(Exception):  # as websockets: uvloop may raise RuntimeError
+                ws.transport.write_eof()

@@ -14,12 +14,13 @@ payload is read); then the limit is raised to ``max_message_bytes``. Frames
 of ``decode_in_thread_bytes`` or more are decoded in a worker thread so the
 loop keeps serving the other clients.
 
-Once a session is serving, a complete binary frame is routed as websockets
-parses it (:class:`FastConnection`), in the same callback: no queue, no
-future and no task wake-up per relayed message. Everything else (text frames,
-fragments, big frames, and any frame while an earlier one still waits in the
-queue, so that order is kept) goes through the queue and ``_serve``'s loop.
-The envelope is read without pydantic when it is plainly valid
+Once a session is serving, a small binary frame is routed from the read
+callback, mostly without websockets' parser (daemon/wsfast.py): no queue, no
+future and no task wake-up per relayed message, and what it produced is
+written at the end of that read. Everything else (text frames, fragments,
+big frames, and any frame while an earlier one still waits in the queue, so
+that order is kept) goes through the queue and ``_serve``'s loop. The
+envelope is read without pydantic when it is plainly valid
 (daemon/envelope.py); anything else is validated as before.
 """
 
@@ -32,7 +33,6 @@ import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
@@ -63,7 +62,7 @@ from .. import __version__
 from ..envelope import FastMessage, read
 from ..systemd_notify import Notifier
 from ..tokens import PROVIDE_PREFIX, TokenEntry, TokenStore
-from ..wsfast import read_frames
+from ..wsfast import FAST_FRAME_BYTES, fast_server_connection, set_on_frame, swallow, took
 from .config import BusConfig
 from .metrics import Metrics
 from .offload import receive_off_loop
@@ -119,7 +118,7 @@ class Bus:
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             origins=list(self.config.origins),  # type: ignore[arg-type]
             process_request=self._process_request,
-            create_connection=fast_connection(self.http.front_connection(), self._received),
+            create_connection=fast_server_connection(self.http.front_connection(), self._received),
             compression=None,
             # Raised to max_message_bytes per connection once hello succeeds.
             max_size=self.config.max_hello_bytes,
@@ -330,12 +329,12 @@ class Bus:
                 return False  # queued, for the loop below to decode off the loop
             refusal = self._receive(session, frame)
             if refusal is not None:
-                _set_on_frame(ws, _swallow)  # closing: read nothing more
+                set_on_frame(ws, swallow)  # closing: read nothing more
                 self.close_later(session, *refusal)
             return True
 
-        ws.fast_limit = in_thread  # type: ignore[attr-defined]
-        _set_on_frame(ws, on_frame)
+        ws.fast_limit = min(in_thread, FAST_FRAME_BYTES)  # type: ignore[attr-defined]
+        set_on_frame(ws, on_frame)
         try:
             async for frame in ws:
                 try:
@@ -361,9 +360,9 @@ class Bus:
                         await ws.close(*refusal)
                         return
                 finally:
-                    _took(ws)
+                    took(ws)
         finally:
-            _set_on_frame(ws, None)
+            set_on_frame(ws, None)
 
     def _receive(self, session: Session, frame: bytes | str) -> tuple[CloseCode, str] | None:
         """Decode and route one frame; the close code and reason when the connection must close."""
@@ -418,7 +417,7 @@ class Bus:
         try:
             async with asyncio.timeout(self.config.hello_timeout):
                 frame = await ws.recv()
-            _took(ws)
+            took(ws)
         except TimeoutError:
             await ws.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
             return False
@@ -523,71 +522,6 @@ class Bus:
         conn.hello_accepted()
         log.info("client joined id=%s codec=%s token=%s", client_id, session.codec.name, token.name)
         return True
-
-
-FrameHandler = Callable[[bytes], bool]
-
-
-def fast_connection(base: type[ServerConnection], received: Callable[[bool], None]) -> type[ServerConnection]:
-    """``base`` with complete binary frames handed to ``on_frame`` as they are parsed.
-
-    ``received(True)`` and ``received(False)`` bracket the handling of each
-    read, so that the frames it produced are written in one go at its end.
-
-    ``on_frame`` (set by ``Bus._serve`` once the session is serving) returns
-    False to leave a frame to the queue. ``queued`` counts messages in the
-    queue or still being handled by ``_serve``: while any is, frames are
-    queued behind it, so they are handled in the order they came.
-    """
-
-    class FastConnection(base):  # type: ignore[valid-type,misc]
-        on_frame: FrameHandler | None = None
-        queued = 0
-
-        #: Frames up to this size may skip websockets' parser (set with on_frame).
-        fast_limit = 0
-
-        def data_received(self, data: bytes) -> None:
-            received(True)
-            try:
-                if self.on_frame is not None and not self.queued:
-                    data = read_frames(self, self.protocol, data, self.fast_limit, masked=True)
-                if data:
-                    super().data_received(data)
-            finally:
-                received(False)
-
-        def process_event(self, event: Frame | object) -> None:
-            if not isinstance(event, Frame):  # the opening handshake's request
-                super().process_event(event)
-                return
-            handler = self.on_frame
-            if (
-                handler is not None
-                and not self.queued
-                and event.fin
-                and event.opcode is Opcode.BINARY
-                and handler(event.data if type(event.data) is bytes else bytes(event.data))
-            ):
-                return
-            if event.fin and event.opcode in DATA_OPCODES:
-                self.queued += 1
-            super().process_event(event)
-
-    return FastConnection
-
-
-def _set_on_frame(ws: ServerConnection, handler: FrameHandler | None) -> None:
-    ws.on_frame = handler  # type: ignore[attr-defined]
-
-
-def _took(ws: ServerConnection) -> None:
-    """A queued message was handled (or taken by the handshake)."""
-    ws.queued -= 1  # type: ignore[attr-defined]
-
-
-def _swallow(frame: bytes) -> bool:
-    return True
 
 
 def allowed_hosts(bind_host: str, port: int, extra: tuple[str, ...]) -> frozenset[str]:
