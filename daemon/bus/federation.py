@@ -58,7 +58,7 @@ from protocol import (
 from .. import envelope
 from ..envelope import FastMessage
 from ..tokens import PERSONAL_KINDS, TokenStore
-from .federation_link import NatsLink, pack, subject_token
+from .federation_link import NatsLink, pack, subject_token, without_password
 from .federation_rooms import FederatedRooms
 from .federation_sessions import RemoteCaller, RemoteTarget, RoomMember
 from .federation_tokens import SharedTokens
@@ -121,7 +121,7 @@ class Federation:
         self.rooms = FederatedRooms(self)
         await self.rooms.start(nc.jetstream())
         await nc.flush()
-        log.info("federation node=%s nats=%s", self.node, self.url)
+        log.info("federation node=%s nats=%s", self.node, without_password(self.url))
 
     async def share_tokens(self, local: TokenStore) -> SharedTokens:
         """This machine's token file joined to the cluster's (federation_tokens.py)."""

@@ -18,14 +18,29 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from protocol import MSGPACK, ProtocolError
 
+from ..errors import BusUnavailable
+
 log = logging.getLogger("personad.bus.federation")
 
 Op = Callable[[], Awaitable[Any]]
+
+#: How long a node waits for NATS when it starts.
+CONNECT_TIMEOUT = 10.0
+
+
+def without_password(url: str) -> str:
+    """A NATS URL fit for logs: ``nats://user:secret@host`` loses its secret."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"
 
 
 def subject_token(name: str) -> str:
@@ -59,17 +74,27 @@ class NatsLink:
         self._writer: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        self._nc = await nats.connect(
-            self.url,
-            name=self.name,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            error_cb=self._error,
-            disconnected_cb=self._disconnected,
-            reconnected_cb=self._reconnected,
-        )
+        # nats-py keeps retrying a first connection too (max_reconnect_attempts
+        # is for ever, so that a running node rides out a NATS restart): a node
+        # that cannot reach NATS at start says so instead of waiting silently.
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                self._nc = await nats.connect(
+                    self.url,
+                    name=self.name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=5,
+                    error_cb=self._error,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            reason = "no answer" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            raise BusUnavailable(
+                f"cannot reach NATS at {without_password(self.url)} within {CONNECT_TIMEOUT:.0f}s: {reason}"
+            ) from None
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="federation-writer")
 
     async def close(self) -> None:
@@ -140,7 +165,7 @@ class NatsLink:
         log.warning("nats: %s", exc)
 
     async def _disconnected(self) -> None:
-        log.warning("nats: disconnected from %s", self.url)
+        log.warning("nats: disconnected from %s", without_password(self.url))
 
     async def _reconnected(self) -> None:
         log.info("nats: reconnected")

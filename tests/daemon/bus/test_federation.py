@@ -15,6 +15,7 @@ import pytest
 
 from daemon.bus import Bus, BusConfig
 from daemon.client import BusClient, CallContext
+from daemon.errors import BusUnavailable
 from daemon.state import StateDir
 from protocol import ErrorCode, Request, RpcError
 from tests.conftest import WAIT, eventually
@@ -390,3 +391,17 @@ def test_a_bus_without_nats_never_imports_it() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, check=True
     )
     assert "[]" == out.stdout.strip().splitlines()[-1]
+
+
+async def test_a_node_that_cannot_reach_nats_says_so(state, monkeypatch) -> None:
+    """No NATS at the URL: the bus does not start, and the error shows the URL without its password."""
+    from daemon.bus import federation_link
+
+    monkeypatch.setattr(federation_link, "CONNECT_TIMEOUT", 1.0)  # not the operator's 10 s
+    config = BusConfig(port=0, nats_url=f"nats://bus:hunter2@127.0.0.1:{free_port()}", node="lonely")
+    bus = Bus(config, state.tokens())
+    with pytest.raises(BusUnavailable) as info:
+        await bus.start()
+    await bus.close()
+    assert "nats://bus:***@127.0.0.1:" in str(info.value)
+    assert "hunter2" not in str(info.value)
