@@ -245,7 +245,8 @@ class FederatedRooms:
             room = request.params["room"]
             dead = self.homes.pop(room, None)
             if dead is not None and dead != self.node:
-                self._spawn(self._forget_home(room, dead))
+                # Before this node claims it: a claim would fail on the dead home's key.
+                await self._forget_home(room, dead)
             if not session.closed:
                 self._serve_locally(session, request)
             return
