@@ -140,11 +140,9 @@ class FederatedRooms:
         if self.homes.get(room) == self.node:
             del self.homes[room]
         if kv is not None:
-
-            async def delete() -> None:
-                await kv.delete(room)
-
-            self.fed.link.queue(delete)
+            # Only while the key still names this node: another node may have
+            # made the room since (after this one stopped answering for it).
+            self.fed.link.queue(lambda: self._forget_home(room, self.node))
 
     # -- the caller's node -------------------------------------------------------------
 
@@ -207,11 +205,12 @@ class FederatedRooms:
         finally:
             self._serve_here = False
 
-    async def _forget_home(self, room: str, dead: str) -> None:
+    async def _forget_home(self, room: str, home: str) -> None:
+        """Delete the room's key if it still names ``home`` (compare-and-delete on its revision)."""
         assert self._kv is not None
         with contextlib.suppress(Exception):  # gone already, or claimed again: nothing to do
             entry = await self._kv.get(room)
-            if entry.value is not None and entry.value.decode() == dead:
+            if entry.value is not None and entry.value.decode() == home:
                 await self._kv.delete(room, last=entry.revision)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
