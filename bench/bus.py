@@ -44,6 +44,10 @@ end, whatever happens. The same file also holds the helper processes
 (``bus.py _raw-server``, ``_subscribers``, ``_idle``, ``_relay``, ``_raw-persona``,
 ``_nats-responder``),
 not meant to be run by hand.
+
+(One file past 1,000 lines on purpose: the bench and the helper processes it
+starts, ``bus.py _raw-server`` and the rest, share the payload builders and
+must stay in step; a helper is a role of this same script.)
 """
 
 from __future__ import annotations

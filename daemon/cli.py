@@ -4,6 +4,11 @@ Every verb takes ``--state-dir`` (env PERSONAD_STATE_DIR, default ./.personad),
 ``--url`` (env PERSONAD_URL) and ``--log-level``. Exit status: 0 on success,
 1 when the system answered with an error or could not be reached, 2 for a bad
 command line or configuration.
+
+(A little past 500 lines since the bus gained federation options. The seam
+for the next change: the ``bus`` and ``up`` verbs' parsers and runners into
+``daemon/bus/cli.py`` and a supervisor CLI module, as the other roles'
+verbs already live in theirs; see ROLE_CLI_MODULES.)
 """
 
 from __future__ import annotations

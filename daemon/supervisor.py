@@ -19,6 +19,10 @@ With ``--nats`` it runs one machine's part of a federated cluster
 are named after the node, its children are given the other machines' buses
 (``--peer``) to move to, and with ``--no-personas`` it runs no registry and
 no personas (one machine of the cluster does).
+
+(Just past 500 lines since ``--nats``; the seam when it grows: the demo
+(``_demo`` and its page server) into a module of its own, as the registry
+following already is in supervisor_personas.py.)
 """
 
 from __future__ import annotations
