@@ -21,6 +21,9 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
 
 from protocol import MSGPACK, ProtocolError
 
@@ -169,3 +172,24 @@ class NatsLink:
 
     async def _reconnected(self) -> None:
         log.info("nats: reconnected")
+
+
+async def open_watched_bucket(
+    js: JetStreamContext, bucket: str, apply: Callable[[str, bytes | None, str | None], None]
+) -> tuple[KeyValue, KeyValue.KeyWatcher]:
+    """A key-value bucket (created by whichever node comes first), every entry
+    already in it given to ``apply`` (tombstones included), and the watcher
+    that goes on with what comes next."""
+    try:
+        kv = await js.key_value(bucket)
+    except BucketNotFoundError:
+        try:
+            kv = await js.create_key_value(bucket=bucket, history=1)
+        except Exception:  # another node created it meanwhile
+            kv = await js.key_value(bucket)
+    watcher = await kv.watchall()
+    async for entry in watcher:
+        if entry is None:
+            break
+        apply(entry.key, entry.value, entry.operation)
+    return kv, watcher

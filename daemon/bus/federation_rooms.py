@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -37,6 +37,7 @@ from protocol import ErrorCode, RpcError
 from protocol import commands as registry
 from protocol.validation import invalid_params
 
+from .federation_link import open_watched_bucket
 from .federation_sessions import RoomMember
 from .session import Session
 
@@ -76,18 +77,7 @@ class FederatedRooms:
 
     async def start(self, js: JetStreamContext) -> None:
         nc = self.fed.link.nc
-        try:
-            self._kv = await js.key_value(BUCKET)
-        except BucketNotFoundError:
-            try:
-                self._kv = await js.create_key_value(bucket=BUCKET, history=1)
-            except Exception:  # another node created it meanwhile
-                self._kv = await js.key_value(BUCKET)
-        watcher = await self._kv.watchall()
-        async for entry in watcher:
-            if entry is None:
-                break
-            self._apply(entry.key, entry.value, entry.operation)
+        self._kv, watcher = await open_watched_bucket(js, BUCKET, self._apply)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._follow(watcher), name="federation-rooms"))
         self._tasks.append(loop.create_task(self._reconcile(), name="federation-rooms-reconcile"))

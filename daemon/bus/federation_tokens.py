@@ -29,10 +29,11 @@ from dataclasses import asdict
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from ..tokens import TokenEntry, TokenStore, hash_token
+from .federation_link import open_watched_bucket
 
 log = logging.getLogger("personad.bus.federation")
 
@@ -57,20 +58,9 @@ class SharedTokens(TokenStore):
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self, js: JetStreamContext) -> None:
-        try:
-            self._kv = await js.key_value(BUCKET)
-        except BucketNotFoundError:
-            try:
-                self._kv = await js.create_key_value(bucket=BUCKET, history=1)
-            except Exception:  # another node created it meanwhile
-                self._kv = await js.key_value(BUCKET)
-        watcher = await self._kv.watchall()
         # Everything already stored (tombstones included) is read before this
         # node accepts a hello, and before it publishes its own file.
-        async for entry in watcher:
-            if entry is None:
-                break
-            self._apply(entry.key, entry.value, entry.operation)
+        self._kv, watcher = await open_watched_bucket(js, BUCKET, self._apply)
         self._watch = asyncio.get_running_loop().create_task(self._follow(watcher), name="federation-tokens")
         self.entries()
 
