@@ -34,7 +34,9 @@ def free_port() -> int:
 @pytest.fixture
 def nats_url(tmp_path: Path) -> Iterator[str]:
     if NATS_SERVER is None:
-        pytest.skip("nats-server is not installed (scripts/system-deps)")
+        # Required, not optional: scripts/system-deps installs it, and a missing
+        # server must fail the federation tests rather than silently skip them.
+        pytest.fail("nats-server is not installed: run scripts/system-deps test")
     port = free_port()
     proc = subprocess.Popen(
         [NATS_SERVER, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js")],

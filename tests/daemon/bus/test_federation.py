@@ -33,7 +33,9 @@ def free_port() -> int:
 async def nats_url(tmp_path: Path) -> AsyncIterator[str]:
     """nats-server on 127.0.0.1, with JetStream in a tmp dir, for this test only."""
     if NATS_SERVER is None:
-        pytest.skip("nats-server is not installed (scripts/system-deps)")
+        # Required, not optional: scripts/system-deps installs it, and a missing
+        # server must fail the federation tests rather than silently skip them.
+        pytest.fail("nats-server is not installed: run scripts/system-deps test")
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         *(NATS_SERVER, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path / "js")),
