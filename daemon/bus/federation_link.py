@@ -175,11 +175,11 @@ class NatsLink:
 
 
 async def open_watched_bucket(
-    js: JetStreamContext, bucket: str, apply: Callable[[str, bytes | None, str | None], None]
-) -> tuple[KeyValue, KeyValue.KeyWatcher]:
-    """A key-value bucket (created by whichever node comes first), every entry
-    already in it given to ``apply`` (tombstones included), and the watcher
-    that goes on with what comes next."""
+    js: JetStreamContext, bucket: str, apply: Callable[[str, bytes | None, str | None], None], name: str
+) -> tuple[KeyValue, asyncio.Task[None]]:
+    """A key-value bucket (created by whichever node comes first): every entry
+    already in it is given to ``apply`` (tombstones included) before this
+    returns, and the returned task goes on applying what comes next."""
     try:
         kv = await js.key_value(bucket)
     except BucketNotFoundError:
@@ -192,4 +192,10 @@ async def open_watched_bucket(
         if entry is None:
             break
         apply(entry.key, entry.value, entry.operation)
-    return kv, watcher
+
+    async def follow() -> None:
+        async for entry in watcher:
+            if entry is not None:
+                apply(entry.key, entry.value, entry.operation)
+
+    return kv, asyncio.get_running_loop().create_task(follow(), name=name)

@@ -77,9 +77,9 @@ class FederatedRooms:
 
     async def start(self, js: JetStreamContext) -> None:
         nc = self.fed.link.nc
-        self._kv, watcher = await open_watched_bucket(js, BUCKET, self._apply)
+        self._kv, follow = await open_watched_bucket(js, BUCKET, self._apply, "federation-rooms")
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._follow(watcher), name="federation-rooms"))
+        self._tasks.append(follow)
         self._tasks.append(loop.create_task(self._reconcile(), name="federation-rooms-reconcile"))
         await nc.subscribe(f"personad.home.{self.node}", cb=self._on_home_call)
         await nc.subscribe(f"personad.roomreply.{self.node}.>", cb=self._on_reply)
@@ -89,11 +89,6 @@ class FederatedRooms:
             task.cancel()
         for _, _, _, timer in self.calls.values():
             timer.cancel()
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        async for entry in watcher:
-            if entry is not None:
-                self._apply(entry.key, entry.value, entry.operation)
 
     def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
         if operation in ("DEL", "PURGE") or not value:

@@ -60,18 +60,12 @@ class SharedTokens(TokenStore):
     async def start(self, js: JetStreamContext) -> None:
         # Everything already stored (tombstones included) is read before this
         # node accepts a hello, and before it publishes its own file.
-        self._kv, watcher = await open_watched_bucket(js, BUCKET, self._apply)
-        self._watch = asyncio.get_running_loop().create_task(self._follow(watcher), name="federation-tokens")
+        self._kv, self._watch = await open_watched_bucket(js, BUCKET, self._apply, "federation-tokens")
         self.entries()
 
     async def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        async for entry in watcher:
-            if entry is not None:
-                self._apply(entry.key, entry.value, entry.operation)
 
     def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
         if operation in ("DEL", "PURGE") or not value:
