@@ -1094,12 +1094,17 @@ async def bench_main(opts: argparse.Namespace) -> int:
           f"{environment(nofile)}\n"
           f"reps {opts.reps} (median; 1 warm-up), {opts.duration}s per request/response run, "
           f"{opts.events} events per fan-out run, {opts.conns} idle connections", flush=True)
+    return await run_reported(lambda tmp: Bench(opts, tmp), "bus")
+
+
+async def run_reported(make_bench: Callable[[Path], Any], name: str) -> int:
+    """Run a bench (``make_bench(tmp).run()`` -> ok) in a throwaway folder: SIGTERM or Ctrl-C
+    stops it cleanly, a failure prints its traceback; then its lines and ``<name>.py: ok|FAIL``."""
     main_task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
     assert main_task is not None
-    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
-    tmp = Path(tempfile.mkdtemp(prefix="personad-bench-bus-"))
-    bench = Bench(opts, tmp)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    tmp = Path(tempfile.mkdtemp(prefix=f"personad-bench-{name}-"))
+    bench = make_bench(tmp)
     ok = False
     started = now()
     try:
@@ -1115,7 +1120,7 @@ async def bench_main(opts: argparse.Namespace) -> int:
     print(f"took {now() - started:.0f}s")
     if bench.lines:
         print("\n".join(bench.lines))
-    print(f"bus.py: {'ok' if ok else 'FAIL'}", flush=True)
+    print(f"{name}.py: {'ok' if ok else 'FAIL'}", flush=True)
     return 0 if ok else 1
 
 

@@ -33,10 +33,8 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +42,7 @@ from typing import TYPE_CHECKING
 import uvloop
 
 # The child-process handling, free ports and the environment line are bus.py's.
-from bus import REPO, Child, environment, free_port, raise_nofile
+from bus import REPO, Child, environment, free_port, raise_nofile, run_reported
 
 if TYPE_CHECKING:
     from daemon.client import BusClient
@@ -381,29 +379,7 @@ async def bench_main(opts: argparse.Namespace) -> int:
         f"reps {opts.reps} (median; 1 warm-up), {opts.duration}s per run",
         flush=True,
     )
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    tmp = Path(tempfile.mkdtemp(prefix="personad-bench-fed-"))
-    bench = Bench(opts, tmp)
-    ok = False
-    started = now()
-    try:
-        ok = await bench.run()
-    except Exception as exc:  # a failed run is a FAIL line (after its traceback)
-        import traceback
-
-        traceback.print_exc()
-        print(f"error: {exc}", flush=True)
-    except asyncio.CancelledError:  # SIGTERM or Ctrl-C: everything was stopped on the way out
-        print("interrupted", flush=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"took {now() - started:.0f}s")
-    if bench.lines:
-        print("\n".join(bench.lines))
-    print(f"federation.py: {'ok' if ok else 'FAIL'}", flush=True)
-    return 0 if ok else 1
+    return await run_reported(lambda tmp: Bench(opts, tmp), "federation")
 
 
 def main() -> int:
