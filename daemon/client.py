@@ -68,7 +68,7 @@ from protocol.connection import State as ConnState
 from . import __version__
 from .envelope import FastMessage, read
 from .errors import AuthError, BusUnavailable
-from .wsfast import FastClientConnection, masked_binary_frame, swallow, write_pending
+from .wsfast import WRITE_EVERY_FRAMES, FastClientConnection, masked_binary_frame, swallow, write_pending
 
 log = logging.getLogger("personad.client")
 
@@ -742,7 +742,8 @@ async def _send(ws: ClientConnection, frame: bytes | str, *, batch: bool = False
     costs several microseconds more per frame on the hot path (measured in
     bench/bus.py --explain). ``batch`` is for frames that others are likely
     to follow in the same iteration (answers and calls when several are in
-    flight): one write() for all, where each costs a syscall. ``paused`` and
+    flight): one write() for all, where each costs a syscall, up to
+    WRITE_EVERY_FRAMES so that the bus starts on them meanwhile. ``paused`` and
     ``drain()`` are websockets' flow-control hooks (adapted from
     StreamWriter); websockets is pinned below 18 for them.
     """
@@ -755,7 +756,7 @@ async def _send(ws: ClientConnection, frame: bytes | str, *, batch: bool = False
         ws.protocol.writes.append(masked_binary_frame(frame))
     else:
         ws.protocol.send_binary(frame)
-    if batch and isinstance(ws, FastClientConnection):
+    if batch and isinstance(ws, FastClientConnection) and len(ws.protocol.writes) < WRITE_EVERY_FRAMES:
         ws.write_soon()
     else:
         write_pending(ws)

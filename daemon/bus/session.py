@@ -22,6 +22,7 @@ from websockets.protocol import State as WsState
 from protocol import Codec, Connection, ProtocolError, Role
 
 from ..tokens import TokenEntry
+from ..wsfast import WRITE_EVERY_FRAMES
 from .config import BusConfig
 from .metrics import Metrics
 
@@ -132,7 +133,9 @@ class Session:
                     protocol.writes += (header, frame)
             else:
                 protocol.send_binary(frame)
-        if not self._flush_pending:
+        if len(self.ws.protocol.writes) >= WRITE_EVERY_FRAMES:
+            self._write_out()  # the client starts on these while the rest are routed
+        elif not self._flush_pending:
             self._flush_pending = True
             self.host.schedule_flush(self)
         metrics = self.host.metrics
@@ -166,9 +169,14 @@ class Session:
     def flush(self) -> None:
         """Write every frame queued this iteration in one go."""
         self._flush_pending = False
+        self._write_out()
+
+    def _write_out(self) -> None:
         if self.closed or self.ws.transport.is_closing():
             return
         chunks = self.ws.protocol.data_to_send()
+        if not chunks:
+            return
         if all(chunks):
             self.ws.transport.write(b"".join(chunks))
         else:
