@@ -42,15 +42,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from protocol.commands.knowledge import MAX_EMBED_TEXT_CHARS
 
 from .ops import in_transaction
 from .recall import admit_rarest, query_terms
 from .records import from_epoch
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy (16 MiB of a persona's RSS) is imported by the functions that use it:
+# a persona that never adds or searches knowledge does without it.
 
 __all__ = [
     "FTS_CANDIDATES",
@@ -107,6 +111,8 @@ def embedding_text(content: str, context: str | None) -> str:
 
 def embedding_blob(vector: list[float]) -> bytes:
     """A vector as stored: float32, little-endian."""
+    import numpy as np
+
     return np.asarray(vector, dtype="<f4").tobytes()
 
 
@@ -244,6 +250,8 @@ def rank(
         candidates = [c for c in candidates if c.bm25 is not None or not has_terms]
     if not candidates:
         return []
+    import numpy as np
+
     ids = np.fromiter((c.id for c in candidates), dtype=np.int64, count=len(candidates))
     relevance = np.fromiter((c.relevance for c in candidates), dtype=np.float64, count=len(candidates))
     bm25 = np.fromiter(

@@ -42,18 +42,20 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import ErrorCode, RpcError
 from protocol.commands import knowledge as k
 
 from ..brain import Brain
 from ..brain import knowledge as kb
-from ..brain.knowledge_index import VectorIndex, load_sync
 from ..brain.recall import query_terms
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
 from .session_dir import SessionDir
+
+if TYPE_CHECKING:  # imported on the first search: it brings numpy (16 MiB)
+    from ..brain.knowledge_index import VectorIndex
 
 __all__ = [
     "EMBED_DEADLINE_MS",
@@ -108,6 +110,8 @@ class LiveIndex:
             return self._index
         async with self._lock:
             if self._index is None:
+                from ..brain.knowledge_index import load_sync
+
                 self._journal = []
                 try:
                     index: VectorIndex = await brain.read(load_sync, k.EMBED_MODEL, k.EMBED_DIM)

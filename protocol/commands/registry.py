@@ -49,7 +49,7 @@ class StrictModel(BaseModel):
     clients end up believing an option took effect; we refuse it instead.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class StrictParams(StrictModel):
@@ -63,7 +63,7 @@ class StrictParams(StrictModel):
     the daemons from Python objects, where lax conversion is harmless.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True)
 
 
 #: An error a method may answer with: the code, or (code, when it happens).
