@@ -23,7 +23,9 @@ carries only what crosses nodes (docs/federation.md has the whole design):
 * the JetStream key-value bucket ``personad_tokens`` — every node's tokens
   and revocations (federation_tokens.py);
 * ``personad.home.<node>`` and the bucket ``personad_rooms`` — rooms, each
-  served by its home node for members anywhere (federation_rooms.py).
+  served by its home node for members anywhere (federation_rooms.py);
+* ``personad.nodes`` and ``personad.clients`` — heartbeats, and
+  ``bus.clients`` asked of every live node (federation_clients.py).
 
 Subjects carry client ids with ``.`` spelled ``~`` (federation_link.py's
 ``subject_token``); payloads are the bus's msgpack wire dicts, written in
@@ -58,6 +60,7 @@ from protocol import (
 from .. import envelope
 from ..envelope import FastMessage
 from ..tokens import PERSONAL_KINDS, TokenStore
+from .federation_clients import FederatedClients
 from .federation_link import NatsLink, pack, subject_token, without_password
 from .federation_rooms import FederatedRooms
 from .federation_sessions import RemoteCaller, RemoteTarget, RoomMember
@@ -105,6 +108,7 @@ class Federation:
         self._cap_counts: collections.Counter[str] = collections.Counter()
         self._tokens: SharedTokens | None = None
         self.rooms: FederatedRooms | None = None
+        self.clients: FederatedClients | None = None
         #: Set while this node's router handles a message that came over NATS:
         #: such a request is served here or not at all (never sent on again).
         self._relaying = False
@@ -120,6 +124,8 @@ class Federation:
         await nc.subscribe(_EVENT_SUBJECT, cb=self._on_event)
         self.rooms = FederatedRooms(self)
         await self.rooms.start(nc.jetstream())
+        self.clients = FederatedClients(self)
+        await self.clients.start()
         await nc.flush()
         log.info("federation node=%s nats=%s", self.node, without_password(self.url))
 
@@ -130,6 +136,8 @@ class Federation:
         return self._tokens
 
     async def close(self) -> None:
+        if self.clients is not None:
+            await self.clients.close()
         if self.rooms is not None:
             await self.rooms.close()
         if self._tokens is not None:

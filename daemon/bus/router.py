@@ -60,6 +60,10 @@ class FederationHooks(Protocol):
 
 
 BusMethod = Callable[[Session, Any], dict[str, Any]]
+#: A bus method whose answer comes later (federation asks the other nodes):
+#: it is given the caller, the request's id and the validated params, and
+#: sends the answer itself.
+DeferredMethod = Callable[[Session, "int | str", Any], None]
 
 
 @dataclass(slots=True)
@@ -101,6 +105,7 @@ class Router:
             "bus.publish": self._publish,
             **self._room_methods.methods(),
         }
+        self._deferred: dict[str, DeferredMethod] = {}
 
     # -- membership --------------------------------------------------------------
 
@@ -403,6 +408,11 @@ class Router:
             error = invalid_params(exc)
             self._reply_error(session, request.id, ErrorCode.INVALID_PARAMS, error.message, error.data)
             return
+        deferred = self._deferred.get(request.method)
+        if deferred is not None:
+            assert request.id is not None
+            deferred(session, request.id, params)
+            return
         try:
             result = method(session, params)
         except RpcError as exc:
@@ -414,7 +424,16 @@ class Router:
     def _ping(self, session: Session, params: Any) -> dict[str, Any]:
         return {"time": time.time()}
 
+    def defer(self, method: str, handler: DeferredMethod) -> None:
+        """Serve the bus method ``method`` with ``handler`` from now on (federation's cluster-wide views)."""
+        assert method in self._methods
+        self._deferred[method] = handler
+
     def _clients(self, session: Session, params: Any) -> dict[str, Any]:
+        return {"clients": self.local_clients(params)}
+
+    def local_clients(self, params: Any, node: str | None = None) -> list[dict[str, Any]]:
+        """This bus's clients matching ``params`` (bus.clients' filters), by id; ``node``: stamp each."""
         clients = [
             {
                 "id": s.client_id,
@@ -430,7 +449,10 @@ class Router:
             if (params.kind is None or s.kind == params.kind)
             and (params.capability is None or params.capability in s.capabilities)
         ]
-        return {"clients": sorted(clients, key=lambda c: c["id"])}
+        if node is not None:
+            for client in clients:
+                client["node"] = node
+        return sorted(clients, key=lambda c: c["id"])
 
     def _subscribe(self, session: Session, params: Any) -> dict[str, Any]:
         return {"topics": self.topics.subscribe(session, params.topics)}

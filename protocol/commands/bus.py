@@ -123,17 +123,26 @@ class ClientInfo(StrictModel):
     inflight: int
     codec: str
     token: str | None = Field(default=None, description="the name of the token it connected with")
+    node: str | None = Field(
+        default=None, description="the bus node it is connected to; only on a federated bus (--nats)"
+    )
 
 
 class ClientsResult(StrictModel):
     clients: list[ClientInfo]
+    missing_nodes: list[str] | None = Field(
+        default=None,
+        description="only on a federated bus: nodes that did not answer within 0.5 s; "
+        "their clients are not listed",
+    )
 
 
 register(
     "bus.clients",
     params=ClientsParams,
     result=ClientsResult,
-    summary="Connected clients, optionally filtered by kind or capability.",
+    summary="Connected clients, optionally filtered by kind or capability "
+    "(on a federated bus, those of every node).",
     served_by="bus",
 )
 

@@ -141,14 +141,23 @@ function renderClients(el, capsEl, outcome) {
   }
   const clients = [...outcome.value.clients].sort((a, b) => a.id.localeCompare(b.id));
   const now = Date.now() / 1000;
+  // A federated bus (--nats) lists every node's clients, each with its node,
+  // and names the nodes that did not answer in time.
+  const federated = clients.some((c) => c.node) || outcome.value.missing_nodes?.length > 0;
+  const missing = outcome.value.missing_nodes ?? [];
   fill(
     el,
+    missing.length
+      ? h("p", { class: "error", role: "status" },
+          `No answer from ${plural(missing.length, "node")} (${missing.join(", ")}): their clients are not listed.`)
+      : null,
     table(
       plural(clients.length, "connected client"),
-      ["Client", "Kind", "Capabilities", "In flight", "Codec", "Token", "Connected"],
+      ["Client", "Kind", ...(federated ? ["Node"] : []), "Capabilities", "In flight", "Codec", "Token", "Connected"],
       clients.map((c) => [
         clientLink(c.id),
         c.kind,
+        ...(federated ? [c.node ?? "—"] : []),
         c.capabilities.length ? c.capabilities.join(", ") : "—",
         num(c.inflight),
         c.codec,
