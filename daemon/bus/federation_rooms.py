@@ -82,6 +82,8 @@ class FederatedRooms:
         self._tasks.append(follow)
         self._tasks.append(loop.create_task(self._reconcile(), name="federation-rooms-reconcile"))
         await nc.subscribe(f"personad.home.{self.node}", cb=self._on_home_call)
+        # An invitee on another node hears of its invitation as a local one does.
+        self.router._room_methods.elsewhere = self.fed.deliver_to
         await nc.subscribe(f"personad.roomreply.{self.node}.>", cb=self._on_reply)
 
     async def close(self) -> None:

@@ -38,6 +38,9 @@ class RoomMethods:
         self._clients = clients
         self._fanout = fanout
         self._max_invitations = max_invitations
+        #: Set by federation: hands a notification to whichever node holds a
+        #: client this node does not (dropped when no node does).
+        self.elsewhere: Callable[[str, dict[str, Any]], None] | None = None
 
     def methods(self) -> dict[str, Callable[[Session, Any], dict[str, Any]]]:
         return {
@@ -104,15 +107,17 @@ class RoomMethods:
                 f"room {params.room!r} has {len(invited)} invitations; the owner removes some first",
             )
         self.rooms.invite(params.room, params.client)
+        notice = {
+            "jsonrpc": "2.0",
+            "method": "room.invited",
+            "params": {"room": params.room, "by": session.client_id},
+        }
         invitee = self._clients.get(params.client)
-        if invitee is not None and invitee not in members:
-            invitee.send(
-                {
-                    "jsonrpc": "2.0",
-                    "method": "room.invited",
-                    "params": {"room": params.room, "by": session.client_id},
-                }
-            )
+        if invitee is not None:
+            if invitee not in members:
+                invitee.send(notice)
+        elif self.elsewhere is not None and all(m.client_id != params.client for m in members):
+            self.elsewhere(params.client, notice)
         return self._room(params.room, members)
 
     def remove(self, session: Session, params: Any) -> dict[str, Any]:

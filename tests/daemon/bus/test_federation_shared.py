@@ -155,6 +155,10 @@ async def test_a_room_spans_a_and_c(cluster: Cluster, state) -> None:
     assert "persona:alice" == (await alice.call("bus.room.join", {"room": "team"}))["owner"]
     await alice.call("bus.room.invite", {"room": "team", "client": "persona:carol"})
     await cluster.settled()
+    # The invitee on C hears of it, as a client on the room's home node would.
+    await eventually(lambda: [n for n in heard["carol"] if n.method == "room.invited"], what="room.invited")
+    (invited,) = [n.params for n in heard["carol"] if n.method == "room.invited"]
+    assert {"room": "team", "by": "persona:alice"} == invited
     await eventually(
         lambda: cluster.nodes["c"].federation.rooms.homes.get("team") == "a", what="C learns the home"
     )
