@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /metrics without a bearer token (default: a token with the 'metrics' grant)",
     )
     bus.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="connections at once (WebSocket clients and HTTP), beyond which a new one is answered 503 "
+        "(env PERSONAD_BUS_MAX_CONNECTIONS; default 10000; lowered to what the open-files limit holds)",
+    )
+    bus.add_argument(
         "--nats",
         default=None,
         metavar="URL",
@@ -302,7 +310,15 @@ def _bus(args: argparse.Namespace, state: StateDir, url: str) -> int:
     except ValueError:
         raise ConfigError(f"PERSONAD_BUS_PORT must be a port number, not {port_text!r}") from None
     origins: tuple[str | None, ...] = (None, *args.allow_origin)
+    limit_text = os.environ.get("PERSONAD_BUS_MAX_CONNECTIONS", "10000")
+    try:
+        max_connections = args.max_connections if args.max_connections is not None else int(limit_text)
+    except ValueError:
+        raise ConfigError(f"PERSONAD_BUS_MAX_CONNECTIONS must be a number, not {limit_text!r}") from None
+    if max_connections < 1:
+        raise ConfigError(f"the connection limit must be at least 1, not {max_connections}")
     config = BusConfig(
+        max_connections=max_connections,
         host=host,
         port=port,
         origins=origins,

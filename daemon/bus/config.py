@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import resource
+from dataclasses import dataclass, field, replace
 
 from protocol.codec import DEFAULT_MAX_MESSAGE_BYTES
+
+log = logging.getLogger("personad.bus")
+
+#: File descriptors the bus keeps beyond its clients' connections: the
+#: listening socket, the event loop's, NATS, the token file, logs, threads.
+FD_HEADROOM = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +61,8 @@ class BusConfig:
     #: event loop keeps serving everyone else meanwhile (the GIL is handed
     #: over every few milliseconds).
     decode_in_thread_bytes: int = 128 * 1024
+    #: Connections at once, WebSocket clients and HTTP door connections
+    #: together; lowered at start when the open-files limit cannot hold them.
     max_connections: int = 10_000
     max_inflight_per_client: int = 256
     #: Bytes queued for one client beyond which it is dropped as a slow
@@ -65,3 +75,35 @@ class BusConfig:
     #: Invitations one room keeps (joined or not); more are OVERLOADED, so a
     #: member cannot grow a room's state, and every room answer, without bound.
     max_room_invitations: int = 256
+
+
+def fit_to_fd_limit(config: BusConfig) -> BusConfig:
+    """``config`` with a connection limit this process's file descriptors can hold.
+
+    Each WebSocket client and each HTTP door connection is one descriptor,
+    and together they are capped at ``max_connections``. The soft RLIMIT_NOFILE (1,024 under
+    systemd unless LimitNOFILE says otherwise) is raised toward what that
+    needs, up to the hard limit; if it still falls short, ``max_connections``
+    is lowered so that a connection too many is answered 503 instead of the
+    bus failing to accept, or to open a file, once descriptors run out.
+    """
+    need = config.max_connections + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return config
+    raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft = raised
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, raised, exc)
+    if soft >= need:
+        return config
+    fitted = max(1, soft - FD_HEADROOM)
+    log.warning(
+        "open-files limit %d: accepting at most %d connections, not %d (raise LimitNOFILE / ulimit -n)",
+        soft,
+        fitted,
+        config.max_connections,
+    )
+    return replace(config, max_connections=fitted)

@@ -59,7 +59,7 @@ from ..envelope import FastMessage, read
 from ..systemd_notify import Notifier
 from ..tokens import TokenEntry, TokenStore
 from ..wsfast import FAST_FRAME_BYTES, fast_server_connection, set_on_frame, swallow, took
-from .config import BusConfig
+from .config import BusConfig, fit_to_fd_limit
 from .handshake import handshake
 from .metrics import Metrics
 from .offload import receive_off_loop
@@ -108,6 +108,7 @@ class Bus:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
+        self.config = fit_to_fd_limit(self.config)
         self._server = await serve(
             self._handle,
             self.config.host,
@@ -237,13 +238,17 @@ class Bus:
             return connection.respond(HTTPStatus.MISDIRECTED_REQUEST, "unknown Host; see --allow-host\n")
         if self.shutting_down:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "the bus is shutting down\n")
-        if self._connections >= self.config.max_connections:
+        if self.connection_count() >= self.config.max_connections:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         if request.headers.get("Authorization") is not None and self._header_token(request) is None:
             self.metrics.closed["unauthenticated"] += 1
             log.warning("refused connection from %s: invalid bearer token", connection.remote_address)
             return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid bearer token\n")
         return None
+
+    def connection_count(self) -> int:
+        """WebSocket clients and HTTP door connections open now: one budget, max_connections."""
+        return self._connections + len(self.http.connections)
 
     def _host_allowed(self, request: HttpRequest) -> bool:
         return self.host_allowed(request.headers.get("Host"))

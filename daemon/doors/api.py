@@ -166,7 +166,7 @@ class HttpApi:
                 response, ErrorCode.FORBIDDEN, f"Origin {origin} is not allowed", HTTPStatus.FORBIDDEN
             )
             return
-        if len(self.connections) > bus.config.max_connections:
+        if bus.connection_count() > bus.config.max_connections:  # this one counts already
             await send_text(response, HTTPStatus.SERVICE_UNAVAILABLE, "too many connections")
             return
         allowed: list[str] = []
