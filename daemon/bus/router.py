@@ -19,6 +19,10 @@ target to stop with ``bus.cancel``), so no request ever hangs.
 * anything else — the client with that id (``persona:demo``).
 
 Everything here is synchronous: routing never waits on a socket.
+
+(A few lines past 500 since federation's cluster-wide ``bus.clients``. The
+seam for the next change: the bus's own methods, ``_call_bus`` and below,
+into a ``bus_methods.py`` beside rooms.py, which serves ``bus.room.*`` so.)
 """
 
 from __future__ import annotations

@@ -248,3 +248,52 @@ async def test_only_a_small_frame_before_hello(bus, state) -> None:
         )
         reply = msgpack.unpackb(await asyncio.wait_for(ws.recv(), WAIT))
         assert {"delivered": 0} == reply["result"]
+
+
+async def test_a_low_open_files_limit_lowers_the_cap_instead_of_failing(state) -> None:
+    """Under 100 open files (hard), the bus says so, caps connections at 36 and answers 503 past it,
+    over WebSocket and HTTP alike, instead of running out of descriptors; its clients go on."""
+    import resource
+    import subprocess
+    import sys
+
+    from websockets.exceptions import InvalidStatus
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "daemon", "--state-dir", str(state.root), "bus", "--port", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=low_limit,
+    )
+    conns = []
+    try:
+        assert proc.stdout is not None
+        seen: list[str] = []
+        while not (seen and seen[-1].startswith("personad bus listening on")):
+            line = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode()
+            assert line, "".join(seen)
+            seen.append(line)
+        url = seen[-1].split()[-1]
+        assert any("accepting at most 36 connections, not 10000" in line for line in seen), seen
+        first = BusClient(url, token=state.admin_token, kind="cli", name="first")
+        await first.start()
+        for _ in range(35):
+            conns.append(await ws_connect(url, subprotocols=["personad.v1.json"]))
+        with pytest.raises(InvalidStatus) as info:
+            await ws_connect(url, subprotocols=["personad.v1.json"])
+        assert 503 == info.value.response.status_code
+        health = url.replace("ws://", "http://") + "/healthz"
+        with pytest.raises(urllib.error.HTTPError) as http_info:
+            await asyncio.to_thread(urllib.request.urlopen, health, timeout=WAIT)
+        http_info.value.close()
+        assert 503 == http_info.value.code
+        assert (await first.call("bus.ping"))["time"] > 0
+        await first.close()
+    finally:
+        for ws in conns:
+            await ws.close()
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), WAIT)
