@@ -555,3 +555,29 @@ async def test_the_console_names_every_error_code_the_protocol_defines(tab: Tab,
             ):
                 codes.update({str(int(c)): c.name for c in value})
     assert codes == table
+
+
+async def test_a_persona_s_page_shows_the_stack_it_runs_now(
+    tab: Tab, console: Console, tmp_path: Path
+) -> None:
+    """A stack loaded at run time (as the demo persona loads its own) is what the header says, not the
+    profile's, which names none; once unloaded, the base model again."""
+    from daemon.inference.adapters import AdapterStore
+    from tests.daemon.inference.conftest import save_random_adapter
+
+    folder = save_random_adapter(
+        console.services.model, tmp_path / "adapter", seed=3, rank=2, targets=["q_proj"], scale=0.01
+    )
+    AdapterStore.for_state(console.services.state.root).import_folder(folder, "consolestyle")
+    target = f"persona:{PERSONA}"
+    await console.call(target, "lora.load_stack", {"name": "consolestyle"})
+    try:
+        await log_in(tab, console)
+        page = tab.page
+        await page.goto(f"{console.http}/#/persona/{PERSONA}/chat")
+        profile = page.locator('dl[aria-label="Profile"]')
+        await expect(profile).to_contain_text("consolestyle (auto)")
+    finally:
+        await console.call(target, "lora.unload")
+    await page.reload()
+    await expect(profile).to_contain_text("base model")

@@ -31,15 +31,22 @@ export async function renderPersona(main, ctx, id, tab) {
     tabs(`${id}'s pages`, panels, tab ?? "chat", (key) => ctx.replace(`#/persona/${id}/${key}`)),
   );
 
-  const [profile, clients, status] = await Promise.allSettled([
+  const [profile, clients, status, lora] = await Promise.allSettled([
     call("cap:registry", "persona.get", { persona_id: id }, { signal: ctx.signal }),
     call("bus", "bus.clients", { kind: "persona" }, { signal: ctx.signal }),
     call(target, "persona.status", {}, { signal: ctx.signal, deadlineMs: 5000 }),
+    // The stack it runs now (it may load one by itself at start); the
+    // registry's profile says only what it was given.
+    call(target, "lora.status", {}, { signal: ctx.signal, deadlineMs: 5000 }),
   ]);
   if (ctx.signal.aborted) return;
   const online = clients.status === "fulfilled" ? clients.value.clients.some((c) => c.id === target) : null;
   const p = profile.status === "fulfilled" ? profile.value.profile : null;
   const st = status.status === "fulfilled" ? status.value : null;
+  const live = lora.status === "fulfilled" ? lora.value : null;
+  const stack = live
+    ? live.stack.length ? `${live.stack.map((s) => s.name).join(" → ")} (${live.mode})` : "base model"
+    : p ? stackText(p) : "—";
   const name = p?.name ?? st?.name ?? id;
   displayName = name;
   ctx.title(name);
@@ -70,7 +77,7 @@ export async function renderPersona(main, ctx, id, tab) {
       { class: "grid-2" },
       figures(
         [
-          ["Stack", p ? stackText(p) : "—"],
+          ["Stack", stack],
           ["Lineage", p ? lineageText(p) : "—"],
           ["Model", p ? p.model || "the inference service's default" : "—"],
           ["Style", p ? `${p.communication.style}, ${p.communication.detail_level}` : "—"],
