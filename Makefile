@@ -9,7 +9,10 @@ STAMP  := $(VENV)/.installed
 # Ajv for the schema tests (tests/schema/), pinned by its package-lock.json.
 AJV    := tests/schema/node_modules/.package-lock.json
 
-.PHONY: up test lint bench system-deps clean
+CONVERT := .venv-convert
+CONVERT_STAMP := $(CONVERT)/.installed
+
+.PHONY: up test lint bench system-deps convert-env clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "personad needs Python 3.11")'
@@ -29,13 +32,29 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps xgrammar==0.2.9
 	touch $@
 
-up: $(STAMP)
+# The exporter that turns the model into OpenVINO IR, once per model
+# (daemon/inference/ov/convert.py). optimum-intel pins an older transformers
+# and huggingface-hub than ours, so it lives apart; a .pth line lets it use
+# .venv's torch and the rest, so it holds only what must differ (~240 MB).
+# optimum-intel itself goes in with --no-deps: its metadata asks for a
+# torchvision that does not load beside the CPU torch, and it never uses it.
+$(CONVERT_STAMP): $(STAMP)
+	$(PYTHON) -m venv $(CONVERT)
+	$(VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])' \
+	  > "$$($(CONVERT)/bin/python -c 'import site; print(site.getsitepackages()[0])')/personad-venv.pth"
+	$(CONVERT)/bin/pip install --quiet optimum==2.3.0 nncf==3.4.0 transformers==5.5.4 torch==2.13.0
+	$(CONVERT)/bin/pip install --quiet --no-deps optimum-intel==2.2.0
+	touch $@
+
+convert-env: $(CONVERT_STAMP)
+
+up: $(STAMP) $(CONVERT_STAMP)
 	@scripts/system-deps up
 	$(VENV)/bin/personad up
 
 # Two workers, a test module each at a time (module fixtures stay shared):
 # most tests wait on real processes, so this halves the wall time on two cores.
-test: $(STAMP) system-deps lint $(AJV)
+test: $(STAMP) $(CONVERT_STAMP) system-deps lint $(AJV)
 	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 system-deps:
@@ -58,4 +77,4 @@ bench: $(STAMP) system-deps
 	$(VENV)/bin/python bench/lineage.py
 
 clean:
-	rm -rf $(VENV) .personad .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CONVERT) .personad .pytest_cache .mypy_cache .ruff_cache

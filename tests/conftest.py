@@ -31,6 +31,10 @@ from daemon.state import StateDir
 
 WAIT = float(os.environ.get("PERSONAD_TEST_WAIT", "15"))
 REPO = Path(__file__).resolve().parent.parent
+# Models exported to OpenVINO IR are kept by content in one cache for every
+# test, worker and later run (an export takes about 40 s), not in each
+# test's state directory. Set here so the services tests start inherit it.
+os.environ.setdefault("PERSONAD_OV_CACHE", str(REPO / ".cache" / "openvino-ir"))
 
 
 @pytest.fixture

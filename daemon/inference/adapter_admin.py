@@ -66,28 +66,7 @@ def in_use(engine: Engine, sha256: str, *, connected: Collection[str] | None = N
     owners = sorted(owner for owner, stack in pins.items() if sha256 in stack)
     if owners:
         return f"its stack is pinned by {', '.join(owners)} (inference.load_stack)"
-    held: dict[str, int] = engine._in_use
-    keys: list[str | None] = [engine._component.get(sha256)]
-    keys += [key for stack, key in engine._cat.items() if sha256 in stack]
-    if any(key is not None and held.get(key) for key in keys):
-        return "a running request is generating with it"
-    swapped = engine._swapped
-    if engine.running and swapped is not None and sha256 in swapped:
-        return "a running request is generating with its merged stack"
-    return None
-
-
-def _forget(engine: Engine, sha256: str) -> None:
-    """Drop every copy of the adapter's weights the engine holds: its slot, cats and merged stacks."""
-    for stack in [s for s in engine._merged if sha256 in s]:
-        if engine._swapped == stack:
-            engine._restore_weights()
-        del engine._merged[stack]
-    for cat in [key for stack, key in engine._cat.items() if sha256 in stack]:
-        engine._delete(cat)
-    component = engine._component.get(sha256)
-    if component is not None:
-        engine._delete(component)
+    return engine.in_use(sha256)
 
 
 def delete_in_engine(
@@ -102,7 +81,7 @@ def delete_in_engine(
         )
     removed_sha, blob_removed = engine.store.delete(params.name, sha256=params.sha256)
     if blob_removed:
-        _forget(engine, removed_sha)
+        engine.forget(removed_sha)
     log.info(
         "deleted adapter %s (%s…), weights %s",
         params.name,

@@ -40,7 +40,17 @@ from protocol.commands.inference import (
 from ..client import BusClient
 from ..errors import ConfigError
 
-__all__ = ["INFERENCE_TARGET", "InferenceBackend", "RemoteBackend", "backend_mode", "open_backend"]
+__all__ = [
+    "DECODERS",
+    "INFERENCE_TARGET",
+    "InferenceBackend",
+    "RemoteBackend",
+    "auto_threads",
+    "backend_mode",
+    "decoder_name",
+    "open_backend",
+    "parse_threads",
+]
 
 INFERENCE_TARGET = "cap:inference"
 TokenCallback = Callable[[TokenParams], Awaitable[None]]
@@ -168,15 +178,60 @@ def backend_mode(explicit: str | None = None) -> Literal["service", "inprocess"]
     return mode  # type: ignore[return-value]
 
 
+#: The engines that decode, by name; the first is the default.
+DECODERS = ("openvino", "torch")
+
+
+def decoder_name(explicit: str | None = None) -> str:
+    """``openvino`` (default) or ``torch``: the argument, else ``$PERSONAD_INFERENCE_BACKEND``."""
+    name = (explicit or os.environ.get("PERSONAD_INFERENCE_BACKEND") or DECODERS[0]).strip().lower()
+    if name not in DECODERS:
+        raise ConfigError(f"the inference backend must be one of {', '.join(DECODERS)}, not {name!r}")
+    return name
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 quota (systemd CPUQuota=)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def auto_threads(cores: int | None = None) -> int:
+    """Decoding threads for the cores free to the service: all but one, which the bus, personas
+    and browser on the same machine need (on two cores, two decoding threads lose to one as soon
+    as anything else runs); at least one."""
+    cores = usable_cores() if cores is None else cores
+    return max(1, cores - 1)
+
+
+def parse_threads(value: str | int | None) -> int:
+    """``--threads``/``$PERSONAD_INFERENCE_THREADS``: a count, or ``auto`` (the default)."""
+    raw = str(value if value is not None else os.environ.get("PERSONAD_INFERENCE_THREADS") or "auto").strip()
+    if raw == "auto":
+        return auto_threads()
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ConfigError(f"threads must be a positive number or 'auto', not {raw!r}")
+    return threads
+
+
 async def open_backend(client: BusClient, *, state_root: Path, mode: str | None = None) -> InferenceBackend:
     """The backend a persona should use: the service, or an engine in this process.
 
-    In-process mode reads ``PERSONAD_MODEL`` and ``PERSONAD_INFERENCE_THREADS``
-    like the service does, and uses the shared adapter store.
+    In-process mode reads ``PERSONAD_MODEL``, ``PERSONAD_INFERENCE_BACKEND`` and
+    ``PERSONAD_INFERENCE_THREADS`` like the service does, and uses the shared adapter store.
     """
     if backend_mode(mode) == "service":
         return RemoteBackend(client)
-    from .engine import AsyncEngine  # torch: only in single-persona mode
+    from .engine import AsyncEngine  # the model's libraries: only in single-persona mode
 
-    threads = os.environ.get("PERSONAD_INFERENCE_THREADS")
-    return await AsyncEngine.open(state_root=state_root, threads=int(threads) if threads else 1)
+    return await AsyncEngine.open(state_root=state_root, threads=parse_threads(None), backend=decoder_name())

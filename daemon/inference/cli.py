@@ -4,7 +4,7 @@ Listed in ``daemon.cli.ROLE_CLI_MODULES``. Importing this module imports no
 torch: each handler imports what it needs when it runs, so ``personad
 --help`` and ``personad adapter list`` stay fast and a persona never loads it.
 
-    personad inference [--model smollm2|PATH] [--threads N] [--name NAME]
+    personad inference [--model smollm2|PATH] [--backend openvino|torch] [--threads N|auto] [--name NAME]
     personad adapter list
     personad adapter import PATH --name NAME
     personad adapter export NAME PATH
@@ -25,6 +25,9 @@ from pathlib import Path
 
 from ..cli_common import call_once, common_parser
 from ..state import StateDir
+from .backend import DECODERS, decoder_name, parse_threads
+from .ov import PRECISIONS
+from .ov.convert import WEIGHT_FORMATS
 
 
 def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Callable[..., int]]:
@@ -38,10 +41,30 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
         "(env PERSONAD_MODEL)",
     )
     inference.add_argument(
-        "--threads",
-        type=int,
+        "--backend",
         default=None,
-        help="torch intra-op threads (env PERSONAD_INFERENCE_THREADS; default 1)",
+        choices=DECODERS,
+        help="the decoder: openvino (default; OpenVINO GenAI, the model exported once to IR) or torch "
+        "(transformers + PEFT, batches several personas) (env PERSONAD_INFERENCE_BACKEND)",
+    )
+    inference.add_argument(
+        "--threads",
+        default=None,
+        help="decoding threads, or 'auto': the usable cores but one (env PERSONAD_INFERENCE_THREADS; "
+        "default auto)",
+    )
+    inference.add_argument(
+        "--ov-weights",
+        default=None,
+        choices=WEIGHT_FORMATS,
+        help="openvino: the IR's weights (env PERSONAD_OV_WEIGHTS; default int8)",
+    )
+    inference.add_argument(
+        "--ov-precision",
+        default=None,
+        choices=tuple(PRECISIONS),
+        help="openvino: f32 (default; what torch computes) or auto (the CPU plugin's choice, bf16 where "
+        "the CPU has it: faster, and it changes the replies) (env PERSONAD_OV_PRECISION)",
     )
     inference.add_argument("--name", default="main", help="client id inference:NAME (default main)")
     inference.add_argument("--max-adapters", type=int, default=16, help="loaded adapter slots (LRU)")
@@ -111,8 +134,8 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
     return {"inference": _inference, "adapter": _adapter}
 
 
-def _threads(value: int | None) -> int:
-    return value or int(os.environ.get("PERSONAD_INFERENCE_THREADS") or 1)
+def _threads(value: str | int | None) -> int:
+    return parse_threads(value)
 
 
 def _inference(args: argparse.Namespace, state: StateDir, url: str) -> int:
@@ -129,7 +152,17 @@ def _inference(args: argparse.Namespace, state: StateDir, url: str) -> int:
         max_waiting_per_owner=args.max_waiting_per_owner,
     )
     runtime.run(
-        serve(state, url=url, name=args.name, model=args.model, threads=_threads(args.threads), limits=limits)
+        serve(
+            state,
+            url=url,
+            name=args.name,
+            model=args.model,
+            threads=_threads(args.threads),
+            limits=limits,
+            backend=decoder_name(args.backend),
+            weight_format=args.ov_weights or os.environ.get("PERSONAD_OV_WEIGHTS"),
+            precision=args.ov_precision or os.environ.get("PERSONAD_OV_PRECISION"),
+        )
     )
     return 0
 

@@ -42,24 +42,22 @@ import torch
 
 from protocol.commands.inference import (
     GenerateParams,
-    GenerateResult,
     InferenceStatus,
     LoadedAdapter,
     LoadStackParams,
     LoadStackResult,
     MergedStack,
-    Timings,
-    TokenParams,
     UnloadParams,
     UnloadResult,
 )
 
 from .adapters import AdapterRecord, AdapterStore
-from .errors import InferenceError, Unsupported
+from .errors import InferenceError
 from .limits import EngineLimits
 from .model import LoadedModel
 from .scheduler import Job, Scheduler
 from .slots import AdapterSlots, Stack
+from .text import TextStream, build_result, encode_prompt, rss_bytes, stop_ids
 
 if TYPE_CHECKING:  # grammar.py imports xgrammar, loaded only for the first constrained request
     from .grammar import Constraint, Grammars
@@ -80,13 +78,11 @@ class _Row:
     mode: str  # requested: auto | merged | unmerged | cat
     prompt_len: int
     length: int  # real tokens in the cache so far (prompt + generated fed back)
-    generated: list[int]
+    text: TextStream  # the generated ids and what was streamed of them
     generator: torch.Generator | None
     queued_ms: float
     prefill_ms: float
     decode_started: float
-    emitted: str = ""
-    pieces: int = 0
     batch_size: int = 1
     finish: str | None = None
     #: The grammar holding this row's tokens (json_schema), None for free text.
@@ -102,7 +98,7 @@ class Engine(AdapterSlots):
         self, loaded: LoadedModel, store: AdapterStore, *, limits: EngineLimits | None = None
     ) -> None:
         super().__init__(loaded, store, limits=limits)
-        self.stop_ids = _stop_ids(loaded)
+        self.stop_ids = stop_ids(getattr(loaded.model, "generation_config", None), loaded.tokenizer)
         self.served = 0
         self.running = 0
         self._grammars: Grammars | None = None
@@ -144,21 +140,32 @@ class Engine(AdapterSlots):
                 self._delete(key)
         return UnloadResult(released=list(params.stack))
 
+    def in_use(self, sha256: str) -> str | None:
+        """What is generating with this adapter now, in words (``adapter.delete`` refuses then)."""
+        keys: list[str | None] = [self._component.get(sha256)]
+        keys += [key for stack, key in self._cat.items() if sha256 in stack]
+        if any(key is not None and self._in_use.get(key) for key in keys):
+            return "a running request is generating with it"
+        if self.running and self._swapped is not None and sha256 in self._swapped:
+            return "a running request is generating with its merged stack"
+        return None
+
+    def forget(self, sha256: str) -> None:
+        """Drop every copy of the adapter's weights: its slot, cats and merged stacks."""
+        for stack in [s for s in self._merged if sha256 in s]:
+            if self._swapped == stack:
+                self._restore_weights()
+            del self._merged[stack]
+        for cat in [key for stack, key in self._cat.items() if sha256 in stack]:
+            self._delete(cat)
+        component = self._component.get(sha256)
+        if component is not None:
+            self._delete(component)
+
     # -- prompts -------------------------------------------------------------------------
 
     def encode(self, params: GenerateParams) -> list[int]:
-        messages = [m.model_dump() for m in params.messages]
-        try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as exc:  # jinja2 TemplateError and friends: the template refused these messages
-            raise Unsupported(f"the model's chat template refused these messages: {exc}") from None
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > self.limits.max_prompt_tokens:
-            raise Unsupported(
-                f"the prompt is {len(ids)} tokens; "
-                f"this engine accepts at most {self.limits.max_prompt_tokens}"
-            )
-        return ids
+        return encode_prompt(self.tokenizer, params, max_prompt_tokens=self.limits.max_prompt_tokens)
 
     def constrain(self, params: GenerateParams) -> Constraint | None:
         """A fresh grammar state for a request with ``json_schema``; None for free text."""
@@ -254,7 +261,7 @@ class Engine(AdapterSlots):
                 mode=job.params.mode,
                 prompt_len=len(ids),
                 length=len(ids),
-                generated=[],
+                text=TextStream(self.tokenizer, job.params, job.emit),
                 generator=_generator(job.params),
                 queued_ms=(started - job.enqueued) * 1000,
                 prefill_ms=0.0,
@@ -320,7 +327,7 @@ class Engine(AdapterSlots):
                 else:
                     names.append(BASE_ROW)
             plan = ("mixed",)
-        tokens = torch.tensor([[r.generated[-1]] for r in rows])
+        tokens = torch.tensor([[r.text.generated[-1]] for r in rows])
         positions = torch.tensor([[r.length] for r in rows])
         out = self._forward(
             plan,
@@ -350,17 +357,9 @@ class Engine(AdapterSlots):
         if token in self.stop_ids:
             row.finish = "stop"
             return
-        row.generated.append(token)
-        text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
-        # A multi-byte character may span tokens: hold back until it is whole.
-        if not text.endswith("\ufffd") and len(text) > len(row.emitted) and params.stream:
-            row.job.emit("token", TokenParams(index=row.pieces, text=text[len(row.emitted) :]))
-            row.pieces += 1
-            row.emitted = text
-        elif not text.endswith("\ufffd"):
-            row.emitted = text
+        row.text.push(token)
         context = getattr(self.base.config, "max_position_embeddings", 1 << 30)
-        if len(row.generated) >= params.max_tokens or row.length + 1 >= context:
+        if len(row.text.generated) >= params.max_tokens or row.length + 1 >= context:
             row.finish = "length"
 
     def _finish(self, row: _Row) -> None:
@@ -369,30 +368,23 @@ class Engine(AdapterSlots):
         if row.failure is not None:
             row.job.emit("error", row.failure)
             return
-        decode_s = max(time.monotonic() - row.decode_started, 1e-9)
-        text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
-        if row.job.params.stream and len(text) > len(row.emitted):
-            row.job.emit("token", TokenParams(index=row.pieces, text=text[len(row.emitted) :]))
+        text = row.text.finish()
         used: Any = "base"
         if row.records:
             used = "cat" if row.batch_size > 1 and row.mode == "auto" else row.mode
             used = "merged" if used == "auto" else used
-        result = GenerateResult(
+        result = build_result(
             text=text,
-            finish_reason="stop" if row.finish == "stop" else "length",
+            finish=row.finish or "length",
             prompt_tokens=row.prompt_len,
-            completion_tokens=len(row.generated),
-            stack=[r.entry for r in row.records],
+            completion_tokens=len(row.text.generated),
+            records=row.records,
             mode=used,
             batch_size=row.batch_size,
             model=self.loaded.name,
-            timings=Timings(
-                queued_ms=round(row.queued_ms, 3),
-                prefill_ms=round(row.prefill_ms, 3),
-                decode_ms=round(decode_s * 1000, 3),
-                total_ms=round(row.queued_ms + row.prefill_ms + decode_s * 1000, 3),
-                tokens_per_s=round(len(row.generated) / decode_s, 3),
-            ),
+            queued_ms=row.queued_ms,
+            prefill_ms=row.prefill_ms,
+            decode_started=row.decode_started,
             constrained=row.constraint is not None,
         )
         row.job.emit("done", result)
@@ -407,7 +399,7 @@ class Engine(AdapterSlots):
             model_bytes=self.loaded.bytes,
             threads=torch.get_num_threads(),
             pid=os.getpid(),
-            rss_bytes=_rss_bytes(),
+            rss_bytes=rss_bytes(),
             slots_used=len(self._slots),
             slots_capacity=self.limits.max_adapters,
             merged_capacity=self.limits.max_merged,
@@ -431,16 +423,8 @@ class Engine(AdapterSlots):
             served=self.served,
             hotswaps=self.hotswaps,
             evictions=self.evictions,
+            backend="torch",
         )
-
-
-def _rss_bytes() -> int:
-    """This process's resident set (Linux /proc; 0 where there is none), without psutil."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _compatible(rows: list[_Row], job: Job) -> bool:
@@ -450,17 +434,6 @@ def _compatible(rows: list[_Row], job: Job) -> bool:
     if job.params.mode in explicit or any(r.mode in explicit for r in rows):
         return all(r.stack == stack and r.mode == job.params.mode for r in rows)
     return True
-
-
-def _stop_ids(loaded: LoadedModel) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(loaded.model, "generation_config", None), loaded.tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value)
-    return ids
 
 
 def _generator(params: GenerateParams) -> torch.Generator | None:

@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from protocol import ErrorCode, RpcError
 from protocol.commands.inference import (
@@ -46,12 +46,19 @@ from .limits import EngineLimits
 from .model import LoadedModel
 from .scheduler import Call, Job, Scheduler
 
-__all__ = ["WORKER_THREAD_NAME", "AsyncEngine", "Engine", "EngineLimits"]
+if TYPE_CHECKING:
+    from .scheduler import AnyEngine
+
+__all__ = ["OV_DEFAULTS", "WORKER_THREAD_NAME", "AsyncEngine", "Engine", "EngineLimits"]
 
 log = logging.getLogger("personad.inference.engine")
 
 T = TypeVar("T")
 TokenCallback = Callable[[TokenParams], Awaitable[None]]
+
+#: What the openvino backend runs unless told otherwise: per-channel int8
+#: weights, computed in fp32 (see ov/engine.py's PRECISIONS and bench/README.md).
+OV_DEFAULTS = {"weight_format": "int8", "precision": "f32"}
 
 #: The worker thread's name (one per open engine), for operators reading a
 #: thread dump and for tests that check it ends.
@@ -71,7 +78,7 @@ class AsyncEngine:
         self._scheduler = Scheduler(
             max_waiting=limits.max_waiting, max_waiting_per_owner=limits.max_waiting_per_owner
         )
-        self._engine: Engine | None = None
+        self._engine: AnyEngine | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -85,21 +92,43 @@ class AsyncEngine:
         limits: EngineLimits | None = None,
         store: AdapterStore | None = None,
         loaded: LoadedModel | None = None,
+        backend: str = "torch",
+        precision: str | None = None,
+        weight_format: str | None = None,
     ) -> AsyncEngine:
-        """Start the worker thread and load the model on it (the loop stays free meanwhile)."""
+        """Start the worker thread and load the model on it (the loop stays free meanwhile).
+
+        ``backend``: ``torch`` (``decoding.py``; also whenever ``loaded`` is
+        given) or ``openvino`` (``ov/engine.py``, which exports the model to
+        IR first if it has not been; ``weight_format`` and ``precision``
+        choose what it runs, defaults in :data:`OV_DEFAULTS`).
+        """
         self = cls(limits=limits)
         adapters = store or AdapterStore.for_state(state_root)
 
-        def build() -> Engine:
+        def build() -> AnyEngine:
+            if backend == "openvino" and loaded is None:
+                from .ov.engine import OVEngine, load_ov_model
+
+                ov_model = load_ov_model(
+                    model, state_root=state_root, weight_format=weight_format or OV_DEFAULTS["weight_format"]
+                )
+                return OVEngine(
+                    ov_model,
+                    adapters,
+                    limits=limits,
+                    threads=threads or 1,
+                    precision=precision or OV_DEFAULTS["precision"],
+                )
             from .model import load_model
 
             base = loaded or load_model(model, state_root=state_root, threads=threads)
             return Engine(base, adapters, limits=limits)
 
         loop = asyncio.get_running_loop()
-        ready: asyncio.Future[Engine] = loop.create_future()
+        ready: asyncio.Future[AnyEngine] = loop.create_future()
 
-        def started(engine: Engine | None, exc: BaseException | None) -> None:
+        def started(engine: AnyEngine | None, exc: BaseException | None) -> None:
             if not ready.done():
                 if exc is not None:
                     ready.set_exception(exc)
@@ -107,7 +136,7 @@ class AsyncEngine:
                     assert engine is not None
                     ready.set_result(engine)
 
-        def post(engine: Engine | None, exc: BaseException | None) -> None:
+        def post(engine: AnyEngine | None, exc: BaseException | None) -> None:
             loop.call_soon_threadsafe(started, engine, exc)
 
         # A daemon thread: owners close us (the service on exit, a persona on
@@ -125,13 +154,13 @@ class AsyncEngine:
         return self
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> AnyEngine:
         if self._engine is None:
             raise EngineClosed("the inference engine is not running")
         return self._engine
 
     def _work(
-        self, build: Callable[[], Engine], post: Callable[[Engine | None, BaseException | None], None]
+        self, build: Callable[[], AnyEngine], post: Callable[[AnyEngine | None, BaseException | None], None]
     ) -> None:
         try:
             engine = build()
@@ -154,7 +183,7 @@ class AsyncEngine:
                     log.exception("batch failed")
 
     @staticmethod
-    def _run_call(engine: Engine, call: Call) -> None:
+    def _run_call(engine: AnyEngine, call: Call) -> None:
         try:
             engine.reset()
             result = call.fn(engine)
@@ -163,7 +192,7 @@ class AsyncEngine:
         else:
             call.done(result, None)
 
-    async def run(self, fn: Callable[[Engine], T]) -> T:
+    async def run(self, fn: Callable[[AnyEngine], T]) -> T:
         """Run ``fn(engine)`` on the worker thread, between decode steps."""
         if self._closed:
             raise EngineClosed("the inference engine has stopped")

@@ -99,6 +99,34 @@ class Constraint:
         return bool(self.matcher.is_terminated())
 
 
+def json_schema_ebnf(schema: dict[str, Any]) -> str:
+    """``schema`` as xgrammar EBNF: compact (no free whitespace) and strict, as :meth:`Grammars.compile`.
+
+    For engines that take a grammar as text (OpenVINO GenAI's
+    ``StructuredOutputConfig(grammar=...)``): the same grammar the torch
+    engine compiles, so both hold a reply to the same shape.
+    """
+    import xgrammar as xgr
+
+    try:
+        key = canonical_schema(schema)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSchema(f"invalid params: json_schema: not JSON: {exc}") from None
+    try:
+        text = str(xgr.Grammar.from_json_schema(key, any_whitespace=False, strict_mode=True))
+    except (RuntimeError, ValueError) as exc:
+        reason = _CPP_PREFIX.sub("", str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
+        raise InvalidSchema(
+            f"invalid params: json_schema: xgrammar cannot compile it: {reason or type(exc).__name__}"
+        ) from None
+    # xgrammar prints an unbounded repeat as {m, -1}, which its own parser (and
+    # the one OpenVINO GenAI bundles) reads only as {m,}.
+    return _UNBOUNDED.sub(r"{\1,}", text)
+
+
+_UNBOUNDED = re.compile(r"\{(\d+), -1\}")
+
+
 class Grammars:
     """Compiles JSON Schemas for one tokenizer, with an LRU of compiled grammars.
 

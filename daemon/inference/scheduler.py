@@ -41,8 +41,14 @@ from protocol.commands.inference import GenerateParams
 from .errors import EngineClosed, Overloaded
 from .limits import EngineLimits
 
-if TYPE_CHECKING:  # for the annotation only: importing the engine imports torch
+if TYPE_CHECKING:  # for the annotation only: importing an engine imports torch or openvino
+    from typing import TypeAlias
+
     from .decoding import Engine
+    from .ov.engine import OVEngine
+
+    #: Either worker-thread engine: torch (decoding.py) or OpenVINO (ov/engine.py).
+    AnyEngine: TypeAlias = Engine | OVEngine
 
 __all__ = ["Call", "Job", "Scheduler"]
 
@@ -63,7 +69,7 @@ class Job:
 class Call:
     """An admin call: ``fn(engine)`` on the worker thread, its outcome passed to ``done``."""
 
-    fn: Callable[[Engine], Any]
+    fn: Callable[[AnyEngine], Any]
     done: Callable[[Any, BaseException | None], None]
 
 

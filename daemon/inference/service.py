@@ -167,6 +167,9 @@ async def serve(
     model: str | None = None,
     threads: int = 1,
     limits: Any = None,
+    backend: str = "openvino",
+    weight_format: str | None = None,
+    precision: str | None = None,
 ) -> None:
     """Load the model, join the bus, serve until SIGTERM/SIGINT (``personad inference``)."""
     from .engine import AsyncEngine, EngineLimits
@@ -177,19 +180,27 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "loading the model (%s, %d thread(s))",
+        "loading the model (%s, %s backend, %d thread(s))",
         model or os.environ.get("PERSONAD_MODEL") or "smollm2",
+        backend,
         threads,
     )
     engine = await AsyncEngine.open(
-        state_root=state.root, model=model, threads=threads, limits=limits or EngineLimits()
+        state_root=state.root,
+        model=model,
+        threads=threads,
+        limits=limits or EngineLimits(),
+        backend=backend,
+        weight_format=weight_format,
+        precision=precision,
     )
     try:
         status = await engine.status()
         log.info(
-            "model %s loaded from %s (%.0f MB of weights, RSS %.0f MB)",
+            "model %s loaded from %s (%s, %.0f MB of weights, RSS %.0f MB)",
             status.model,
             status.model_path,
+            status.backend,
             status.model_bytes / 1e6,
             status.rss_bytes / 1e6,
         )

@@ -52,6 +52,7 @@ from .adapters import WEIGHTS_FILE, AdapterRecord, AdapterStore, read_safetensor
 from .errors import AdapterCorrupt, AdapterIncompatible, Unsupported
 from .limits import EngineLimits
 from .model import LoadedModel
+from .text import resolve_chain
 
 __all__ = ["AdapterSlots", "Stack"]
 
@@ -112,15 +113,7 @@ class AdapterSlots:
 
     def resolve(self, entries: Sequence[StackEntry]) -> list[AdapterRecord]:
         """Pinned entries to records, checking the chain is a real parent chain."""
-        records = [self.store.by_hash(e) for e in entries]
-        for i, record in enumerate(records):
-            expected = records[i - 1].name if i else None
-            if record.parent != expected:
-                raise Unsupported(
-                    f"stack {[r.name for r in records]} is not a parent chain: "
-                    f"{record.name!r} follows {expected!r}"
-                )
-        return records
+        return resolve_chain(self.store, entries)
 
     def _check_shapes(self, record: AdapterRecord) -> None:
         """AdapterIncompatible unless every LoRA matrix fits a Linear layer of this model.

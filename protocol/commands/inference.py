@@ -307,7 +307,7 @@ class InferenceStatus(StrictModel):
     model: str = Field(description="the base model's name")
     model_path: str = Field(description="where its weights are")
     model_bytes: int = Field(description="size of the weights")
-    threads: int = Field(description="CPU threads torch uses")
+    threads: int = Field(description="CPU threads the engine decodes with")
     pid: int = Field(description="the engine's process id")
     rss_bytes: int = Field(description="the process's resident memory")
     slots_used: int = Field(description="adapter slots in use")
@@ -320,6 +320,9 @@ class InferenceStatus(StrictModel):
     served: int = Field(description="requests completed since start")
     hotswaps: int = Field(description="adapters loaded by swapping tensors into a slot")
     evictions: int = Field(description="adapters unloaded to make room")
+    backend: Literal["torch", "openvino"] = Field(
+        "torch", description="the engine decoding: torch (transformers + PEFT) or openvino (OpenVINO GenAI)"
+    )
 
 
 register(

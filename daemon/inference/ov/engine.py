@@ -1,0 +1,535 @@
+"""The OpenVINO GenAI backend: the same requests and results as ``decoding.py``, decoded faster.
+
+:class:`OVEngine` is a worker-thread engine like :class:`~daemon.inference.decoding.Engine`
+(``engine.py``'s :class:`~daemon.inference.engine.AsyncEngine` runs either): it
+takes the scheduler's jobs one at a time and answers them with an
+``openvino_genai.LLMPipeline`` over the model's IR (``convert.py``).
+
+What a persona sees is the torch engine's: the prompt goes through the same
+chat template and tokenizer (``text.py``) and the ids are handed over as they
+are; the ids that come back are streamed and decoded by the same code; the
+stop tokens, the length bound, the result and its timings are the same.
+
+LoRA stacks are applied per request, natively: the pipeline holds one
+``Adapter`` per stored level (LRU, ``max_adapters``) and each request passes
+its stack as an ``AdapterConfig``; switching stacks reloads nothing. Four
+traps of the library, each of which silently gives base-model or wrong
+output, are handled here and each has a regression test
+(``tests/daemon/inference/test_ov_engine.py``):
+
+1. the default attention backend (paged attention) caches prompt prefixes
+   across requests and reuses state computed under one adapter set for
+   another; :data:`PIPELINE_PROPERTIES` selects SDPA, which has no such cache;
+2. the alpha an ``AdapterConfig`` takes is the effective scale, PEFT's
+   ``lora_alpha / r`` (``alpha / sqrt(r)`` with rsLoRA), not ``lora_alpha``;
+3. a pipeline built without adapters ignores adapters given later; it is
+   built with a zero adapter over every projection of every layer
+   registered (:func:`registration_adapter`), so any later adapter finds its
+   modules;
+4. a request without a ``GenerationConfig.adapters`` runs the build-time set,
+   not the base model: a base request passes an empty ``AdapterConfig``.
+
+Batching: a pipeline cannot decode requests with different adapter sets in
+one call, and two threads must not call one pipeline at once, so requests
+run one after the other; the scheduler hands them out round-robin across
+owners, which is what keeps personas fair.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import openvino_genai as og
+
+from protocol.commands.inference import (
+    GenerateParams,
+    InferenceStatus,
+    LoadedAdapter,
+    LoadStackParams,
+    LoadStackResult,
+    StackEntry,
+    UnloadParams,
+    UnloadResult,
+)
+
+from ..adapters import WEIGHTS_FILE, AdapterRecord, AdapterStore, read_safetensors_header
+from ..errors import AdapterIncompatible, InferenceError, ModelUnavailable, Unsupported
+from ..limits import EngineLimits
+from ..scheduler import Job, Scheduler
+from ..text import TextStream, build_result, encode_prompt, resolve_chain, rss_bytes, stop_ids
+from . import PRECISIONS
+
+__all__ = ["PIPELINE_PROPERTIES", "PRECISIONS", "OVEngine", "OVModel", "registration_adapter"]
+
+log = logging.getLogger("personad.inference.ov")
+
+#: Always: SDPA attention (trap 1: no prefix cache shared across adapter sets).
+PIPELINE_PROPERTIES: dict[str, Any] = {"ATTENTION_BACKEND": "SDPA"}
+
+REGISTRATION_FILE = "lora-registration.safetensors"
+
+
+@dataclass
+class OVModel:
+    """A model ready for the OpenVINO backend: its IR, tokenizer and the shapes adapters must fit."""
+
+    name: str
+    #: The Hugging Face folder (what adapters are trained against, and what training loads).
+    path: Path
+    ir: Path
+    tokenizer: Any
+    config: dict[str, Any]
+    #: Weight name -> [rows, cols] for every matrix of the Hugging Face model.
+    shapes: dict[str, list[int]]
+    bytes: int
+    load_s: float = 0.0
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What an adapter must agree with (the same keys as ``LoadedModel.fingerprint``)."""
+        return {
+            k: self.config.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+        }
+
+
+def load_ov_model(
+    spec: str | os.PathLike[str] | None,
+    *,
+    state_root: Path,
+    weight_format: str = "int8",
+    on_progress: Callable[[str], None] | None = None,
+) -> OVModel:
+    """Find the model, export it to IR once (cached in ``$PERSONAD_OV_CACHE``, else
+    ``<state>/cache/models/openvino``)."""
+    from ..model import _quiet, cache_root, resolve_model_path
+    from .convert import IR_CACHE_ENV, IR_FILE, ensure_ir
+
+    name, folder = resolve_model_path(spec, state_root=state_root)
+    started = time.monotonic()
+    cache = Path(os.environ.get(IR_CACHE_ENV) or cache_root(state_root) / "openvino")
+    ir = ensure_ir(folder, cache, weight_format=weight_format, on_progress=on_progress)
+    from transformers import AutoTokenizer
+
+    try:
+        with _quiet():
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        config = json.loads((folder / "config.json").read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"cannot load the tokenizer or config in {folder}: {exc}") from None
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ModelUnavailable(f"the tokenizer in {folder} has no chat template; a chat model is needed")
+    shapes: dict[str, list[int]] = {}
+    for weights in sorted(folder.glob("*.safetensors")):
+        for key, info in read_safetensors_header(weights).items():
+            if len(info["shape"]) == 2:
+                shapes[key] = list(info["shape"])
+    return OVModel(
+        name=name,
+        path=folder,
+        ir=ir,
+        tokenizer=tokenizer,
+        config=config,
+        shapes=shapes,
+        bytes=(ir / IR_FILE).with_suffix(".bin").stat().st_size,
+        load_s=time.monotonic() - started,
+    )
+
+
+def registration_adapter(model: OVModel) -> Path:
+    """A rank-1 all-zero LoRA over every matrix of every layer, to build the pipeline with (trap 3).
+
+    The pipeline only gets LoRA inputs for the modules of the adapters it is
+    built with; registering all of them lets any later adapter apply. Zero
+    weights at alpha 0 change nothing.
+    """
+    from safetensors.numpy import save_file
+
+    path = model.ir / REGISTRATION_FILE
+    if path.exists():
+        return path
+    tensors: dict[str, Any] = {}
+    for key, (rows, cols) in model.shapes.items():
+        if ".layers." not in key or not key.endswith(".weight"):
+            continue
+        module = key.removesuffix(".weight")
+        tensors[f"base_model.model.{module}.lora_A.weight"] = np.zeros((1, cols), dtype=np.float32)
+        tensors[f"base_model.model.{module}.lora_B.weight"] = np.zeros((rows, 1), dtype=np.float32)
+    if not tensors:
+        raise ModelUnavailable(f"{model.path}: found no layer matrices to apply LoRA adapters to")
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class _Adapter:
+    handle: Any  # openvino_genai.Adapter
+    record: AdapterRecord
+    scale: float
+    names: set[str] = field(default_factory=set)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class OVEngine:
+    """The engine a worker thread runs, on OpenVINO GenAI: one request at a time, any stack."""
+
+    backend = "openvino"
+
+    def __init__(
+        self,
+        model: OVModel,
+        store: AdapterStore,
+        *,
+        limits: EngineLimits | None = None,
+        threads: int = 1,
+        precision: str = "f32",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ModelUnavailable(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        self.loaded = model
+        self.tokenizer = model.tokenizer
+        self.store = store
+        self.limits = limits or EngineLimits()
+        self.threads = max(1, threads)
+        self.precision = precision
+        self.stop_ids = stop_ids(_GenerationDefaults(model.path), model.tokenizer)
+        registration = og.AdapterConfig()
+        registration.add(og.Adapter(str(registration_adapter(model))), 0.0)
+        started = time.monotonic()
+        try:
+            self._pipe = og.LLMPipeline(
+                str(model.ir),
+                "CPU",
+                adapters=registration,
+                INFERENCE_NUM_THREADS=self.threads,
+                **PIPELINE_PROPERTIES,
+                **PRECISIONS[precision],
+            )
+        except RuntimeError as exc:
+            raise ModelUnavailable(f"OpenVINO cannot compile {model.ir}: {str(exc)[:500]}") from None
+        model.load_s += time.monotonic() - started
+        self._adapters: OrderedDict[str, _Adapter] = OrderedDict()  # sha256 -> loaded; LRU, oldest first
+        self._pins: dict[str, tuple[str, ...]] = {}
+        self._in_use: dict[str, int] = {}  # sha256 -> requests running with it
+        self._grammars: OrderedDict[str, str] = OrderedDict()  # schema -> EBNF; LRU
+        self.served = 0
+        self.running = 0
+        self.hotswaps = 0
+        self.evictions = 0
+
+    # -- adapters ------------------------------------------------------------------------
+
+    def resolve(self, entries: Sequence[StackEntry]) -> list[AdapterRecord]:
+        return resolve_chain(self.store, entries)
+
+    def check_shapes(self, record: AdapterRecord) -> None:
+        """AdapterIncompatible unless every LoRA matrix fits a matrix of this model (from headers only)."""
+        for key, info in read_safetensors_header(record.path / WEIGHTS_FILE).items():
+            module, _, rest = key.partition(".lora_")
+            module = module.removeprefix("base_model.model.")
+            shape = self.loaded.shapes.get(f"{module}.weight")
+            if shape is None:
+                raise AdapterIncompatible(
+                    f"adapter {record.name!r} targets {module}, which {self.loaded.name} does not have "
+                    "(it was made for another base model)"
+                )
+            rows, cols = info["shape"]
+            if rest.startswith("A.") and cols != shape[1]:
+                raise AdapterIncompatible(
+                    f"adapter {record.name!r}: {module} takes {shape[1]} inputs in {self.loaded.name} "
+                    f"but the adapter expects {cols} (made for another base model)"
+                )
+            if rest.startswith("B.") and rows != shape[0]:
+                raise AdapterIncompatible(
+                    f"adapter {record.name!r}: {module} has {shape[0]} outputs in {self.loaded.name} "
+                    f"but the adapter expects {rows} (made for another base model)"
+                )
+
+    # merge.py and adapter_admin.py call the torch engine's name for it.
+    _check_shapes = check_shapes
+
+    def _adapter(self, record: AdapterRecord) -> _Adapter:
+        loaded = self._adapters.get(record.sha256)
+        if loaded is not None:
+            self._adapters.move_to_end(record.sha256)
+            loaded.last_used = time.monotonic()
+            loaded.names.add(record.name)
+            return loaded
+        self.store.verify(record)
+        self.check_shapes(record)
+        config = json.loads((record.path / "adapter_config.json").read_text("utf-8"))
+        if config.get("rank_pattern") or config.get("alpha_pattern"):
+            raise Unsupported(
+                f"adapter {record.name!r} has per-module ranks or alphas (rank_pattern/alpha_pattern), "
+                "which the openvino backend cannot apply; use --backend torch"
+            )
+        rank = int(config.get("r") or record.rank)
+        alpha = float(config.get("lora_alpha") or record.alpha)
+        # Trap 2: OpenVINO takes the effective scale, as PEFT computes it.
+        scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+        try:
+            handle = og.Adapter(str(record.path / WEIGHTS_FILE))
+        except RuntimeError as exc:
+            raise InferenceError(f"OpenVINO cannot read adapter {record.name!r}: {str(exc)[:300]}") from None
+        self._make_room()
+        loaded = _Adapter(handle=handle, record=record, scale=scale, names={record.name})
+        self._adapters[record.sha256] = loaded
+        return loaded
+
+    def _make_room(self) -> None:
+        while len(self._adapters) >= self.limits.max_adapters:
+            pinned = {sha for stack in self._pins.values() for sha in stack}
+            victim = next(
+                (sha for sha in self._adapters if not self._in_use.get(sha) and sha not in pinned), None
+            )
+            if victim is None:
+                victim = next((sha for sha in self._adapters if not self._in_use.get(sha)), None)
+            if victim is None:
+                return  # every one is running now: go over the bound rather than fail a request
+            del self._adapters[victim]
+            self.evictions += 1
+
+    def _adapter_config(self, records: Sequence[AdapterRecord]) -> Any:
+        config = og.AdapterConfig()  # trap 4: empty for the base model, never left unset
+        for record in records:
+            loaded = self._adapter(record)
+            config.add(loaded.handle, loaded.scale)
+        return config
+
+    def reset(self) -> None:
+        """Nothing to restore between calls: every request carries its whole adapter set."""
+
+    def in_use(self, sha256: str) -> str | None:
+        if self._in_use.get(sha256):
+            return "a running request is generating with it"
+        return None
+
+    def forget(self, sha256: str) -> None:
+        self._adapters.pop(sha256, None)
+
+    # -- stacks an owner keeps warm ------------------------------------------------------
+
+    def load_stack(self, params: LoadStackParams, owner: str) -> LoadStackResult:
+        started = time.perf_counter()
+        records = self.store.resolve(params.name)
+        for record in records:
+            self._adapter(record)
+        self._pins[owner] = tuple(r.sha256 for r in records)
+        return LoadStackResult(
+            stack=[r.info() for r in records],
+            mode=params.mode,
+            load_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def unload(self, params: UnloadParams, owner: str) -> UnloadResult:
+        stack = tuple(e.sha256 for e in params.stack)
+        if self._pins.get(owner) == stack:
+            del self._pins[owner]
+        still_needed = {sha for pin in self._pins.values() for sha in pin}
+        for sha in stack:
+            if sha not in still_needed and not self._in_use.get(sha):
+                self._adapters.pop(sha, None)
+        return UnloadResult(released=list(params.stack))
+
+    # -- generation ----------------------------------------------------------------------
+
+    def run_batch(self, first: list[Job], scheduler: Scheduler, between_steps: Callable[[], None]) -> None:
+        """Answer ``first``, one request at a time (the scheduler hands the next one out fairly)."""
+        for job in first:
+            if scheduler.closed:
+                job.emit("closed", None)
+                continue
+            between_steps()
+            self._serve(job)
+
+    def _serve(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            return
+        started = time.monotonic()
+        held: tuple[str, ...] = ()
+        try:
+            records = self.resolve(job.params.stack)
+            ids = encode_prompt(self.tokenizer, job.params, max_prompt_tokens=self.limits.max_prompt_tokens)
+            config = self._generation_config(job.params, records, len(ids))
+            held = tuple(r.sha256 for r in records)
+            for sha in held:
+                self._in_use[sha] = self._in_use.get(sha, 0) + 1
+            self.running = 1
+            streamer = _Streamer(TextStream(self.tokenizer, job.params, job.emit), self.stop_ids, job)
+            result = self._pipe.generate(_inputs(ids), config, streamer)
+        except InferenceError as exc:
+            job.emit("error", exc)
+            return
+        except Exception as exc:
+            log.exception("request from %s failed", job.owner)
+            job.emit("error", InferenceError(f"the openvino backend failed this request: {str(exc)[:300]}"))
+            return
+        finally:
+            self.running = 0
+            for sha in held:
+                self._in_use[sha] -= 1
+        self.served += 1
+        if streamer.failure is not None:
+            job.emit("error", streamer.failure)
+            return
+        if job.cancelled.is_set():
+            return
+        metrics = result.perf_metrics
+        prefill_ms = float(metrics.get_ttft().mean)
+        finish = "stop" if streamer.stopped else "length"
+        job.emit(
+            "done",
+            build_result(
+                text=streamer.text.finish(),
+                finish=finish,
+                prompt_tokens=len(ids),
+                completion_tokens=len(streamer.text.generated),
+                records=records,
+                mode="unmerged" if records else "base",
+                batch_size=1,
+                model=self.loaded.name,
+                queued_ms=(started - job.enqueued) * 1000,
+                prefill_ms=prefill_ms,
+                decode_started=streamer.first_token_at or time.monotonic(),
+                constrained=job.params.json_schema is not None,
+            ),
+        )
+
+    def _generation_config(
+        self, params: GenerateParams, records: Sequence[AdapterRecord], prompt: int
+    ) -> Any:
+        config = self._pipe.get_generation_config()
+        context = int(self.loaded.config.get("max_position_embeddings") or 1 << 30)
+        config.max_new_tokens = max(1, min(params.max_tokens, context - prompt - 1))
+        config.min_new_tokens = 0
+        config.ignore_eos = False
+        config.stop_token_ids = set(self.stop_ids)
+        config.stop_strings = set()
+        config.num_return_sequences = 1
+        config.repetition_penalty = 1.0
+        config.adapters = self._adapter_config(records)
+        if params.temperature == 0:
+            config.do_sample = False
+        else:
+            config.do_sample = True
+            config.temperature = params.temperature
+            config.top_p = params.top_p
+            config.top_k = 0
+            config.rng_seed = (
+                params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
+            )
+        if params.json_schema is not None:
+            config.structured_output_config = og.StructuredOutputConfig(
+                grammar=self._grammar(params.json_schema)
+            )
+        return config
+
+    def _grammar(self, schema: dict[str, Any]) -> str:
+        """The schema's grammar as text, from a small LRU (``max_grammars``): building it costs ms."""
+        key = json.dumps(schema, sort_keys=True)
+        text = self._grammars.get(key)
+        if text is None:
+            from ..grammar import json_schema_ebnf
+
+            text = json_schema_ebnf(schema)
+            self._grammars[key] = text
+            while len(self._grammars) > self.limits.max_grammars:
+                self._grammars.popitem(last=False)
+        self._grammars.move_to_end(key)
+        return text
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self, waiting: int) -> InferenceStatus:
+        now = time.monotonic()
+        return InferenceStatus(
+            model=self.loaded.name,
+            model_path=str(self.loaded.ir),
+            model_bytes=self.loaded.bytes,
+            threads=self.threads,
+            pid=os.getpid(),
+            rss_bytes=rss_bytes(),
+            slots_used=len(self._adapters),
+            slots_capacity=self.limits.max_adapters,
+            merged_capacity=0,
+            loaded=[
+                LoadedAdapter(
+                    slot=sha[:12],
+                    sha256=sha,
+                    names=sorted(a.names),
+                    rank=a.record.rank,
+                    combined=False,
+                    idle_s=round(now - a.last_used, 3),
+                )
+                for sha, a in self._adapters.items()
+            ],
+            merged=[],
+            waiting=waiting,
+            running=self.running,
+            served=self.served,
+            hotswaps=self.hotswaps,
+            evictions=self.evictions,
+            backend="openvino",
+        )
+
+
+class _GenerationDefaults:
+    """The eos ids of a model's generation_config.json, without transformers' GenerationConfig."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            self.eos_token_id = json.loads((folder / "generation_config.json").read_text("utf-8")).get(
+                "eos_token_id"
+            )
+        except (OSError, ValueError):
+            self.eos_token_id = None
+
+
+def _inputs(ids: list[int]) -> Any:
+    return og.TokenizedInputs(
+        ov.Tensor(np.array([ids], dtype=np.int64)), ov.Tensor(np.ones((1, len(ids)), dtype=np.int64))
+    )
+
+
+class _Streamer(og.StreamerBase):  # type: ignore[misc]
+    """Receives each generated id from the pipeline: streams its text, ends on a stop id or cancel."""
+
+    def __init__(self, text: TextStream, stops: set[int], job: Job) -> None:
+        super().__init__()
+        self.text = text
+        self.stops = stops
+        self.job = job
+        self.stopped = False
+        self.failure: InferenceError | None = None
+        self.first_token_at: float | None = None
+
+    def write(self, token: Any) -> Any:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        for value in token if isinstance(token, list) else [token]:
+            if int(value) in self.stops:
+                self.stopped = True
+                return og.StreamingStatus.STOP
+            try:
+                self.text.push(int(value))
+            except Exception as exc:  # never let an exception cross into the C++ loop
+                self.failure = InferenceError(f"streaming failed: {exc}")
+                return og.StreamingStatus.CANCEL
+        if self.job.cancelled.is_set():
+            return og.StreamingStatus.CANCEL
+        return og.StreamingStatus.RUNNING
+
+    def end(self) -> None:
+        """Nothing to flush: the result carries whatever was held back."""

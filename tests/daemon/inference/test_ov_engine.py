@@ -1,0 +1,362 @@
+"""The OpenVINO backend against the torch one: same requests, same answers, same errors.
+
+Real components: the tiny Llama exported to OpenVINO IR by the real exporter
+(``.venv-convert``, once, cached by content in ``$PERSONAD_OV_CACHE``), run by
+OpenVINO GenAI, beside the same model in transformers + PEFT. The exact
+comparisons use fp32 weights computed in fp32 (``precision="f32"``), where
+the two engines must choose the same greedy tokens; the default int8
+weights are held to the real model's figures in ``bench/inference.py``.
+
+Each of the library's four traps (``daemon/inference/ov/engine.py``) has a
+test here that fails if the engine falls into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors import safe_open
+
+from daemon.errors import ConfigError
+from daemon.inference.adapter_admin import delete_in_engine
+from daemon.inference.adapters import WEIGHTS_FILE, AdapterBusy, AdapterRecord, AdapterStore
+from daemon.inference.backend import auto_threads, decoder_name, parse_threads
+from daemon.inference.engine import AsyncEngine
+from daemon.inference.errors import AdapterCorrupt, AdapterIncompatible, ModelUnavailable
+from daemon.inference.limits import EngineLimits
+from daemon.inference.ov.convert import CONVERT_PYTHON_ENV, IR_CACHE_ENV
+from protocol import ErrorCode, RpcError
+from protocol.commands.adapters import AdapterDeleteParams
+from protocol.commands.inference import (
+    GenerateParams,
+    LoadStackParams,
+    StackEntry,
+    TokenParams,
+    UnloadParams,
+)
+
+from .conftest import BEHAVIOURS, LORA_TARGETS, PROMPTS
+
+ChatParams = Callable[..., GenerateParams]
+
+
+def ask(prompt: str, stack: list[StackEntry] | None = None, **kw: Any) -> GenerateParams:
+    return GenerateParams(
+        messages=[{"role": "user", "content": prompt}],
+        stack=stack or [],
+        max_tokens=kw.pop("max_tokens", 16),
+        temperature=kw.pop("temperature", 0),
+        **kw,
+    )
+
+
+def stack_of(store: AdapterStore, name: str) -> list[StackEntry]:
+    return [r.entry for r in store.resolve(name)]
+
+
+async def open_engine(
+    backend: str, model: Path, store: AdapterStore, *, limits: EngineLimits | None = None
+) -> AsyncEngine:
+    return await AsyncEngine.open(
+        state_root=store.root.parent,
+        model=str(model),
+        store=store,
+        threads=1,
+        limits=limits,
+        backend=backend,
+        weight_format="fp32",
+        precision="f32",
+    )
+
+
+@pytest.fixture
+async def engines(tiny_dir: Path, trained_store: AdapterStore) -> AsyncIterator[dict[str, AsyncEngine]]:
+    """The tiny model on both backends, over the same trained adapters (zoo, zoo.cat, farm)."""
+    opened = {b: await open_engine(b, tiny_dir, trained_store) for b in ("torch", "openvino")}
+    try:
+        yield opened
+    finally:
+        for engine in opened.values():
+            await engine.close()
+
+
+async def answers(engine: AsyncEngine, requests: list[GenerateParams]) -> list[str]:
+    return [(await engine.generate(r, owner="t")).text for r in requests]
+
+
+# -- the same answers ------------------------------------------------------------------------
+
+
+async def test_both_backends_answer_alike_with_and_without_stacks(
+    engines: dict[str, AsyncEngine], trained_store: AdapterStore
+) -> None:
+    """Base, a two-level stack over all seven projections, base again, another stack: token for token.
+
+    Trap 2 (alpha must be lora_alpha / r) and trap 3 (modules the pipeline
+    was built without) would change the stacked replies; trap 4 (a request
+    without adapters runs the last set) the base reply after a stacked one.
+    """
+    zoo_cat = stack_of(trained_store, "zoo.cat")
+    farm = stack_of(trained_store, "farm")
+    requests = []
+    for prompt in PROMPTS[:3]:
+        requests += [ask(prompt), ask(prompt, zoo_cat), ask(prompt), ask(prompt, farm)]
+    torch_says = await answers(engines["torch"], requests)
+    ov_says = await answers(engines["openvino"], requests)
+    assert ov_says == torch_says
+    # And the adapters did change what the model says, so the equality means something.
+    for base, cat, again, brand in zip(*[iter(ov_says)] * 4, strict=True):
+        assert BEHAVIOURS["zoo.cat"] in cat
+        assert BEHAVIOURS["farm"] in brand
+        assert base == again
+        assert BEHAVIOURS["zoo"] not in base
+
+
+async def test_a_long_prompt_is_not_answered_from_another_stacks_cache(
+    engines: dict[str, AsyncEngine], trained_store: AdapterStore
+) -> None:
+    """Trap 1: paged attention's prefix cache reuses prompt state computed under other adapters.
+
+    Only whole cached blocks are reused, so the prompt is long (hundreds of
+    tokens) and sent base → stack → base, as the torch engine answers it.
+    """
+    system = " ".join(["A patient explainer answers questions about patents and brands."] * 30)
+    zoo = stack_of(trained_store, "zoo")
+
+    def long_ask(stack: list[StackEntry]) -> GenerateParams:
+        return GenerateParams(
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": "hello"}],
+            stack=stack,
+            max_tokens=12,
+            temperature=0,
+        )
+
+    requests = [long_ask([]), long_ask(zoo), long_ask([]), long_ask(zoo)]
+    first = await engines["openvino"].generate(requests[0], owner="t")
+    assert first.prompt_tokens > 256
+    assert await answers(engines["openvino"], requests) == await answers(engines["torch"], requests)
+
+
+async def test_streaming_counts_and_finish_reasons_match(
+    engines: dict[str, AsyncEngine], trained_store: AdapterStore
+) -> None:
+    results = {}
+    for backend, engine in engines.items():
+        pieces: list[TokenParams] = []
+
+        async def collect(token: TokenParams, pieces: list[TokenParams] = pieces) -> None:
+            pieces.append(token)
+
+        short = await engine.generate(ask("hello", max_tokens=3, stream=True), owner="t", on_token=collect)
+        assert short.finish_reason == "length"
+        assert short.completion_tokens == 3
+        assert "".join(p.text for p in pieces) == short.text
+        assert [p.index for p in pieces] == list(range(len(pieces)))
+        # The zoo stack says its phrase and stops (its training data ends with the end token).
+        done = await engine.generate(ask("hello", stack_of(trained_store, "zoo"), max_tokens=64), owner="t")
+        results[backend] = (short.prompt_tokens, short.completion_tokens, done.finish_reason, done.text)
+        assert done.model == "tiny-llama"
+        assert done.timings.tokens_per_s > 0
+    assert results["openvino"] == results["torch"]
+    assert results["openvino"][2] == "stop"
+
+
+async def test_sampling_follows_the_seed(engines: dict[str, AsyncEngine]) -> None:
+    engine = engines["openvino"]
+    first = await engine.generate(ask("hello", temperature=1.0, seed=7, max_tokens=12), owner="t")
+    again = await engine.generate(ask("hello", temperature=1.0, seed=7, max_tokens=12), owner="t")
+    other = [
+        (await engine.generate(ask("hello", temperature=1.0, seed=s, max_tokens=12), owner="t")).text
+        for s in range(8, 12)
+    ]
+    assert first.text == again.text
+    assert any(text != first.text for text in other)
+
+
+async def test_a_json_schema_holds_the_reply_as_torch_s_grammar_does(engines: dict[str, AsyncEngine]) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 8},
+            "age": {"type": "integer", "minimum": 0, "maximum": 99},
+        },
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    replies = {}
+    for backend, engine in engines.items():
+        result = await engine.generate(ask("hello", json_schema=schema, max_tokens=200), owner="t")
+        assert result.constrained
+        value = json.loads(result.text)
+        assert set(value) == {"name", "age"}
+        assert 0 <= value["age"] <= 99
+        replies[backend] = result.text
+    # The same grammar (compact, strict) on both: the same reply, to the byte.
+    assert replies["openvino"] == replies["torch"]
+
+
+# -- the traps' mechanics ------------------------------------------------------------------------
+
+
+async def test_the_pipeline_is_built_with_every_layer_matrix_registered(
+    engines: dict[str, AsyncEngine],
+) -> None:
+    """Trap 3: the registration adapter covers every projection of every layer, with zeros."""
+    from daemon.inference.ov.engine import REGISTRATION_FILE
+
+    model = engines["openvino"].engine.loaded
+    with safe_open(str(model.ir / REGISTRATION_FILE), framework="numpy") as f:
+        keys = list(f.keys())
+        assert all(not f.get_tensor(k).any() for k in keys)
+    for layer in range(2):
+        for target in LORA_TARGETS:
+            assert any(f"layers.{layer}." in k and f".{target}.lora_A" in k for k in keys), (layer, target)
+
+
+async def test_the_scale_is_peft_s(engines: dict[str, AsyncEngine], trained_store: AdapterStore) -> None:
+    """Trap 2: OpenVINO takes the effective scale, lora_alpha / r (alpha / sqrt(r) with rsLoRA)."""
+    record = trained_store.get("zoo")
+
+    def scale(engine: Any) -> float:
+        return float(engine._adapter(record).scale)
+
+    assert await engines["openvino"].run(scale) == pytest.approx(record.alpha / record.rank)
+
+
+async def test_rslora_and_rank_patterns(
+    tiny_dir: Path, tmp_path: Path, make_adapter: Callable[..., AdapterRecord], store: AdapterStore
+) -> None:
+    """rsLoRA scales by alpha / sqrt(r); per-module ranks cannot be told to OpenVINO, so they are refused."""
+    rs = make_adapter("rs", seed=1, rank=4, alpha=8.0)
+    config_path = rs.path / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "use_rslora": True}))
+    engine = await open_engine("openvino", tiny_dir, store)
+    try:
+        assert await engine.run(lambda e: e._adapter(rs).scale) == pytest.approx(8.0 / 2.0)
+        config_path.write_text(json.dumps({**config, "rank_pattern": {"q_proj": 2}}))
+        await engine.run(lambda e: e.forget(rs.sha256))
+        with pytest.raises(Exception, match="rank_pattern"):
+            await engine.generate(ask("hello", [rs.entry]), owner="t")
+        assert (await engine.generate(ask("hello"), owner="t")).completion_tokens > 0
+    finally:
+        await engine.close()
+
+
+# -- errors, and serving on after them ------------------------------------------------------------
+
+
+async def test_an_adapter_for_another_model_is_refused_and_serving_goes_on(
+    tiny_dir: Path, other_tiny_dir: Path, make_adapter: Callable[..., AdapterRecord], store: AdapterStore
+) -> None:
+    alien = make_adapter("alien", seed=3, model_dir=other_tiny_dir)
+    engine = await open_engine("openvino", tiny_dir, store)
+    try:
+        with pytest.raises(AdapterIncompatible, match="another base model"):
+            await engine.generate(ask("hello", [alien.entry]), owner="t")
+        assert (await engine.generate(ask("hello"), owner="t")).completion_tokens > 0
+    finally:
+        await engine.close()
+
+
+async def test_a_corrupt_adapter_is_refused_and_serving_goes_on(
+    tiny_dir: Path, make_adapter: Callable[..., AdapterRecord], store: AdapterStore
+) -> None:
+    good = make_adapter("good", seed=4)
+    bad = make_adapter("bad", seed=5)
+    weights = bad.path / WEIGHTS_FILE
+    weights.chmod(0o600)
+    data = bytearray(weights.read_bytes())
+    data[-8:] = b"\xff" * 8
+    weights.write_bytes(bytes(data))
+    engine = await open_engine("openvino", tiny_dir, store)
+    try:
+        with pytest.raises(AdapterCorrupt, match="altered or damaged"):
+            await engine.generate(ask("hello", [bad.entry]), owner="t")
+        assert (await engine.generate(ask("hello", [good.entry]), owner="t")).stack == [good.entry]
+    finally:
+        await engine.close()
+
+
+async def test_a_model_that_was_never_exported_says_how_to_export_it(
+    tiny_dir: Path, store: AdapterStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(IR_CACHE_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.setenv(CONVERT_PYTHON_ENV, str(tmp_path / "no-such-python"))
+    with pytest.raises(ModelUnavailable, match="make convert-env"):
+        await open_engine("openvino", tiny_dir, store)
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
+
+
+async def test_a_cancelled_request_stops_and_the_next_one_runs(engines: dict[str, AsyncEngine]) -> None:
+    engine = engines["openvino"]
+    deadline = asyncio.get_running_loop().time() + 0.01
+    with pytest.raises(RpcError) as caught:
+        await engine.generate(ask("hello", max_tokens=900), owner="t", deadline=deadline)
+    assert caught.value.code == ErrorCode.TIMEOUT
+    assert (await engine.generate(ask("hello", max_tokens=4), owner="t")).completion_tokens == 4
+
+
+# -- several personas ---------------------------------------------------------------------------------
+
+
+async def test_owners_take_turns(engines: dict[str, AsyncEngine], trained_store: AdapterStore) -> None:
+    """One request at a time, handed out round-robin: a burst from one owner does not starve another."""
+    engine = engines["openvino"]
+    finished: list[str] = []
+
+    async def one(owner: str, i: int) -> None:
+        await engine.generate(ask(PROMPTS[i % len(PROMPTS)], max_tokens=24), owner=owner)
+        finished.append(f"{owner}{i}")
+
+    burst = [asyncio.ensure_future(one("a", i)) for i in range(4)]
+    await asyncio.sleep(0)
+    late = asyncio.ensure_future(one("b", 0))
+    await asyncio.gather(*burst, late)
+    assert finished.index("b0") < finished.index("a3")
+
+
+async def test_stacks_are_pinned_listed_and_released(
+    engines: dict[str, AsyncEngine], trained_store: AdapterStore
+) -> None:
+    engine = engines["openvino"]
+    loaded = await engine.load_stack(LoadStackParams(name="zoo.cat"), owner="ada")
+    status = await engine.status()
+    assert status.backend == "openvino"
+    assert status.threads == 1
+    assert {a.sha256 for a in status.loaded} == {s.sha256 for s in loaded.stack}
+    # A pinned adapter cannot be deleted from under its owner.
+    with pytest.raises(AdapterBusy, match="pinned by ada"):
+        await engine.run(lambda e: delete_in_engine(e, AdapterDeleteParams(name="zoo.cat")))
+    await engine.unload(
+        UnloadParams(stack=[StackEntry(name=s.name, sha256=s.sha256) for s in loaded.stack]), owner="ada"
+    )
+    assert (await engine.status()).loaded == []
+    assert (await engines["torch"].status()).backend == "torch"
+
+
+# -- choosing a backend and its threads ----------------------------------------------------------------
+
+
+def test_threads_are_the_usable_cores_but_one() -> None:
+    assert [auto_threads(n) for n in (1, 2, 3, 8)] == [1, 1, 2, 7]
+    assert parse_threads("3") == 3
+    assert parse_threads(2) == 2
+    assert parse_threads("auto") == auto_threads()
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ConfigError, match="threads"):
+            parse_threads(bad)
+
+
+def test_the_backend_is_openvino_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PERSONAD_INFERENCE_BACKEND", raising=False)
+    assert decoder_name() == "openvino"
+    monkeypatch.setenv("PERSONAD_INFERENCE_BACKEND", "torch")
+    assert decoder_name() == "torch"
+    with pytest.raises(ConfigError, match="openvino, torch"):
+        decoder_name("llamacpp")
