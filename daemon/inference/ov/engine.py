@@ -380,19 +380,31 @@ class OVEngine:
             self.running = 0
             for sha in held:
                 self._in_use[sha] -= 1
+        if job.cancelled.is_set():
+            return  # the caller has gone: never finished, so never counted as served
         self.served += 1
         if streamer.failure is not None:
             job.emit("error", streamer.failure)
             return
-        if job.cancelled.is_set():
-            return
         metrics = result.perf_metrics
         prefill_ms = float(metrics.get_ttft().mean)
         finish = "stop" if streamer.stopped else "length"
+        text = streamer.text.finish()
+        if job.params.json_schema is not None and finish == "stop" and not _strict_json(text):
+            # The torch engine masks these bytes out as it goes (json_guard.py);
+            # OpenVINO's grammar cannot be given that mask, so check the whole reply.
+            job.emit(
+                "error",
+                InferenceError(
+                    "constrained decoding: the reply is not strict JSON (a raw control character or a "
+                    "lone surrogate in a string); retry with another seed, or use --backend torch"
+                ),
+            )
+            return
         job.emit(
             "done",
             build_result(
-                text=streamer.text.finish(),
+                text=text,
                 finish=finish,
                 prompt_tokens=len(ids),
                 completion_tokens=len(streamer.text.generated),
@@ -495,6 +507,15 @@ class _GenerationDefaults:
             )
         except (OSError, ValueError):
             self.eos_token_id = None
+
+
+def _strict_json(text: str) -> bool:
+    """Whether a strict parser takes ``text``: JSON, no raw control characters, no lone surrogates."""
+    try:
+        json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return False
+    return "\ufffd" not in text
 
 
 def _inputs(ids: list[int]) -> Any:

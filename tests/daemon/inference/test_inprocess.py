@@ -15,6 +15,7 @@ from daemon.brain import load_or_create_key
 from daemon.bus import Bus
 from daemon.client import BusClient
 from daemon.inference.engine import WORKER_THREAD_NAME, Engine
+from daemon.inference.ov.engine import OVEngine
 from daemon.persona.config import PersonaConfig
 from daemon.persona.daemon import PersonaDaemon
 from daemon.persona.session_dir import prepare_session_dir
@@ -27,7 +28,10 @@ def engine_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == WORKER_THREAD_NAME}
 
 
+@pytest.mark.parametrize(("backend", "kind"), [("torch", Engine), ("openvino", OVEngine)])
 async def test_stopping_a_persona_closes_its_in_process_engine(
+    backend: str,
+    kind: type,
     bus: Bus,
     state: StateDir,
     connect: Callable[..., Awaitable[BusClient]],
@@ -38,8 +42,9 @@ async def test_stopping_a_persona_closes_its_in_process_engine(
     model go when the persona stops."""
     monkeypatch.setenv("PERSONAD_INFERENCE", "inprocess")
     monkeypatch.setenv("PERSONAD_MODEL", str(tiny_dir))
+    monkeypatch.setenv("PERSONAD_INFERENCE_BACKEND", backend)
     before = engine_threads()  # other tests' engines, if any are still up, are not ours to judge
-    engines_before = weakref.WeakSet(o for o in gc.get_objects() if type(o) is Engine)
+    engines_before = weakref.WeakSet(o for o in gc.get_objects() if type(o) is kind)
     daemon = PersonaDaemon(
         PersonaConfig(id="solo", name="Solo", description="A persona with its own engine."),
         prepare_session_dir(state.root, "solo"),
@@ -61,7 +66,7 @@ async def test_stopping_a_persona_closes_its_in_process_engine(
         assert 1 == len(started)
         (worker,) = started
         assert worker.is_alive()
-        (ours,) = [o for o in gc.get_objects() if type(o) is Engine and o not in engines_before]
+        (ours,) = [o for o in gc.get_objects() if type(o) is kind and o not in engines_before]
         model = weakref.ref(ours)
         del ours
     finally:

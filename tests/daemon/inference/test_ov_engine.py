@@ -360,3 +360,14 @@ def test_the_backend_is_openvino_unless_told(monkeypatch: pytest.MonkeyPatch) ->
     assert decoder_name() == "torch"
     with pytest.raises(ConfigError, match="openvino, torch"):
         decoder_name("llamacpp")
+
+
+def test_constrained_replies_are_checked_as_strict_json() -> None:
+    """OpenVINO's grammar cannot take json_guard.py's mask, so its replies are checked whole."""
+    from daemon.inference.ov.engine import _strict_json
+
+    assert _strict_json('{"name": "Ada", "age": 36}')
+    assert not _strict_json('{"name": "A\x01da"}')  # a raw control character in a string
+    assert not _strict_json('{"name": "\\ud800"}')  # a lone surrogate, escaped
+    assert not _strict_json('{"name": "\ufffd"}')  # bytes that were not UTF-8
+    assert not _strict_json('{"name": ')
