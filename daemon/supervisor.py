@@ -358,7 +358,7 @@ class Supervisor:
             await asyncio.sleep(0.1)
         raise BusUnavailable(f"the bus did not answer {http} within {timeout:.0f}s")
 
-    async def _show_ready(self, persona_ids: list[str], timeout: float = 180.0) -> None:
+    async def _show_ready(self, persona_ids: list[str], timeout: float = 360.0) -> None:
         token = find_token(self.state)
         async with BusClient(self.url, token=token, kind="cli", name="up") as client:
             deadline = time.monotonic() + timeout
@@ -370,7 +370,8 @@ class Supervisor:
                 ("hub", self.hub),
             )
             wanted = [c for c, on in services if on]
-            for capability in wanted:  # the model converts once (~20 s) on a fresh state dir
+            # On a fresh state dir the model converts (~20 s) and exports (~40 s) once.
+            for capability in wanted:
                 while not (await client.call("bus.clients", {"capability": capability}))["clients"]:
                     if time.monotonic() > deadline:
                         raise BusUnavailable(f"no provider of cap:{capability} came up")

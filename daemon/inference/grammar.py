@@ -119,12 +119,31 @@ def json_schema_ebnf(schema: dict[str, Any]) -> str:
         raise InvalidSchema(
             f"invalid params: json_schema: xgrammar cannot compile it: {reason or type(exc).__name__}"
         ) from None
+    # A string pattern it cannot expand inline is printed as a Regex("…")
+    # lexeme, which the older xgrammar inside OpenVINO GenAI does not know:
+    # expand each into rules of its own (from_regex), renamed apart.
+    rules: list[str] = []
+
+    def expand(match: re.Match[str]) -> str:
+        prefix = f"pattern{len(rules)}_"
+        pattern = _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), match.group(1))
+        sub = str(xgr.Grammar.from_regex(pattern))
+        names = {line.split(" ::= ", 1)[0] for line in sub.splitlines() if " ::= " in line}
+        rules.append(_EBNF_TOKEN.sub(lambda t: prefix + t[0] if t[0] in names else t[0], sub).strip())
+        return prefix + "root"
+
+    text = "\n".join([_REGEX_LEXEME.sub(expand, text).rstrip("\n"), *rules]) + "\n"
     # xgrammar prints an unbounded repeat as {m, -1}, which its own parser (and
     # the one OpenVINO GenAI bundles) reads only as {m,}.
     return _UNBOUNDED.sub(r"{\1,}", text)
 
 
 _UNBOUNDED = re.compile(r"\{(\d+), -1\}")
+_REGEX_LEXEME = re.compile(r'Regex\("((?:[^"\\]|\\.)*)"(?:, json_string=(?:true|false))?\)')
+#: A quoted literal, a character class (both skipped) or a rule name.
+_EBNF_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[A-Za-z_][A-Za-z0-9_]*')
+_ESCAPE = re.compile(r"\\(.)")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 
 
 class Grammars:
