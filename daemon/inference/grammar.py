@@ -99,12 +99,11 @@ class Constraint:
         return bool(self.matcher.is_terminated())
 
 
-def json_schema_ebnf(schema: dict[str, Any]) -> str:
-    """``schema`` as xgrammar EBNF: compact (no free whitespace) and strict, as :meth:`Grammars.compile`.
+def check_schema(schema: dict[str, Any]) -> None:
+    """InvalidSchema (naming ``json_schema``) unless xgrammar compiles ``schema``, as ``Grammars.compile``.
 
-    For engines that take a grammar as text (OpenVINO GenAI's
-    ``StructuredOutputConfig(grammar=...)``): the same grammar the torch
-    engine compiles, so both hold a reply to the same shape.
+    For engines that compile schemas themselves (OpenVINO GenAI): the same
+    schemas are refused with the same message, without a tokenizer.
     """
     import xgrammar as xgr
 
@@ -113,37 +112,12 @@ def json_schema_ebnf(schema: dict[str, Any]) -> str:
     except (TypeError, ValueError) as exc:
         raise InvalidSchema(f"invalid params: json_schema: not JSON: {exc}") from None
     try:
-        text = str(xgr.Grammar.from_json_schema(key, any_whitespace=False, strict_mode=True))
+        xgr.Grammar.from_json_schema(key, any_whitespace=False, strict_mode=True)
     except (RuntimeError, ValueError) as exc:
         reason = _CPP_PREFIX.sub("", str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
         raise InvalidSchema(
             f"invalid params: json_schema: xgrammar cannot compile it: {reason or type(exc).__name__}"
         ) from None
-    # A string pattern it cannot expand inline is printed as a Regex("…")
-    # lexeme, which the older xgrammar inside OpenVINO GenAI does not know:
-    # expand each into rules of its own (from_regex), renamed apart.
-    rules: list[str] = []
-
-    def expand(match: re.Match[str]) -> str:
-        prefix = f"pattern{len(rules)}_"
-        pattern = _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), match.group(1))
-        sub = str(xgr.Grammar.from_regex(pattern))
-        names = {line.split(" ::= ", 1)[0] for line in sub.splitlines() if " ::= " in line}
-        rules.append(_EBNF_TOKEN.sub(lambda t: prefix + t[0] if t[0] in names else t[0], sub).strip())
-        return prefix + "root"
-
-    text = "\n".join([_REGEX_LEXEME.sub(expand, text).rstrip("\n"), *rules]) + "\n"
-    # xgrammar prints an unbounded repeat as {m, -1}, which its own parser (and
-    # the one OpenVINO GenAI bundles) reads only as {m,}.
-    return _UNBOUNDED.sub(r"{\1,}", text)
-
-
-_UNBOUNDED = re.compile(r"\{(\d+), -1\}")
-_REGEX_LEXEME = re.compile(r'Regex\("((?:[^"\\]|\\.)*)"(?:, json_string=(?:true|false))?\)')
-#: A quoted literal, a character class (both skipped) or a rule name.
-_EBNF_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[A-Za-z_][A-Za-z0-9_]*')
-_ESCAPE = re.compile(r"\\(.)")
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 
 
 class Grammars:
