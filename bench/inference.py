@@ -35,6 +35,13 @@ Four three-level stacks share their upper levels, as a real hierarchy does:
    full length) against the same request as free text, rounds interleaved;
    the ratio is the cost of the grammar's mask per token (reported, no target).
 
+With ``--decoders``, the decoding backends side by side as well
+(``inference_decoders.py``: 7. speed by backend and threads, 8. four
+personas at once) and whether the default says what torch fp32 says
+(``inference_agreement.py``: 9. token agreement, signature phrases,
+perplexity); ``--decoders-only`` runs just those. ``--llama-cpp`` is not
+built here: see bench/README.md.
+
 The last line is ``inference.py: ok`` only if every target holds (exit 0),
 else ``inference.py: FAIL`` (exit 1). Child processes are always stopped.
 """
@@ -200,7 +207,7 @@ async def concurrency(
     return statistics.median(sequential), statistics.median(concurrent)
 
 
-def rss_of_processes(model_dir: Path, threads: int) -> dict[str, int]:
+def rss_of_processes(model_dir: Path, threads: int, backend: str) -> dict[str, int]:
     """RSS of a real inference service (model loaded, one request served) and of a persona daemon."""
     work = Path(tempfile.mkdtemp(prefix="personad-bench-inference-"))
     env = {
@@ -208,6 +215,8 @@ def rss_of_processes(model_dir: Path, threads: int) -> dict[str, int]:
         "PERSONAD_STATE_DIR": str(work / "state"),
         "PYTHONUNBUFFERED": "1",
         "PERSONAD_CONFIG_DIR": str(REPO / "config"),
+        # The IR exported once for the tests and earlier runs (ov/convert.py), not again per run.
+        "PERSONAD_OV_CACHE": os.environ.get("PERSONAD_OV_CACHE", str(REPO / ".cache" / "openvino-ir")),
     }
     env.pop("NOTIFY_SOCKET", None)
     subprocess.run(
@@ -242,7 +251,15 @@ def rss_of_processes(model_dir: Path, threads: int) -> dict[str, int]:
         url = m.group(1)
         env["PERSONAD_URL"] = url
         service, _ = start(
-            "inference", "--model", str(model_dir), "--threads", str(threads), pattern=r"ready"
+            "inference",
+            "--model",
+            str(model_dir),
+            "--threads",
+            str(threads),
+            "--backend",
+            backend,
+            pattern=r"ready",
+            timeout=300.0,
         )
         persona, _ = start("persona", "demo", pattern=r"connected url=")
         asyncio.run(_one_request(url, work / "state"))
@@ -344,14 +361,48 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the engine (default 1)")
+    parser.add_argument("--decoders", action="store_true", help="also compare the decoding backends (7-9)")
+    parser.add_argument("--decoders-only", action="store_true", help="only compare the decoding backends")
     args = parser.parse_args()
     model_dir = convert_smollm2(cache_root(REPO / ".personad"))
+    if args.decoders_only:
+        return report(asyncio.run(decoders(args, model_dir)))
     results = asyncio.run(measure(args, model_dir))
-    rss = rss_of_processes(model_dir, args.threads)
     print("\n5. resident memory (real processes)")
-    print(f"   inference service  {rss['service'] / 2**20:7.1f} MiB (model loaded, one request served)")
-    print(f"   persona daemon     {rss['persona'] / 2**20:7.1f} MiB (idle, no torch)")
+    for backend in ("torch", "openvino"):
+        rss = rss_of_processes(model_dir, args.threads, backend)
+        print(
+            f"   inference service, {backend:<8}  {rss['service'] / 2**20:7.1f} MiB "
+            "(model loaded, one request served)"
+        )
+    print(f"   persona daemon               {rss['persona'] / 2**20:7.1f} MiB (idle, no torch)")
 
+    if args.decoders:
+        results += asyncio.run(decoders(args, model_dir))
+    return report(results)
+
+
+async def decoders(args: argparse.Namespace, model_dir: Path) -> list[tuple[str, bool]]:
+    """Sections 7-9: the decoding backends, on the same random stacks and on the trained demo stack."""
+    import inference_agreement
+    import inference_decoders
+
+    rounds, tokens = (2, 32) if args.quick else (5, 128)
+    work = Path(tempfile.mkdtemp(prefix="personad-bench-decoders-"))
+    try:
+        store = AdapterStore.for_state(work / "state")
+        make_adapters(model_dir, store, work)
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+        results = await inference_decoders.measure(
+            model_dir, store, LEAVES, PROMPT, rounds=rounds, tokens=tokens
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results += await inference_agreement.measure(model_dir, REPO / ".personad", quick=args.quick)
+    return results
+
+
+def report(results: list[tuple[str, bool]]) -> int:
     print()
     for name, ok in results:
         print(f"   {'ok  ' if ok else 'FAIL'} {name}")
