@@ -388,6 +388,8 @@ async def decoders(args: argparse.Namespace, model_dir: Path) -> list[tuple[str,
     import inference_decoders
 
     rounds, tokens = (2, 32) if args.quick else (5, 128)
+    # The IR exported once for the tests and earlier runs, not again per run (ov/convert.py).
+    os.environ.setdefault("PERSONAD_OV_CACHE", str(REPO / ".cache" / "openvino-ir"))
     work = Path(tempfile.mkdtemp(prefix="personad-bench-decoders-"))
     try:
         store = AdapterStore.for_state(work / "state")

@@ -108,7 +108,8 @@ class AsyncEngine:
 
         def build() -> AnyEngine:
             if backend == "openvino" and loaded is None:
-                from .ov.engine import OVEngine, load_ov_model
+                from .ov.engine import OVEngine
+                from .ov.model import load_ov_model
 
                 ov_model = load_ov_model(
                     model, state_root=state_root, weight_format=weight_format or OV_DEFAULTS["weight_format"]

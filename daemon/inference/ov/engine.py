@@ -24,7 +24,7 @@ output, are handled here and each has a regression test
    ``lora_alpha / r`` (``alpha / sqrt(r)`` with rsLoRA), not ``lora_alpha``;
 3. a pipeline built without adapters ignores adapters given later; it is
    built with a zero adapter over every projection of every layer
-   registered (:func:`registration_adapter`), so any later adapter finds its
+   registered (``model.py``'s ``registration_adapter``), so any later adapter finds its
    modules;
 4. a request without a ``GenerationConfig.adapters`` runs the build-time set,
    not the base model: a base request passes an empty ``AdapterConfig``.
@@ -37,17 +37,14 @@ owners, which is what keeps personas fair.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,114 +68,14 @@ from ..limits import EngineLimits
 from ..scheduler import Job, Scheduler
 from ..text import TextStream, build_result, encode_prompt, resolve_chain, rss_bytes, stop_ids
 from . import PRECISIONS
+from .model import GenerationDefaults, OVModel, registration_adapter
 
-__all__ = ["PIPELINE_PROPERTIES", "PRECISIONS", "OVEngine", "OVModel", "registration_adapter"]
+__all__ = ["PIPELINE_PROPERTIES", "OVEngine"]
 
 log = logging.getLogger("personad.inference.ov")
 
 #: Always: SDPA attention (trap 1: no prefix cache shared across adapter sets).
 PIPELINE_PROPERTIES: dict[str, Any] = {"ATTENTION_BACKEND": "SDPA"}
-
-REGISTRATION_FILE = "lora-registration.safetensors"
-
-
-@dataclass
-class OVModel:
-    """A model ready for the OpenVINO backend: its IR, tokenizer and the shapes adapters must fit."""
-
-    name: str
-    #: The Hugging Face folder (what adapters are trained against, and what training loads).
-    path: Path
-    ir: Path
-    tokenizer: Any
-    config: dict[str, Any]
-    #: Weight name -> [rows, cols] for every matrix of the Hugging Face model.
-    shapes: dict[str, list[int]]
-    bytes: int
-    load_s: float = 0.0
-
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        """What an adapter must agree with (the same keys as ``LoadedModel.fingerprint``)."""
-        return {
-            k: self.config.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
-        }
-
-
-def load_ov_model(
-    spec: str | os.PathLike[str] | None,
-    *,
-    state_root: Path,
-    weight_format: str = "int8",
-    on_progress: Callable[[str], None] | None = None,
-) -> OVModel:
-    """Find the model, export it to IR once (cached in ``$PERSONAD_OV_CACHE``, else
-    ``<state>/cache/models/openvino``)."""
-    from ..model import _quiet, cache_root, resolve_model_path
-    from .convert import IR_CACHE_ENV, IR_FILE, ensure_ir
-
-    name, folder = resolve_model_path(spec, state_root=state_root)
-    started = time.monotonic()
-    cache = Path(os.environ.get(IR_CACHE_ENV) or cache_root(state_root) / "openvino")
-    ir = ensure_ir(folder, cache, weight_format=weight_format, on_progress=on_progress)
-    from transformers import AutoTokenizer
-
-    try:
-        with _quiet():
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        config = json.loads((folder / "config.json").read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailable(f"cannot load the tokenizer or config in {folder}: {exc}") from None
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ModelUnavailable(f"the tokenizer in {folder} has no chat template; a chat model is needed")
-    shapes: dict[str, list[int]] = {}
-    for weights in sorted(folder.glob("*.safetensors")):
-        for key, info in read_safetensors_header(weights).items():
-            if len(info["shape"]) == 2:
-                shapes[key] = list(info["shape"])
-    return OVModel(
-        name=name,
-        path=folder,
-        ir=ir,
-        tokenizer=tokenizer,
-        config=config,
-        shapes=shapes,
-        bytes=(ir / IR_FILE).with_suffix(".bin").stat().st_size,
-        load_s=time.monotonic() - started,
-    )
-
-
-def registration_adapter(model: OVModel) -> Path:
-    """A rank-1 all-zero LoRA over every matrix of every layer, to build the pipeline with (trap 3).
-
-    The pipeline only gets LoRA inputs for the modules of the adapters it is
-    built with; registering all of them lets any later adapter apply. Zero
-    weights at alpha 0 change nothing.
-    """
-    from safetensors.numpy import save_file
-
-    path = model.ir / REGISTRATION_FILE
-    if path.exists():
-        return path
-    tensors: dict[str, Any] = {}
-    for key, (rows, cols) in model.shapes.items():
-        if ".layers." not in key or not key.endswith(".weight"):
-            continue
-        module = key.removesuffix(".weight")
-        tensors[f"base_model.model.{module}.lora_A.weight"] = np.zeros((1, cols), dtype=np.float32)
-        tensors[f"base_model.model.{module}.lora_B.weight"] = np.zeros((rows, 1), dtype=np.float32)
-    if not tensors:
-        raise ModelUnavailable(f"{model.path}: found no layer matrices to apply LoRA adapters to")
-    # A name of its own: two services sharing the cache may both be writing it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return path
 
 
 @dataclass
@@ -212,7 +109,7 @@ class OVEngine:
         self.limits = limits or EngineLimits()
         self.threads = max(1, threads)
         self.precision = precision
-        self.stop_ids = stop_ids(_GenerationDefaults(model.path), model.tokenizer)
+        self.stop_ids = stop_ids(GenerationDefaults(model.path), model.tokenizer)
         registration = og.AdapterConfig()
         registration.add(og.Adapter(str(registration_adapter(model))), 0.0)
         started = time.monotonic()
@@ -507,18 +404,6 @@ class OVEngine:
             evictions=self.evictions,
             backend="openvino",
         )
-
-
-class _GenerationDefaults:
-    """The eos ids of a model's generation_config.json, without transformers' GenerationConfig."""
-
-    def __init__(self, folder: Path) -> None:
-        try:
-            self.eos_token_id = json.loads((folder / "generation_config.json").read_text("utf-8")).get(
-                "eos_token_id"
-            )
-        except (OSError, ValueError):
-            self.eos_token_id = None
 
 
 def _strict_json(text: str) -> bool:

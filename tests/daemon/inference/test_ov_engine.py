@@ -234,7 +234,7 @@ async def test_the_pipeline_is_built_with_every_layer_matrix_registered(
     engines: dict[str, AsyncEngine],
 ) -> None:
     """Trap 3: the registration adapter covers every projection of every layer, with zeros."""
-    from daemon.inference.ov.engine import REGISTRATION_FILE
+    from daemon.inference.ov.model import REGISTRATION_FILE
 
     model = engines["openvino"].engine.loaded
     with safe_open(str(model.ir / REGISTRATION_FILE), framework="numpy") as f:
