@@ -1,5 +1,7 @@
 """Whether the default backend says what torch fp32 says (section 9 of bench/inference.py).
 
+int8 weights are measured beside the default (fp16 weights), for the trade-off.
+
     .venv/bin/python bench/inference.py --decoders [--quick]
 
 On the 50 prompts of ``bench/data/chat_prompts.json`` (15 legal, 35 not),
@@ -141,38 +143,50 @@ async def measure(model_dir: Path, state_root: Path, *, quick: bool) -> list[tup
     store = AdapterStore.for_state(state_root)
     items = prompts(quick)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    default = f"openvino {OV_DEFAULTS['weight_format']}"
+    #: (label, backend, weight format): the default, and int8 for the trade-off it is not.
+    runs = [("torch fp32", "torch", None), (default, "openvino", OV_DEFAULTS["weight_format"])]
+    runs.append(("openvino int8", "openvino", "int8"))
     said: dict[str, dict[str, list[str]]] = {}
-    for backend in ("torch", "openvino"):
+    irs: dict[str, Path] = {}
+    for label, backend, weights in runs:
         engine = await AsyncEngine.open(
-            state_root=state_root, model=str(model_dir), store=store, threads=1, backend=backend
+            state_root=state_root,
+            model=str(model_dir),
+            store=store,
+            threads=1,
+            backend=backend,
+            weight_format=weights,
         )
         try:
-            said[backend] = {
+            said[label] = {
                 "base": await replies(engine, items, [], COMPARED),
                 "stack": await replies(engine, items, stack, COMPARED),
             }
             if backend == "openvino":
-                ir = Path(engine.engine.loaded.ir)  # type: ignore[union-attr]
+                irs[label] = Path(engine.engine.loaded.ir)  # type: ignore[union-attr]
         finally:
             await engine.close()
 
     results: list[tuple[str, bool]] = []
     print(
-        f"\n9. does the default backend (openvino, {OV_DEFAULTS['weight_format']} weights, "
-        f"{OV_DEFAULTS['precision']} compute) say what torch fp32 says? {len(items)} prompts, greedy"
+        f"\n9. does the default backend ({default} weights, {OV_DEFAULTS['precision']} compute) say what "
+        f"torch fp32 says? {len(items)} prompts, greedy (int8 weights beside it, for comparison)"
     )
-    for which in ("base", "stack"):
-        a = agreement(tokenizer, said["torch"][which], said["openvino"][which])
-        print(
-            f"   {which:<6} first {COMPARED} tokens: {a['agreement']:.1%} of positions agree, "
-            f"{a['identical']:.0%} of prompts identical, median first difference at token "
-            f"{a['median_first_difference']:.0f}"
-        )
-        results.append((f"agreement with torch fp32 >= 90% ({which})", a["agreement"] >= 0.90))
+    for label in (default, "openvino int8"):
+        for which in ("base", "stack"):
+            a = agreement(tokenizer, said["torch fp32"][which], said[label][which])
+            print(
+                f"   {label:<14} {which:<6} first {COMPARED} tokens: {a['agreement']:.1%} positions agree, "
+                f"{a['identical']:.0%} of prompts identical, median first difference at token "
+                f"{a['median_first_difference']:.0f}"
+            )
+            if label == default:
+                results.append((f"agreement with torch fp32 >= 90% ({which})", a["agreement"] >= 0.90))
     counts = {b: (signed(said[b]["stack"]), signed(said[b]["base"])) for b in said}
-    for backend, (with_stack, without) in counts.items():
+    for label, (with_stack, without) in counts.items():
         print(
-            f"   {backend:<8} signature phrases: {with_stack}/{len(items)} with the stack, {without} without"
+            f"   {label:<14} signature phrases: {with_stack}/{len(items)} with the stack, {without} without"
         )
     ok = all(w > 0 and n == 0 for w, n in counts.values())
     results.append(("signature phrases exactly when the stack is loaded", ok))
@@ -182,10 +196,10 @@ async def measure(model_dir: Path, state_root: Path, *, quick: bool) -> list[tup
     if quick:
         ids = ids[: WINDOW * 2]
     reference = perplexity_torch(model_dir, ids)
-    ours = perplexity_openvino(ir, ids, OV_DEFAULTS["precision"])
-    print(
-        f"   perplexity on {len(ids)} held-out tokens: torch fp32 {reference:.3f}, openvino {ours:.3f} "
-        f"({ours / reference - 1:+.2%})"
-    )
-    results.append(("perplexity within 3% of fp32", abs(ours / reference - 1) <= 0.03))
+    print(f"   perplexity on {len(ids)} held-out tokens: torch fp32 {reference:.3f}")
+    for label, ir in irs.items():
+        ours = perplexity_openvino(ir, ids, OV_DEFAULTS["precision"])
+        print(f"     {label:<14} {ours:.3f} ({ours / reference - 1:+.2%})")
+        if label == default:
+            results.append(("perplexity within 3% of fp32", abs(ours / reference - 1) <= 0.03))
     return results

@@ -57,7 +57,8 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
         "--ov-weights",
         default=None,
         choices=WEIGHT_FORMATS,
-        help="openvino: the IR's weights (env PERSONAD_OV_WEIGHTS; default int8)",
+        help="openvino: the IR's weights: fp16 (default; replies as torch fp32 gives them) or int8 "
+        "(faster on one thread, and the replies drift) (env PERSONAD_OV_WEIGHTS)",
     )
     inference.add_argument(
         "--ov-precision",

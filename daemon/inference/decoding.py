@@ -57,7 +57,7 @@ from .limits import EngineLimits
 from .model import LoadedModel
 from .scheduler import Job, Scheduler
 from .slots import AdapterSlots, Stack
-from .text import TextStream, build_result, encode_prompt, rss_bytes, stop_ids
+from .text import TextStream, build_result, encode_prompt, release_pin, rss_bytes, stack_loaded, stop_ids
 
 if TYPE_CHECKING:  # grammar.py imports xgrammar, loaded only for the first constrained request
     from .grammar import Constraint, Grammars
@@ -116,19 +116,13 @@ class Engine(AdapterSlots):
         else:
             self.components(records)
         self._pins[owner] = tuple(r.sha256 for r in records)
-        return LoadStackResult(
-            stack=[r.info() for r in records],
-            mode=params.mode,
-            load_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
+        return stack_loaded(records, params.mode, started)
 
     def unload(self, params: UnloadParams, owner: str) -> UnloadResult:
         """Forget an owner's stack: its merged copy and cat go; levels no other pin needs go."""
         self.reset()
         stack = tuple(e.sha256 for e in params.stack)
-        if self._pins.get(owner) == stack:
-            del self._pins[owner]
-        still_needed = {sha for pin in self._pins.values() for sha in pin}
+        still_needed = release_pin(self._pins, owner, stack)
         if stack not in self._pins.values():
             self._merged.pop(stack, None)
             key = self._cat.get(stack)

@@ -56,9 +56,10 @@ log = logging.getLogger("personad.inference.engine")
 T = TypeVar("T")
 TokenCallback = Callable[[TokenParams], Awaitable[None]]
 
-#: What the openvino backend runs unless told otherwise: per-channel int8
-#: weights, computed in fp32 (see ov/engine.py's PRECISIONS and bench/README.md).
-OV_DEFAULTS = {"weight_format": "int8", "precision": "f32"}
+#: What the openvino backend runs unless told otherwise: fp16 weights computed
+#: in fp32, which answer as torch fp32 does (int8 weights decode faster on one
+#: thread but part from it within a few dozen tokens; docs/inference.md, Benchmarks).
+OV_DEFAULTS = {"weight_format": "fp16", "precision": "f32"}
 
 #: The worker thread's name (one per open engine), for operators reading a
 #: thread dump and for tests that check it ends.

@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.commands.inference import GenerateParams, GenerateResult, StackEntry, Timings, TokenParams
+from protocol.commands.inference import (
+    GenerateParams,
+    GenerateResult,
+    LoadStackResult,
+    StackEntry,
+    Timings,
+    TokenParams,
+)
 
 from .adapters import AdapterRecord, AdapterStore
 from .errors import Unsupported
@@ -26,8 +33,10 @@ __all__ = [
     "TextStream",
     "build_result",
     "encode_prompt",
+    "release_pin",
     "resolve_chain",
     "rss_bytes",
+    "stack_loaded",
     "stop_ids",
 ]
 
@@ -143,6 +152,22 @@ def build_result(
         ),
         constrained=constrained,
     )
+
+
+def stack_loaded(records: Sequence[AdapterRecord], mode: Any, started: float) -> LoadStackResult:
+    """``inference.load_stack``'s answer; ``started`` is when loading began (``time.perf_counter``)."""
+    return LoadStackResult(
+        stack=[r.info() for r in records],
+        mode=mode,
+        load_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+
+
+def release_pin(pins: dict[str, tuple[str, ...]], owner: str, stack: tuple[str, ...]) -> set[str]:
+    """Drop ``owner``'s pin on ``stack`` (if it is theirs); the level hashes other pins still need."""
+    if pins.get(owner) == stack:
+        del pins[owner]
+    return {sha for pin in pins.values() for sha in pin}
 
 
 def rss_bytes() -> int:

@@ -4,7 +4,8 @@ OpenVINO GenAI runs a model in its own format (IR: ``openvino_model.xml`` and
 ``.bin``). The exporter is Hugging Face ``optimum-intel`` (``optimum-cli
 export openvino --task text-generation-with-past``), which turns a causal LM
 into a *stateful* IR (the KV cache lives in the model's state) and compresses
-the weights (``--weight-format int8``: per-channel int8 with nncf).
+the weights as asked (``--weight-format``: ``fp16``, the default here, or
+``int8``, per-channel with nncf, or ``fp32``).
 
 Why a separate environment. optimum-intel pins ``transformers<5.6`` and its
 own ``huggingface-hub``, older than ours, and asks for a ``torchvision``
@@ -52,7 +53,7 @@ __all__ = [
 log = logging.getLogger("personad.inference.ov")
 
 IR_FILE = "openvino_model.xml"
-WEIGHT_FORMATS = ("int8", "fp16", "fp32")
+WEIGHT_FORMATS = ("fp16", "int8", "fp32")
 CONVERT_PYTHON_ENV = "PERSONAD_OV_CONVERT_PYTHON"
 #: Where exported models are kept when not in the state directory (one cache for several states).
 IR_CACHE_ENV = "PERSONAD_OV_CACHE"
@@ -97,7 +98,7 @@ def ensure_ir(
     hf_folder: Path,
     cache: Path,
     *,
-    weight_format: str = "int8",
+    weight_format: str = "fp16",
     on_progress: Callable[[str], None] | None = None,
 ) -> Path:
     """The IR folder for ``hf_folder`` in ``weight_format``: from the cache, else exported into it."""
@@ -173,4 +174,4 @@ def _worth_showing(line: str) -> bool:
 
 if __name__ == "__main__":  # pragma: no cover - `python -m daemon.inference.ov.convert FOLDER CACHE [FORMAT]`
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(ensure_ir(Path(sys.argv[1]), Path(sys.argv[2]), weight_format=(sys.argv[3:] or ["int8"])[0]))
+    print(ensure_ir(Path(sys.argv[1]), Path(sys.argv[2]), weight_format=(sys.argv[3:] or ["fp16"])[0]))

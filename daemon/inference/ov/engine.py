@@ -66,7 +66,16 @@ from ..adapters import WEIGHTS_FILE, AdapterRecord, AdapterStore, read_safetenso
 from ..errors import AdapterIncompatible, InferenceError, ModelUnavailable, Unsupported
 from ..limits import EngineLimits
 from ..scheduler import Job, Scheduler
-from ..text import TextStream, build_result, encode_prompt, resolve_chain, rss_bytes, stop_ids
+from ..text import (
+    TextStream,
+    build_result,
+    encode_prompt,
+    release_pin,
+    resolve_chain,
+    rss_bytes,
+    stack_loaded,
+    stop_ids,
+)
 from . import PRECISIONS
 from .model import GenerationDefaults, OVModel, registration_adapter
 
@@ -232,17 +241,11 @@ class OVEngine:
         for record in records:
             self._adapter(record)
         self._pins[owner] = tuple(r.sha256 for r in records)
-        return LoadStackResult(
-            stack=[r.info() for r in records],
-            mode=params.mode,
-            load_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
+        return stack_loaded(records, params.mode, started)
 
     def unload(self, params: UnloadParams, owner: str) -> UnloadResult:
         stack = tuple(e.sha256 for e in params.stack)
-        if self._pins.get(owner) == stack:
-            del self._pins[owner]
-        still_needed = {sha for pin in self._pins.values() for sha in pin}
+        still_needed = release_pin(self._pins, owner, stack)
         for sha in stack:
             if sha not in still_needed and not self._in_use.get(sha):
                 self._adapters.pop(sha, None)
