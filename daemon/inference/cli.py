@@ -57,8 +57,9 @@ def add_verbs(verb: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, 
         "--ov-weights",
         default=None,
         choices=WEIGHT_FORMATS,
-        help="openvino: the IR's weights: fp16 (default; replies as torch fp32 gives them) or int8 "
-        "(faster on one thread, and the replies drift) (env PERSONAD_OV_WEIGHTS)",
+        help="openvino: the IR's weights: packed (default: matrices that are exact 4-/8-bit groups, as "
+        "a GGUF's are, stored so, the rest fp16), fp16, int8 (requantized: the replies drift) or fp32 "
+        "(env PERSONAD_OV_WEIGHTS)",
     )
     inference.add_argument(
         "--ov-precision",

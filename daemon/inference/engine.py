@@ -56,10 +56,11 @@ log = logging.getLogger("personad.inference.engine")
 T = TypeVar("T")
 TokenCallback = Callable[[TokenParams], Awaitable[None]]
 
-#: What the openvino backend runs unless told otherwise: fp16 weights computed
-#: in fp32, which answer as torch fp32 does (int8 weights decode faster on one
-#: thread but part from it within a few dozen tokens; docs/inference.md, Benchmarks).
-OV_DEFAULTS = {"weight_format": "fp16", "precision": "f32"}
+#: What the openvino backend runs unless told otherwise: the weights packed
+#: into the exact 4- and 8-bit groups they are (fp16 where they are not),
+#: computed in fp32, which answer as torch fp32 does (nncf's int8 weights part
+#: from it within a few dozen tokens; docs/inference.md, Benchmarks).
+OV_DEFAULTS = {"weight_format": "packed", "precision": "f32"}
 
 #: The worker thread's name (one per open engine), for operators reading a
 #: thread dump and for tests that check it ends.

@@ -57,7 +57,7 @@ def load_ov_model(
     spec: str | os.PathLike[str] | None,
     *,
     state_root: Path,
-    weight_format: str = "fp16",
+    weight_format: str = "packed",
     on_progress: Callable[[str], None] | None = None,
 ) -> OVModel:
     """Find the model, export it to IR once (cached in ``$PERSONAD_OV_CACHE``, else

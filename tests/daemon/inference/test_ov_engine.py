@@ -192,7 +192,7 @@ async def test_a_schema_the_torch_engine_refuses_is_refused_alike(engines: dict[
 async def test_a_json_schema_holds_smollm2_s_reply(
     smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On the real model and its int8 default: a reply in the schema's shape, its pattern kept.
+    """On the real model and its default (packed) weights: a reply in the schema's shape, its pattern kept.
 
     (OpenVINO compiles the schema with its own xgrammar, which allows
     whitespace between tokens: the tiny random model loops on newlines there,
