@@ -12,7 +12,7 @@ AJV    := tests/schema/node_modules/.package-lock.json
 CONVERT := .venv-convert
 CONVERT_STAMP := $(CONVERT)/.installed
 
-.PHONY: up test lint bench system-deps convert-env clean
+.PHONY: up test lint bench system-deps convert-env llamacpp-env clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "personad needs Python 3.11")'
@@ -48,6 +48,16 @@ $(CONVERT_STAMP): $(STAMP)
 
 convert-env: $(CONVERT_STAMP)
 
+# llama.cpp, for bench/inference.py --llama-cpp only (the baseline a user would
+# pick instead): llama-cpp-python compiles llama.cpp for this CPU, minutes on two cores.
+LLAMACPP := .venv-llamacpp
+$(LLAMACPP)/.installed:
+	$(PYTHON) -m venv $(LLAMACPP)
+	$(LLAMACPP)/bin/pip install --quiet llama-cpp-python==0.3.36
+	touch $@
+
+llamacpp-env: $(LLAMACPP)/.installed
+
 up: $(STAMP) $(CONVERT_STAMP)
 	@scripts/system-deps up
 	$(VENV)/bin/personad up
@@ -77,4 +87,4 @@ bench: $(STAMP) system-deps
 	$(VENV)/bin/python bench/lineage.py
 
 clean:
-	rm -rf $(VENV) $(CONVERT) .personad .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CONVERT) $(LLAMACPP) .personad .pytest_cache .mypy_cache .ruff_cache

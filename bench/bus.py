@@ -90,7 +90,7 @@ TOPIC = "bench.fanout"
 PUBLISHER = "cli:bench-pub"  # the bus stamps the publisher's client id; raw uses the same string
 SUBPROTOCOL = MSGPACK.subprotocol
 MAX_SIZE = 16 * 1024 * 1024  # BusConfig.max_message_bytes
-MAX_QUEUE = 32               # BusConfig.max_queue
+MAX_QUEUE = 32  # BusConfig.max_queue
 KIB = 1024
 MIB = 1024 * 1024
 
@@ -129,8 +129,7 @@ def _die_with_parent() -> None:
 
 def ping_request(rid: int, to: str = PERSONA) -> dict[str, Any]:
     """What BusClient.call("persona.ping", to=PERSONA) puts on the wire."""
-    return {"jsonrpc": "2.0", "id": rid, "method": "persona.ping", "to": to,
-            "meta": {"deadline_ms": 30_000}}
+    return {"jsonrpc": "2.0", "id": rid, "method": "persona.ping", "to": to, "meta": {"deadline_ms": 30_000}}
 
 
 def ping_reply(rid: Any) -> dict[str, Any]:
@@ -143,13 +142,22 @@ def event_data(seq: int) -> dict[str, Any]:
 
 
 def publish_request(rid: int, seq: int) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": rid, "method": "bus.publish",
-            "params": {"topic": TOPIC, "data": event_data(seq)}, "meta": {"deadline_ms": 30_000}}
+    return {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "bus.publish",
+        "params": {"topic": TOPIC, "data": event_data(seq)},
+        "meta": {"deadline_ms": 30_000},
+    }
 
 
 def hello_request(name: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": 0, "method": "hello",
-            "params": {"protocol": 1, "kind": "cli", "name": name}}
+    return {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "hello",
+        "params": {"protocol": 1, "kind": "cli", "name": name},
+    }
 
 
 # ===================================================================================
@@ -189,18 +197,32 @@ async def raw_server_main(args: argparse.Namespace) -> None:
             async for frame in ws:
                 req = decode(frame)
                 p = req["params"]
-                event = encode({"jsonrpc": "2.0", "method": "event",
-                                "params": {"topic": p["topic"], "data": p["data"], "publisher": PUBLISHER}})
+                event = encode(
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "event",
+                        "params": {"topic": p["topic"], "data": p["data"], "publisher": PUBLISHER},
+                    }
+                )
                 broadcast(subscribers, event)
-                await ws.send(encode({"jsonrpc": "2.0", "id": req["id"],
-                                      "result": {"delivered": len(subscribers)}}))
+                await ws.send(
+                    encode({"jsonrpc": "2.0", "id": req["id"], "result": {"delivered": len(subscribers)}})
+                )
             return
         async for frame in ws:  # echo: /echo and /idle (the hello gets its answer)
             req = decode(frame)
             await ws.send(encode(ping_reply(req["id"])))
 
-    async with serve(handler, "127.0.0.1", 0, compression=None, max_size=MAX_SIZE,
-                     max_queue=MAX_QUEUE, ping_interval=20, ping_timeout=20) as server:
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        compression=None,
+        max_size=MAX_SIZE,
+        max_queue=MAX_QUEUE,
+        ping_interval=20,
+        ping_timeout=20,
+    ) as server:
         port = server.sockets[0].getsockname()[1]
         _say(f"raw listening on ws://127.0.0.1:{port}")
         stdin = await _stdin_reader()
@@ -209,9 +231,15 @@ async def raw_server_main(args: argparse.Namespace) -> None:
 
 
 async def _open_bus_conn(url: str, token: str, name: str) -> ClientConnection:
-    ws = await connect(url, subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-                       additional_headers={"Authorization": f"Bearer {token}"},
-                       compression=None, max_size=MAX_SIZE, ping_interval=None, open_timeout=30)
+    ws = await connect(
+        url,
+        subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+        additional_headers={"Authorization": f"Bearer {token}"},
+        compression=None,
+        max_size=MAX_SIZE,
+        ping_interval=None,
+        open_timeout=30,
+    )
     await ws.send(MSGPACK.encode_wire(hello_request(name)))
     reply = MSGPACK.decode_data(await asyncio.wait_for(ws.recv(), 30))
     if "result" not in reply:
@@ -220,8 +248,9 @@ async def _open_bus_conn(url: str, token: str, name: str) -> ClientConnection:
     return ws
 
 
-async def _open_all(count: int, opener: Callable[[int], Awaitable[ClientConnection]],
-                    concurrency: int = 50) -> list[ClientConnection]:
+async def _open_all(
+    count: int, opener: Callable[[int], Awaitable[ClientConnection]], concurrency: int = 50
+) -> list[ClientConnection]:
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> ClientConnection:
@@ -250,11 +279,15 @@ async def subscribers_main(args: argparse.Namespace) -> None:
         name = f"bench-sub-{args.tag}-{i}"
         if mode == "bus":
             ws = await _open_bus_conn(args.url, args.token, name)
-            await ws.send(MSGPACK.encode_wire({"jsonrpc": "2.0", "id": 1, "method": "bus.subscribe",
-                                               "params": {"topics": [TOPIC]}}))
+            await ws.send(
+                MSGPACK.encode_wire(
+                    {"jsonrpc": "2.0", "id": 1, "method": "bus.subscribe", "params": {"topics": [TOPIC]}}
+                )
+            )
         else:
-            ws = await connect(args.url + "/sub", compression=None, max_size=MAX_SIZE,
-                               ping_interval=None, open_timeout=30)
+            ws = await connect(
+                args.url + "/sub", compression=None, max_size=MAX_SIZE, ping_interval=None, open_timeout=30
+            )
         ack = MSGPACK.decode_data(await asyncio.wait_for(ws.recv(), 30))
         if ack.get("id") != 1 or "result" not in ack:
             raise RuntimeError(f"subscribe refused: {ack}")
@@ -313,8 +346,9 @@ async def idle_main(args: argparse.Namespace) -> None:
     async def opener(i: int) -> ClientConnection:
         if args.mode == "bus":
             return await _open_bus_conn(args.url, args.token, f"bench-idle-{i}")
-        ws = await connect(args.url + "/idle", compression=None, max_size=MAX_SIZE,
-                           ping_interval=None, open_timeout=30)
+        ws = await connect(
+            args.url + "/idle", compression=None, max_size=MAX_SIZE, ping_interval=None, open_timeout=30
+        )
         await ws.send(hello)
         reply = MSGPACK.decode_data(await asyncio.wait_for(ws.recv(), 30))
         assert "result" in reply
@@ -337,6 +371,7 @@ async def relay_main(args: argparse.Namespace) -> None:
 
     async def handler(ws: ServerConnection) -> None:
         async with connect(args.url + "/echo", compression=None, max_size=MAX_SIZE) as up:
+
             async def downstream() -> None:
                 async for frame in up:
                     await ws.send(encode(decode(frame)))
@@ -351,8 +386,9 @@ async def relay_main(args: argparse.Namespace) -> None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    async with serve(handler, "127.0.0.1", 0, compression=None, max_size=MAX_SIZE,
-                     max_queue=MAX_QUEUE) as server:
+    async with serve(
+        handler, "127.0.0.1", 0, compression=None, max_size=MAX_SIZE, max_queue=MAX_QUEUE
+    ) as server:
         _say(f"relay listening on ws://127.0.0.1:{server.sockets[0].getsockname()[1]}")
         stdin = await _stdin_reader()
         while (await stdin.readline()).strip() not in (b"quit", b""):
@@ -362,11 +398,23 @@ async def relay_main(args: argparse.Namespace) -> None:
 async def raw_persona_main(args: argparse.Namespace) -> None:
     """--explain only: a persona that is nothing but a hello and a ping answer."""
     encode, decode = MSGPACK.encode_wire, MSGPACK.decode_data
-    ws = await connect(args.url, subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-                       additional_headers={"Authorization": f"Bearer {args.token}"},
-                       compression=None, max_size=MAX_SIZE)
-    await ws.send(encode({"jsonrpc": "2.0", "id": 0, "method": "hello",
-                          "params": {"protocol": 1, "kind": "persona", "name": RAW_PERSONA[8:]}}))
+    ws = await connect(
+        args.url,
+        subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+        additional_headers={"Authorization": f"Bearer {args.token}"},
+        compression=None,
+        max_size=MAX_SIZE,
+    )
+    await ws.send(
+        encode(
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "hello",
+                "params": {"protocol": 1, "kind": "persona", "name": RAW_PERSONA[8:]},
+            }
+        )
+    )
     if "result" not in decode(await asyncio.wait_for(ws.recv(), 30)):
         raise RuntimeError("hello refused")
 
@@ -375,8 +423,11 @@ async def raw_persona_main(args: argparse.Namespace) -> None:
             async for frame in ws:
                 req = decode(frame)
                 if "id" in req and "method" in req:
-                    await ws.send(encode({"jsonrpc": "2.0", "id": req["id"],
-                                          "result": {"pong": True, "time": time.time()}}))
+                    await ws.send(
+                        encode(
+                            {"jsonrpc": "2.0", "id": req["id"], "result": {"pong": True, "time": time.time()}}
+                        )
+                    )
 
     task = asyncio.create_task(serve_requests())
     _say("ready")
@@ -429,15 +480,26 @@ class Child:
         self.log = log
 
     @classmethod
-    async def start(cls, name: str, argv: list[str], *, env: dict[str, str] | None = None,
-                    log: Path | None = None, stdin: bool = False, capture: bool = True) -> Child:
+    async def start(
+        cls,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        stdin: bool = False,
+        capture: bool = True,
+    ) -> Child:
         """Start ``argv``; stderr (and stdout unless ``capture``) go to ``log``."""
         err = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if log is not None else None
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=REPO, env=env,
+                *argv,
+                cwd=REPO,
+                env=env,
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if capture or err is None else err, stderr=err,
+                stdout=subprocess.PIPE if capture or err is None else err,
+                stderr=err,
                 preexec_fn=_die_with_parent,
             )
         finally:
@@ -462,16 +524,18 @@ class Child:
                 while True:
                     raw = await self.proc.stdout.readline()
                     if not raw:
-                        raise RuntimeError(f"{self.name} exited (status {await self.proc.wait()})\n"
-                                           f"{self.tail()}")
+                        raise RuntimeError(
+                            f"{self.name} exited (status {await self.proc.wait()})\n{self.tail()}"
+                        )
                     text = raw.decode().strip()
                     if text.startswith("fail"):
                         raise RuntimeError(f"{self.name}: {text}")
                     if text.startswith(prefix):
-                        return text[len(prefix):].strip()
+                        return text[len(prefix) :].strip()
         except TimeoutError:
             raise RuntimeError(
-                f"{self.name} did not print {prefix!r} within {timeout}s\n{self.tail()}") from None
+                f"{self.name} did not print {prefix!r} within {timeout}s\n{self.tail()}"
+            ) from None
 
     def send(self, text: str) -> None:
         assert self.proc.stdin is not None
@@ -501,8 +565,15 @@ def rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
-async def settled_rss(pid: int, *, min_wait: float = 1.0, max_wait: float = 15.0,
-                      tolerance: int = 64 * KIB, samples: int = 5, interval: float = 0.25) -> int:
+async def settled_rss(
+    pid: int,
+    *,
+    min_wait: float = 1.0,
+    max_wait: float = 15.0,
+    tolerance: int = 64 * KIB,
+    samples: int = 5,
+    interval: float = 0.25,
+) -> int:
     """Poll the RSS until the last ``samples`` readings agree within ``tolerance`` (bounded)."""
     started = now()
     seen: list[int] = []
@@ -511,7 +582,8 @@ async def settled_rss(pid: int, *, min_wait: float = 1.0, max_wait: float = 15.0
         recent = seen[-samples:]
         waited = now() - started
         if waited >= max_wait or (
-                waited >= min_wait and len(recent) == samples and max(recent) - min(recent) <= tolerance):
+            waited >= min_wait and len(recent) == samples and max(recent) - min(recent) <= tolerance
+        ):
             return recent[-1]
         await asyncio.sleep(interval)
 
@@ -562,18 +634,32 @@ class Bench:
         self.token: str = token
         # Helpers get the token in their environment, not on their command line.
         self.helper_env = {**os.environ, "BENCH_BUS_TOKEN": self.token}
-        env = {k: v for k, v in os.environ.items()
-               if k not in {"PERSONAD_TOKEN", "NOTIFY_SOCKET", "WATCHDOG_USEC", "CREDENTIALS_DIRECTORY"}}
-        env.update(PERSONAD_STATE_DIR=str(state_dir), PERSONAD_CONFIG_DIR=str(REPO / "config"),
-                   PYTHONUNBUFFERED="1")
-        self.bus = await self.spawn("bus", [self.python, "-m", "daemon", "--state-dir", str(state_dir),
-                                            "bus", "--port", "0"], env=env, log=self.tmp / "bus.log")
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"PERSONAD_TOKEN", "NOTIFY_SOCKET", "WATCHDOG_USEC", "CREDENTIALS_DIRECTORY"}
+        }
+        env.update(
+            PERSONAD_STATE_DIR=str(state_dir), PERSONAD_CONFIG_DIR=str(REPO / "config"), PYTHONUNBUFFERED="1"
+        )
+        self.bus = await self.spawn(
+            "bus",
+            [self.python, "-m", "daemon", "--state-dir", str(state_dir), "bus", "--port", "0"],
+            env=env,
+            log=self.tmp / "bus.log",
+        )
         self.url = (await self.bus.line("personad bus listening on", 30)).strip()
         env["PERSONAD_URL"] = self.url
-        self.persona = await self.spawn("persona", [self.python, "-m", "daemon", "persona", "demo"],
-                                        env=env, log=self.tmp / "persona.log", capture=False)
-        self.raw = await self.spawn("raw-server", self.helper("_raw-server"), stdin=True,
-                                    log=self.tmp / "raw.log")
+        self.persona = await self.spawn(
+            "persona",
+            [self.python, "-m", "daemon", "persona", "demo"],
+            env=env,
+            log=self.tmp / "persona.log",
+            capture=False,
+        )
+        self.raw = await self.spawn(
+            "raw-server", self.helper("_raw-server"), stdin=True, log=self.tmp / "raw.log"
+        )
         self.raw_url = await self.raw.line("raw listening on", 30)
 
         from daemon.client import BusClient
@@ -606,8 +692,12 @@ class Bench:
             raise RuntimeError("nats-server is not installed: run scripts/system-deps")
         port = free_port()
         url = f"nats://127.0.0.1:{port}"
-        self.nats_server = await self.spawn("nats-server", [binary, "-a", "127.0.0.1", "-p", str(port)],
-                                            log=self.tmp / "nats.log", capture=False)
+        self.nats_server = await self.spawn(
+            "nats-server",
+            [binary, "-a", "127.0.0.1", "-p", str(port)],
+            log=self.tmp / "nats.log",
+            capture=False,
+        )
         # Wait for the port with plain TCP: nats-py prints a traceback per refused attempt.
         async with asyncio.timeout(30):
             while True:
@@ -620,11 +710,18 @@ class Bench:
                         raise RuntimeError(f"nats-server exited\n{self.nats_server.tail()}") from None
                     await asyncio.sleep(0.05)
         self.nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
-        self.responder = await self.spawn("nats-responder", self.helper("_nats-responder", "--url", url),
-                                          stdin=True, log=self.tmp / "nats-responder.log")
+        self.responder = await self.spawn(
+            "nats-responder",
+            self.helper("_nats-responder", "--url", url),
+            stdin=True,
+            log=self.tmp / "nats-responder.log",
+        )
         await self.responder.line("ready", 30)
-        self.nats_pids = {"client": os.getpid(), "nats-server": self.nats_server.pid,
-                          "responder": self.responder.pid}
+        self.nats_pids = {
+            "client": os.getpid(),
+            "nats-server": self.nats_server.pid,
+            "responder": self.responder.pid,
+        }
 
     async def teardown(self) -> None:
         nc = getattr(self, "nc", None)
@@ -643,8 +740,9 @@ class Bench:
 
     # -- reporting ---------------------------------------------------------------------
 
-    def report(self, name: str, value: str, baseline: str, ratio: float | None, target: str,
-               ok: bool) -> None:
+    def report(
+        self, name: str, value: str, baseline: str, ratio: float | None, target: str, ok: bool
+    ) -> None:
         ratio_text = f" ratio {ratio:.2f}" if ratio is not None else ""
         line = f"{name}: {value} ({baseline}){ratio_text} target {target}: {'ok' if ok else 'FAIL'}"
         self.lines.append(line)
@@ -703,8 +801,9 @@ class Bench:
             await asyncio.gather(*(worker() for _ in range(window)))
         return done, now() - t0
 
-    async def raw_pipelined(self, duration: float, window: int, ws: ClientConnection | None = None,
-                            to: str = PERSONA) -> Ops:
+    async def raw_pipelined(
+        self, duration: float, window: int, ws: ClientConnection | None = None, to: str = PERSONA
+    ) -> Ops:
         """A window of ``window`` requests on one connection: each answer lets one more go."""
         ws = ws or self.raw_ws
         encode, decode = MSGPACK.encode_wire, MSGPACK.decode_data
@@ -758,8 +857,10 @@ class Bench:
             await asyncio.gather(*(worker(i) for i in range(window)))
         return done, now() - t0
 
-    async def interleave(self, runs: dict[str, tuple[Callable[[], Awaitable[Ops]], dict[str, int]]],
-                         ) -> dict[str, tuple[list[float], dict[str, float]]]:
+    async def interleave(
+        self,
+        runs: dict[str, tuple[Callable[[], Awaitable[Ops]], dict[str, int]]],
+    ) -> dict[str, tuple[list[float], dict[str, float]]]:
         """Warm up, then run every variant once per repetition, rotating the order.
 
         Returns per variant its rates (ops/s) and the CPU time each of its
@@ -774,7 +875,7 @@ class Bench:
         cpu = {name: dict.fromkeys(runs[name][1], 0.0) for name in names}
         for rep in range(self.opts.reps):
             # Rotate the order so that no variant always runs first or last.
-            for name in names[rep % len(names):] + names[:rep % len(names)]:
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
                 fn, pids = runs[name]
                 before = {proc: cpu_seconds(pid) for proc, pid in pids.items()}
                 n, seconds = await fn()
@@ -782,14 +883,21 @@ class Bench:
                     cpu[name][proc] += cpu_seconds(pid) - before[proc]
                 rates[name].append(n / seconds)
                 ops[name] += n
-        return {name: (rates[name], {proc: 1e6 * sec / max(ops[name], 1) for proc, sec in cpu[name].items()})
-                for name in names}
+        return {
+            name: (rates[name], {proc: 1e6 * sec / max(ops[name], 1) for proc, sec in cpu[name].items()})
+            for name in names
+        }
 
-    async def compare(self, label: str, unit: str,
-                      raw: Callable[[], Awaitable[Ops]], raw_pids: dict[str, int],
-                      bus: Callable[[], Awaitable[Ops]], bus_pids: dict[str, int],
-                      nats: Callable[[], Awaitable[Ops]] | None = None,
-                      ) -> tuple[float, float, float]:
+    async def compare(
+        self,
+        label: str,
+        unit: str,
+        raw: Callable[[], Awaitable[Ops]],
+        raw_pids: dict[str, int],
+        bus: Callable[[], Awaitable[Ops]],
+        bus_pids: dict[str, int],
+        nats: Callable[[], Awaitable[Ops]] | None = None,
+    ) -> tuple[float, float, float]:
         """The bus against its baseline, interleaved: median rates (ops/s) and median paired ratio.
 
         The ratio is the median of the paired ratios (each bus run against the
@@ -803,56 +911,98 @@ class Bench:
         res = await self.interleave(runs)
         (raw_rates, _), (bus_rates, bus_cpu) = res["raw"], res["bus"]
         pairs = [b / r for b, r in zip(bus_rates, raw_rates, strict=True)]
-        print(f"  {label}:\n"
-              f"    raw {unit}/s: {', '.join(f'{v:,.0f}' for v in raw_rates)}\n"
-              f"    bus {unit}/s: {', '.join(f'{v:,.0f}' for v in bus_rates)}\n"
-              f"    paired ratios: {', '.join(f'{v:.2f}' for v in pairs)}", flush=True)
+        print(
+            f"  {label}:\n"
+            f"    raw {unit}/s: {', '.join(f'{v:,.0f}' for v in raw_rates)}\n"
+            f"    bus {unit}/s: {', '.join(f'{v:,.0f}' for v in bus_rates)}\n"
+            f"    paired ratios: {', '.join(f'{v:.2f}' for v in pairs)}",
+            flush=True,
+        )
         if "nats" in res:
             nats_rates = res["nats"][0]
             self.nats_pairs = [b / n for b, n in zip(bus_rates, nats_rates, strict=True)]
             self.nats_rate = median(nats_rates)
-            print(f"    nats {unit}/s: {', '.join(f'{v:,.0f}' for v in nats_rates)}\n"
-                  f"    paired ratios to nats: {', '.join(f'{v:.2f}' for v in self.nats_pairs)}", flush=True)
+            print(
+                f"    nats {unit}/s: {', '.join(f'{v:,.0f}' for v in nats_rates)}\n"
+                f"    paired ratios to nats: {', '.join(f'{v:.2f}' for v in self.nats_pairs)}",
+                flush=True,
+            )
         for side, (_, per) in res.items():
-            print(f"    {side} CPU µs per {unit}: "
-                  f"{', '.join(f'{proc} {us:.1f}' for proc, us in per.items())}", flush=True)
+            print(
+                f"    {side} CPU µs per {unit}: {', '.join(f'{proc} {us:.1f}' for proc, us in per.items())}",
+                flush=True,
+            )
         self.bus_cpu_us = bus_cpu.get("bus", 0.0)
         self.nats_server_cpu_us = res["nats"][1].get("nats-server", 0.0) if "nats" in res else None
         return median(bus_rates), median(raw_rates), median(pairs)
 
     async def bench_rr(self) -> None:
         d = self.opts.duration
-        bus, raw, ratio = await self.compare("request/response, 1 in flight", "req",
-                                             lambda: self.raw_rr(d), self.raw_pids,
-                                             lambda: self.bus_rr(d), self.bus_pids,
-                                             lambda: self.nats_rr(d))
-        self.report("request/response 1 in flight", f"{bus:,.0f} req/s",
-                    f"raw websockets echo {raw:,.0f} req/s", ratio,
-                    f"≥ {TARGETS['rr']:.2f}", ratio >= TARGETS["rr"])
+        bus, raw, ratio = await self.compare(
+            "request/response, 1 in flight",
+            "req",
+            lambda: self.raw_rr(d),
+            self.raw_pids,
+            lambda: self.bus_rr(d),
+            self.bus_pids,
+            lambda: self.nats_rr(d),
+        )
+        self.report(
+            "request/response 1 in flight",
+            f"{bus:,.0f} req/s",
+            f"raw websockets echo {raw:,.0f} req/s",
+            ratio,
+            f"≥ {TARGETS['rr']:.2f}",
+            ratio >= TARGETS["rr"],
+        )
         self.report_nats("request/response 1 in flight against NATS", bus, "rr")
         cpu = self.bus_cpu_us
-        self.report("bus CPU per relayed request (1 in flight)", f"{cpu:.0f} µs",
-                    "psutil, the bus process's user+system time over the runs; "
-                    f"nats-server's in the same runs {self.nats_server_cpu_us:.0f} µs", None,
-                    f"≤ {MAX_BUS_CPU_US:.0f} µs", cpu <= MAX_BUS_CPU_US)
+        self.report(
+            "bus CPU per relayed request (1 in flight)",
+            f"{cpu:.0f} µs",
+            "psutil, the bus process's user+system time over the runs; "
+            f"nats-server's in the same runs {self.nats_server_cpu_us:.0f} µs",
+            None,
+            f"≤ {MAX_BUS_CPU_US:.0f} µs",
+            cpu <= MAX_BUS_CPU_US,
+        )
 
     def report_nats(self, name: str, bus: float, key: str) -> None:
         ratio = median(self.nats_pairs)
-        self.report(name, f"{bus:,.0f} req/s", f"nats-server + nats-py {self.nats_rate:,.0f} req/s",
-                    ratio, f"≥ {NATS_TARGETS[key]:.2f}", ratio >= NATS_TARGETS[key])
+        self.report(
+            name,
+            f"{bus:,.0f} req/s",
+            f"nats-server + nats-py {self.nats_rate:,.0f} req/s",
+            ratio,
+            f"≥ {NATS_TARGETS[key]:.2f}",
+            ratio >= NATS_TARGETS[key],
+        )
 
     async def bench_pipelined(self) -> None:
         d, w = self.opts.duration, self.opts.window
-        bus, raw, ratio = await self.compare(f"request/response, {w} in flight", "req",
-                                             lambda: self.raw_pipelined(d, w), self.raw_pids,
-                                             lambda: self.bus_pipelined(d, w), self.bus_pids,
-                                             lambda: self.nats_pipelined(d, w))
-        self.report(f"request/response {w} in flight", f"{bus:,.0f} req/s",
-                    f"raw pipelined echo {raw:,.0f} req/s", ratio,
-                    f"≥ {TARGETS['pipelined']:.2f}", ratio >= TARGETS["pipelined"])
+        bus, raw, ratio = await self.compare(
+            f"request/response, {w} in flight",
+            "req",
+            lambda: self.raw_pipelined(d, w),
+            self.raw_pids,
+            lambda: self.bus_pipelined(d, w),
+            self.bus_pids,
+            lambda: self.nats_pipelined(d, w),
+        )
+        self.report(
+            f"request/response {w} in flight",
+            f"{bus:,.0f} req/s",
+            f"raw pipelined echo {raw:,.0f} req/s",
+            ratio,
+            f"≥ {TARGETS['pipelined']:.2f}",
+            ratio >= TARGETS["pipelined"],
+        )
         self.report_nats(f"request/response {w} in flight against NATS", bus, "pipelined")
-        print(f"  bus CPU per relayed request at {w} in flight: {self.bus_cpu_us:.0f} µs "
-              f"(nats-server {self.nats_server_cpu_us:.0f} µs)", flush=True)
+        print(
+            f"  bus CPU per relayed request at {w} in flight: {self.bus_cpu_us:.0f} µs "
+            f"(nats-server {self.nats_server_cpu_us:.0f} µs)",
+            flush=True,
+        )
 
     # -- --explain: where the request/response ratio goes ------------------------------
 
@@ -865,8 +1015,9 @@ class Bench:
         * a raw persona (hello, then answer persona.ping) instead of the daemon.
         """
         relay = await self.spawn("relay", self.helper("_relay", "--url", self.raw_url), stdin=True)
-        raw_persona = await self.spawn("raw-persona", self.helper("_raw-persona", "--url", self.url),
-                                       env=self.helper_env, stdin=True)
+        raw_persona = await self.spawn(
+            "raw-persona", self.helper("_raw-persona", "--url", self.url), env=self.helper_env, stdin=True
+        )
         relay_url = await relay.line("relay listening on", 30)
         await raw_persona.line("ready", 30)
         relay_ws = await connect(relay_url, compression=None, max_size=MAX_SIZE)
@@ -880,21 +1031,34 @@ class Bench:
                 ("1 in flight", partial(self.raw_rr, d), partial(self.bus_rr, d)),
                 (f"{w} in flight", partial(self.raw_pipelined, d, w), partial(self.bus_pipelined, d, w)),
             ):
-                res = await self.interleave({
-                    "raw echo (the baseline)":
-                        (partial(raw_fn, self.raw_ws, PERSONA), {"caller": me, "echo": self.raw.pid}),
-                    "raw caller -> plain relay -> raw echo":
-                        (partial(raw_fn, relay_ws, PERSONA),
-                         {"caller": me, "relay": rel, "echo": self.raw.pid}),
-                    "raw caller -> bus -> raw persona":
-                        (partial(raw_fn, caller, RAW_PERSONA), {"caller": me, "bus": bus, "persona": raw_p}),
-                    "raw caller -> bus -> persona daemon":
-                        (partial(raw_fn, caller, PERSONA), {"caller": me, "bus": bus, "persona": daemon_p}),
-                    "BusClient -> bus -> raw persona":
-                        (partial(bus_fn, RAW_PERSONA), {"caller": me, "bus": bus, "persona": raw_p}),
-                    "BusClient -> bus -> persona daemon":
-                        (partial(bus_fn, PERSONA), {"caller": me, "bus": bus, "persona": daemon_p}),
-                })
+                res = await self.interleave(
+                    {
+                        "raw echo (the baseline)": (
+                            partial(raw_fn, self.raw_ws, PERSONA),
+                            {"caller": me, "echo": self.raw.pid},
+                        ),
+                        "raw caller -> plain relay -> raw echo": (
+                            partial(raw_fn, relay_ws, PERSONA),
+                            {"caller": me, "relay": rel, "echo": self.raw.pid},
+                        ),
+                        "raw caller -> bus -> raw persona": (
+                            partial(raw_fn, caller, RAW_PERSONA),
+                            {"caller": me, "bus": bus, "persona": raw_p},
+                        ),
+                        "raw caller -> bus -> persona daemon": (
+                            partial(raw_fn, caller, PERSONA),
+                            {"caller": me, "bus": bus, "persona": daemon_p},
+                        ),
+                        "BusClient -> bus -> raw persona": (
+                            partial(bus_fn, RAW_PERSONA),
+                            {"caller": me, "bus": bus, "persona": raw_p},
+                        ),
+                        "BusClient -> bus -> persona daemon": (
+                            partial(bus_fn, PERSONA),
+                            {"caller": me, "bus": bus, "persona": daemon_p},
+                        ),
+                    }
+                )
                 base = median(res["raw echo (the baseline)"][0])
                 print(f"  explain, request/response {title} (median req/s, ratio to raw echo, CPU µs/req):")
                 for name, (rates, per) in res.items():
@@ -916,18 +1080,24 @@ class Bench:
         per = [total // procs + (1 if i < total % procs else 0) for i in range(procs)]
         children = []
         for i, count in enumerate(per):
-            children.append(await self.spawn(
-                f"{mode}-subscribers-{i}",
-                self.helper("_subscribers", "--mode", mode, "--url", url,
-                            "--count", str(count), "--tag", str(i)),
-                env=self.helper_env, stdin=True))
+            children.append(
+                await self.spawn(
+                    f"{mode}-subscribers-{i}",
+                    self.helper(
+                        "_subscribers", "--mode", mode, "--url", url, "--count", str(count), "--tag", str(i)
+                    ),
+                    env=self.helper_env,
+                    stdin=True,
+                )
+            )
         for child in children:
             await child.line("ready", 120)
         return children
 
     async def bus_publish(self, n: int) -> None:
-        results = await asyncio.gather(*(self.pub.call("bus.publish", {"topic": TOPIC, "data": event_data(i)})
-                                         for i in range(n)))
+        results = await asyncio.gather(
+            *(self.pub.call("bus.publish", {"topic": TOPIC, "data": event_data(i)}) for i in range(n))
+        )
         bad = [r for r in results if r["delivered"] != self.opts.subscribers]
         if bad:
             raise RuntimeError(f"bus.publish delivered {bad[0]['delivered']}, not {self.opts.subscribers}")
@@ -966,18 +1136,25 @@ class Bench:
         raw_subs = await self.start_subscribers("raw", self.raw_url, total, procs)
         try:
             bus, raw, ratio = await self.compare(
-                f"1 event -> {total} subscribers, {self.opts.events} events per run", "delivery",
+                f"1 event -> {total} subscribers, {self.opts.events} events per run",
+                "delivery",
                 lambda: self.fanout_once(raw_subs, self.raw_publish),
                 {**self.raw_pids, **{c.name: c.pid for c in raw_subs}},
                 lambda: self.fanout_once(bus_subs, self.bus_publish),
-                {**self.bus_pids, **{c.name: c.pid for c in bus_subs}})
+                {**self.bus_pids, **{c.name: c.pid for c in bus_subs}},
+            )
         finally:
             for child in [*bus_subs, *raw_subs]:
                 await child.stop()
                 self.children.remove(child)
-        self.report(f"fan-out to {total} subscribers", f"{bus:,.0f} deliveries/s",
-                    f"websockets broadcast() {raw:,.0f} deliveries/s", ratio,
-                    f"≥ {TARGETS['fanout']:.2f}", ratio >= TARGETS["fanout"])
+        self.report(
+            f"fan-out to {total} subscribers",
+            f"{bus:,.0f} deliveries/s",
+            f"websockets broadcast() {raw:,.0f} deliveries/s",
+            ratio,
+            f"≥ {TARGETS['fanout']:.2f}",
+            ratio >= TARGETS["fanout"],
+        )
 
     # -- 4: memory ---------------------------------------------------------------------
 
@@ -985,9 +1162,12 @@ class Bench:
         """Bytes of RSS growth per idle connection in ``pid``; (per_conn, before, after, open_s)."""
         count = self.opts.conns
         before = await settled_rss(pid)
-        child = await self.spawn(f"{mode}-idle", self.helper("_idle", "--mode", mode, "--url", url,
-                                                             "--count", str(count)),
-                                 env=self.helper_env, stdin=True)
+        child = await self.spawn(
+            f"{mode}-idle",
+            self.helper("_idle", "--mode", mode, "--url", url, "--count", str(count)),
+            env=self.helper_env,
+            stdin=True,
+        )
         try:
             ready = (await child.line("ready", 180)).split()
             assert int(ready[0]) == count
@@ -1003,23 +1183,36 @@ class Bench:
         raw_idle = await settled_rss(self.raw.pid)
         bus_per, bus_before, bus_after, bus_open = await self.conn_growth("bus", self.bus.pid, self.url)
         raw_per, raw_before, raw_after, raw_open = await self.conn_growth("raw", self.raw.pid, self.raw_url)
-        print(f"  {self.opts.conns} idle connections: "
-              f"bus RSS {bus_before / MIB:.1f} -> {bus_after / MIB:.1f} MiB "
-              f"(opened in {bus_open:.1f}s); raw server RSS {raw_before / MIB:.1f} -> "
-              f"{raw_after / MIB:.1f} MiB (opened in {raw_open:.1f}s)", flush=True)
+        print(
+            f"  {self.opts.conns} idle connections: "
+            f"bus RSS {bus_before / MIB:.1f} -> {bus_after / MIB:.1f} MiB "
+            f"(opened in {bus_open:.1f}s); raw server RSS {raw_before / MIB:.1f} -> "
+            f"{raw_after / MIB:.1f} MiB (opened in {raw_open:.1f}s)",
+            flush=True,
+        )
         # Let the bus forget them before the throughput figures.
         for _ in range(300):
             if len((await self.client.call("bus.clients"))["clients"]) <= 3:
                 break
             await asyncio.sleep(0.2)
         ok = bus_per <= MAX_KIB_PER_CONN * KIB
-        self.report(f"bus memory per idle connection ({self.opts.conns})", f"{bus_per / KIB:.1f} KiB/conn",
-                    f"raw websockets server {raw_per / KIB:.1f} KiB/conn",
-                    bus_per / raw_per if raw_per > 0 else None, f"≤ {MAX_KIB_PER_CONN:.0f} KiB/conn", ok)
+        self.report(
+            f"bus memory per idle connection ({self.opts.conns})",
+            f"{bus_per / KIB:.1f} KiB/conn",
+            f"raw websockets server {raw_per / KIB:.1f} KiB/conn",
+            bus_per / raw_per if raw_per > 0 else None,
+            f"≤ {MAX_KIB_PER_CONN:.0f} KiB/conn",
+            ok,
+        )
         ok = persona_idle <= MAX_PERSONA_MIB * MIB
-        self.report("persona daemon idle RSS", f"{persona_idle / MIB:.1f} MiB",
-                    f"raw websockets server process {raw_idle / MIB:.1f} MiB", persona_idle / raw_idle,
-                    f"≤ {MAX_PERSONA_MIB:.0f} MiB", ok)
+        self.report(
+            "persona daemon idle RSS",
+            f"{persona_idle / MIB:.1f} MiB",
+            f"raw websockets server process {raw_idle / MIB:.1f} MiB",
+            persona_idle / raw_idle,
+            f"≤ {MAX_PERSONA_MIB:.0f} MiB",
+            ok,
+        )
 
     # -- main --------------------------------------------------------------------------
 
@@ -1033,8 +1226,11 @@ class Bench:
             if self.opts.explain:
                 await self.explain()
             after_load = await settled_rss(self.persona.pid, max_wait=5.0)
-            print(f"  persona RSS after the load: {after_load / MIB:.1f} MiB "
-                  f"(idle, before: {self.persona_idle / MIB:.1f} MiB)", flush=True)
+            print(
+                f"  persona RSS after the load: {after_load / MIB:.1f} MiB "
+                f"(idle, before: {self.persona_idle / MIB:.1f} MiB)",
+                flush=True,
+            )
         finally:
             await self.teardown()
         return all(ok for _, ok in self.results) and len(self.results) == 8
@@ -1054,16 +1250,19 @@ def environment(nofile: int) -> str:
     except AttributeError:
         affinity = "affinity unknown"
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"python {platform.python_version()} ({platform.python_implementation()}), "
-            f"websockets {_version('websockets')}, uvloop {_version('uvloop')}, "
-            f"msgpack {_version('msgpack')}, psutil {_version('psutil')}, nats-py {_version('nats-py')}\n"
-            f"{platform.system()} {platform.release()} {platform.machine()}, "
-            f"{os.cpu_count()} cores ({affinity}), load average {load}, RLIMIT_NOFILE {nofile}")
+    return (
+        f"python {platform.python_version()} ({platform.python_implementation()}), "
+        f"websockets {_version('websockets')}, uvloop {_version('uvloop')}, "
+        f"msgpack {_version('msgpack')}, psutil {_version('psutil')}, nats-py {_version('nats-py')}\n"
+        f"{platform.system()} {platform.release()} {platform.machine()}, "
+        f"{os.cpu_count()} cores ({affinity}), load average {load}, RLIMIT_NOFILE {nofile}"
+    )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (~30 s)")
     parser.add_argument("--reps", type=int, default=None, help="measured repetitions per figure")
     parser.add_argument("--duration", type=float, default=None, help="seconds per request/response run")
@@ -1072,12 +1271,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--subscriber-procs", type=int, default=2)
     parser.add_argument("--events", type=int, default=None, help="events per fan-out run")
     parser.add_argument("--conns", type=int, default=2000, help="idle connections for figure 4")
-    parser.add_argument("--cpus", default=None, metavar="LIST",
-                        help="pin this process and every child to these CPUs, e.g. 0 or 0,1 "
-                             "(default: no pinning, the scheduler decides, as in production)")
-    parser.add_argument("--explain", action="store_true",
-                        help="also run request/response through stand-ins (a plain relay, a raw caller, "
-                             "a raw persona) to show where the ratio goes; informational, ~1 minute more")
+    parser.add_argument(
+        "--cpus",
+        default=None,
+        metavar="LIST",
+        help="pin this process and every child to these CPUs, e.g. 0 or 0,1 "
+        "(default: no pinning, the scheduler decides, as in production)",
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also run request/response through stand-ins (a plain relay, a raw caller, "
+        "a raw persona) to show where the ratio goes; informational, ~1 minute more",
+    )
     opts = parser.parse_args(argv)
     opts.warmup = 1
     if opts.reps is None:
@@ -1093,10 +1299,13 @@ async def bench_main(opts: argparse.Namespace) -> int:
     nofile = raise_nofile()
     if opts.cpus:
         os.sched_setaffinity(0, {int(c) for c in opts.cpus.split(",")})  # children inherit it
-    print("bench/bus.py: the bus against raw websockets and NATS, ratios measured in one run\n"
-          f"{environment(nofile)}\n"
-          f"reps {opts.reps} (median; 1 warm-up), {opts.duration}s per request/response run, "
-          f"{opts.events} events per fan-out run, {opts.conns} idle connections", flush=True)
+    print(
+        "bench/bus.py: the bus against raw websockets and NATS, ratios measured in one run\n"
+        f"{environment(nofile)}\n"
+        f"reps {opts.reps} (median; 1 warm-up), {opts.duration}s per request/response run, "
+        f"{opts.events} events per fan-out run, {opts.conns} idle connections",
+        flush=True,
+    )
     return await run_reported(lambda tmp: Bench(opts, tmp), "bus")
 
 
@@ -1114,6 +1323,7 @@ async def run_reported(make_bench: Callable[[Path], Any], name: str) -> int:
         ok = await bench.run()
     except Exception as exc:  # a failed run is a FAIL line (after its traceback)
         import traceback
+
         traceback.print_exc()
         print(f"error: {exc}", flush=True)
     except asyncio.CancelledError:  # SIGTERM or Ctrl-C: everything was stopped on the way out
@@ -1139,9 +1349,14 @@ def helper_main(role: str, argv: list[str]) -> None:
     args = parser.parse_args(argv)
     args.token = os.environ.get("BENCH_BUS_TOKEN", "")
     raise_nofile()
-    entry = {"_raw-server": raw_server_main, "_subscribers": subscribers_main, "_idle": idle_main,
-             "_relay": relay_main, "_raw-persona": raw_persona_main,
-             "_nats-responder": nats_responder_main}[role]
+    entry = {
+        "_raw-server": raw_server_main,
+        "_subscribers": subscribers_main,
+        "_idle": idle_main,
+        "_relay": relay_main,
+        "_raw-persona": raw_persona_main,
+        "_nats-responder": nats_responder_main,
+    }[role]
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(entry(args))
 

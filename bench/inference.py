@@ -39,8 +39,9 @@ With ``--decoders``, the decoding backends side by side as well
 (``inference_decoders.py``: 7. speed by backend and threads, 8. four
 personas at once) and whether the default says what torch fp32 says
 (``inference_agreement.py``: 9. token agreement, signature phrases,
-perplexity); ``--decoders-only`` runs just those. ``--llama-cpp`` is not
-built here: see bench/README.md.
+perplexity); ``--decoders-only`` runs just those. ``--llama-cpp`` adds
+llama.cpp on the model's own GGUF to section 7, the baseline a user would
+pick instead (it builds ``.venv-llamacpp`` the first time: minutes).
 
 The last line is ``inference.py: ok`` only if every target holds (exit 0),
 else ``inference.py: FAIL`` (exit 1). Child processes are always stopped.
@@ -363,6 +364,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the engine (default 1)")
     parser.add_argument("--decoders", action="store_true", help="also compare the decoding backends (7-9)")
     parser.add_argument("--decoders-only", action="store_true", help="only compare the decoding backends")
+    parser.add_argument(
+        "--llama-cpp",
+        action="store_true",
+        help="with --decoders(-only): llama.cpp too (builds .venv-llamacpp the first time, minutes)",
+    )
     args = parser.parse_args()
     model_dir = convert_smollm2(cache_root(REPO / ".personad"))
     if args.decoders_only:
@@ -396,12 +402,25 @@ async def decoders(args: argparse.Namespace, model_dir: Path) -> list[tuple[str,
         make_adapters(model_dir, store, work)
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
         results = await inference_decoders.measure(
-            model_dir, store, LEAVES, PROMPT, rounds=rounds, tokens=tokens
+            model_dir, store, LEAVES, PROMPT, rounds=rounds, tokens=tokens, llama_cpp=llama_cpp(args)
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results += await inference_agreement.measure(model_dir, REPO / ".personad", quick=args.quick)
     return results
+
+
+def llama_cpp(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """(its python, the GGUF) when --llama-cpp asks for llama.cpp; its venv is built the first time."""
+    if not args.llama_cpp:
+        return None
+    from daemon.inference.model import find_smollm2_gguf
+
+    python = REPO / ".venv-llamacpp" / "bin" / "python"
+    if not (REPO / ".venv-llamacpp" / ".installed").exists():
+        print("building llama-cpp-python into .venv-llamacpp (once; it compiles llama.cpp, minutes)")
+        subprocess.run(["make", "-C", str(REPO), "llamacpp-env"], check=True)
+    return python, find_smollm2_gguf()
 
 
 def report(results: list[tuple[str, bool]]) -> int:

@@ -1,6 +1,6 @@
 """Whether the default backend says what torch fp32 says (section 9 of bench/inference.py).
 
-int8 weights are measured beside the default (fp16 weights), for the trade-off.
+fp16 and nncf's int8 weights are measured beside the default (packed weights), for the trade-offs.
 
     .venv/bin/python bench/inference.py --decoders [--quick]
 
@@ -144,9 +144,9 @@ async def measure(model_dir: Path, state_root: Path, *, quick: bool) -> list[tup
     items = prompts(quick)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     default = f"openvino {OV_DEFAULTS['weight_format']}"
-    #: (label, backend, weight format): the default, and int8 for the trade-off it is not.
+    #: (label, backend, weight format): the default, and the formats it was chosen over.
     runs = [("torch fp32", "torch", None), (default, "openvino", OV_DEFAULTS["weight_format"])]
-    runs.append(("openvino int8", "openvino", "int8"))
+    runs += [("openvino fp16", "openvino", "fp16"), ("openvino int8", "openvino", "int8")]
     said: dict[str, dict[str, list[str]]] = {}
     irs: dict[str, Path] = {}
     for label, backend, weights in runs:
@@ -171,13 +171,13 @@ async def measure(model_dir: Path, state_root: Path, *, quick: bool) -> list[tup
     results: list[tuple[str, bool]] = []
     print(
         f"\n9. does the default backend ({default} weights, {OV_DEFAULTS['precision']} compute) say what "
-        f"torch fp32 says? {len(items)} prompts, greedy (int8 weights beside it, for comparison)"
+        f"torch fp32 says? {len(items)} prompts, greedy (fp16 and int8 weights beside it)"
     )
-    for label in (default, "openvino int8"):
+    for label in (default, "openvino fp16", "openvino int8"):
         for which in ("base", "stack"):
             a = agreement(tokenizer, said["torch fp32"][which], said[label][which])
             print(
-                f"   {label:<14} {which:<6} first {COMPARED} tokens: {a['agreement']:.1%} positions agree, "
+                f"   {label:<16} {which:<6} first {COMPARED} tokens: {a['agreement']:.1%} positions agree, "
                 f"{a['identical']:.0%} of prompts identical, median first difference at token "
                 f"{a['median_first_difference']:.0f}"
             )
@@ -186,7 +186,7 @@ async def measure(model_dir: Path, state_root: Path, *, quick: bool) -> list[tup
     counts = {b: (signed(said[b]["stack"]), signed(said[b]["base"])) for b in said}
     for label, (with_stack, without) in counts.items():
         print(
-            f"   {label:<14} signature phrases: {with_stack}/{len(items)} with the stack, {without} without"
+            f"   {label:<16} signature phrases: {with_stack}/{len(items)} with the stack, {without} without"
         )
     ok = all(w > 0 and n == 0 for w, n in counts.values())
     results.append(("signature phrases exactly when the stack is loaded", ok))
@@ -199,7 +199,7 @@ async def measure(model_dir: Path, state_root: Path, *, quick: bool) -> list[tup
     print(f"   perplexity on {len(ids)} held-out tokens: torch fp32 {reference:.3f}")
     for label, ir in irs.items():
         ours = perplexity_openvino(ir, ids, OV_DEFAULTS["precision"])
-        print(f"     {label:<14} {ours:.3f} ({ours / reference - 1:+.2%})")
+        print(f"     {label:<16} {ours:.3f} ({ours / reference - 1:+.2%})")
         if label == default:
             results.append(("perplexity within 3% of fp32", abs(ours / reference - 1) <= 0.03))
     return results

@@ -10,11 +10,15 @@
      (transformers' ``generate(cache_implementation="static")``, which
      compiles the forward pass on first use; the merged stack is a merged
      copy of the model), with its compile time;
-   * OpenVINO GenAI: fp16 weights with ``f32`` compute (the default), int8
-     weights with ``f32`` compute and with ``auto`` (the CPU plugin's bf16),
-     stacks applied per request.
+   * OpenVINO GenAI, stacks applied per request: the default, ``packed``
+     weights (the GGUF's exact 4- and 8-bit groups, ``ov/pack.py``) with
+     ``f32`` compute; fp16 weights with ``f32`` compute; nncf's int8 weights
+     with ``f32`` compute and with ``auto`` (the CPU plugin's bf16).
    Target: the default backend with the stack >= 2.5x torch's merged stack at
    the same thread count.
+   With ``--llama-cpp``: llama.cpp's base decode on the model's own GGUF
+   (``inference_llamacpp.py``, in ``.venv-llamacpp``), and the default
+   backend's base decode as a ratio of it. Target: >= 0.5x.
 8. four personas with four different 3-level stacks at once: aggregate
    tokens/s of the default backend (one request at a time, owners in turn)
    against the torch engine batching them. Target: >= 1.0x.
@@ -29,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import statistics
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -41,7 +47,8 @@ from daemon.inference.engine import AsyncEngine, EngineLimits
 #: (label, backend, weight format, precision): the engines measured through AsyncEngine.
 ENGINES = (
     ("torch fp32", "torch", None, None),
-    ("openvino fp16, f32 (default)", "openvino", "fp16", "f32"),
+    ("openvino packed, f32 (default)", "openvino", "packed", "f32"),
+    ("openvino fp16, f32", "openvino", "fp16", "f32"),
     ("openvino int8, f32", "openvino", "int8", "f32"),
     ("openvino int8, auto (bf16)", "openvino", "int8", "auto"),
 )
@@ -184,6 +191,20 @@ def compiled_speeds(
     return out
 
 
+def llamacpp_speed(
+    python: Path, gguf: Path, prompt: str, *, threads: int, rounds: int, tokens: int
+) -> dict[str, Any] | str:
+    """llama.cpp's median base decode tok/s (inference_llamacpp.py in its own venv); or why not."""
+    runner = Path(__file__).resolve().parent / "inference_llamacpp.py"
+    argv = [str(python), str(runner), str(gguf), "--threads", str(threads)]
+    argv += ["--tokens", str(tokens), "--rounds", str(rounds), "--prompt", prompt]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
+    if done.returncode != 0:
+        return f"exit {done.returncode}: " + " | ".join(done.stderr.strip().splitlines()[-3:])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 async def four_personas(
     model_dir: Path, store: AdapterStore, stacks: list[list[Any]], prompt: str, *, rounds: int, tokens: int
 ) -> dict[str, float]:
@@ -210,7 +231,14 @@ async def four_personas(
 
 
 async def measure(
-    model_dir: Path, store: AdapterStore, leaves: tuple[str, ...], prompt: str, *, rounds: int, tokens: int
+    model_dir: Path,
+    store: AdapterStore,
+    leaves: tuple[str, ...],
+    prompt: str,
+    *,
+    rounds: int,
+    tokens: int,
+    llama_cpp: tuple[Path, Path] | None = None,
 ) -> list[tuple[str, bool]]:
     """Sections 7 and 8, printed; returns the targets and whether each held."""
     results: list[tuple[str, bool]] = []
@@ -239,6 +267,19 @@ async def measure(
         ratio = speeds[f"{DEFAULT} | stack"] / merged
         print(f"     default backend with the stack / torch merged stack: {ratio:.2f}x (target >= 2.5x)")
         results.append((f"openvino stack >= 2.5x torch merged stack, {threads} thread(s)", ratio >= 2.5))
+        if llama_cpp is not None:
+            python, gguf = llama_cpp
+            llama = llamacpp_speed(python, gguf, prompt, threads=threads, rounds=rounds, tokens=tokens)
+            if isinstance(llama, str):
+                print(f"     llama.cpp: failed: {llama}")
+                results.append((f"llama.cpp measured, {threads} thread(s)", False))
+                continue
+            rate = llama["tokens_per_s"]
+            ours = speeds[f"{DEFAULT} | base"] / rate
+            name = f"llama.cpp {llama['version']}, {gguf.name} | base"
+            print(f"     {name:<46} {rate:7.1f} tok/s   {rate / merged:5.2f}x torch merged stack")
+            print(f"     default backend base / llama.cpp base: {ours:.2f}x (target >= 0.5x)")
+            results.append((f"openvino base >= 0.5x llama.cpp base, {threads} thread(s)", ours >= 0.5))
 
     aggregate = await four_personas(
         model_dir, store, stacks, prompt, rounds=max(2, rounds // 2), tokens=tokens
