@@ -22,10 +22,11 @@ output, are handled here and each has a regression test
    another; :data:`PIPELINE_PROPERTIES` selects SDPA, which has no such cache;
 2. the alpha an ``AdapterConfig`` takes is the effective scale, PEFT's
    ``lora_alpha / r`` (``alpha / sqrt(r)`` with rsLoRA), not ``lora_alpha``;
-3. a pipeline built without adapters ignores adapters given later; it is
-   built with a zero adapter over every projection of every layer
-   registered (``model.py``'s ``registration_adapter``), so any later adapter finds its
-   modules;
+3. a pipeline built without adapters ignores adapters given later, and one
+   built with some applies later ones only to the modules those covered; it
+   is built with a zero adapter registered over the projections adapters
+   use (``model.py``'s ``registration_adapter``: the attention projections
+   first), and rebuilt with more, once, when an adapter needs more;
 4. a request without a ``GenerationConfig.adapters`` runs the build-time set,
    not the base model: a base request passes an empty ``AdapterConfig``.
 
@@ -77,7 +78,7 @@ from ..text import (
     stop_ids,
 )
 from . import PRECISIONS
-from .model import GenerationDefaults, OVModel, registration_adapter
+from .model import GenerationDefaults, OVModel, module_kind, registration_adapter
 
 __all__ = ["PIPELINE_PROPERTIES", "OVEngine"]
 
@@ -85,6 +86,11 @@ log = logging.getLogger("personad.inference.ov")
 
 #: Always: SDPA attention (trap 1: no prefix cache shared across adapter sets).
 PIPELINE_PROPERTIES: dict[str, Any] = {"ATTENTION_BACKEND": "SDPA"}
+#: The projections registered for LoRA before any adapter asks for more:
+#: what adapters trained here target (train.py's q/v, the demo stack's q/k/v/o).
+#: A registered matrix costs its LoRA branch on every token, with an adapter
+#: or without: registering the MLP's too made decoding 10-25% slower.
+FIRST_REGISTERED = frozenset({"q_proj", "k_proj", "v_proj", "o_proj"})
 
 
 @dataclass
@@ -119,21 +125,12 @@ class OVEngine:
         self.threads = max(1, threads)
         self.precision = precision
         self.stop_ids = stop_ids(GenerationDefaults(model.path), model.tokenizer)
-        registration = og.AdapterConfig()
-        registration.add(og.Adapter(str(registration_adapter(model))), 0.0)
+        present = {module_kind(key.removesuffix(".weight")) for key in model.shapes if ".layers." in key}
+        self.registered = FIRST_REGISTERED & present or frozenset(present)
         started = time.monotonic()
-        try:
-            self._pipe = og.LLMPipeline(
-                str(model.ir),
-                "CPU",
-                adapters=registration,
-                INFERENCE_NUM_THREADS=self.threads,
-                **PIPELINE_PROPERTIES,
-                **PRECISIONS[precision],
-            )
-        except RuntimeError as exc:
-            raise ModelUnavailable(f"OpenVINO cannot compile {model.ir}: {str(exc)[:500]}") from None
+        self._pipe = self._pipeline(self.registered)
         model.load_s += time.monotonic() - started
+        self.rebuilds = 0
         self._adapters: OrderedDict[str, _Adapter] = OrderedDict()  # sha256 -> loaded; LRU, oldest first
         self._pins: dict[str, tuple[str, ...]] = {}
         self._in_use: dict[str, int] = {}  # sha256 -> requests running with it
@@ -143,16 +140,52 @@ class OVEngine:
         self.hotswaps = 0
         self.evictions = 0
 
+    def _pipeline(self, kinds: frozenset[str]) -> Any:
+        """A pipeline with ``kinds`` registered for LoRA (trap 3)."""
+        registration = og.AdapterConfig()
+        registration.add(og.Adapter(str(registration_adapter(self.loaded, kinds))), 0.0)
+        try:
+            return og.LLMPipeline(
+                str(self.loaded.ir),
+                "CPU",
+                adapters=registration,
+                INFERENCE_NUM_THREADS=self.threads,
+                **PIPELINE_PROPERTIES,
+                **PRECISIONS[self.precision],
+            )
+        except RuntimeError as exc:
+            raise ModelUnavailable(f"OpenVINO cannot compile {self.loaded.ir}: {str(exc)[:500]}") from None
+
+    def _register(self, kinds: set[str], name: str) -> None:
+        """Rebuild the pipeline with ``kinds`` registered too (between requests; about 3 s, once)."""
+        wanted = self.registered | kinds
+        started = time.monotonic()
+        self._pipe = self._pipeline(wanted)  # the old one serves on if this fails
+        self.registered = wanted
+        self.rebuilds += 1
+        log.info(
+            "adapter %r applies LoRA to %s: pipeline rebuilt with %s registered in %.1f s",
+            name,
+            ", ".join(sorted(kinds)),
+            ", ".join(sorted(wanted)),
+            time.monotonic() - started,
+        )
+
     # -- adapters ------------------------------------------------------------------------
 
     def resolve(self, entries: Sequence[StackEntry]) -> list[AdapterRecord]:
         return resolve_chain(self.store, entries)
 
-    def check_shapes(self, record: AdapterRecord) -> None:
-        """AdapterIncompatible unless every LoRA matrix fits a matrix of this model (from headers only)."""
+    def check_shapes(self, record: AdapterRecord) -> set[str]:
+        """AdapterIncompatible unless every LoRA matrix fits a matrix of this model (from headers only).
+
+        Returns the kinds of module it applies to (``q_proj``, ...).
+        """
+        kinds: set[str] = set()
         for key, info in read_safetensors_header(record.path / WEIGHTS_FILE).items():
             module, _, rest = key.partition(".lora_")
             module = module.removeprefix("base_model.model.")
+            kinds.add(module_kind(module))
             shape = self.loaded.shapes.get(f"{module}.weight")
             if shape is None:
                 raise AdapterIncompatible(
@@ -170,6 +203,7 @@ class OVEngine:
                     f"adapter {record.name!r}: {module} has {shape[0]} outputs in {self.loaded.name} "
                     f"but the adapter expects {rows} (made for another base model)"
                 )
+        return kinds
 
     # merge.py and adapter_admin.py call the torch engine's name for it.
     _check_shapes = check_shapes
@@ -182,7 +216,7 @@ class OVEngine:
             loaded.names.add(record.name)
             return loaded
         self.store.verify(record)
-        self.check_shapes(record)
+        kinds = self.check_shapes(record)
         config = json.loads((record.path / "adapter_config.json").read_text("utf-8"))
         if config.get("rank_pattern") or config.get("alpha_pattern"):
             raise Unsupported(
@@ -197,6 +231,8 @@ class OVEngine:
             handle = og.Adapter(str(record.path / WEIGHTS_FILE))
         except RuntimeError as exc:
             raise InferenceError(f"OpenVINO cannot read adapter {record.name!r}: {str(exc)[:300]}") from None
+        if not kinds <= self.registered:
+            self._register(kinds, record.name)
         self._make_room()
         loaded = _Adapter(handle=handle, record=record, scale=scale, names={record.name})
         self._adapters[record.sha256] = loaded

@@ -11,6 +11,7 @@ adapters are checked before OpenVINO sees them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -25,9 +26,7 @@ import numpy as np
 from ..adapters import read_safetensors_header
 from ..errors import ModelUnavailable
 
-__all__ = ["REGISTRATION_FILE", "GenerationDefaults", "OVModel", "load_ov_model", "registration_adapter"]
-
-REGISTRATION_FILE = "lora-registration.safetensors"
+__all__ = ["GenerationDefaults", "OVModel", "load_ov_model", "module_kind", "registration_adapter"]
 
 
 @dataclass
@@ -96,16 +95,24 @@ def load_ov_model(
     )
 
 
-def registration_adapter(model: OVModel) -> Path:
-    """A rank-1 all-zero LoRA over every matrix of every layer, to build the pipeline with (trap 3).
+def module_kind(module: str) -> str:
+    """``model.layers.3.self_attn.q_proj`` -> ``q_proj``: what registration is granted by."""
+    return module.rsplit(".", 1)[-1]
 
-    The pipeline only gets LoRA inputs for the modules of the adapters it is
-    built with; registering all of them lets any later adapter apply. Zero
-    weights at alpha 0 change nothing.
+
+def registration_adapter(model: OVModel, kinds: frozenset[str]) -> Path:
+    """A rank-1 all-zero LoRA over the matrices of ``kinds`` in every layer, to build the pipeline with.
+
+    Trap 3: the pipeline only gets LoRA inputs for the modules of the adapters
+    it is built with, so they must be registered up front; zero weights at
+    alpha 0 change nothing. Every registered matrix costs a LoRA branch on
+    every token, adapter or not, so the engine registers what its adapters
+    use and rebuilds with more when one needs more (``engine.py``).
     """
     from safetensors.numpy import save_file
 
-    path = model.ir / REGISTRATION_FILE
+    digest = hashlib.sha256(",".join(sorted(kinds)).encode()).hexdigest()[:12]
+    path = model.ir / f"lora-registration-{digest}.safetensors"
     if path.exists():
         return path
     tensors: dict[str, Any] = {}
@@ -113,10 +120,14 @@ def registration_adapter(model: OVModel) -> Path:
         if ".layers." not in key or not key.endswith(".weight"):
             continue
         module = key.removesuffix(".weight")
+        if module_kind(module) not in kinds:
+            continue
         tensors[f"base_model.model.{module}.lora_A.weight"] = np.zeros((1, cols), dtype=np.float32)
         tensors[f"base_model.model.{module}.lora_B.weight"] = np.zeros((rows, 1), dtype=np.float32)
     if not tensors:
-        raise ModelUnavailable(f"{model.path}: found no layer matrices to apply LoRA adapters to")
+        raise ModelUnavailable(
+            f"{model.path}: found no layer matrices ({', '.join(sorted(kinds))}) to apply LoRA adapters to"
+        )
     # A name of its own: two services sharing the cache may both be writing it.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)

@@ -230,19 +230,41 @@ async def test_a_json_schema_holds_smollm2_s_reply(
 # -- the traps' mechanics ------------------------------------------------------------------------
 
 
-async def test_the_pipeline_is_built_with_every_layer_matrix_registered(
-    engines: dict[str, AsyncEngine],
+async def test_the_pipeline_registers_what_adapters_use_and_grows(
+    tiny_dir: Path, make_adapter: Callable[..., AdapterRecord], store: AdapterStore
 ) -> None:
-    """Trap 3: the registration adapter covers every projection of every layer, with zeros."""
-    from daemon.inference.ov.model import REGISTRATION_FILE
+    """Trap 3: only registered projections take LoRA. An adapter on the MLP too gets them registered.
 
-    model = engines["openvino"].engine.loaded
-    with safe_open(str(model.ir / REGISTRATION_FILE), framework="numpy") as f:
-        keys = list(f.keys())
-        assert all(not f.get_tensor(k).any() for k in keys)
-    for layer in range(2):
-        for target in LORA_TARGETS:
-            assert any(f"layers.{layer}." in k and f".{target}.lora_A" in k for k in keys), (layer, target)
+    The engine starts with the attention projections registered (zeros);
+    an adapter on all seven rebuilds the pipeline once with all seven, and
+    its replies are the torch engine's, so every one of its matrices applied.
+    """
+    from daemon.inference.ov.engine import FIRST_REGISTERED
+    from daemon.inference.ov.model import registration_adapter
+
+    wide = make_adapter("wide", seed=21, targets=LORA_TARGETS, scale=20.0)
+    narrow = make_adapter("narrow", seed=22, targets=["q_proj", "v_proj"], scale=20.0)
+    opened = {b: await open_engine(b, tiny_dir, store) for b in ("torch", "openvino")}
+    ov_engine = opened["openvino"].engine
+    try:
+        assert ov_engine.registered == FIRST_REGISTERED  # type: ignore[union-attr]
+        first = registration_adapter(ov_engine.loaded, FIRST_REGISTERED)  # type: ignore[union-attr]
+        with safe_open(str(first), framework="numpy") as f:
+            keys = list(f.keys())
+            assert all(not f.get_tensor(k).any() for k in keys)
+        assert {k.split(".")[-3] for k in keys} == FIRST_REGISTERED
+        assert {k.split(".")[4] for k in keys} == {"0", "1"}  # every layer
+
+        requests = [ask(PROMPTS[0], [narrow.entry]), ask(PROMPTS[0], [wide.entry]), ask(PROMPTS[0])]
+        said = {name: await answers(engine, requests) for name, engine in opened.items()}
+        assert said["openvino"] == said["torch"]
+        assert ov_engine.registered == frozenset(LORA_TARGETS)  # type: ignore[union-attr]
+        assert ov_engine.rebuilds == 1  # type: ignore[union-attr]
+        await opened["openvino"].generate(ask(PROMPTS[1], [wide.entry]), owner="t")
+        assert ov_engine.rebuilds == 1  # type: ignore[union-attr]
+    finally:
+        for engine in opened.values():
+            await engine.close()
 
 
 async def test_the_scale_is_peft_s(engines: dict[str, AsyncEngine], trained_store: AdapterStore) -> None:
