@@ -40,18 +40,28 @@ from protocol.commands.inference import (
 )
 
 from .adapters import AdapterStore
-from .decoding import Engine
 from .errors import EngineClosed
 from .limits import EngineLimits
 from .model import LoadedModel
 from .scheduler import Call, Job, Scheduler
 
 if TYPE_CHECKING:
+    from .decoding import Engine
     from .scheduler import AnyEngine
 
 __all__ = ["OV_DEFAULTS", "WORKER_THREAD_NAME", "AsyncEngine", "Engine", "EngineLimits"]
 
 log = logging.getLogger("personad.inference.engine")
+
+
+def __getattr__(name: str) -> Any:
+    # The torch engine, imported when asked for: a service on the openvino
+    # backend never loads torch (about 330 MiB resident) unless it trains.
+    if name == "Engine":
+        from .decoding import Engine
+
+        return Engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 T = TypeVar("T")
 TokenCallback = Callable[[TokenParams], Awaitable[None]]
@@ -123,6 +133,7 @@ class AsyncEngine:
                     threads=threads or 1,
                     precision=precision or OV_DEFAULTS["precision"],
                 )
+            from .decoding import Engine
             from .model import load_model
 
             base = loaded or load_model(model, state_root=state_root, threads=threads)

@@ -37,7 +37,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import torch
 
 from ..files import atomic_dir, file_lock
 from .errors import ModelUnavailable
@@ -137,6 +136,7 @@ def convert_smollm2(cache: Path, *, package: str = SMOLLM2_PACKAGE) -> Path:
             return target
         log.info("converting %s into %s (once; about 20 s)", gguf.name, target)
         started = time.monotonic()
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
@@ -182,6 +182,8 @@ def load_model(
     spec: str | os.PathLike[str] | None = None, *, state_root: Path, threads: int | None = None
 ) -> LoadedModel:
     """Load a base model for inference (fp32, CPU, eval) with its tokenizer."""
+    import torch  # here, not at the top: the openvino backend finds models through this module
+
     if threads is not None:
         # Per process: the engine's one worker thread runs every op; these
         # are the intra-op threads it fans out to (torch docs, "CPU threading").

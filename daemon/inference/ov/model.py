@@ -68,11 +68,9 @@ def load_ov_model(
     started = time.monotonic()
     cache = Path(os.environ.get(IR_CACHE_ENV) or cache_root(state_root) / "openvino")
     ir = ensure_ir(folder, cache, weight_format=weight_format, on_progress=on_progress)
-    from transformers import AutoTokenizer
-
     try:
         with _quiet():
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            tokenizer = _tokenizer(folder)
         config = json.loads((folder / "config.json").read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(f"cannot load the tokenizer or config in {folder}: {exc}") from None
@@ -93,6 +91,27 @@ def load_ov_model(
         bytes=(ir / IR_FILE).with_suffix(".bin").stat().st_size,
         load_s=time.monotonic() - started,
     )
+
+
+def _tokenizer(folder: Path) -> Any:
+    """The folder's tokenizer, as the torch engine loads it, without importing torch when it can.
+
+    ``AutoTokenizer`` imports torch (about 330 MiB resident) to resolve a
+    class; a folder saved by transformers 5 names the plain tokenizers-backed
+    class, which is what ``AutoTokenizer`` would return, so it is loaded
+    directly. Other classes go through ``AutoTokenizer``.
+    """
+    try:
+        named = json.loads((folder / "tokenizer_config.json").read_text("utf-8")).get("tokenizer_class")
+    except (OSError, ValueError):
+        named = None
+    if named in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def module_kind(module: str) -> str:
