@@ -420,3 +420,39 @@ def test_constrained_replies_are_checked_as_strict_json() -> None:
     assert not _strict_json('{"name": "\\ud800"}')  # a lone surrogate, escaped
     assert not _strict_json('{"name": "\ufffd"}')  # bytes that were not UTF-8
     assert not _strict_json('{"name": ')
+
+
+def test_serving_on_openvino_imports_no_torch(tiny_dir: Path, trained_store: AdapterStore) -> None:
+    """The service's imports, the model's load and a stacked reply, in a fresh process: no torch (330 MiB)."""
+    import subprocess
+    import sys
+
+    code = """
+import asyncio, sys
+from pathlib import Path
+import daemon.inference.service
+from daemon.inference.adapters import AdapterStore
+from daemon.inference.engine import AsyncEngine
+from protocol.commands.inference import GenerateParams
+
+async def main():
+    store = AdapterStore(Path(sys.argv[2]))
+    engine = await AsyncEngine.open(state_root=store.root.parent, model=sys.argv[1], store=store, threads=1,
+                                    backend="openvino", weight_format="fp32", precision="f32")
+    try:
+        stack = [r.entry for r in store.resolve("zoo.cat")]
+        params = GenerateParams(messages=[{"role": "user", "content": "hello"}], stack=stack, max_tokens=4)
+        print((await engine.generate(params, owner="t")).completion_tokens, "torch" in sys.modules)
+    finally:
+        await engine.close()
+
+asyncio.run(main())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_dir), str(trained_store.root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["4", "False"]
