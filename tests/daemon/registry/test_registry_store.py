@@ -215,12 +215,15 @@ def test_key_file_created_private_and_never_over_data(tmp_path: Path) -> None:
 def test_no_plaintext_on_disk(tmp_path: Path, audit: AuditLog) -> None:
     path = tmp_path / "registry" / "registry.sqlite"
     db = store.open_raw(path, KEY)
-    store.create(db, audit, profile("ada", description="Zyxwvut secret biography"), actor="cli:t")
+    # Markers long enough that ciphertext cannot contain them by chance (a 3-byte name
+    # like "Ada" turns up in random bytes about once in 16 million offsets, so now and then).
+    ada = profile("ada", name="Adalgisa Quillfeather", description="Zyxwvut secret biography")
+    store.create(db, audit, ada, actor="cli:t")
     db.close()
     for file in path.parent.iterdir():
         if file.is_file():
-            assert b"Zyxwvut" not in file.read_bytes(), file.name
-            assert b"Ada" not in file.read_bytes() or file.name.startswith("audit"), file.name
+            assert b"Zyxwvut secret" not in file.read_bytes(), file.name
+            assert b"Quillfeather" not in file.read_bytes() or file.name.startswith("audit"), file.name
 
 
 def test_truncated_database_is_refused_untouched(tmp_path: Path, audit: AuditLog) -> None:
