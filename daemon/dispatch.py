@@ -5,10 +5,15 @@ dispatcher looks the method up in the protocol registry, validates ``params``
 against its model (INVALID_PARAMS with pydantic's field errors on failure),
 and checks the handler's return value against the result model, since a
 result that does not match the published schema is our bug, not the caller's.
+A handler that fails because the disk is full (ENOSPC, a quota, SQLite's
+SQLITE_FULL) is answered with a clear error, ``data.reason: disk_full``,
+rather than a bare internal error: the write was rolled back, and the same
+call succeeds once space is back.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -54,11 +59,39 @@ class Dispatcher:
             params = command.params.model_validate(request.params or {})
         except ValidationError as exc:
             raise invalid_params(exc) from None
-        result = await handler(params, ctx)
+        try:
+            result = await handler(params, ctx)
+        except Exception as exc:
+            if isinstance(exc, RpcError) or not disk_full(exc):
+                raise
+            log.error("%s failed: the disk is full (%s)", request.method, exc)
+            raise RpcError(
+                ErrorCode.INTERNAL_ERROR,
+                f"{request.method}: the disk is full, so nothing was written; free some space and retry",
+                {"reason": "disk_full"},
+            ) from None
         if not isinstance(result, BaseModel):
             result = command.result.model_validate(result)
         data = result.model_dump(mode="python")
         return wire_safe(data) if _has_times(type(result)) else data
+
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the disk being full: ENOSPC, EDQUOT or SQLITE_FULL."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+            return True
+        if getattr(current, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 @functools.cache
