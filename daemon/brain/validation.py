@@ -217,6 +217,8 @@ def query_args(
 ) -> tuple[str, tuple[Any, ...], int, float]:
     """brain.query's arguments, checked: (sql, params, row_limit, time_limit)."""
     checked_sql = check_text("sql", sql, MAX_QUERY_SQL_CHARS)
+    if "\x00" in checked_sql:  # sqlite3 refuses it with a ValueError, not an sqlite3.Error
+        raise InvalidInput("sql", "must not contain a NUL character (U+0000)")
     if isinstance(params, str | bytes) or len(params) > MAX_QUERY_PARAMS:
         raise InvalidInput("params", f"must be a list of at most {MAX_QUERY_PARAMS} values")
     for value in params:

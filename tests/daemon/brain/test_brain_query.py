@@ -68,6 +68,17 @@ async def test_malformed_sql_is_invalid_input_and_runs_nothing(brain: Brain, sql
     assert 1 == (await brain.stats()).counts["memories"]
 
 
+@pytest.mark.parametrize("sql", ["SELECT 1\x00", "\x00", "SELECT '\x00'"])
+async def test_a_nul_character_in_the_sql_is_invalid_input(brain: Brain, sql: str) -> None:
+    """A NUL in the statement is the caller's mistake (INVALID_PARAMS), not a handler crash.
+
+    Found by bench/fuzz.py: sqlite3 raised ValueError, which became INTERNAL_ERROR.
+    """
+    with pytest.raises(InvalidInput, match="NUL character"):
+        await brain.query(sql)
+    assert [[1]] == (await brain.query("SELECT 1")).rows
+
+
 async def test_row_limit_truncates(brain: Brain) -> None:
     """At most row_limit rows come back, flagged as truncated."""
     await brain.remember_many([MemoryItem(f"m{i}") for i in range(30)])
