@@ -1702,7 +1702,7 @@ def main() -> int:
     parser.add_argument(
         "--command-inputs",
         type=int,
-        default=100_000,
+        default=20_000,
         help="fuzzed requests in total, shared among the methods",
     )
     parser.add_argument("--seed", type=int, default=0)
