@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+"""The whole system under load, faults and hostile clients at once, held to a ledger.
+
+    .venv/bin/python bench/soak.py [--minutes 10] [--clients 1000] [--rate 10000]
+                                   [--repeats 3] [--report DIR] [--ci]
+
+Starts the real embedded default (``personad up``: bus, registry, inference
+on SmolLM2, headless Chromium, and three personas of its own, one of them
+on a small tmpfs) in a throwaway state dir, then for ``--minutes``:
+
+- **load** (bench/soak_load.py): ``--clients`` real BusClients (callers,
+  services, subscribers, room members, intruders without grants, one-shot
+  CLI callers), a mixed workload paced at ``--rate`` requests/s in all, each
+  call timed and any call unanswered past its deadline counted as hung;
+- **faults** (bench/soak_faults.py), each kind ``--repeats`` times at random
+  moments: kill -9 of the bus, of a persona mid-write, of the registry
+  mid-write, of inference mid-generation and mid-training, of Chromium
+  mid-request; a full disk under a persona and its recovery; a client that
+  stops reading. After each: wait for every part to answer again, by itself,
+  and check the ledger;
+- **the ledger** (bench/soak_ledger.py): every write sent, and what it was
+  answered, read back from the system: nothing acknowledged lost, nothing
+  duplicated, nothing torn, nothing written that was refused;
+- **RSS** of every process every second, judged flat after warm-up.
+
+``--report DIR`` writes report.json and latency.png, rss.png, errors.png.
+``--ci`` is the bounded run the tests use: 100 clients, 400 requests/s,
+every fault once, about three minutes in all. The last line is
+``soak.py: ok`` or ``soak.py: FAIL`` (the exit code says the same): FAIL on
+any ledger violation, hung request, client exception, undocumented error
+code, fault not recovered from, or RSS growing without bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # daemon, protocol
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the soak_* modules beside this one
+
+from soak_faults import Fault, Faults
+from soak_ledger import Ledger, Violation
+from soak_load import Load
+from soak_report import charts, percentiles, rss_trends
+from soak_system import DISK_PERSONA, System
+
+from daemon.client import BusClient
+
+PERSONAS = ["soak-a", "soak-b", DISK_PERSONA]
+
+
+async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    system = System(root, PERSONAS, disk_mib=args.disk_mib)
+    t_start = time.monotonic()
+    print(f"soak: starting personad up in {root} …", flush=True)
+    system.start()  # blocking, before anything else runs (see System.start)
+    print(f"soak: up in {time.monotonic() - t_start:.0f} s on {system.url}", flush=True)
+    intruder = system.state.issue_token(
+        name="soak-intruder", role="observer", subject="cli:soak-intruder-*"
+    ).token
+    ledger = Ledger()
+    control = BusClient(
+        system.url, token=system.admin_token, kind="cli", name="soak-control", reconnect=True, backoff_max=1.0
+    )
+    await control.start()
+    await control.wait_connected(30)
+    load = Load(
+        system.url, system.admin_token, intruder, PERSONAS, ledger, clients=args.clients, rate=args.rate
+    )
+    rss: list[tuple[float, dict[str, tuple[float, tuple[int, ...]]]]] = []
+    faults_done: list[Fault] = []
+    checks: list[dict[str, Any]] = []
+    all_violations: list[Violation] = []
+    me = psutil.Process()
+    try:
+        print(f"soak: connecting {args.clients} clients …", flush=True)
+        # Time 0 is before the clients connect: their joins and subscriptions are on the chart too.
+        load.stats.t0 = t0 = time.monotonic()
+        await load.start()
+        faults = Faults(system, load, control, PERSONAS, t0)
+
+        async def sample() -> None:
+            while True:
+                roles = await asyncio.to_thread(system.rss_by_role)
+                roles["load generator"] = (me.memory_info().rss / 2**20, (me.pid,))
+                rss.append((time.monotonic() - t0, roles))
+                await asyncio.sleep(1.0)
+
+        sampler = asyncio.create_task(sample())
+        catalogue = faults.catalogue()
+        plan = [kind for kind in catalogue for _ in range(args.repeats)]
+        rng = random.Random(args.seed)
+        rng.shuffle(plan)
+        duration = args.minutes * 60
+        # Faults spread over the run: a random moment in each slot, after a quiet warm-up.
+        warmup = min(30.0, duration * 0.15)
+        slot = (duration - warmup) / max(1, len(plan))
+        for i, kind in enumerate(plan):
+            when = warmup + slot * i + rng.uniform(0, slot * 0.5)
+            await _until(t0 + when)
+            fault = Fault(kind, round(time.monotonic() - t0, 1))
+            print(f"soak: {fault.at:7.1f} s  {kind} …", flush=True)
+            try:
+                await catalogue[kind](fault)
+                fault.recovered_s = round(await faults.recover(), 1)
+            except Exception as exc:  # a fault that did not end well is the soak's finding
+                fault.error = fault.error or f"{type(exc).__name__}: {exc}"
+            violations = await ledger.check(control, PERSONAS)
+            fault.violations = len(violations)
+            all_violations += violations
+            checks.append(
+                {
+                    "after": kind,
+                    "at": round(time.monotonic() - t0, 1),
+                    "violations": len(violations),
+                    "ledger": ledger.counts(),
+                }
+            )
+            faults_done.append(fault)
+            print(
+                f"soak: {time.monotonic() - t0:7.1f} s  {kind}: {fault.detail}; in flight {fault.in_flight}; "
+                f"back in {fault.recovered_s} s; ledger {len(violations)} violations"
+                + (f"; ERROR {fault.error}" if fault.error else ""),
+                flush=True,
+            )
+        await _until(t0 + duration)
+        seconds = time.monotonic() - t0
+        await load.stop()
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        final = await ledger.check(control, PERSONAS)
+        all_violations += final
+        checks.append(
+            {"after": "the end", "at": round(seconds, 1), "violations": len(final), "ledger": ledger.counts()}
+        )
+        up_alive = system.up is not None and system.up.poll() is None
+    finally:
+        with contextlib.suppress(Exception):
+            await load.stop()
+        await control.close()
+        await asyncio.to_thread(system.stop)
+
+    stats = load.stats
+    total = stats.total()
+    warm = min(60.0, seconds * 0.25)
+    report: dict[str, Any] = {
+        "settings": {k: v for k, v in vars(args).items() if k != "report"},
+        "load": {
+            "seconds": round(seconds, 1),
+            "clients": args.clients,
+            "requests": total,
+            "rate_asked": args.rate,
+            "rate_reached": round(total / seconds, 1),
+            "events_received": stats.events_received,
+            "room_messages_received": stats.room_messages_received,
+            "served_by_soak_services": stats.served_by_services,
+        },
+        "latency": {m: percentiles(v) for m, v in sorted(stats.latencies.items())},
+        "errors": {f"{m} -> {c}": n for (m, c), n in sorted(stats.errors.items())},
+        "hung": [{"at": round(t, 1), "method": m} for t, m in stats.hung],
+        "client_exceptions": dict(stats.crashes),
+        "faults": [f.as_dict() for f in faults_done],
+        "ledger": {
+            "entries": ledger.counts(),
+            "by_kind": ledger.by_kind(),
+            "checks": checks,
+            "violations": [v.as_dict() for v in all_violations[:200]],
+            "violation_count": len(all_violations),
+        },
+        "rss": rss_trends(rss, warm),
+        "supervisor_alive_at_end": up_alive,
+        "other_processes": sorted(system.others),
+    }
+    report["failures"] = _judge(report)
+    if args.report:
+        # Drawn here, off the loop's critical path: everything is stopped by now.
+        await asyncio.to_thread(write_report, Path(args.report), report, stats, rss)
+    return report
+
+
+def write_report(out: Path, report: dict[str, Any], stats: Any, rss: list[Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    written = charts(report, stats, rss, out)
+    print(f"soak: report in {out}: report.json, {', '.join(written)}")
+
+
+def _judge(report: dict[str, Any]) -> list[str]:
+    failures = []
+    if report["ledger"]["violation_count"]:
+        failures.append(f"{report['ledger']['violation_count']} ledger violations")
+    if report["hung"]:
+        failures.append(f"{len(report['hung'])} hung requests")
+    if report["client_exceptions"]:
+        failures.append(f"client exceptions: {report['client_exceptions']}")
+    odd = {k: n for k, n in report["errors"].items() if "UNDOCUMENTED" in k}
+    if odd:
+        failures.append(f"undocumented error codes: {odd}")
+    # An internal error without a reason is a handler that failed where it should have said why.
+    internal = {k: n for k, n in report["errors"].items() if k.endswith("-> INTERNAL_ERROR")}
+    if internal:
+        failures.append(f"internal errors without a reason: {internal}")
+    for fault in report["faults"]:
+        if fault["error"] or fault["recovered_s"] is None:
+            failures.append(f"{fault['kind']} at {fault['at']} s: {fault['error'] or 'not recovered'}")
+        if any(o.startswith("HUNG") for o in fault["in_flight"]):
+            failures.append(f"{fault['kind']} at {fault['at']} s: a request in flight hung")
+    grown = [role for role, r in report["rss"].items() if r["unbounded"]]
+    if grown:
+        failures.append(f"RSS grows without bound: {grown}")
+    if not report["supervisor_alive_at_end"]:
+        failures.append("personad up died")
+    return failures
+
+
+async def _until(moment: float) -> None:
+    delay = moment - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    load = report["load"]
+    print(
+        f"\nrequests {load['requests']} in {load['seconds']} s: {load['rate_reached']}/s "
+        f"(asked {load['rate_asked']}/s) from {load['clients']} clients; events received "
+        f"{load['events_received']}, room messages {load['room_messages_received']}"
+    )
+    print(f"{'method':32} {'n':>8} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
+    for method, p in report["latency"].items():
+        if p["n"]:
+            print(f"{method:32} {p['n']:8} {p['p50_ms']:9.2f} {p['p99_ms']:9.2f} {p['max_ms']:9.1f}")
+    print("\nerrors by method and code:")
+    for key, n in report["errors"].items():
+        print(f"  {key}: {n}")
+    print("\nfaults:")
+    for f in report["faults"]:
+        print(
+            f"  {f['at']:7.1f} s  {f['kind']}: back in {f['recovered_s']} s; in flight {f['in_flight']}; "
+            f"{f['detail']}" + (f"; ERROR {f['error']}" if f["error"] else "")
+        )
+    ledger = report["ledger"]
+    print(
+        f"\nledger: {ledger['entries']} by kind {ledger['by_kind']}; {len(ledger['checks'])} checks, "
+        f"{ledger['violation_count']} violations"
+    )
+    for v in ledger["violations"][:20]:
+        print(f"  {v}")
+    print("\nRSS (MiB) after warm-up, per process run:")
+    for role, r in sorted(report["rss"].items()):
+        runs = "; ".join(
+            f"{x['median_mib']} median, {x['growth_mib']:+} over {x['from_s']}-{x['to_s']} s"
+            for x in r["runs"]
+        )
+        print(
+            f"  {role:20} max {r['max_mib']:7.1f}  {runs or '(too short to judge)'}"
+            + ("  UNBOUNDED" if r["unbounded"] else "")
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument(
+        "--rate", type=float, default=10_000.0, help="requests/s asked of all callers together"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="times each kind of fault is injected")
+    parser.add_argument(
+        "--disk-mib", type=int, default=64, help="the tmpfs under one persona (0: no disk fault)"
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--report", help="write report.json and PNG charts into this folder")
+    parser.add_argument("--ci", action="store_true", help="the bounded run: 100 clients, every fault once")
+    args = parser.parse_args()
+    if args.ci:
+        args.minutes, args.clients, args.rate, args.repeats, args.disk_mib = 2.5, 100, 400.0, 1, 32
+    with tempfile.TemporaryDirectory(prefix="personad-soak-") as tmp:
+        report = uvloop.run(soak(args, Path(tmp)))
+    print_report(report)
+    if report["failures"]:
+        for failure in report["failures"]:
+            print(f"FAILED: {failure}")
+        print("soak.py: FAIL")
+        return 1
+    print("soak.py: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

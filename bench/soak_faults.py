@@ -1,0 +1,310 @@
+"""Faults, injected while the load runs, and the wait for everything to come back.
+
+Each fault does the damage for real (``kill -9``, a filesystem filled to the
+last block, a client that stops reading its socket), with a request of its
+own in flight where the fault is "mid-something", and reports what that
+request was answered and how long after the damage. ``recover`` then waits,
+with no help from the soak, for every part to answer again: the supervisor
+restarts what died, clients reconnect by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from soak_load import Load, outcome_of
+from soak_system import DISK_PERSONA, System
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+from daemon.client import BusClient
+from protocol import RpcError
+
+
+@dataclass
+class Fault:
+    kind: str
+    at: float  # seconds since the load started
+    detail: str = ""
+    #: What the request caught by the fault was answered (an error code, or ok), and after how long.
+    in_flight: list[str] = field(default_factory=list)
+    recovered_s: float | None = None
+    violations: int = 0
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+@dataclass
+class Faults:
+    system: System
+    load: Load
+    control: BusClient
+    personas: list[str]
+    t0: float
+
+    # -- recovery --------------------------------------------------------------------------
+
+    async def recover(self, timeout: float = 180.0) -> float:
+        """Seconds until the bus, every persona, the registry, inference and the browser answer."""
+        started = time.monotonic()
+        checks: list[tuple[str, dict[str, Any] | None, str | None]] = [
+            ("bus.ping", None, None),
+            *[("persona.ping", None, f"persona:{p}") for p in self.personas],
+            ("persona.get", {"persona_id": self.personas[0]}, "cap:registry"),
+            ("inference.status", None, "cap:inference"),
+            ("browser_js", {"script": "2 + 2"}, "cap:browser"),
+        ]
+        pending = list(checks)
+        while pending:
+            method, params, to = pending[0]
+            try:
+                await self.control.call(method, params, to=to, deadline_ms=5_000)
+                pending.pop(0)
+            except RpcError as exc:
+                if time.monotonic() - started > timeout:
+                    raise TimeoutError(
+                        f"{method} on {to or 'the bus'} still fails after {timeout:.0f}s: {exc}"
+                    ) from None
+                await asyncio.sleep(0.2)
+        return time.monotonic() - started
+
+    # -- the faults ---------------------------------------------------------------------------
+
+    def catalogue(self) -> dict[str, Callable[[Fault], Awaitable[None]]]:
+        faults: dict[str, Callable[[Fault], Awaitable[None]]] = {
+            "kill -9 bus": self.kill_bus,
+            "kill -9 persona mid-write": self.kill_persona_mid_write,
+            "kill -9 registry mid-write": self.kill_registry_mid_write,
+            "kill -9 inference mid-generation": self.kill_inference_mid_generation,
+            "kill -9 inference mid-training": self.kill_inference_mid_training,
+            "kill -9 chromium mid-request": self.kill_chromium_mid_request,
+            "client stops reading": self.stalled_reader,
+        }
+        if self.system.disk is not None:
+            faults["full disk under a persona"] = self.full_disk
+        return faults
+
+    async def kill_bus(self, fault: Fault) -> None:
+        pid = self.system.kill("bus")
+        fault.detail = f"pid {pid}"
+
+    async def _burst(self, fault: Fault, write: Callable[[], Awaitable[Any]], role: str, n: int = 16) -> None:
+        """``n`` writers writing back to back, and kill -9 of ``role`` while they are; what the
+        writes were answered, counted (those in flight at the kill cannot all be "ok")."""
+        outcomes: Counter[str] = Counter()
+        stop = asyncio.Event()
+
+        async def writer() -> None:
+            while not stop.is_set():
+                outcome = await _outcome(write)
+                outcomes[outcome] += 1
+                if outcome != "ok":  # refused at once while the target is down: do not spin
+                    await asyncio.sleep(0.02)
+
+        writers = [asyncio.create_task(writer()) for _ in range(n)]
+        await asyncio.sleep(0.3)
+        pid = self.system.kill(role)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*writers)
+        fault.detail = f"{role} pid {pid}, {n} writers writing"
+        fault.in_flight = [f"{o} x{k}" for o, k in outcomes.most_common()]
+
+    async def kill_persona_mid_write(self, fault: Fault) -> None:
+        pid = next(p for p in self.personas if p != DISK_PERSONA)
+        from soak_load import _remember
+
+        rng = __import__("random").Random(int(fault.at * 1000))
+        await self._burst(
+            fault, lambda: _remember(self.load, self.control, rng, f"persona:{pid}"), f"persona:{pid}"
+        )
+
+    async def kill_registry_mid_write(self, fault: Fault) -> None:
+        from soak_load import _profile_create
+
+        rng = __import__("random").Random(int(fault.at * 1000))
+        await self._burst(fault, lambda: _profile_create(self.load, self.control, rng, ""), "registry", 8)
+
+    async def _kill_mid_stream(
+        self, fault: Fault, method: str, params: dict[str, Any], deadline_ms: int
+    ) -> None:
+        """Start a streaming call on cap:inference, kill -9 the service at its first progress."""
+        first = asyncio.Event()
+        call = asyncio.create_task(
+            _outcome(
+                lambda: self.control.call(
+                    method,
+                    params,
+                    to="cap:inference",
+                    deadline_ms=deadline_ms,
+                    on_progress=lambda _n: first.set(),
+                ),
+                with_time=True,
+            )
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(first.wait(), 60)
+        killed = time.monotonic()
+        pid = self.system.kill("inference")
+        outcome = await call
+        fault.detail = (
+            f"pid {pid}, {'after its first progress' if first.is_set() else 'no progress seen in 60 s'}"
+        )
+        fault.in_flight = [f"{outcome} ({time.monotonic() - killed:.2f} s after the kill)"]
+
+    async def kill_inference_mid_generation(self, fault: Fault) -> None:
+        await self._kill_mid_stream(
+            fault,
+            "inference.generate",
+            {
+                "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}],
+                "max_tokens": 1024,
+                "temperature": 0.0,
+            },
+            120_000,
+        )
+
+    async def kill_inference_mid_training(self, fault: Fault) -> None:
+        example = {
+            "messages": [
+                {"role": "user", "content": "Who keeps the ledger?"},
+                {"role": "assistant", "content": "The soak keeps the ledger."},
+            ]
+        }
+        name = f"soak{int(fault.at * 1000) % 10**9}"
+        await self._kill_mid_stream(
+            fault,
+            "adapter.train",
+            {"name": name, "examples": [example] * 8, "epochs": 20, "rank": 2, "max_tokens": 128},
+            300_000,
+        )
+
+    async def kill_chromium_mid_request(self, fault: Fault) -> None:
+        slow = "new Promise(r => setTimeout(() => r('late'), 4000))"
+        call = asyncio.create_task(
+            _outcome(
+                lambda: self.control.call(
+                    "browser_js", {"script": slow, "timeout_ms": 10_000}, to="cap:browser", deadline_ms=30_000
+                ),
+                with_time=True,
+            )
+        )
+        await asyncio.sleep(1.0)
+        pid = self.system.chromium_browser_pid()
+        killed = time.monotonic()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                __import__("os").kill(pid, 9)
+        outcome = await call
+        fault.detail = f"chromium pid {pid}"
+        fault.in_flight = [f"{outcome} ({time.monotonic() - killed:.2f} s after the kill)"]
+
+    async def full_disk(self, fault: Fault) -> None:
+        disk = self.system.disk
+        assert disk is not None
+        filled = await asyncio.to_thread(disk.fill)
+        from soak_load import _remember
+
+        rng = __import__("random").Random(int(fault.at * 1000))
+        target = f"persona:{DISK_PERSONA}"
+        # SQLite first fills the room its WAL already has: write until the disk says so (10 s at most).
+        outcomes: Counter[str] = Counter()
+        full_at = time.monotonic()
+        while time.monotonic() - full_at < 10 and sum(n for o, n in outcomes.items() if o != "ok") < 5:
+            outcomes[await _outcome(lambda: _remember(self.load, self.control, rng, target))] += 1
+        await asyncio.sleep(1.0)
+        disk.free()
+        fault.detail = (
+            f"{filled / 2**20:.1f} MiB of filler on a {disk.mib} MiB tmpfs, "
+            f"for {time.monotonic() - full_at:.1f} s"
+        )
+        fault.in_flight = [f"{o} x{n}" for o, n in outcomes.items()]
+        # Space is back: the same persona must take writes again, by itself.
+        deadline = time.monotonic() + 60
+        while True:
+            if await _remember(self.load, self.control, rng, f"persona:{DISK_PERSONA}") == "ok":
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("the persona took no write within 60 s of the space coming back")
+            await asyncio.sleep(0.5)
+
+    async def stalled_reader(self, fault: Fault) -> None:
+        """A client that subscribes, then never reads again, while events pile up for it.
+
+        The bus must drop it (its buffer per connection is capped) and everyone else must
+        not notice. The reader is paused at the transport: the kernel's buffers fill, then
+        the bus's.
+        """
+        headers = {"Authorization": f"Bearer {self.system.admin_token}"}
+        ws = await connect(
+            self.system.url,
+            subprotocols=[Subprotocol("personad.v1.json")],
+            additional_headers=headers,
+            max_size=None,
+        )
+        name = f"stalled-{int(fault.at)}"
+        await ws.send(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 0,
+                    "method": "hello",
+                    "params": {"protocol": 1, "kind": "cli", "name": name},
+                }
+            )
+        )
+        await ws.recv()
+        await ws.send(
+            json.dumps(
+                {"jsonrpc": "2.0", "id": 1, "method": "bus.subscribe", "params": {"topics": ["soak.stall"]}}
+            )
+        )
+        await ws.recv()
+        ws.transport.pause_reading()
+        client_id = f"cli:{name}"
+        blob = "x" * 32_768
+        started = time.monotonic()
+        published = 0
+        try:
+            while time.monotonic() - started < 60:
+                for _ in range(20):
+                    await self.control.publish("soak.stall", {"blob": blob})
+                    published += 1
+                listed = await self.control.call("bus.clients", {"kind": "cli"})
+                if client_id not in {c["id"] for c in listed["clients"]}:
+                    fault.detail = (
+                        f"dropped by the bus after {published} events of 32 KiB "
+                        f"({time.monotonic() - started:.1f} s)"
+                    )
+                    return
+                await asyncio.sleep(0.05)
+            fault.error = f"still connected after {published} events of 32 KiB and 60 s"
+        finally:
+            with contextlib.suppress(Exception):
+                ws.transport.abort()
+            with contextlib.suppress(ConnectionClosed, Exception):
+                await asyncio.wait_for(ws.close(), 1)
+
+
+async def _outcome(call: Callable[[], Awaitable[Any]], with_time: bool = False) -> str:
+    started = time.monotonic()
+    try:
+        value = await asyncio.wait_for(call(), 360)
+        result = value if isinstance(value, str) else "ok"
+    except RpcError as exc:
+        result = outcome_of(exc)
+        if with_time:
+            result += f" ({exc.message[:160]})"
+    except TimeoutError:
+        result = "HUNG"
+    return f"{result} in {time.monotonic() - started:.2f} s" if with_time else result

@@ -1,0 +1,239 @@
+"""The ledger: every write the load sends, and what the system said of it.
+
+Each write carries a nonce of its own in its text (``soak:<nonce>``). Before
+it is sent it is *pending*; then it is *acked* (with the id the system
+answered), *failed* (an error came back, or none in time: the outcome is
+unknown) or *refused* (FORBIDDEN: it must never be written).
+
+``check`` reads the system's state back through the bus (``brain.query`` on
+each persona, ``persona.list`` on the registry) and holds it to the ledger:
+
+- **lost**: an acked write is missing, or is there under another id;
+- **duplicated**: one nonce is stored twice;
+- **torn**: a stored row differs from what was sent (half written);
+- **phantom**: a stored row whose nonce the ledger never sent, or a refused
+  write that was stored anyway.
+
+A failed write may be there or not (the answer may have been lost after the
+commit), but if it is there it must be whole. Only entries settled before the
+check began are held to it; pending ones may be either way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import RpcError
+
+#: The text every write of the soak carries, so its rows can be found and matched.
+TAG = "soak:"
+
+#: What each kind of write stores, and how to read it back (table, columns, the column with the nonce).
+TABLES = {
+    "memory": ("memories", "id, content, subject, kind, relevance", "content"),
+    "performance": ("performance_records", "id, session_id, task, score, success, duration_s", "task"),
+    "knowledge": ("knowledge", "id, content, context, relevance", "content"),
+}
+
+
+@dataclass
+class Entry:
+    kind: str  # memory, performance, knowledge, profile
+    target: str  # persona:<id> or cap:registry
+    nonce: str
+    #: The stored columns as they must read back (without the id).
+    expect: dict[str, Any]
+    state: str = "pending"  # pending, acked, failed, refused
+    row_id: Any = None
+    settled_at: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Violation:
+    what: str  # lost, duplicated, torn, phantom
+    kind: str
+    target: str
+    nonce: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return self.__dict__.copy()
+
+
+@dataclass
+class Ledger:
+    entries: dict[str, Entry] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    run: str = field(default_factory=lambda: f"{int(time.time()) % 100000:05d}")
+
+    def nonce(self) -> str:
+        return f"{TAG}{self.run}-{next(self._ids)}"
+
+    def begin(self, kind: str, target: str, nonce: str, expect: dict[str, Any]) -> Entry:
+        entry = Entry(kind, target, nonce, expect)
+        self.entries[nonce] = entry
+        return entry
+
+    @staticmethod
+    def settle(
+        entry: Entry, *, row_id: Any = None, error: RpcError | None = None, refused: bool = False
+    ) -> None:
+        entry.settled_at = time.monotonic()
+        if refused:
+            entry.state = "refused"
+        elif error is not None:
+            entry.state, entry.error = (
+                "failed",
+                error.code.name if hasattr(error.code, "name") else str(error.code),
+            )
+        else:
+            entry.state, entry.row_id = "acked", row_id
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(e.state for e in self.entries.values()))
+
+    def by_kind(self) -> dict[str, dict[str, int]]:
+        out: dict[str, Counter[str]] = {}
+        for e in self.entries.values():
+            out.setdefault(e.kind, Counter())[e.state] += 1
+        return {k: dict(v) for k, v in out.items()}
+
+    # -- checking --------------------------------------------------------------------------
+
+    async def check(self, client: Any, personas: list[str]) -> list[Violation]:
+        """Read everything back and hold it to the ledger (see the module's docstring)."""
+        started = time.monotonic()
+        violations: list[Violation] = []
+        stored: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for pid in personas:
+            target = f"persona:{pid}"
+            for kind, (table, columns, nonce_column) in TABLES.items():
+                for row in await _read_table(client, target, table, columns, nonce_column, self.run):
+                    nonce = _nonce_in(str(row[nonce_column]))
+                    stored.setdefault((kind, nonce), []).append({"target": target, **row})
+        for profile in await _read_profiles(client, self.run):
+            stored.setdefault(("profile", profile["nonce"]), []).append(profile)
+
+        for (kind, nonce), rows in stored.items():
+            entry = self.entries.get(nonce)
+            if entry is None or entry.kind != kind:
+                violations.append(Violation("phantom", kind, rows[0]["target"], nonce, "stored, never sent"))
+                continue
+            if entry.state == "refused":
+                violations.append(Violation("phantom", kind, entry.target, nonce, "refused, yet stored"))
+            if len(rows) > 1:
+                violations.append(Violation("duplicated", kind, entry.target, nonce, f"{len(rows)} rows"))
+            for row in rows:
+                if row["target"] != entry.target:
+                    violations.append(
+                        Violation("torn", kind, entry.target, nonce, f"stored in {row['target']}")
+                    )
+                diff = {k: (v, row.get(k)) for k, v in entry.expect.items() if not _same(v, row.get(k))}
+                if diff:
+                    violations.append(Violation("torn", kind, entry.target, nonce, f"sent/stored {diff}"))
+        for nonce, entry in list(self.entries.items()):
+            if entry.state != "acked" or entry.settled_at > started:
+                continue
+            rows = stored.get((entry.kind, nonce), [])
+            if not rows:
+                violations.append(
+                    Violation("lost", entry.kind, entry.target, nonce, f"acked as {entry.row_id}")
+                )
+            elif entry.row_id is not None and all(r.get("id") != entry.row_id for r in rows):
+                got = [r.get("id") for r in rows]
+                violations.append(
+                    Violation("lost", entry.kind, entry.target, nonce, f"acked {entry.row_id}, stored {got}")
+                )
+        return violations
+
+
+def _nonce_in(text: str) -> str:
+    start = text.index(TAG)
+    end = start + len(TAG)
+    while end < len(text) and (text[end].isalnum() or text[end] == "-"):
+        end += 1
+    return text[start:end]
+
+
+def _same(sent: Any, stored: Any) -> bool:
+    if isinstance(sent, bool) or isinstance(stored, bool):
+        return bool(sent) == bool(stored)
+    if isinstance(sent, float) or isinstance(stored, float):
+        return stored is not None and abs(float(sent) - float(stored)) < 1e-9
+    return bool(sent == stored)
+
+
+async def _read_table(
+    client: Any, target: str, table: str, columns: str, nonce_column: str, run: str
+) -> list[dict[str, Any]]:
+    """Every row of this run in ``table``, a page of up to 1,000 rows at a time (brain.query's limit)."""
+    rows: list[dict[str, Any]] = []
+    last = 0
+    while True:
+        answer = await _retry(
+            client,
+            "brain.query",
+            {
+                "sql": f"SELECT {columns} FROM {table} "
+                f"WHERE instr({nonce_column}, ?) > 0 AND id > ? ORDER BY id LIMIT 1000",
+                "params": [f"{TAG}{run}-", last],
+                "row_limit": 1000,
+            },
+            to=target,
+        )
+        names = answer["columns"]
+        page = [dict(zip(names, r, strict=True)) for r in answer["rows"]]
+        rows += page
+        if len(page) < 1000:
+            return rows
+        last = page[-1]["id"]
+
+
+async def _read_profiles(client: Any, run: str) -> list[dict[str, Any]]:
+    """The registry's profiles made by this run (tag soak-<run>), each with the nonce in its name."""
+    out: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"tag": f"soak-{run}", "limit": 200}
+        if cursor:
+            params["cursor"] = cursor
+        answer = await _retry(client, "persona.list", params, to="cap:registry")
+        for profile in answer["personas"]:
+            out.append(
+                {
+                    "target": "cap:registry",
+                    "id": profile["id"],
+                    "nonce": _nonce_in(profile["name"]),
+                    "name": profile["name"],
+                    "role": profile["role"],
+                    "status": profile["status"],
+                }
+            )
+        cursor = answer.get("next_cursor")
+        if not cursor:
+            return out
+
+
+async def _retry(client: Any, method: str, params: dict[str, Any], *, to: str, attempts: int = 30) -> Any:
+    """A read for checking, retried while its target is restarting (it must come back)."""
+    import asyncio
+
+    for attempt in range(attempts):
+        try:
+            return await client.call(method, params, to=to, deadline_ms=10_000)
+        except RpcError as exc:
+            if attempt == attempts - 1:
+                raise
+            last = exc
+            await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
+    raise last  # pragma: no cover
+
+
+def dumps(violations: list[Violation]) -> str:
+    return json.dumps([v.as_dict() for v in violations], indent=1)
