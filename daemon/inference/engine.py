@@ -206,8 +206,9 @@ class AsyncEngine:
         else:
             call.done(result, None)
 
-    async def run(self, fn: Callable[[AnyEngine], T]) -> T:
-        """Run ``fn(engine)`` on the worker thread, between decode steps."""
+    async def run(self, fn: Callable[[AnyEngine], T], *, read_only: bool = False) -> T:
+        """Run ``fn(engine)`` on the worker thread, between decode steps (``read_only``: it only
+        reads the engine's state, so it may also run between the tokens of one request)."""
         if self._closed:
             raise EngineClosed("the inference engine has stopped")
         loop = asyncio.get_running_loop()
@@ -224,7 +225,7 @@ class AsyncEngine:
         def done(result: Any, exc: BaseException | None) -> None:
             loop.call_soon_threadsafe(settle, result, exc)
 
-        self._scheduler.put_call(Call(fn, done))
+        self._scheduler.put_call(Call(fn, done, read_only=read_only))
         return await future
 
     async def generate(
@@ -283,7 +284,7 @@ class AsyncEngine:
 
     async def status(self) -> InferenceStatus:
         waiting = self._scheduler.waiting
-        return await self.run(lambda engine: engine.status(waiting))
+        return await self.run(lambda engine: engine.status(waiting), read_only=True)
 
     async def close(self) -> None:
         """Stop the worker after the current step; queued work fails with EngineClosed."""

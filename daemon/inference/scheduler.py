@@ -71,6 +71,9 @@ class Call:
 
     fn: Callable[[AnyEngine], Any]
     done: Callable[[Any, BaseException | None], None]
+    #: Reads the engine's state only (inference.status): an engine that generates a whole
+    #: request in one library call (OpenVINO) runs it between tokens instead of after the request.
+    read_only: bool = False
 
 
 class Scheduler:
@@ -152,9 +155,16 @@ class Scheduler:
                 # Every queued request had been cancelled: wait again rather
                 # than wake the worker with nothing to do.
 
-    def take_call(self) -> Call | None:
+    def take_call(self, *, read_only: bool = False) -> Call | None:
+        """The next admin call; with ``read_only``, the next read-only one (the others keep their turn)."""
         with self._cv:
-            return self._calls.popleft() if self._calls else None
+            if not read_only:
+                return self._calls.popleft() if self._calls else None
+            for call in self._calls:
+                if call.read_only:
+                    self._calls.remove(call)
+                    return call
+            return None
 
     def take(self, n: int, accept: Callable[[Job], bool]) -> list[Job]:
         """Up to ``n`` jobs, round-robin over owners, one per owner per round."""

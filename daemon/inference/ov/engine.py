@@ -296,9 +296,24 @@ class OVEngine:
                 job.emit("closed", None)
                 continue
             between_steps()
-            self._serve(job)
+            self._serve(job, lambda: self._read_only_calls(scheduler))
 
-    def _serve(self, job: Job) -> None:
+    def _read_only_calls(self, scheduler: Scheduler) -> None:
+        """Answer waiting read-only calls (inference.status) between two tokens of a request.
+
+        One request is one pipeline call here, which can run for a minute: a status
+        that waited for its end would pass its deadline. Calls that change the engine
+        (load, unload, delete) still wait for the request to end.
+        """
+        while (call := scheduler.take_call(read_only=True)) is not None:
+            try:
+                result = call.fn(self)
+            except BaseException as exc:
+                call.done(None, exc)
+            else:
+                call.done(result, None)
+
+    def _serve(self, job: Job, between_tokens: Callable[[], None] = lambda: None) -> None:
         if job.cancelled.is_set():
             return
         started = time.monotonic()
@@ -311,7 +326,9 @@ class OVEngine:
             for sha in held:
                 self._in_use[sha] = self._in_use.get(sha, 0) + 1
             self.running = 1
-            streamer = _Streamer(TextStream(self.tokenizer, job.params, job.emit), self.stop_ids, job)
+            streamer = _Streamer(
+                TextStream(self.tokenizer, job.params, job.emit), self.stop_ids, job, between_tokens
+            )
             result = self._pipe.generate(_inputs(ids), config, streamer)
         except InferenceError as exc:
             job.emit("error", exc)
@@ -463,8 +480,11 @@ def _inputs(ids: list[int]) -> Any:
 class _Streamer(og.StreamerBase):  # type: ignore[misc]
     """Receives each generated id from the pipeline: streams its text, ends on a stop id or cancel."""
 
-    def __init__(self, text: TextStream, stops: set[int], job: Job) -> None:
+    def __init__(
+        self, text: TextStream, stops: set[int], job: Job, between_tokens: Callable[[], None]
+    ) -> None:
         super().__init__()
+        self.between_tokens = between_tokens
         self.text = text
         self.stops = stops
         self.job = job
@@ -486,6 +506,10 @@ class _Streamer(og.StreamerBase):  # type: ignore[misc]
                 return og.StreamingStatus.CANCEL
         if self.job.cancelled.is_set():
             return og.StreamingStatus.CANCEL
+        try:
+            self.between_tokens()
+        except Exception:  # each call reports its own failure; never let one cross into C++
+            log.exception("a call between tokens failed")
         return og.StreamingStatus.RUNNING
 
     def end(self) -> None:
