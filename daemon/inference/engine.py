@@ -206,9 +206,9 @@ class AsyncEngine:
         else:
             call.done(result, None)
 
-    async def run(self, fn: Callable[[AnyEngine], T], *, read_only: bool = False) -> T:
-        """Run ``fn(engine)`` on the worker thread, between decode steps (``read_only``: it only
-        reads the engine's state, so it may also run between the tokens of one request)."""
+    async def run(self, fn: Callable[[AnyEngine], T], *, mid_request: bool = False) -> T:
+        """Run ``fn(engine)`` on the worker thread, between decode steps (``mid_request``: it is
+        safe while a request runs, so it may also run between the tokens of one request)."""
         if self._closed:
             raise EngineClosed("the inference engine has stopped")
         loop = asyncio.get_running_loop()
@@ -225,7 +225,7 @@ class AsyncEngine:
         def done(result: Any, exc: BaseException | None) -> None:
             loop.call_soon_threadsafe(settle, result, exc)
 
-        self._scheduler.put_call(Call(fn, done, read_only=read_only))
+        self._scheduler.put_call(Call(fn, done, mid_request=mid_request))
         return await future
 
     async def generate(
@@ -280,11 +280,12 @@ class AsyncEngine:
         return await self.run(lambda engine: engine.load_stack(params, owner))
 
     async def unload(self, params: UnloadParams, *, owner: str) -> UnloadResult:
-        return await self.run(lambda engine: engine.unload(params, owner))
+        # Safe mid-request: an engine drops only adapters no running request holds.
+        return await self.run(lambda engine: engine.unload(params, owner), mid_request=True)
 
     async def status(self) -> InferenceStatus:
         waiting = self._scheduler.waiting
-        return await self.run(lambda engine: engine.status(waiting), read_only=True)
+        return await self.run(lambda engine: engine.status(waiting), mid_request=True)
 
     async def close(self) -> None:
         """Stop the worker after the current step; queued work fails with EngineClosed."""

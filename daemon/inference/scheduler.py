@@ -71,9 +71,10 @@ class Call:
 
     fn: Callable[[AnyEngine], Any]
     done: Callable[[Any, BaseException | None], None]
-    #: Reads the engine's state only (inference.status): an engine that generates a whole
-    #: request in one library call (OpenVINO) runs it between tokens instead of after the request.
-    read_only: bool = False
+    #: Safe while a request runs: it reads the engine's state (inference.status) or changes only
+    #: what no running request uses (inference.unload). An engine that generates a whole request
+    #: in one library call (OpenVINO) runs such calls between tokens instead of after the request.
+    mid_request: bool = False
 
 
 class Scheduler:
@@ -155,13 +156,14 @@ class Scheduler:
                 # Every queued request had been cancelled: wait again rather
                 # than wake the worker with nothing to do.
 
-    def take_call(self, *, read_only: bool = False) -> Call | None:
-        """The next admin call; with ``read_only``, the next read-only one (the others keep their turn)."""
+    def take_call(self, *, mid_request: bool = False) -> Call | None:
+        """The next admin call; with ``mid_request``, the next one safe while a request runs
+        (the others keep their turn)."""
         with self._cv:
-            if not read_only:
+            if not mid_request:
                 return self._calls.popleft() if self._calls else None
             for call in self._calls:
-                if call.read_only:
+                if call.mid_request:
                     self._calls.remove(call)
                     return call
             return None

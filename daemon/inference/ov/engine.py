@@ -296,16 +296,17 @@ class OVEngine:
                 job.emit("closed", None)
                 continue
             between_steps()
-            self._serve(job, lambda: self._read_only_calls(scheduler))
+            self._serve(job, lambda: self._mid_request_calls(scheduler))
 
-    def _read_only_calls(self, scheduler: Scheduler) -> None:
-        """Answer waiting read-only calls (inference.status) between two tokens of a request.
+    def _mid_request_calls(self, scheduler: Scheduler) -> None:
+        """Answer waiting calls that are safe mid-request (inference.status, inference.unload)
+        between two tokens of a request.
 
-        One request is one pipeline call here, which can run for a minute: a status
-        that waited for its end would pass its deadline. Calls that change the engine
-        (load, unload, delete) still wait for the request to end.
+        One request is one pipeline call here, which can run for minutes: a status or an
+        unload that waited for its end would pass its deadline. Calls that may rebuild the
+        pipeline or touch adapters in use (load_stack, merge, delete) still wait for its end.
         """
-        while (call := scheduler.take_call(read_only=True)) is not None:
+        while (call := scheduler.take_call(mid_request=True)) is not None:
             try:
                 result = call.fn(self)
             except BaseException as exc:

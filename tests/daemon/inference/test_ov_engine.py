@@ -458,20 +458,24 @@ asyncio.run(main())
     assert out.stdout.split()[-2:] == ["4", "False"]
 
 
-async def test_status_is_answered_during_a_long_request(engines: dict[str, AsyncEngine]) -> None:
-    """One request is one pipeline call: a status asked mid-request is answered between its
-    tokens, not after its end (found by fuzzing: hub jobs' long requests left inference.status
-    unanswered past its deadline)."""
+async def test_status_and_unload_are_answered_during_a_long_request(engines: dict[str, AsyncEngine]) -> None:
+    """One request is one pipeline call: a status or an unload asked mid-request is answered
+    between its tokens, not after its end (found by fuzzing: hub jobs' long requests left
+    inference.status and inference.unload unanswered past their deadlines)."""
     engine = engines["openvino"]
     asked: list[asyncio.Future[Any]] = []
-    streamed: list[TokenParams] = []
+    answered_mid_request: list[int] = []  # set at the first token after both were answered
 
     async def on_token(token: TokenParams) -> None:
-        streamed.append(token)
         if not asked:
             asked.append(asyncio.ensure_future(engine.status()))
+            asked.append(asyncio.ensure_future(engine.unload(UnloadParams(stack=[]), owner="other")))
+        elif all(f.done() for f in asked) and not answered_mid_request:
+            answered_mid_request.append(1)
 
     result = await engine.generate(ask("hello", max_tokens=300), owner="t", on_token=on_token)
     status = await asked[0]
     assert 1 == status.running  # answered while the request ran
+    assert [] == (await asked[1]).released
+    assert answered_mid_request, "the unload waited for the request to end"
     assert result.completion_tokens > 1

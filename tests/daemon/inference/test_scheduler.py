@@ -182,12 +182,12 @@ def test_close_wakes_the_worker_and_returns_what_was_waiting() -> None:
         busy.put_call(call("late"))
 
 
-def test_a_read_only_call_can_be_taken_ahead_of_the_others() -> None:
+def test_a_call_safe_mid_request_can_be_taken_ahead_of_the_others() -> None:
     scheduler = Scheduler()
     change = Call(lambda engine: "load", lambda result, exc: None)
-    look = Call(lambda engine: "status", lambda result, exc: None, read_only=True)
+    look = Call(lambda engine: "status", lambda result, exc: None, mid_request=True)
     scheduler.put_call(change)
     scheduler.put_call(look)
-    assert look is scheduler.take_call(read_only=True)
-    assert scheduler.take_call(read_only=True) is None  # the change keeps its turn
+    assert look is scheduler.take_call(mid_request=True)
+    assert scheduler.take_call(mid_request=True) is None  # the change keeps its turn
     assert change is scheduler.take_call()
