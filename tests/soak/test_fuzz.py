@@ -51,11 +51,6 @@ def test_decoders_only_raise_documented_errors(decoder: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open finding of issue 17's fuzz: after hub.run/hub.compose/hub.status inputs, cap:inference "
-    "(one thread, busy with the generation they started) leaves inference.status unanswered for 30 s",
-    strict=False,
-)
 def test_every_command_on_every_server(tmp_path: Path) -> None:
     """Fuzzed params for every request method on real processes: documented answers, in time, all alive."""
     methods = fuzz.request_methods()
