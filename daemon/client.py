@@ -629,7 +629,7 @@ class BusClient:
             # Other calls in flight: more are likely sent this iteration, in one write.
             await _send(link.ws, link.conn.send_wire(message), batch=len(self._pending) > 1)
             return await future
-        except ConnectionClosed:
+        except (ConnectionClosed, OSError):  # closed, or reset while our frame was being written
             raise RpcError(ErrorCode.CONNECTION_LOST, "connection to the bus lost") from None
         except asyncio.CancelledError:
             # Cancelling this task cancels the awaited future too, so "no answer
@@ -647,6 +647,10 @@ class BusClient:
         finally:
             pending.timer.cancel()
             self._pending.pop(rid, None)
+            if future.done() and not future.cancelled():
+                # Lost while our frame was still being sent: the reader also failed the
+                # future; the error raised above already says so, so mark this one read.
+                future.exception()
 
     async def notify(
         self, method: str, params: dict[str, Any] | list[Any] | None = None, *, to: str | None = None
