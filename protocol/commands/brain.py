@@ -99,8 +99,17 @@ def _content_size(value: str) -> str:
     return value
 
 
+def json_text(value: Any) -> str:
+    """``value`` as JSON text, or a ValueError (so pydantic answers INVALID_PARAMS) when it is not
+    JSON: msgpack callers can send bytes, which JSON has no place for."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"must be JSON ({exc})") from None
+
+
 def _json_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(json.dumps(value, ensure_ascii=False)) > MAX_JSON_BYTES:
+    if value is not None and len(json_text(value)) > MAX_JSON_BYTES:
         raise ValueError(f"over {MAX_JSON_BYTES} bytes as JSON")
     return value
 

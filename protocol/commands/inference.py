@@ -86,7 +86,7 @@ def _schema_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     try:
         size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
-    except (TypeError, ValueError):  # only Python callers can get here: the wire carries JSON
+    except (TypeError, ValueError):  # bytes from a msgpack caller, or a non-finite float
         raise ValueError("not a JSON object") from None
     if size > MAX_JSON_SCHEMA_BYTES:
         raise ValueError(f"over {MAX_JSON_SCHEMA_BYTES} bytes as compact JSON")

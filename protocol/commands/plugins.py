@@ -11,12 +11,12 @@ call: the result says ``ok: false`` and which limit (``stopped_by``).
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, Field
 
 from ..errors import ErrorCode
+from .brain import json_text
 from .bus import Empty
 from .registry import StrictModel, StrictParams, register
 
@@ -52,7 +52,7 @@ StoppedBy = Literal[
 
 
 def _input_size(value: Any) -> Any:
-    if len(json.dumps(value, ensure_ascii=False)) > MAX_INPUT_BYTES:
+    if len(json_text(value)) > MAX_INPUT_BYTES:
         raise ValueError(f"over {MAX_INPUT_BYTES} bytes as JSON")
     return value
 

@@ -69,3 +69,26 @@ def test_hello_null_optional_members_mean_absent() -> None:
         {"protocol": 1, "kind": "cli", "name": None, "token": None, "agent": None}
     )
     assert (None, None, None) == (hello.name, hello.token, hello.agent)
+
+
+PERFORMANCE = {"session_id": "s", "task": "t", "score": 1.0, "success": True, "duration_s": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("memory.remember", {"content": "x", "context": {"raw": b"\x00\x01"}}),
+        ("memory.remember", {"content": "x", "context": {"deep": [{"raw": b"\xff"}]}}),
+        ("persona.performance.record", {**PERFORMANCE, "context": {"raw": b"\x00"}}),
+        ("interactions.log", {"with_persona": "persona:critic", "learned": {"raw": b"\x00"}}),
+        ("persona.plugin.run", {"plugin_id": "p", "input": {"raw": b"\x00"}}),
+        ("memory.remember", {"content": "x", "context": {"n": float("nan")}}),
+    ],
+)
+def test_bytes_or_non_finite_numbers_in_a_json_member_are_invalid_params(
+    method: str, params: dict[str, Any]
+) -> None:
+    """msgpack callers can send bytes and floats JSON cannot hold; the JSON members say so as
+    INVALID_PARAMS (found by fuzzing: memory.remember answered INTERNAL_ERROR)."""
+    with pytest.raises(ValidationError, match="must be JSON"):
+        REGISTRY[method].params.model_validate(params)
