@@ -50,6 +50,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # daemon, protocol
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the soak_* modules beside this one
 
+from soak_attacks import Attacks
 from soak_faults import Fault, Faults
 from soak_ledger import Ledger, Violation
 from soak_load import Load
@@ -99,6 +100,8 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 await asyncio.sleep(1.0)
 
         sampler = asyncio.create_task(sample())
+        attacks = Attacks(system.url, system.admin_token)
+        attacking = asyncio.create_task(attacks.run())
         catalogue = faults.catalogue()
         plan = [kind for kind in catalogue for _ in range(args.repeats)]
         rng = random.Random(args.seed)
@@ -137,8 +140,12 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             )
         await _until(t0 + duration)
         seconds = time.monotonic() - t0
+        attacks.running = False
         await load.stop()
+        attacking.cancel()
         sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await attacking
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
         final = await ledger.check(control, PERSONAS)
@@ -172,6 +179,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "errors": {f"{m} -> {c}": n for (m, c), n in sorted(stats.errors.items())},
         "hung": [{"at": round(t, 1), "method": m} for t, m in stats.hung],
         "client_exceptions": dict(stats.crashes),
+        "attacks": {"outcomes": dict(attacks.outcomes), "findings": attacks.findings},
         "faults": [f.as_dict() for f in faults_done],
         "ledger": {
             "entries": ledger.counts(),
@@ -218,7 +226,10 @@ def _judge(report: dict[str, Any]) -> list[str]:
             failures.append(f"{fault['kind']} at {fault['at']} s: {fault['error'] or 'not recovered'}")
         if any(o.startswith("HUNG") for o in fault["in_flight"]):
             failures.append(f"{fault['kind']} at {fault['at']} s: a request in flight hung")
-    grown = [role for role, r in report["rss"].items() if r["unbounded"]]
+    if report["attacks"]["findings"]:
+        failures.append(f"attacks the bus did not end: {report['attacks']['findings']}")
+    # The load generator is not under test, and it keeps the whole ledger in memory by design.
+    grown = [role for role, r in report["rss"].items() if r["unbounded"] and role != "load generator"]
     if grown:
         failures.append(f"RSS grows without bound: {grown}")
     if not report["supervisor_alive_at_end"]:
@@ -252,6 +263,9 @@ def print_report(report: dict[str, Any]) -> None:
             f"  {f['at']:7.1f} s  {f['kind']}: back in {f['recovered_s']} s; in flight {f['in_flight']}; "
             f"{f['detail']}" + (f"; ERROR {f['error']}" if f["error"] else "")
         )
+    print("\nattacks (fresh connections, one at a time, all along):")
+    for key, n in sorted(report["attacks"]["outcomes"].items()):
+        print(f"  {key}: {n}")
     ledger = report["ledger"]
     print(
         f"\nledger: {ledger['entries']} by kind {ledger['by_kind']}; {len(ledger['checks'])} checks, "

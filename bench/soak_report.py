@@ -145,8 +145,8 @@ def charts(report: dict[str, Any], stats: Any, rss: list[Any], out: Path) -> lis
     fig, ax = plt.subplots(figsize=(12, 5))
     roles = sorted({r for _, sample in rss for r in sample})
     for role in roles:
-        pts = [(t, s[role][0]) for t, s in rss if role in s]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, label=role)
+        # A gap where the role had no process (between a kill and its restart), not a line across it.
+        ax.plot([t for t, _ in rss], [s[role][0] if role in s else np.nan for _, s in rss], lw=1, label=role)
     ax.set_ylabel("RSS, MiB")
     ax.set_xlabel("seconds since the load started")
     ax.legend(fontsize=7, loc="upper left", ncols=3)

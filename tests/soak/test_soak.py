@@ -83,6 +83,9 @@ def test_the_ledger_held_and_the_load_ran(report: dict) -> None:
 
 
 def test_memory_stayed_flat_and_the_charts_were_drawn(report: dict) -> None:
-    grown = {role: r["runs"] for role, r in report["rss"].items() if r["unbounded"]}
+    # The load generator holds the ledger (every write sent) by design: it is not judged.
+    grown = {
+        role: r["runs"] for role, r in report["rss"].items() if r["unbounded"] and role != "load generator"
+    }
     assert {} == grown
     assert ["errors.png", "latency.png", "rss.png"] == report["charts"]
