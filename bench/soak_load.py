@@ -377,15 +377,9 @@ async def _remember(load: Load, c: BusClient, rng: random.Random, persona: str) 
     content = f"The soak wrote {nonce} at {time.time():.3f}."
     subject = f"subject-{rng.randrange(20)}"
     relevance = round(rng.random(), 3)
-    return await load._write(
-        "memory",
-        "memory.remember",
-        c,
-        persona,
-        {"content": content, "subject": subject, "relevance": relevance, "kind": "soak"},
-        {"content": content, "subject": subject, "relevance": relevance, "kind": "soak"},
-        nonce,
-    )
+    memory = {"content": content, "subject": subject, "relevance": relevance, "kind": "soak"}
+    # What is sent is what must read back, field for field.
+    return await load._write("memory", "memory.remember", c, persona, memory, memory, nonce)
 
 
 async def _recall(load: Load, c: BusClient, rng: random.Random, persona: str) -> Any:
