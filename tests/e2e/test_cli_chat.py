@@ -214,7 +214,9 @@ def test_chat_in_a_terminal_ctrl_c_cancels_the_reply_and_the_chat_goes_on(servic
     history = services.state.root / HISTORY_FILE
     history.unlink(missing_ok=True)
 
-    term = Terminal(services, "--temperature", "0", "--timeout", str(SLOW))
+    # A reply long enough that Ctrl-C lands while it streams even on a loaded machine
+    # (with the default 256 tokens, a fresh-clone run once saw the whole reply first).
+    term = Terminal(services, "--temperature", "0", "--max-tokens", "1500", "--timeout", str(SLOW))
     try:
         term.read_until(r">>> ")
         long_ask = "Write a very long story about a dragon who collects teapots."
