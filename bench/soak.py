@@ -23,7 +23,8 @@ on a small tmpfs) in a throwaway state dir, then for ``--minutes``:
   duplicated, nothing torn, nothing written that was refused;
 - **RSS** of every process every second, judged flat after warm-up.
 
-``--report DIR`` writes report.json and latency.png, rss.png, errors.png.
+``--report DIR`` writes report.json, latency.png, rss.png, errors.png and up.log (all
+that ``personad up`` and its children printed).
 ``--ci`` is the bounded run the tests use: 100 clients, 400 requests/s,
 every fault once, about three minutes in all. The last line is
 ``soak.py: ok`` or ``soak.py: FAIL`` (the exit code says the same): FAIL on
@@ -195,13 +196,15 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     report["failures"] = _judge(report)
     if args.report:
         # Drawn here, off the loop's critical path: everything is stopped by now.
-        await asyncio.to_thread(write_report, Path(args.report), report, stats, rss)
+        await asyncio.to_thread(write_report, Path(args.report), report, stats, rss, system.output)
     return report
 
 
-def write_report(out: Path, report: dict[str, Any], stats: Any, rss: list[Any]) -> None:
+def write_report(out: Path, report: dict[str, Any], stats: Any, rss: list[Any], output: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
+    # Everything personad up and its children printed: the tracebacks behind any finding.
+    (out / "up.log").write_text("".join(output))
     written = charts(report, stats, rss, out)
     print(f"soak: report in {out}: report.json, {', '.join(written)}")
 

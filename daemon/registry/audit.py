@@ -17,9 +17,15 @@
 
 Appends hold ``audit.log.lock`` (files.file_lock), write the line with one
 ``write`` on an ``O_APPEND`` descriptor and fsync it before the head moves.
-A crash between the two leaves one line past the head; :func:`verify` says
-so (``reason``) and the next append refuses to build on it until an
-operator looks, because the log cannot tell a crash from a tamper.
+A crash between the two (kill -9, the OOM killer, a power cut) leaves
+exactly one whole line past the head, chained to it, with the next seq:
+the next append takes that line into the head, with a warning, and goes on
+(found by the soak, bench/soak.py: before, a registry killed in that window
+refused every change until someone edited the head by hand). Refusing would
+protect nothing there: whoever can append a line that chains can also
+rewrite the head. Any other mismatch (a torn or foreign line, more than one
+line, a broken chain) still stops appends until an operator has run
+``personad audit verify``.
 
 This does not stop someone who can rewrite the whole file and its head: it
 makes a partial edit visible. Keep a copy of ``audit.head`` elsewhere to pin
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -40,6 +47,8 @@ from ..files import atomic_write, file_lock
 from .errors import AuditError
 
 __all__ = ["GENESIS", "AuditLog", "VerifyReport", "verify"]
+
+log = logging.getLogger("personad.registry.audit")
 
 GENESIS = hashlib.sha256(b"personad registry audit log v1").hexdigest()
 _KEYS = ("seq", "time", "actor", "action", "persona_id", "details", "prev")
@@ -129,6 +138,23 @@ class AuditLog:
         with file_lock(self.lock_path):
             entries, prev = _read_head(self.path)
             size = self.path.stat().st_size if self.path.exists() else 0
+            if (
+                size
+                and not self._tail_matches(prev, size)
+                and (crashed := self._crash_tail(entries, prev, size))
+            ):
+                entries, prev = crashed
+                atomic_write(
+                    head_path(self.path),
+                    json.dumps({"entries": entries, "sha256": prev}).encode("ascii"),
+                    mode=0o600,
+                )
+                log.warning(
+                    "%s: entry %d was written but the head not moved (a crash between the two); "
+                    "the head now includes it",
+                    self.path,
+                    entries,
+                )
             if entries and not self._tail_matches(prev, size):
                 raise AuditError(
                     f"{self.path} does not end where {head_path(self.path).name} says; "
@@ -155,6 +181,33 @@ class AuditLog:
             head = {"entries": entries + 1, "sha256": _sha(line)}
             atomic_write(head_path(self.path), json.dumps(head).encode("ascii"), mode=0o600)
             return entries + 1
+
+    def _crash_tail(self, entries: int, prev: str, size: int) -> tuple[int, str] | None:
+        """``(entries + 1, its sha)`` when the log ends in exactly one whole entry past the head
+        that chains to it (the mark of a crash between a line and its head); else None."""
+        with open(self.path, "rb") as f:
+            f.seek(max(0, size - 128 * 1024))
+            tail = f.read()
+        if not tail.endswith(b"\n"):
+            return None
+        lines = tail[:-1].split(b"\n")
+        last = lines[-1]
+        before = lines[-2] if len(lines) > 1 else None
+        # The line before the last must be the head's own (or, for a first entry, none at all).
+        if entries == 0:
+            if size != len(last) + 1:
+                return None
+        elif before is None or _sha(before) != prev:
+            return None
+        try:
+            entry = json.loads(last)
+        except ValueError:
+            return None
+        if not isinstance(entry, dict) or tuple(entry) != _KEYS:
+            return None
+        if entry["seq"] != entries + 1 or entry["prev"] != prev:
+            return None
+        return entries + 1, _sha(last)
 
     def _tail_matches(self, prev: str, size: int) -> bool:
         # Only the last line is read: appends stay O(1) however long the log.

@@ -19,7 +19,7 @@ from typing import Any
 from protocol import ErrorCode, RpcError
 
 from ..client import CallContext
-from .errors import GenerationFailed, InvalidChange, PersonaExists, RegistryError, UnknownPersona
+from .errors import AuditError, GenerationFailed, InvalidChange, PersonaExists, RegistryError, UnknownPersona
 from .store import Registry
 
 log = logging.getLogger("personad.registry")
@@ -75,6 +75,9 @@ def translate(fn: Handler) -> Handler:
         except GenerationFailed as exc:
             log.warning("%s failed: %s", ctx.request.method, exc)
             raise RpcError(exc.code, str(exc)) from None
+        except AuditError as exc:  # nothing was changed: the audit log needs an operator first
+            log.error("%s failed: %s", ctx.request.method, exc)
+            raise RpcError(ErrorCode.INTERNAL_ERROR, str(exc), {"reason": "audit_log"}) from None
         except RegistryError as exc:
             log.error("%s failed: %s", ctx.request.method, exc)
             raise RpcError(ErrorCode.INTERNAL_ERROR, str(exc)) from None

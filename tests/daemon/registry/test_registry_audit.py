@@ -70,3 +70,44 @@ def test_append_refuses_to_build_on_a_damaged_tail(tmp_path: Path) -> None:
     head_path(log.path).write_text("not json")
     with pytest.raises(AuditError, match="unreadable head"):
         log.append(actor="cli:x", action="persona.create", persona_id="p9")
+
+
+def test_a_crash_between_the_line_and_its_head_is_taken_up_by_the_next_append(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kill -9 after the line's fsync, before the head moved: exactly one chained line past the head.
+    The next append takes it in and goes on (found by the soak killing the registry mid-write)."""
+    log, _ = written(tmp_path)
+    head = head_path(log.path).read_bytes()
+    log.append(actor="cli:x", action="persona.create", persona_id="p5")
+    head_path(log.path).write_bytes(head)  # as if the crash came just before the head moved
+    assert not verify(log.path).ok
+    assert 7 == log.append(actor="cli:x", action="persona.create", persona_id="p6")
+    assert (True, 7) == (verify(log.path).ok, verify(log.path).entries)
+    assert "a crash between the two" in caplog.text
+
+
+def test_a_crash_on_the_very_first_entry_is_taken_up_too(tmp_path: Path) -> None:
+    log, _ = written(tmp_path, 1)
+    head_path(log.path).unlink()
+    assert 2 == log.append(actor="cli:x", action="persona.create", persona_id="p1")
+    assert verify(log.path).ok
+
+
+def test_more_than_one_line_past_the_head_or_a_foreign_line_still_stops_appends(tmp_path: Path) -> None:
+    log, _ = written(tmp_path)
+    head = head_path(log.path).read_bytes()
+    log.append(actor="cli:x", action="persona.create", persona_id="p5")
+    log.append(actor="cli:x", action="persona.create", persona_id="p6")
+    head_path(log.path).write_bytes(head)  # two lines past the head: not one crash
+    before = log.path.read_bytes()
+    with pytest.raises(AuditError, match="audit verify"):
+        log.append(actor="cli:x", action="persona.create", persona_id="p7")
+    assert before == log.path.read_bytes()
+
+    log, lines = written(tmp_path / "foreign")
+    forged = json.loads(lines[-1])
+    forged["seq"] += 1  # chains to nothing the head knows: prev is the line before's, not the head's
+    log.path.write_bytes(b"".join(lines) + json.dumps(forged, separators=(",", ":")).encode() + b"\n")
+    with pytest.raises(AuditError, match="audit verify"):
+        log.append(actor="cli:x", action="persona.create", persona_id="p7")
