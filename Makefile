@@ -64,11 +64,12 @@ up: $(STAMP) $(CONVERT_STAMP)
 
 # Two workers, a test module each at a time (module fixtures stay shared):
 # most tests wait on real processes, so this halves the wall time on two cores.
-# Then the bounded soak (bench/soak.py --ci, about four minutes) on its own:
-# its load and faults would otherwise slow the other tests' processes.
+# Then tests/soak on its own (the bounded soak, bench/soak.py --ci, and the fuzz
+# campaign, about nine minutes): their load, faults and the long jobs fuzzed
+# inputs start would otherwise slow the other tests' processes past their waits.
 test: $(STAMP) $(CONVERT_STAMP) system-deps lint $(AJV)
-	$(VENV)/bin/pytest -n 2 --dist loadfile --ignore=tests/soak/test_soak.py
-	$(VENV)/bin/pytest tests/soak/test_soak.py
+	$(VENV)/bin/pytest -n 2 --dist loadfile --ignore=tests/soak
+	$(VENV)/bin/pytest tests/soak
 
 system-deps:
 	@scripts/system-deps test

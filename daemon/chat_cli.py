@@ -31,6 +31,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -126,8 +127,16 @@ class _Loop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="chat-bus", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="chat-bus", daemon=True)
         self.thread.start()
+
+    def _run(self) -> None:
+        # Ctrl-C must reach the main thread, which waits on the reply: the kernel gives a
+        # process's signal to any thread that does not block it, and Python runs its handler
+        # only when the main thread wakes, so a SIGINT that landed here (this thread is the
+        # busy one while a reply streams) went unseen until the reply had ended.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        self.loop.run_forever()
 
     def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)

@@ -258,3 +258,23 @@ def test_chat_refuses_bad_options_and_an_unreachable_bus(state) -> None:
     out = run_cli(state, "chat", "demo", url="ws://127.0.0.1:1")
     assert (1, "") == (out.returncode, out.stdout)
     assert out.stderr.startswith("personad: "), out.stderr
+
+
+def test_ctrl_c_is_for_the_main_thread_not_the_bus_thread() -> None:
+    """The chat's bus thread blocks SIGINT, so the kernel gives Ctrl-C to the main thread, which
+    waits on the reply. (Two fresh-clone runs under load saw a SIGINT land on the busy bus thread:
+    Python ran its handler only after the whole reply, and the reply was not cancelled.)"""
+    import signal
+
+    from daemon.chat_cli import _Loop
+
+    loop = _Loop()
+    try:
+
+        async def mask() -> set[signal.Signals]:
+            return signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+        assert signal.SIGINT in loop.run(mask())
+        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the main thread takes it
+    finally:
+        loop.stop()

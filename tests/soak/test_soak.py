@@ -3,7 +3,8 @@
 About four minutes: ``personad up`` with three personas, 100 clients at 400
 requests/s for 2.5 minutes, every kind of fault once, the ledger checked
 after each. ``make test`` runs this file on its own after the rest of the
-suite, so that the soak's load and the other tests do not slow each other.
+suite (with the fuzz campaign beside it in tests/soak), so that the soak's load
+and the other tests do not slow each other.
 """
 
 from __future__ import annotations
