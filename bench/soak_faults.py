@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import random
+import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from soak_load import Load, outcome_of
+from soak_load import Load, _profile_create, _remember, outcome_of
 from soak_system import DISK_PERSONA, System
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -122,17 +125,15 @@ class Faults:
 
     async def kill_persona_mid_write(self, fault: Fault) -> None:
         pid = next(p for p in self.personas if p != DISK_PERSONA)
-        from soak_load import _remember
 
-        rng = __import__("random").Random(int(fault.at * 1000))
+        rng = random.Random(int(fault.at * 1000))
         await self._burst(
             fault, lambda: _remember(self.load, self.control, rng, f"persona:{pid}"), f"persona:{pid}"
         )
 
     async def kill_registry_mid_write(self, fault: Fault) -> None:
-        from soak_load import _profile_create
 
-        rng = __import__("random").Random(int(fault.at * 1000))
+        rng = random.Random(int(fault.at * 1000))
         await self._burst(fault, lambda: _profile_create(self.load, self.control, rng, ""), "registry", 8)
 
     async def _kill_mid_stream(
@@ -204,7 +205,7 @@ class Faults:
         killed = time.monotonic()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                __import__("os").kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
         outcome = await call
         fault.detail = f"chromium pid {pid}"
         fault.in_flight = [f"{outcome} ({time.monotonic() - killed:.2f} s after the kill)"]
@@ -213,9 +214,8 @@ class Faults:
         disk = self.system.disk
         assert disk is not None
         filled = await asyncio.to_thread(disk.fill)
-        from soak_load import _remember
 
-        rng = __import__("random").Random(int(fault.at * 1000))
+        rng = random.Random(int(fault.at * 1000))
         target = f"persona:{DISK_PERSONA}"
         # SQLite first fills the room its WAL already has: write until the disk says so (10 s at most).
         outcomes: Counter[str] = Counter()

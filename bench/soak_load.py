@@ -17,6 +17,9 @@ Every call has a deadline; one that gets no answer by its deadline plus
 ``HANG_GRACE`` is *hung*, which the soak counts as a failure. Latencies are
 kept per method (all of them: a float each) with their start times, for
 percentiles overall and over time.
+
+(Just past 500 lines; the seam when it grows: the mix, ``OPS`` and its
+``_ping`` … ``_oneshot`` functions, into a module of its own.)
 """
 
 from __future__ import annotations
