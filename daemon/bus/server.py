@@ -80,7 +80,7 @@ class Bus:
         self.tokens = tokens
         self.metrics = Metrics()
         self.router = Router(config=config, metrics=self.metrics)
-        self.started = time.time()
+        self.started = time.monotonic()  # uptime: a clock step must not change it
         self.shutting_down = False
         self._server: Server | None = None
         self._connections = 0
@@ -261,7 +261,7 @@ class Bus:
 
     def render_metrics(self) -> str:
         return self.metrics.render(
-            uptime=time.time() - self.started,
+            uptime=time.monotonic() - self.started,
             clients_by_kind=self.clients_by_kind(),
             inflight=len(self.router.pending),
             version=__version__,
@@ -285,7 +285,7 @@ class Bus:
             "status": "shutting_down" if self.shutting_down else "ok",
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
-            "uptime_s": round(time.time() - self.started, 3),
+            "uptime_s": round(time.monotonic() - self.started, 3),
             "connections": self._connections,
             "clients": self.clients_by_kind(),
             "inflight": len(self.router.pending),

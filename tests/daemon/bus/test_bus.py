@@ -575,3 +575,19 @@ async def test_shutdown_answers_inflight_and_closes_1001(state) -> None:
     assert 1001 == link.ws.close_code
     await target.close()
     await client.close()
+
+
+async def test_uptime_follows_the_monotonic_clock_not_the_wall_clock(state, monkeypatch) -> None:
+    """A step of the wall clock (NTP, date -s) must not move the bus's uptime: /healthz and
+    /metrics once reported a negative uptime after the clock was set back an hour."""
+    import daemon.bus.server as server
+
+    async with Bus(BusConfig(port=0), state.tokens()) as bus:
+        before = bus.health()["uptime_s"]
+        real = server.time.time
+        monkeypatch.setattr(server.time, "time", lambda: real() - 3600.0)
+        after = bus.health()["uptime_s"]
+        metrics = bus.render_metrics()
+    assert 0.0 <= before <= after < before + 60
+    line = next(x for x in metrics.splitlines() if x.startswith("personad_bus_uptime_seconds"))
+    assert float(line.split()[-1]) >= 0.0
