@@ -56,16 +56,27 @@ from soak_faults import Fault, Faults
 from soak_ledger import Ledger, Violation
 from soak_load import Load
 from soak_report import charts, percentiles, rss_trends
-from soak_system import DISK_PERSONA, System
+from soak_system import DISK_PERSONA, Nats, System, node_b
 
 from daemon.client import BusClient
+from daemon.errors import AuthError
 
 PERSONAS = ["soak-a", "soak-b", DISK_PERSONA]
 
 
 async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    system = System(root, PERSONAS, disk_mib=args.disk_mib)
     t_start = time.monotonic()
+    nats, second, extra = Nats(root), None, []
+    if args.federation and Nats.binary() is None:
+        print("soak: no nats-server (scripts/system-deps test installs it): one bus node only", flush=True)
+    elif args.federation:
+        # A cluster of two: this machine's part (node soak-b: a bus node only) first, so
+        # that the first node's personas and services have it as their --peer.
+        second = node_b(root, nats.start())
+        print(f"soak: starting node soak-b in {second.root} …", flush=True)
+        second.start()
+        extra = ["--nats", nats.url, "--node", "soak-a", "--peer", second.url]
+    system = System(root, PERSONAS, disk_mib=args.disk_mib, extra_args=extra)
     print(f"soak: starting personad up in {root} …", flush=True)
     system.start()  # blocking, before anything else runs (see System.start)
     print(f"soak: up in {time.monotonic() - t_start:.0f} s on {system.url}", flush=True)
@@ -78,8 +89,21 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     )
     await control.start()
     await control.wait_connected(30)
+    remote = None
+    if second is not None:
+        # The first node's tokens reach the second through the cluster's bucket, within a
+        # second or so: the client tries until they have.
+        remote = await _connect_when_known(second.url, system.admin_token, "soak-remote")
+        await (await _connect_when_known(second.url, intruder, "soak-intruder-probe")).close()
     load = Load(
-        system.url, system.admin_token, intruder, PERSONAS, ledger, clients=args.clients, rate=args.rate
+        system.url,
+        system.admin_token,
+        intruder,
+        PERSONAS,
+        ledger,
+        clients=args.clients,
+        rate=args.rate,
+        other_url=second.url if second is not None else "",
     )
     rss: list[tuple[float, dict[str, tuple[float, tuple[int, ...]]]]] = []
     faults_done: list[Fault] = []
@@ -91,11 +115,16 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         # Time 0 is before the clients connect: their joins and subscriptions are on the chart too.
         load.stats.t0 = t0 = time.monotonic()
         await load.start()
-        faults = Faults(system, load, control, PERSONAS, t0)
+        faults = Faults(
+            system, load, control, PERSONAS, t0, clock_jump_s=args.clock_jump, node_b=second, remote=remote
+        )
 
         async def sample() -> None:
             while True:
                 roles = await asyncio.to_thread(system.rss_by_role)
+                if second is not None:
+                    b = await asyncio.to_thread(second.rss_by_role)
+                    roles.update({f"node soak-b {role}": v for role, v in b.items()})
                 roles["load generator"] = (me.memory_info().rss / 2**20, (me.pid,))
                 rss.append((time.monotonic() - t0, roles))
                 await asyncio.sleep(1.0)
@@ -154,12 +183,19 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         checks.append(
             {"after": "the end", "at": round(seconds, 1), "violations": len(final), "ledger": ledger.counts()}
         )
-        up_alive = system.up is not None and system.up.poll() is None
+        up_alive = all(s.up is not None and s.up.poll() is None for s in (system, second) if s is not None)
     finally:
         with contextlib.suppress(Exception):
             await load.stop()
         await control.close()
+        if remote is not None:
+            await remote.close()
         await asyncio.to_thread(system.stop)
+        if second is not None:
+            await asyncio.to_thread(second.stop)
+        nats.stop()
+        if args.report:  # everything they printed, even when the soak itself failed
+            await asyncio.to_thread(write_logs, Path(args.report), system, second)
 
     stats = load.stats
     total = stats.total()
@@ -182,6 +218,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "client_exceptions": dict(stats.crashes),
         "attacks": {"outcomes": dict(attacks.outcomes), "findings": attacks.findings},
         "faults": [f.as_dict() for f in faults_done],
+        "faults_skipped": faults.skipped,
         "ledger": {
             "entries": ledger.counts(),
             "by_kind": ledger.by_kind(),
@@ -191,20 +228,43 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         },
         "rss": rss_trends(rss, warm),
         "supervisor_alive_at_end": up_alive,
+        "cluster": f"two bus nodes over NATS ({system.url}, {second.url})" if second else "one bus node",
         "other_processes": sorted(system.others),
     }
     report["failures"] = _judge(report)
     if args.report:
         # Drawn here, off the loop's critical path: everything is stopped by now.
-        await asyncio.to_thread(write_report, Path(args.report), report, stats, rss, system.output)
+        await asyncio.to_thread(write_report, Path(args.report), report, stats, rss)
     return report
 
 
-def write_report(out: Path, report: dict[str, Any], stats: Any, rss: list[Any], output: list[str]) -> None:
+async def _connect_when_known(url: str, token: str, name: str, timeout: float = 60.0) -> BusClient:
+    """A control client on the second node, once the first node's tokens have reached it
+    (through the cluster's key-value bucket, on the first node's next sweep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client = BusClient(url, token=token, kind="cli", name=name, reconnect=True, backoff_max=1.0)
+        try:
+            await client.start()
+            await client.wait_connected(30)
+            return client
+        except AuthError:
+            await client.close()
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+def write_logs(out: Path, system: System, second: System | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "up.log").write_text("".join(system.output))
+    if second is not None:
+        (out / "node-b.log").write_text("".join(second.output))
+
+
+def write_report(out: Path, report: dict[str, Any], stats: Any, rss: list[Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    # Everything personad up and its children printed: the tracebacks behind any finding.
-    (out / "up.log").write_text("".join(output))
     written = charts(report, stats, rss, out)
     print(f"soak: report in {out}: report.json, {', '.join(written)}")
 
@@ -266,6 +326,8 @@ def print_report(report: dict[str, Any]) -> None:
             f"  {f['at']:7.1f} s  {f['kind']}: back in {f['recovered_s']} s; in flight {f['in_flight']}; "
             f"{f['detail']}" + (f"; ERROR {f['error']}" if f["error"] else "")
         )
+    for kind, why in report["faults_skipped"].items():
+        print(f"  skipped: {kind}: {why}")
     print("\nattacks (fresh connections, one at a time, all along):")
     for key, n in sorted(report["attacks"]["outcomes"].items()):
         print(f"  {key}: {n}")
@@ -297,7 +359,19 @@ def main() -> int:
     )
     parser.add_argument("--repeats", type=int, default=3, help="times each kind of fault is injected")
     parser.add_argument(
-        "--disk-mib", type=int, default=64, help="the tmpfs under one persona (0: no disk fault)"
+        "--disk-mib", type=int, default=64, help="the small filesystem under one persona (0: no disk faults)"
+    )
+    parser.add_argument(
+        "--clock-jump",
+        type=float,
+        default=3600.0,
+        help="seconds the wall clock is stepped each way (0: never)",
+    )
+    parser.add_argument(
+        "--no-federation",
+        dest="federation",
+        action="store_false",
+        help="one bus node, no NATS (the federated node's fault is skipped)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--report", help="write report.json and PNG charts into this folder")
@@ -305,6 +379,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.ci:
         args.minutes, args.clients, args.rate, args.repeats, args.disk_mib = 2.5, 100, 400.0, 1, 32
+        args.clock_jump = min(args.clock_jump, 300.0)
     with tempfile.TemporaryDirectory(prefix="personad-soak-") as tmp:
         report = uvloop.run(soak(args, Path(tmp)))
     print_report(report)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
 import signal
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -54,24 +57,34 @@ class Faults:
     control: BusClient
     personas: list[str]
     t0: float
+    #: How far the machine's wall clock is stepped each way (0: not at all).
+    clock_jump_s: float = 0.0
+    #: The cluster's second bus node, and a control client that speaks to it alone.
+    node_b: System | None = None
+    remote: BusClient | None = None
+    #: Kinds of fault this machine cannot make, and why (filled by ``catalogue``).
+    skipped: dict[str, str] = field(default_factory=dict)
 
     # -- recovery --------------------------------------------------------------------------
 
     async def recover(self, timeout: float = 180.0) -> float:
         """Seconds until the bus, every persona, the registry, inference and the browser answer."""
         started = time.monotonic()
-        checks: list[tuple[str, dict[str, Any] | None, str | None]] = [
-            ("bus.ping", None, None),
-            *[("persona.ping", None, f"persona:{p}") for p in self.personas],
-            ("persona.get", {"persona_id": self.personas[0]}, "cap:registry"),
-            ("inference.status", None, "cap:inference"),
-            ("browser_js", {"script": "2 + 2"}, "cap:browser"),
+        c = self.control
+        checks: list[tuple[BusClient, str, dict[str, Any] | None, str | None]] = [
+            (c, "bus.ping", None, None),
+            *[(c, "persona.ping", None, f"persona:{p}") for p in self.personas],
+            (c, "persona.get", {"persona_id": self.personas[0]}, "cap:registry"),
+            (c, "inference.status", None, "cap:inference"),
+            (c, "browser_js", {"script": "2 + 2"}, "cap:browser"),
         ]
+        if self.remote is not None:  # and across the cluster, from the other node
+            checks += [(self.remote, "persona.ping", None, f"persona:{p}") for p in self.personas]
         pending = list(checks)
         while pending:
-            method, params, to = pending[0]
+            client, method, params, to = pending[0]
             try:
-                await self.control.call(method, params, to=to, deadline_ms=5_000)
+                await client.call(method, params, to=to, deadline_ms=5_000)
                 pending.pop(0)
             except RpcError as exc:
                 if time.monotonic() - started > timeout:
@@ -84,6 +97,7 @@ class Faults:
     # -- the faults ---------------------------------------------------------------------------
 
     def catalogue(self) -> dict[str, Callable[[Fault], Awaitable[None]]]:
+        """The faults this machine can make; why any other was left out is in ``skipped``."""
         faults: dict[str, Callable[[Fault], Awaitable[None]]] = {
             "kill -9 bus": self.kill_bus,
             "kill -9 persona mid-write": self.kill_persona_mid_write,
@@ -93,17 +107,54 @@ class Faults:
             "kill -9 chromium mid-request": self.kill_chromium_mid_request,
             "client stops reading": self.stalled_reader,
         }
-        if self.system.disk is not None:
+        disk = self.system.disk
+        if disk is None:
+            self.skipped["full disk under a persona"] = "no small filesystem (mounting needs root)"
+        else:
             faults["full disk under a persona"] = self.full_disk
+        if disk is None or disk.throttle is None:
+            self.skipped["slow disk under a persona"] = (
+                "no loop device or no I/O cgroup" if disk is not None else "no small filesystem"
+            )
+        else:
+            faults["slow disk under a persona"] = self.slow_disk
+        if self.node_b is None:
+            self.skipped["kill -9 federated bus node"] = "one bus node (no nats-server, or --no-federation)"
+        else:
+            faults["kill -9 federated bus node"] = self.kill_node_b
+        if not self.clock_jump_s:
+            self.skipped["clock jumps"] = "--clock-jump 0"
+        elif not Clock.can_step():
+            self.skipped["clock jumps"] = "the wall clock cannot be set here (CAP_SYS_TIME is needed)"
+        else:
+            faults["clock jumps"] = self.clock_jumps
         return faults
 
     async def kill_bus(self, fault: Fault) -> None:
         pid = self.system.kill("bus")
         fault.detail = f"pid {pid}"
 
-    async def _burst(self, fault: Fault, write: Callable[[], Awaitable[Any]], role: str, n: int = 16) -> None:
-        """``n`` writers writing back to back, and kill -9 of ``role`` while they are; what the
-        writes were answered, counted (those in flight at the kill cannot all be "ok")."""
+    async def kill_node_b(self, fault: Fault) -> None:
+        """kill -9 the other node's bus while 16 writers write through it to a persona on
+        this one: its clients move here, its supervisor starts it again, and it rejoins."""
+        assert self.node_b is not None
+        assert self.remote is not None
+        remote, target = self.remote, f"persona:{self.personas[0]}"
+        rng = random.Random(int(fault.at * 1000))
+        await self._burst(fault, lambda: _remember(self.load, remote, rng, target), "bus", system=self.node_b)
+        fault.detail = f"node soak-b's {fault.detail}, to {target} on soak-a"
+
+    async def _burst(
+        self,
+        fault: Fault,
+        write: Callable[[], Awaitable[Any]],
+        role: str,
+        n: int = 16,
+        system: System | None = None,
+    ) -> None:
+        """``n`` writers writing back to back, and kill -9 of ``role`` (of ``system``) while
+        they are; what the writes were answered, counted (those in flight at the kill cannot
+        all be "ok")."""
         outcomes: Counter[str] = Counter()
         stop = asyncio.Event()
 
@@ -116,7 +167,7 @@ class Faults:
 
         writers = [asyncio.create_task(writer()) for _ in range(n)]
         await asyncio.sleep(0.3)
-        pid = self.system.kill(role)
+        pid = (system or self.system).kill(role)
         await asyncio.sleep(0.5)
         stop.set()
         await asyncio.gather(*writers)
@@ -225,7 +276,7 @@ class Faults:
         await asyncio.sleep(1.0)
         disk.free()
         fault.detail = (
-            f"{filled / 2**20:.1f} MiB of filler on a {disk.mib} MiB tmpfs, "
+            f"{filled / 2**20:.1f} MiB of filler on {disk.mib} MiB of {disk.kind}, "
             f"for {time.monotonic() - full_at:.1f} s"
         )
         fault.in_flight = [f"{o} x{n}" for o, n in outcomes.items()]
@@ -237,6 +288,92 @@ class Faults:
             if time.monotonic() > deadline:
                 raise TimeoutError("the persona took no write within 60 s of the space coming back")
             await asyncio.sleep(0.5)
+
+    async def slow_disk(self, fault: Fault, iops: int = 20, seconds: float = 20.0) -> None:
+        """The persona's disk serves ``iops`` operations a second for ``seconds``, while 8
+        writers write to it and a pinger asks it how it is: writes may take long, or
+        time out, but every one is answered, and the persona keeps answering pings."""
+        disk = self.system.disk
+        assert disk is not None
+        assert disk.throttle is not None
+        target = f"persona:{DISK_PERSONA}"
+        rng = random.Random(int(fault.at * 1000))
+        outcomes: Counter[str] = Counter()
+        write_s: list[float] = []
+        ping_s: list[float] = []
+        stop = asyncio.Event()
+
+        async def writer() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                outcomes[await _outcome(lambda: _remember(self.load, self.control, rng, target))] += 1
+                write_s.append(time.monotonic() - started)
+
+        async def pinger() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                outcome = await _outcome(
+                    lambda: self.control.call("persona.ping", to=target, deadline_ms=10_000)
+                )
+                ping_s.append(time.monotonic() - started)
+                outcomes[f"ping {outcome}"] += 1
+                await asyncio.sleep(0.5)
+
+        disk.throttle.slow(iops)
+        try:
+            tasks = [asyncio.create_task(writer()) for _ in range(8)] + [asyncio.create_task(pinger())]
+            await asyncio.sleep(seconds)
+        finally:
+            disk.throttle.fast()
+        stop.set()
+        await asyncio.gather(*tasks)
+        write_s.sort()
+        fault.detail = (
+            f"{disk.kind} capped at {iops} I/O operations/s for {seconds:.0f} s: "
+            f"{len(write_s)} writes, median {write_s[len(write_s) // 2]:.2f} s, max {write_s[-1]:.2f} s; "
+            f"pings max {max(ping_s):.2f} s"
+        )
+        fault.in_flight = [f"{o} x{n}" for o, n in outcomes.most_common()]
+
+    async def clock_jumps(self, fault: Fault, hold: float = 6.0) -> None:
+        """The machine's wall clock steps forward by ``clock_jump_s``, back to the true time,
+        back by as much, and to the true time again, ``hold`` seconds each, while the load
+        runs: as an NTP step or an operator's ``date -s`` does. The real clock, not a fake
+        one in a preloaded library: every process sees it, the kernel's timers too. What
+        the load was answered in the meantime is counted, and the bus's uptime
+        (``/healthz``) must only ever grow."""
+        clock = Clock()
+        jump = self.clock_jump_s
+        errors_before = self.load.stats.errors.copy()
+        requests_before = self.load.stats.total()
+        uptimes: list[float] = []
+        rng = random.Random(int(fault.at * 1000))
+        writes: Counter[str] = Counter()
+        try:
+            for by in (jump, 0.0, -jump, 0.0):
+                clock.step(by)
+                until = time.monotonic() + hold
+                while time.monotonic() < until:
+                    uptimes.append(await asyncio.to_thread(self._uptime))
+                    persona = f"persona:{rng.choice(self.personas)}"
+                    writes[await _outcome(lambda p=persona: _remember(self.load, self.control, rng, p))] += 1
+                    await asyncio.sleep(0.25)
+        finally:
+            clock.step(0.0)
+        errors = self.load.stats.errors - errors_before
+        fault.detail = (
+            f"wall clock +{jump:.0f} s, back, -{jump:.0f} s, back, {hold:.0f} s each; "
+            f"the load made {self.load.stats.total() - requests_before} requests meanwhile, "
+            f"errors {dict(errors.most_common(6)) or 'none'}; bus uptime {uptimes[0]:.1f}-{uptimes[-1]:.1f} s"
+        )
+        fault.in_flight = [f"{o} x{n}" for o, n in writes.most_common()]
+        if any(b < a for a, b in itertools.pairwise(uptimes)):
+            fault.error = f"the bus's uptime went backwards with the clock: {uptimes}"
+
+    def _uptime(self) -> float:
+        port = urllib.parse.urlsplit(self.system.url).port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            return float(json.load(answer)["uptime_s"])
 
     async def stalled_reader(self, fault: Fault) -> None:
         """A client that subscribes, then never reads again, while events pile up for it.
@@ -294,6 +431,30 @@ class Faults:
                 ws.transport.abort()
             with contextlib.suppress(ConnectionClosed, Exception):
                 await asyncio.wait_for(ws.close(), 1)
+
+
+class Clock:
+    """The machine's wall clock (CLOCK_REALTIME), stepped and put back exactly.
+
+    The true time is kept as its distance from the monotonic clock, which no step
+    moves, so putting it back needs no network and loses nothing. Stepping needs
+    CAP_SYS_TIME (root on a machine of one's own).
+    """
+
+    def __init__(self) -> None:
+        self.offset = time.time() - time.monotonic()
+
+    @staticmethod
+    def can_step() -> bool:
+        try:
+            time.clock_settime(time.CLOCK_REALTIME, time.time())
+        except OSError:
+            return False
+        return True
+
+    def step(self, by: float) -> None:
+        """Set the clock to the true time plus ``by`` seconds."""
+        time.clock_settime(time.CLOCK_REALTIME, time.monotonic() + self.offset + by)
 
 
 async def _outcome(call: Callable[[], Awaitable[Any]], with_time: bool = False) -> str:

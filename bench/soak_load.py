@@ -125,6 +125,9 @@ class Load:
     ledger: Ledger
     clients: int = 100
     rate: float = 500.0
+    #: A second bus node of the same cluster: a quarter of the clients start there, and
+    #: every client moves to the other node when its own dies (BusClient's URL list).
+    other_url: str = ""
     stats: Stats = field(default_factory=Stats)
     running: bool = True
     _clients: list[BusClient] = field(default_factory=list)
@@ -168,8 +171,14 @@ class Load:
         for index, (role, client) in enumerate(zip(roles, connected, strict=True)):
             self._tasks.append(asyncio.create_task(self._run(role, index, client, per_caller)))
 
+    def url_for(self, index: int) -> str:
+        if not self.other_url:
+            return self.url
+        return f"{self.other_url},{self.url}" if index % 4 == 3 else f"{self.url},{self.other_url}"
+
     async def _connect(self, role: str, index: int) -> BusClient:
         kwargs: dict[str, Any] = {"reconnect": True, "backoff_max": 1.0}
+        url = self.url_for(index)
         if role == "service":
 
             async def echo(request: Any, ctx: Any) -> Any:
@@ -177,7 +186,7 @@ class Load:
                 return {"echo": request.params}
 
             client = BusClient(
-                self.url,
+                url,
                 token=self.admin_token,
                 kind="service",
                 name=f"soak-echo-{index}",
@@ -190,7 +199,7 @@ class Load:
             # reconnect (the bus was restarted) a client subscribes and joins again.
             me: list[BusClient] = []
             client = BusClient(
-                self.url,
+                url,
                 token=self.admin_token,
                 kind="cli",
                 name=f"soak-{role}-{index}",
@@ -201,16 +210,14 @@ class Load:
             me.append(client)
         elif role == "intruder":
             client = BusClient(
-                self.url, token=self.intruder_token, kind="cli", name=f"soak-intruder-{index}", **kwargs
+                url, token=self.intruder_token, kind="cli", name=f"soak-intruder-{index}", **kwargs
             )
         elif role == "browser user":
             client = BusClient(
-                self.url, token=self.admin_token, kind="cli", name=f"soak-browser-{index}", **kwargs
+                url, token=self.admin_token, kind="cli", name=f"soak-browser-{index}", **kwargs
             )
         else:
-            client = BusClient(
-                self.url, token=self.admin_token, kind="cli", name=f"soak-caller-{index}", **kwargs
-            )
+            client = BusClient(url, token=self.admin_token, kind="cli", name=f"soak-caller-{index}", **kwargs)
         await client.start()
         await client.wait_connected(30)
         return client

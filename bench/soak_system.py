@@ -2,8 +2,8 @@
 
 The soak runs the real embedded default (the supervisor restarts what dies,
 as systemd does in production) with a few personas of its own. One of them
-keeps its folder on a small tmpfs, so that a full disk can be made and undone
-(``Disk``). Processes are found by walking the supervisor's tree with psutil
+keeps its folder on a small filesystem of its own, so that a full disk and a
+slow one can be made and undone (``Disk``). Processes are found by walking the supervisor's tree with psutil
 and named by their ``python -m daemon <verb>`` command line, so a restarted
 child keeps its name and a series of RSS samples can follow it.
 """
@@ -14,7 +14,9 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -39,8 +41,10 @@ DISK_PERSONA = "soak-disk"
 class System:
     root: Path
     personas: list[str]
-    #: tmpfs size for DISK_PERSONA's folder; 0: no disk fault (not root, or no mount).
+    #: Size of DISK_PERSONA's filesystem; 0: no disk faults (they need root, to mount).
     disk_mib: int = 32
+    #: More arguments for ``personad up`` (a cluster node's --nats, --node, --peer, --no-…).
+    extra_args: list[str] = field(default_factory=list)
     state: StateDir = field(init=False)
     admin_token: str = field(init=False, default="")
     url: str = field(init=False, default="")
@@ -51,6 +55,7 @@ class System:
     others: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         self.state = StateDir(self.root / "state")
 
     # -- start and stop ------------------------------------------------------------------
@@ -70,7 +75,7 @@ class System:
                 "utf-8",
             )
         if DISK_PERSONA in self.personas and self.disk_mib > 0:
-            self.disk = Disk.mount(self.state.personas / DISK_PERSONA, self.disk_mib)
+            self.disk = Disk.mount(self.state.personas / DISK_PERSONA, self.disk_mib, self.root / "disk.img")
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -85,6 +90,7 @@ class System:
         argv += ["--config-dir", str(config), "--host", "127.0.0.1", "--port", "0"]
         # The Academy, skill sharing and PersonaHub are not soaked yet (docs/reliability.md).
         argv += ["--no-demo", "--no-academy", "--no-skills", "--no-hub"]
+        argv += self.extra_args
         self.up = subprocess.Popen(
             argv,
             env=env,
@@ -204,30 +210,110 @@ def _role(cmdline: list[str]) -> str:
     return "other"
 
 
-class Disk:
-    """A small tmpfs under one persona's folder, and a filler file that fills it.
+def node_b(root: Path, nats_url: str) -> System:
+    """A second machine's part of a cluster: ``personad up --no-personas`` with only its
+    bus node, joined to the first through NATS (docs/federation.md). Its own state dir
+    and token file; the first node's tokens reach it through the cluster's bucket."""
+    return System(
+        root / "node-b",
+        [],
+        disk_mib=0,
+        extra_args=[
+            *("--no-personas", "--no-inference", "--no-browser"),
+            *("--no-academy", "--no-skills", "--no-hub"),
+            *("--nats", nats_url, "--node", "soak-b"),
+        ],
+    )
 
-    A real full disk, not an injected error: SQLite and every file the persona
-    writes there get ENOSPC from the kernel.
+
+class Nats:
+    """nats-server with JetStream on a free loopback port, the cluster's messaging."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
+
+    def start(self) -> str:
+        binary = self.binary()
+        assert binary is not None
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(self.root / "nats")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("nats-server did not start") from None
+                time.sleep(0.05)
+        self.url = f"nats://127.0.0.1:{port}"
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class Disk:
+    """A small filesystem under one persona's folder: filled to make a full disk, throttled
+    to make a slow one.
+
+    Both are real, not injected errors: SQLite and every file the persona writes
+    there get ENOSPC from the kernel, or wait on a block device that serves a few
+    operations a second. The filesystem is ext4 on a loop device (a file of
+    ``mib``), so that the kernel's I/O throttle (the blkio/io cgroup controller)
+    has a device to hold back; where no loop device can be had, a tmpfs, and
+    the slow disk is skipped.
     """
 
-    def __init__(self, path: Path, mib: int) -> None:
+    def __init__(self, path: Path, mib: int, kind: str, image: Path | None = None) -> None:
         self.path = path
         self.mib = mib
+        self.kind = kind  # "ext4 on a loop device" or "tmpfs"
+        self.image = image
         self.filler = path / ".soak-filler"
+        self.throttle: Throttle | None = None
 
     @classmethod
-    def mount(cls, path: Path, mib: int) -> Disk | None:
+    def mount(cls, path: Path, mib: int, image: Path) -> Disk | None:
         path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", str(path)],
-            capture_output=True,
-            text=True,
-        )
+        with open(image, "wb") as f:
+            f.truncate(mib << 20)
+        # -m 0: no blocks kept for root (the persona runs as root here, and would use them).
+        made = _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+        if made.returncode == 0 and _run("mount", "-o", "loop", str(image), str(path)).returncode == 0:
+            os.chmod(path, 0o700)
+            disk = cls(path, mib, "ext4 on a loop device", image)
+            device = _run("findmnt", "-n", "-o", "SOURCE", str(path)).stdout.strip()
+            disk.throttle = Throttle.make(os.stat(device).st_rdev) if device.startswith("/dev/") else None
+            if disk.throttle is None:
+                print("soak: no I/O cgroup to throttle the loop device; the slow disk is skipped")
+            return disk
+        image.unlink(missing_ok=True)
+        done = _run("mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", str(path))
         if done.returncode != 0:
-            print(f"soak: no small filesystem for the disk fault ({done.stderr.strip()}); it is skipped")
+            print(f"soak: no small filesystem for the disk faults ({done.stderr.strip()}); they are skipped")
             return None
-        return cls(path, mib)
+        print("soak: no loop device; the persona's small filesystem is a tmpfs and the slow disk is skipped")
+        return cls(path, mib, "tmpfs")
 
     def fill(self) -> int:
         """Write the filler until the filesystem is full; bytes written."""
@@ -253,8 +339,79 @@ class Disk:
 
     def unmount(self) -> None:
         self.free()
+        if self.throttle is not None:
+            self.throttle.remove()
         for _ in range(20):
-            if subprocess.run(["umount", str(self.path)], capture_output=True).returncode == 0:
-                return
+            if _run("umount", str(self.path)).returncode == 0:
+                break
             time.sleep(0.25)
-        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+        else:
+            _run("umount", "-l", str(self.path))
+        if self.image is not None:  # mount -o loop set autoclear: the loop device went with the umount
+            self.image.unlink(missing_ok=True)
+
+
+class Throttle:
+    """The kernel's I/O throttle on one block device, for the processes of one cgroup.
+
+    The soak moves itself into a cgroup of its own before it starts ``personad up``,
+    so every process of the system is in it (children inherit their parent's
+    cgroup) and nothing else on the machine is. ``slow`` then caps the device at a
+    few operations a second: each fsync of SQLite waits its turn, as on a failing
+    or overloaded disk. cgroup v1 (blkio) or v2 (io), whichever the machine has.
+    """
+
+    V1 = Path("/sys/fs/cgroup/blkio")
+    V2 = Path("/sys/fs/cgroup")
+
+    def __init__(self, group: Path, device: str, v2: bool) -> None:
+        self.group = group
+        self.device = device  # "major:minor"
+        self.v2 = v2
+
+    @classmethod
+    def make(cls, rdev: int) -> Throttle | None:
+        device = f"{os.major(rdev)}:{os.minor(rdev)}"
+        name = f"personad-soak-{os.getpid()}"
+        try:
+            if (cls.V1 / "blkio.throttle.write_iops_device").exists():
+                group, v2 = cls.V1 / name, False
+            elif "io" in (cls.V2 / "cgroup.controllers").read_text().split():
+                (cls.V2 / "cgroup.subtree_control").write_text("+io")
+                group, v2 = cls.V2 / name, True
+            else:
+                return None
+            group.mkdir(exist_ok=True)
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as exc:
+            print(f"soak: cannot make an I/O cgroup ({exc})")
+            return None
+        return cls(group, device, v2)
+
+    def slow(self, iops: int) -> None:
+        if self.v2:
+            (self.group / "io.max").write_text(f"{self.device} riops={iops} wiops={iops}")
+        else:
+            for name in ("read_iops_device", "write_iops_device"):
+                (self.group / f"blkio.throttle.{name}").write_text(f"{self.device} {iops}")
+
+    def fast(self) -> None:
+        if self.v2:
+            (self.group / "io.max").write_text(f"{self.device} riops=max wiops=max")
+        else:
+            for name in ("read_iops_device", "write_iops_device"):
+                (self.group / f"blkio.throttle.{name}").write_text(f"{self.device} 0")
+
+    def remove(self) -> None:
+        """Lift the cap, move every process back to the parent group, remove the group."""
+        with contextlib.suppress(OSError):
+            self.fast()
+        for pid in (self.group / "cgroup.procs").read_text().split() if self.group.exists() else []:
+            with contextlib.suppress(OSError):
+                (self.group.parent / "cgroup.procs").write_text(pid)
+        with contextlib.suppress(OSError):
+            self.group.rmdir()
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True)
