@@ -114,6 +114,10 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         print(f"soak: connecting {args.clients} clients …", flush=True)
         # Time 0 is before the clients connect: their joins and subscriptions are on the chart too.
         load.stats.t0 = t0 = time.monotonic()
+        for part in (system, second):
+            if part is not None:
+                await asyncio.to_thread(part.mark_cpu)
+        my_cpu_base = sum(me.cpu_times()[:2])
         await load.start()
         faults = Faults(
             system, load, control, PERSONAS, t0, clock_jump_s=args.clock_jump, node_b=second, remote=remote
@@ -227,6 +231,9 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "violation_count": len(all_violations),
         },
         "rss": rss_trends(rss, warm),
+        # Where the machine's cores went: the ceiling on the rate, when it is below what was asked.
+        "cpu_cores_used": _cores_used(system, second, me, my_cpu_base, seconds),
+        "cpu_cores": psutil.cpu_count(),
         "supervisor_alive_at_end": up_alive,
         "cluster": f"two bus nodes over NATS ({system.url}, {second.url})" if second else "one bus node",
         "other_processes": sorted(system.others),
@@ -236,6 +243,18 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         # Drawn here, off the loop's critical path: everything is stopped by now.
         await asyncio.to_thread(write_report, Path(args.report), report, stats, rss)
     return report
+
+
+def _cores_used(
+    system: System, second: System | None, me: psutil.Process, base: float, seconds: float
+) -> dict[str, float]:
+    """Average cores each role kept busy while the load ran (CPU seconds / wall seconds)."""
+    used = system.cpu_by_role()
+    if second is not None:
+        used |= {f"node soak-b {role}": s for role, s in second.cpu_by_role().items()}
+    times = me.cpu_times()
+    used["load generator"] = times.user + times.system - base
+    return {role: round(s / seconds, 3) for role, s in sorted(used.items(), key=lambda kv: -kv[1])}
 
 
 async def _connect_when_known(url: str, token: str, name: str, timeout: float = 60.0) -> BusClient:
@@ -338,6 +357,9 @@ def print_report(report: dict[str, Any]) -> None:
     )
     for v in ledger["violations"][:20]:
         print(f"  {v}")
+    print(f"\ncores kept busy, on average (of {report['cpu_cores']}):")
+    for role, cores in report["cpu_cores_used"].items():
+        print(f"  {role:28} {cores:6.3f}")
     print("\nRSS (MiB) after warm-up, per process run:")
     for role, r in sorted(report["rss"].items()):
         runs = "; ".join(

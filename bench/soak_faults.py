@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -331,7 +332,7 @@ class Faults:
         fault.detail = (
             f"{disk.kind} capped at {iops} I/O operations/s for {seconds:.0f} s: "
             f"{len(write_s)} writes, median {write_s[len(write_s) // 2]:.2f} s, max {write_s[-1]:.2f} s; "
-            f"pings max {max(ping_s):.2f} s"
+            f"pings max {max(ping_s) * 1000:.0f} ms"
         )
         fault.in_flight = [f"{o} x{n}" for o, n in outcomes.most_common()]
 
@@ -356,7 +357,8 @@ class Faults:
                 while time.monotonic() < until:
                     uptimes.append(await asyncio.to_thread(self._uptime))
                     persona = f"persona:{rng.choice(self.personas)}"
-                    writes[await _outcome(lambda p=persona: _remember(self.load, self.control, rng, p))] += 1
+                    write = functools.partial(_remember, self.load, self.control, rng, persona)
+                    writes[await _outcome(write)] += 1
                     await asyncio.sleep(0.25)
         finally:
             clock.step(0.0)

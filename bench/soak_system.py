@@ -53,6 +53,9 @@ class System:
     disk: Disk | None = field(init=False, default=None)
     #: Command lines of processes in the tree that are none of personad's roles (for the report).
     others: set[str] = field(init=False, default_factory=set)
+    #: CPU seconds each process had used when last seen, by pid: (role, seconds).
+    cpu: dict[int, tuple[str, float]] = field(init=False, default_factory=dict)
+    cpu_base: dict[int, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -176,6 +179,19 @@ class System:
                     return int(proc.pid)
         return None
 
+    def mark_cpu(self) -> None:
+        """From now on: ``cpu_by_role`` counts only what is used after this call."""
+        self.rss_by_role()
+        self.cpu_base = {pid: seconds for pid, (_role, seconds) in self.cpu.items()}
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds used by each role's processes since ``mark_cpu`` (those that died
+        counted as last seen)."""
+        out: dict[str, float] = {}
+        for pid, (role, seconds) in self.cpu.items():
+            out[role] = out.get(role, 0.0) + seconds - self.cpu_base.get(pid, 0.0)
+        return out
+
     def rss_by_role(self) -> dict[str, tuple[float, tuple[int, ...]]]:
         """Proportional resident MiB (PSS) per role, summed over its processes, and their pids."""
         out: dict[str, tuple[float, tuple[int, ...]]] = {}
@@ -186,6 +202,8 @@ class System:
                     # PSS: shared pages divided among their users, so that summing Chromium's
                     # dozens of processes does not count its shared memory dozens of times.
                     total += proc.memory_full_info().pss
+                    times = proc.cpu_times()
+                    self.cpu[proc.pid] = (role, times.user + times.system)
             # Chromium's renderers come and go with pages: its main process names the run.
             pids = (min(p.pid for p in procs),) if role == "chromium" else tuple(sorted(p.pid for p in procs))
             out[role] = (total / 2**20, pids)
