@@ -121,6 +121,8 @@ def register_delete_command(dispatcher: Dispatcher, backend: Any) -> None:
             raise RpcError(int(ErrorCode.METHOD_NOT_FOUND), "adapter.delete needs the engine in this process")
         connected = await _connected(ctx)
         try:
+            if (known := getattr(backend, "known", None)) is not None:
+                await known(params.name)  # a missing name: refused now, not after a request
             return await run(lambda engine: delete_in_engine(engine, params, connected=connected))
         except InferenceError as exc:
             raise _wire_error(exc) from None

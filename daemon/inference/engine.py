@@ -63,6 +63,7 @@ def __getattr__(name: str) -> Any:
         return Engine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 T = TypeVar("T")
 TokenCallback = Callable[[TokenParams], Awaitable[None]]
 
@@ -93,6 +94,9 @@ class AsyncEngine:
         self._engine: AnyEngine | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        #: The adapter store, read here too: a name that is not in it is refused at once
+        #: rather than after the request the worker is running (one can last minutes).
+        self._adapters: AdapterStore | None = None
 
     @classmethod
     async def open(
@@ -116,7 +120,7 @@ class AsyncEngine:
         choose what it runs, defaults in :data:`OV_DEFAULTS`).
         """
         self = cls(limits=limits)
-        adapters = store or AdapterStore.for_state(state_root)
+        adapters = self._adapters = store or AdapterStore.for_state(state_root)
 
         def build() -> AnyEngine:
             if backend == "openvino" and loaded is None:
@@ -276,7 +280,16 @@ class AsyncEngine:
             # must stop spending time on it.
             job.cancelled.set()
 
+    async def known(self, *names: str) -> None:
+        """AdapterNotFound for the first of ``names`` (each with its parents) not in the store,
+        read off the worker thread: bad input is answered at once, not after the request
+        the worker is running (one pipeline call can last minutes)."""
+        store = self._adapters
+        if store is not None:
+            await asyncio.to_thread(lambda: [store.resolve(name) for name in names])
+
     async def load_stack(self, params: LoadStackParams, *, owner: str) -> LoadStackResult:
+        await self.known(params.name)
         return await self.run(lambda engine: engine.load_stack(params, owner))
 
     async def unload(self, params: UnloadParams, *, owner: str) -> UnloadResult:

@@ -422,6 +422,8 @@ def register_merge_command(dispatcher: Dispatcher, backend: Any) -> None:
         if run is None:
             raise RpcError(int(ErrorCode.METHOD_NOT_FOUND), "adapter.merge needs the engine in this process")
         try:
+            if (known := getattr(backend, "known", None)) is not None:
+                await known(*params.sources)  # a missing source: refused now, not after a request
             return await run(lambda engine: merge_in_engine(engine, params))
         except InferenceError as exc:
             raise to_rpc(exc) from None

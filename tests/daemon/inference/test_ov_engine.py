@@ -28,7 +28,7 @@ from daemon.inference.adapter_admin import delete_in_engine
 from daemon.inference.adapters import WEIGHTS_FILE, AdapterBusy, AdapterRecord, AdapterStore
 from daemon.inference.backend import auto_threads, decoder_name, parse_threads
 from daemon.inference.engine import AsyncEngine
-from daemon.inference.errors import AdapterCorrupt, AdapterIncompatible, ModelUnavailable
+from daemon.inference.errors import AdapterCorrupt, AdapterIncompatible, AdapterNotFound, ModelUnavailable
 from daemon.inference.limits import EngineLimits
 from daemon.inference.ov.convert import CONVERT_PYTHON_ENV, IR_CACHE_ENV
 from protocol import ErrorCode, RpcError
@@ -478,4 +478,29 @@ async def test_status_and_unload_are_answered_during_a_long_request(engines: dic
     assert 1 == status.running  # answered while the request ran
     assert [] == (await asked[1]).released
     assert answered_mid_request, "the unload waited for the request to end"
+    assert result.completion_tokens > 1
+
+
+async def test_an_unknown_stack_is_refused_at_once_during_a_long_request(
+    engines: dict[str, AsyncEngine],
+) -> None:
+    """inference.load_stack of a name that is not in the store is answered AdapterNotFound
+    while a long request runs, not after it: one request is one pipeline call, which can
+    last minutes (a hub job's), and a bad name waited for its end, past its deadline."""
+    engine = engines["openvino"]
+    asked: list[asyncio.Future[Any]] = []
+    answered_mid_request: list[int] = []
+
+    async def on_token(token: TokenParams) -> None:
+        if not asked:
+            asked.append(
+                asyncio.ensure_future(engine.load_stack(LoadStackParams(name="no-such-adapter"), owner="o"))
+            )
+        elif asked[0].done() and not answered_mid_request:
+            answered_mid_request.append(1)
+
+    result = await engine.generate(ask("hello", max_tokens=300), owner="t", on_token=on_token)
+    with pytest.raises(AdapterNotFound, match="no-such-adapter"):
+        await asked[0]
+    assert answered_mid_request, "the bad name waited for the request to end"
     assert result.completion_tokens > 1
