@@ -63,6 +63,10 @@ class Attacks:
                 outcome = "still open"
             except (OSError, ConnectionClosed) as exc:  # refused at connect: the bus restarting
                 outcome = f"connect failed ({type(exc).__name__})"
+            except InvalidStatus as exc:  # answered over HTTP before the upgrade
+                outcome = f"HTTP {exc.response.status_code} at connect"
+                if exc.response.status_code != 503:  # 503: shutting down or full, and says so
+                    self.findings.append(f"{name}: {outcome}")
             self.outcomes[f"{name}: {outcome}"] += 1
             if outcome == "still open" or outcome.startswith("close undocumented"):
                 self.findings.append(f"{name}: {outcome}")

@@ -109,6 +109,19 @@ class Bus:
 
     async def start(self) -> None:
         self.config = fit_to_fd_limit(self.config)
+        if self.config.nats_url is not None:
+            # Joined before the port opens: a client that says hello here must be
+            # seen by the other nodes and judged by the cluster's tokens, and one
+            # that comes while this node restarts finds the port closed (and
+            # retries), not a half-started bus.
+            # Imported only here: a bus without --nats never loads nats.
+            from .federation import Federation
+
+            self.federation = Federation(self, self.router, url=self.config.nats_url, node=self.config.node)
+            await self.federation.start()
+            # Tokens made and revoked on any machine count on every node.
+            self.tokens = await self.federation.share_tokens(self.tokens)
+            self.router.federation = self.federation
         self._server = await serve(
             self._handle,
             self.config.host,
@@ -126,17 +139,8 @@ class Bus:
             close_timeout=self.config.shutdown_timeout,
             server_header=f"personad/{__version__}",
         )
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="bus-sweeper")
-        if self.config.nats_url is not None:
-            # Imported only here: a bus without --nats never loads nats.
-            from .federation import Federation
-
-            self.federation = Federation(self, self.router, url=self.config.nats_url, node=self.config.node)
-            await self.federation.start()
-            # Tokens made and revoked on any machine count on every node.
-            self.tokens = await self.federation.share_tokens(self.tokens)
-            self.router.federation = self.federation
         self._hosts = allowed_hosts(self.config.host, self.port, self.config.allowed_hosts)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="bus-sweeper")
         log.info("bus listening url=%s", self.url)
 
     @property
@@ -225,6 +229,9 @@ class Bus:
 
     def _process_request(self, connection: ServerConnection, request: HttpRequest) -> HttpResponse | None:
         path = request.path.partition("?")[0]
+        if not self._hosts:
+            # The listening socket is open, start() has not yet learned its port.
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "the bus is starting\n")
         if not self._host_allowed(request):
             # Before anything else, the WebSocket upgrade included: a page
             # whose DNS name was rebound to this address sends its own name.

@@ -407,3 +407,47 @@ async def test_a_node_that_cannot_reach_nats_says_so(state, monkeypatch) -> None
     await bus.close()
     assert "nats://bus:***@127.0.0.1:" in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+async def test_a_node_opens_its_port_only_once_it_has_joined(nats_url: str, state: StateDir) -> None:
+    """While a (re)starting node is still joining NATS its port is closed: a client that
+    comes then is refused at connect and retries, rather than meeting a half-started bus
+    (it answered every request HTTP 421 "unknown Host" until it had joined)."""
+    nats_port = int(nats_url.rsplit(":", 1)[1])
+    release = asyncio.Event()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # NATS, reached only once the test lets it: the node is still joining until then.
+        await release.wait()
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", nats_port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    proxy = await asyncio.start_server(held, "127.0.0.1", 0)
+    proxy_port = proxy.sockets[0].getsockname()[1]
+    port = free_port()
+    bus = Bus(BusConfig(port=port, nats_url=f"nats://127.0.0.1:{proxy_port}", node="late"), state.tokens())
+    starting = asyncio.create_task(bus.start())
+    try:
+        await asyncio.sleep(0.5)
+        assert not starting.done()
+        with pytest.raises(BusUnavailable, match="cannot reach the bus"):
+            async with BusClient(f"ws://127.0.0.1:{port}", token=state.admin_token, kind="cli"):
+                pass
+        release.set()
+        await asyncio.wait_for(starting, WAIT)
+        async with BusClient(bus.url, token=state.admin_token, kind="cli") as client:
+            assert (await client.call("bus.ping"))["time"] > 0
+    finally:
+        release.set()
+        await bus.close()
+        proxy.close()
