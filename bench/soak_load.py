@@ -177,7 +177,9 @@ class Load:
         return f"{self.other_url},{self.url}" if index % 4 == 3 else f"{self.url},{self.other_url}"
 
     async def _connect(self, role: str, index: int) -> BusClient:
-        kwargs: dict[str, Any] = {"reconnect": True, "backoff_max": 1.0}
+        # Every call carries DEADLINE_MS unless it names its own: _timed counts a call
+        # unanswered by its deadline plus HANG_GRACE as hung, so the two must agree.
+        kwargs: dict[str, Any] = {"reconnect": True, "backoff_max": 1.0, "default_deadline_ms": DEADLINE_MS}
         url = self.url_for(index)
         if role == "service":
 
@@ -510,7 +512,9 @@ async def _oneshot(load: Load, c: BusClient, rng: random.Random, persona: str) -
             return await _ping(load, c, rng, persona)
 
         async def once() -> Any:
-            async with BusClient(load.url, token=load.admin_token, kind="cli") as fresh:
+            async with BusClient(
+                load.url, token=load.admin_token, kind="cli", default_deadline_ms=DEADLINE_MS
+            ) as fresh:
                 return await fresh.call("persona.status", to=persona)
 
         return await load._timed("cli one-shot", once)
