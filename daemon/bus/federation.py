@@ -40,6 +40,7 @@ from __future__ import annotations
 import collections
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -61,6 +62,7 @@ from .. import envelope
 from ..envelope import FastMessage
 from ..tokens import PERSONAL_KINDS, TokenStore
 from .federation_clients import FederatedClients
+from .federation_holders import Holders
 from .federation_link import NatsLink, pack, subject_token, without_password
 from .federation_rooms import FederatedRooms
 from .federation_sessions import RemoteCaller, RemoteTarget, RoomMember
@@ -94,6 +96,10 @@ class Federation:
         self.url = url
         self.node = node
         self.reply_prefix = f"personad.reply.{node}."
+        #: This process's run of the node: a node back from a crash has another.
+        self.boot = secrets.token_hex(8)
+        #: Who holds each client, for answering what was sent to a node that died.
+        self.holders = Holders()
         self.link = NatsLink(
             url, name=f"personad-bus:{node}", max_message_bytes=host.config.max_message_bytes
         )
@@ -186,7 +192,7 @@ class Federation:
         self.link.queue(subscribe)
         self.link.send(
             f"personad.claim.{token}",
-            pack({"node": self.node, "at": session.connected_at}),
+            pack({"node": self.node, "boot": self.boot, "at": session.connected_at}),
         )
         if session.kind in PERSONAL_KINDS:
             return  # serves no cap:, here or anywhere
@@ -279,6 +285,7 @@ class Federation:
             params = wire.get("params") or {}
             bus_id = params.get("id")
             if isinstance(bus_id, int) and self._sent.pop(bus_id, None) is not None:
+                self.holders.done(bus_id)
                 self.link.send(_CANCEL_SUBJECT, pack({"reply": self.reply_prefix, "id": bus_id}))
             return True
         try:
@@ -289,6 +296,8 @@ class Federation:
         if "id" in wire:
             bus_id = wire["id"]
             self._sent[bus_id] = target
+            if subject.startswith("personad.to."):
+                self.holders.sent(bus_id, target.client_id)
             self.link.send(subject, payload, reply=f"{self.reply_prefix}{bus_id}")
         else:
             self.link.send(subject, payload)
@@ -305,6 +314,7 @@ class Federation:
             return  # answered, timed out or cancelled meanwhile
         if msg.headers is not None and msg.headers.get("Status") == _NO_RESPONDERS:
             del self._sent[bus_id]
+            self.holders.done(bus_id)
             offline = ErrorObject(
                 code=int(ErrorCode.TARGET_OFFLINE), message=f"{target.client_id} is not connected to any node"
             )
@@ -325,6 +335,7 @@ class Federation:
                 self.router.on_notification(target, note)
                 return
             del self._sent[bus_id]
+            self.holders.done(bus_id)
             fields = {
                 "jsonrpc": "2.0",
                 "id": bus_id,
@@ -335,6 +346,21 @@ class Federation:
             log.warning("invalid answer from %s over nats: %s", target.client_id, exc)
             return
         self.router.on_response(target, response)
+
+    def node_lost(self, node: str, boot: str) -> None:
+        """That run of ``node`` died (federation_holders.py): answer what was sent to its clients."""
+        ids = self.holders.lost(node, boot)
+        for bus_id in ids:
+            target = self._sent.pop(bus_id, None)
+            if target is None:
+                continue
+            offline = ErrorObject(
+                code=int(ErrorCode.TARGET_OFFLINE),
+                message=f"{target.client_id}: its node {node} stopped answering",
+            )
+            self.router.on_response(target, Response(id=bus_id, error=offline))
+        if ids:
+            log.warning("node %s stopped answering: %d request(s) to its clients answered", node, len(ids))
 
     # -- the target's side -------------------------------------------------------------
 
@@ -436,6 +462,8 @@ class Federation:
         cid = msg.subject[len("personad.claim.") :].replace("~", ".")
         if self.rooms is not None and isinstance(data.get("node"), str):
             self.rooms.client_claimed(cid, data["node"])
+        if isinstance(data.get("node"), str) and isinstance(data.get("boot"), str):
+            self.holders.claimed(cid, data["node"], data["boot"])
         if data.get("node") == self.node:
             return
         local = self.router.clients.get(cid)

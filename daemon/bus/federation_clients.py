@@ -4,6 +4,9 @@ A node knows its peers from their heartbeats on ``personad.nodes`` (every
 ``HEARTBEAT_S``, at once to a node it had not heard of, and a goodbye when
 it stops), so a gather knows how many answers to wait for: a node that has
 not been heard from for three heartbeats (``3 * HEARTBEAT_S``) is dead and not waited for.
+A heartbeat carries the node's boot id: a dead node, or one back with
+another boot id, makes the federation answer what was in flight to its
+clients (federation_holders.py).
 
 ``bus.clients`` on a federated node publishes its filters on
 ``personad.clients`` with a reply subject of its own, answers at once with
@@ -61,6 +64,8 @@ class FederatedClients:
         self.node = fed.node
         #: Live peers: node name -> when last heard (monotonic).
         self.peers: dict[str, float] = {}
+        #: Node name -> the boot id of its run last heard.
+        self.boots: dict[str, str] = {}
         self._gathers: dict[int, _Gather] = {}
         self._ids = itertools.count(1)
         self._reply_prefix = f"personad.clientsreply.{self.node}."
@@ -88,7 +93,8 @@ class FederatedClients:
 
     async def _beat(self) -> None:
         while True:
-            self.fed.link.publish(_NODES_SUBJECT, {"node": self.node})
+            self.fed.link.publish(_NODES_SUBJECT, {"node": self.node, "boot": self.fed.boot})
+            self._expire()
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -103,13 +109,26 @@ class FederatedClients:
             return
         if node not in self.peers:
             # A newcomer learns of this node now, not at its next beat.
-            self.fed.link.publish(_NODES_SUBJECT, {"node": self.node})
+            self.fed.link.publish(_NODES_SUBJECT, {"node": self.node, "boot": self.fed.boot})
         self.peers[node] = time.monotonic()
+        boot = data.get("boot") if data is not None else None
+        if isinstance(boot, str):
+            before = self.boots.get(node)
+            self.boots[node] = boot
+            if before is not None and before != boot:
+                self.fed.node_lost(node, before)  # back from a crash faster than three beats
 
-    def live_peers(self) -> set[str]:
+    def _expire(self) -> None:
         cutoff = time.monotonic() - 3 * HEARTBEAT_S
         for node in [n for n, seen in self.peers.items() if seen < cutoff]:
             del self.peers[node]
+            boot = self.boots.pop(node, None)
+            if boot is not None:
+                log.warning("node %s: no heartbeat for %.0f s, taken as dead", node, 3 * HEARTBEAT_S)
+                self.fed.node_lost(node, boot)
+
+    def live_peers(self) -> set[str]:
+        self._expire()
         return set(self.peers)
 
     # -- the asking node ---------------------------------------------------------------

@@ -8,6 +8,7 @@ machine's part: a bus node whose callers reach the persona on another node.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WAIT
+from daemon.client import BusClient, CallContext
+from protocol import ErrorCode, Request, RpcError
+from tests.conftest import WAIT, eventually
 from tests.conftest import run_cli as cli
 
 NATS_SERVER = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
@@ -98,6 +101,51 @@ def test_killing_a_node_moves_its_persona_to_another(state, spawn, nats_url) -> 
     moved_after = time.monotonic() - started
     assert ("connected", 1) == (status["bus"]["state"], status["bus"]["reconnects"])
     print(f"node A killed: persona:demo answered again through node B after {moved_after:.2f} s")
+
+
+def test_a_request_to_a_client_of_a_node_that_dies_is_answered(state, spawn, nats_url) -> None:
+    """A call from node B to a persona on node A is in flight when A is SIGKILLed: B answers
+    TARGET_OFFLINE once A's heartbeats stop, rather than leaving the caller to its deadline."""
+    a, url_a = node(spawn, nats_url, "a")
+    _b, url_b = node(spawn, nats_url, "b")
+
+    async def scenario() -> tuple[RpcError, float]:
+        working = asyncio.Event()
+
+        async def handler(request: Request, ctx: CallContext) -> str:
+            if request.method == "persona.ping":
+                return "pong"
+            working.set()
+            await asyncio.sleep(3600)  # a long generation, cut short by its node's death
+            return "done"
+
+        async with (
+            BusClient(url_a, token=state.admin_token, kind="persona", name="stuck", handler=handler),
+            BusClient(url_b, token=state.admin_token, kind="cli", name="caller") as caller,
+        ):
+            async def answered() -> bool:
+                try:
+                    return "pong" == await caller.call("persona.ping", to="persona:stuck")
+                except RpcError as exc:
+                    if exc.code != ErrorCode.TARGET_OFFLINE:  # not there yet is all it may say
+                        raise
+                    return False
+
+            # Through B a few times first: B has heard A's claim of persona:stuck by then.
+            for _ in range(3):
+                await eventually(answered, what="persona:stuck reachable through node B")
+            call = asyncio.create_task(caller.call("chat", to="persona:stuck", deadline_ms=120_000))
+            await asyncio.wait_for(working.wait(), WAIT)
+            a.stop(signal.SIGKILL)
+            killed = time.monotonic()
+            with pytest.raises(RpcError) as info:
+                await asyncio.wait_for(call, 120)
+            return info.value, time.monotonic() - killed
+
+    error, after = asyncio.run(scenario())
+    assert ErrorCode.TARGET_OFFLINE == error.code, error  # not TIMEOUT, 120 s later
+    assert "its node a stopped answering" in error.message
+    print(f"node A killed mid-request: the caller on B had TARGET_OFFLINE after {after:.1f} s")
 
 
 def test_up_runs_one_machine_s_part(state, spawn, nats_url) -> None:
