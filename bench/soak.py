@@ -154,6 +154,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 fault.recovered_s = round(await faults.recover(), 1)
             except Exception as exc:  # a fault that did not end well is the soak's finding
                 fault.error = fault.error or f"{type(exc).__name__}: {exc}"
+            checked = time.monotonic()
             violations = await ledger.check(control, PERSONAS)
             fault.violations = len(violations)
             all_violations += violations
@@ -161,6 +162,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 {
                     "after": kind,
                     "at": round(time.monotonic() - t0, 1),
+                    "took_s": round(time.monotonic() - checked, 1),
                     "violations": len(violations),
                     "ledger": ledger.counts(),
                 }
@@ -182,10 +184,17 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             await attacking
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
-        final = await ledger.check(control, PERSONAS)
+        checked = time.monotonic()
+        final = await ledger.check(control, PERSONAS, full=True)
         all_violations += final
         checks.append(
-            {"after": "the end", "at": round(seconds, 1), "violations": len(final), "ledger": ledger.counts()}
+            {
+                "after": "the end",
+                "at": round(seconds, 1),
+                "took_s": round(time.monotonic() - checked, 1),
+                "violations": len(final),
+                "ledger": ledger.counts(),
+            }
         )
         up_alive = all(s.up is not None and s.up.poll() is None for s in (system, second) if s is not None)
     finally:
