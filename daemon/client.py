@@ -182,6 +182,7 @@ class BusClient:
 
         self.hello: HelloResult | None = None
         self._on_state = on_state
+        self._state_listeners: list[Callable[[str], None]] = []
         self.state = "connecting"
         self.connected_since: float | None = None
         self.reconnects = 0
@@ -208,6 +209,11 @@ class BusClient:
             self.state = state
             if self._on_state is not None:
                 self._on_state(state)
+            for listener in self._state_listeners:
+                try:
+                    listener(state)
+                except Exception:
+                    log.exception("state listener failed for %s", state)
 
     @property
     def client_id(self) -> str | None:
@@ -501,6 +507,14 @@ class BusClient:
             task = self._spawn(self._serve(link, message), f"serve-{message.method}")
             self._serving[key] = task
             task.add_done_callback(lambda _t: self._serving.pop(key, None))
+
+    def add_state_listener(self, callback: Callable[[str], None]) -> None:
+        """Also call ``callback`` with each new state, after ``on_state`` (a failing one is logged).
+
+        For parts of a daemon that must act on a reconnect ("reconnecting", then
+        "connected"): what belongs to the connection, its rooms, is gone.
+        """
+        self._state_listeners.append(callback)
 
     def add_notification_listener(self, callback: NotificationCallback) -> None:
         """Also call ``callback`` for every notification (events, room messages …), after the others.

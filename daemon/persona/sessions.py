@@ -9,16 +9,24 @@ shows them. When the registry closes the session it removes this persona
 from the room (``room.presence`` ``removed``) and the persona forgets the
 session: the transcript that lasts is the one the registry writes into the
 brain's interactions log on close.
+
+A room belongs to the connections in it: a lost connection takes the persona
+out of its rooms. After a reconnect it enters each of them again if the room
+is still there and still has its invitation (``bus.room.members`` answers
+only then); a room the bus lost with a restart is not made again here (the
+persona would own it), but by the registry, which then asks the persona to
+join (daemon/registry/serve_sessions.py, ``restore``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from protocol import Notification
+from protocol import ErrorCode, Notification, RpcError
 from protocol.commands import sessions as m
 
 from ..brain import Brain
@@ -56,6 +64,30 @@ class PersonaSessions:
     def __init__(self, client: BusClient) -> None:
         self.client = client
         self.by_room: dict[str, Joined] = {}
+        self._was_lost = False
+        self._rejoining: set[asyncio.Task[None]] = set()
+
+    def on_state(self, state: str) -> None:
+        if state == "reconnecting":
+            self._was_lost = True
+        elif state == "connected" and self._was_lost and self.by_room:
+            self._was_lost = False
+            task = asyncio.get_running_loop().create_task(self.rejoin(), name="sessions-rejoin")
+            self._rejoining.add(task)
+            task.add_done_callback(self._rejoining.discard)
+
+    async def rejoin(self) -> None:
+        """Back into each session's room that is still there and still has our invitation."""
+        for room, joined in list(self.by_room.items()):
+            try:
+                # Answered only to a member or an invitee, so never creates the room:
+                # a room the bus lost is the registry's to make again.
+                await self.client.call("bus.room.members", {"room": room})
+                await self.client.call("bus.room.join", {"room": room})
+                log.info("back in session %s (room %s)", joined.session_id, room)
+            except RpcError as exc:
+                if exc.code != ErrorCode.FORBIDDEN:
+                    log.warning("session %s: room %s: %s", joined.session_id, room, exc.message)
 
     def on_notification(self, message: Notification) -> None:
         if message.from_ is not None:
@@ -97,5 +129,6 @@ def register_sessions_commands(
     """Register this group's methods on ``dispatcher``."""
     sessions = PersonaSessions(client)
     client.add_notification_listener(sessions.on_notification)
+    client.add_state_listener(sessions.on_state)
     dispatcher.register("persona.session.join", sessions.join)
     dispatcher.register("persona.session.list", sessions.list_)

@@ -11,14 +11,14 @@ method raised it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from protocol import ErrorCode, RpcError
 
-from ..client import CallContext
+from ..client import BusClient, CallContext
 from .errors import AuditError, GenerationFailed, InvalidChange, PersonaExists, RegistryError, UnknownPersona
 from .store import Registry
 
@@ -34,11 +34,13 @@ class RegistryEnv:
     ``state_root`` is the state dir the registry shares with the personas it
     manages under ``personad up``: their brains are at
     ``<state_root>/personas/<id>/brain.sqlite`` with keys in
-    ``<state_root>/secrets/`` (daemon/brain/keys.py).
+    ``<state_root>/secrets/`` (daemon/brain/keys.py). ``on_reconnect``: what
+    a group must redo when the registry's connection comes back (its rooms).
     """
 
     registry: Registry
     state_root: Path
+    on_reconnect: list[Callable[[BusClient], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
 def actor(ctx: CallContext) -> str:

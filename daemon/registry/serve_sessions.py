@@ -13,8 +13,13 @@ interactions log, empties the room and forgets the session.
 Sessions live in the registry's memory, like the room in the bus's: a
 registry restart ends the open ones (the room's members stay until they
 leave), and what must outlast a session is what close writes into the
-personas' brains. Each session has a lock, so a close cannot interleave
-with an add or an insight on the same session.
+personas' brains. A bus restart empties every room, and a lost connection
+takes the registry out of its own: when its connection comes back,
+``restore`` enters each session's room again (making it again, as its owner,
+if the bus lost it), invites the participants again and asks each persona
+to join again, retrying while the persona is still reconnecting itself.
+Each session has a lock, so a close cannot interleave with an add or an
+insight on the same session.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ log = logging.getLogger("personad.registry")
 
 #: How long a persona has to join a room or log the transcript.
 PERSONA_DEADLINE_MS = 5000
+#: After a reconnect, how long a persona not back on the bus yet is asked again to rejoin.
+REJOIN_FOR_S = 60.0
 #: The transcript written into each persona's interactions log, as JSON, at most this many bytes
 #: (the brain refuses a ``learned`` object over 16 KiB).
 TRANSCRIPT_BUDGET = 14 * 1024
@@ -205,6 +212,45 @@ class Sessions:
                 )
             return m.SessionResult(session=session.model())
 
+    async def restore(self, client: BusClient) -> None:
+        """After a reconnect: back into every session's room, with its participants."""
+        rejoins = []
+        for session in list(self.active.values()):
+            async with session.lock:
+                if session.status != "active" or session.id not in self.active:
+                    continue
+                try:
+                    room = await client.call("bus.room.join", {"room": session.room})
+                except RpcError as exc:
+                    log.warning("session %s: cannot enter room %s again: %s", session.id, session.room,
+                                exc.message)
+                    continue
+                if room["owner"] != client.client_id:
+                    # Someone made a room by that name while it was gone: theirs, not the session's.
+                    log.error("session %s: room %s is now %s's; the session has no room", session.id,
+                              session.room, room["owner"])
+                    await _quietly(client, "bus.room.leave", {"room": session.room})
+                    continue
+                for who in session.participants:
+                    await _quietly(client, "bus.room.invite", {"room": session.room, "client": who})
+            rejoins += [self._rejoin(client, session, pid) for pid in session.personas()]
+        await asyncio.gather(*rejoins)
+
+    async def _rejoin(self, client: BusClient, session: Session, persona_id: str) -> None:
+        """Ask a persona into the room again, for a while if it is not back on the bus yet."""
+        give_up = time.monotonic() + REJOIN_FOR_S
+        delay = 0.2
+        while session.id in self.active:
+            try:
+                await self._join(client, session, persona_id)
+                return
+            except RpcError as exc:
+                if exc.code != ErrorCode.TARGET_OFFLINE or time.monotonic() > give_up:
+                    log.warning("%s", exc.message)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
     async def _join(self, client: BusClient, session: Session, persona_id: str) -> None:
         """Ask the invited persona to join the room; its failure names ``persona_id``."""
         try:
@@ -343,6 +389,7 @@ async def _quietly(client: BusClient, method: str, params: dict[str, Any]) -> No
 def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
     """Register this group's methods on ``dispatcher``."""
     sessions = Sessions(env)
+    env.on_reconnect.append(sessions.restore)
     for method, handler in (
         ("session.create", sessions.create),
         ("session.status", sessions.status),

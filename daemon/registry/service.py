@@ -184,7 +184,8 @@ class RegistryService:
         self.registry = registry
         self.notifier = notifier or Notifier.from_env()
         self.dispatcher = Dispatcher()
-        register_registry_commands(self.dispatcher, RegistryEnv(registry=registry, state_root=state_root))
+        self.env = RegistryEnv(registry=registry, state_root=state_root)
+        register_registry_commands(self.dispatcher, self.env)
         self.client = BusClient(
             url,
             token=token,
@@ -194,6 +195,19 @@ class RegistryService:
             handler=self.dispatcher,
             reconnect=True,
         )
+        self._was_lost = False
+        self._redoing: set[asyncio.Task[None]] = set()
+        self.client.add_state_listener(self._on_state)
+
+    def _on_state(self, state: str) -> None:
+        if state == "reconnecting":
+            self._was_lost = True
+        elif state == "connected" and self._was_lost:
+            self._was_lost = False
+            for redo in self.env.on_reconnect:
+                task = asyncio.get_running_loop().create_task(redo(self.client), name="registry-reconnected")
+                self._redoing.add(task)
+                task.add_done_callback(self._redoing.discard)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, or the bus refuses our token for good."""
