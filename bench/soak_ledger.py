@@ -124,16 +124,8 @@ class Ledger:
         known, id_sum = ([], 0) if full else self._seen.get(key, ([], 0))
         if known:
             last = known[-1]["id"]
-            answer = await _retry(
-                client,
-                "brain.query",
-                {
-                    "sql": f"SELECT count(*), total(id) FROM {table} "
-                    f"WHERE instr({nonce_column}, ?) > 0 AND id <= ?",
-                    "params": [f"{TAG}{self.run}-", last],
-                    "row_limit": 1,
-                },
-                to=target,
+            answer = await _select(
+                client, target, "count(*), total(id)", table, nonce_column, self.run, "id <= ?", last, 1
             )
             count, total = answer["rows"][0]
             if count != len(known) or float(total) != float(id_sum):
@@ -216,16 +208,8 @@ async def _read_table(
     rows: list[dict[str, Any]] = []
     last = after
     while True:
-        answer = await _retry(
-            client,
-            "brain.query",
-            {
-                "sql": f"SELECT {columns} FROM {table} "
-                f"WHERE instr({nonce_column}, ?) > 0 AND id > ? ORDER BY id LIMIT 1000",
-                "params": [f"{TAG}{run}-", last],
-                "row_limit": 1000,
-            },
-            to=target,
+        answer = await _select(
+            client, target, columns, table, nonce_column, run, "id > ? ORDER BY id LIMIT 1000", last, 1000
         )
         names = answer["columns"]
         page = [dict(zip(names, r, strict=True)) for r in answer["rows"]]
@@ -233,6 +217,23 @@ async def _read_table(
         if len(page) < 1000:
             return rows
         last = page[-1]["id"]
+
+
+async def _select(
+    client: Any, target: str, what: str, table: str, nonce_column: str, run: str, where: str, last: int,
+    limit: int,
+) -> Any:
+    """``brain.query`` of this run's rows in ``table``, with ``where`` on the id (``?`` is ``last``)."""
+    return await _retry(
+        client,
+        "brain.query",
+        {
+            "sql": f"SELECT {what} FROM {table} WHERE instr({nonce_column}, ?) > 0 AND {where}",
+            "params": [f"{TAG}{run}-", last],
+            "row_limit": limit,
+        },
+        to=target,
+    )
 
 
 async def _read_profiles(client: Any, run: str) -> list[dict[str, Any]]:

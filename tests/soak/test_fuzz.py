@@ -13,27 +13,13 @@ Findings are printed one per line, with the input that caused them.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.soak.bench_module import load_bench
 
-
-def _load_fuzz() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_fuzz", REPO / "bench" / "fuzz.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzz()
+fuzz = load_bench("fuzz")
 
 DECODER_INPUTS = 10_000
 #: Per method, on average (methods that start long work get a fifth of it).

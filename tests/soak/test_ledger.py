@@ -7,54 +7,16 @@ the rows are written and removed through their own methods, as a fault could.
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from daemon.bus import Bus
-from daemon.registry.cli import registry_token
-from daemon.registry.service import RegistryService
-from daemon.registry.store import Registry
-from daemon.state import StateDir
-from tests.conftest import WAIT
 from tests.daemon.persona.running import running_persona
+from tests.daemon.registry.conftest import serving  # noqa: F401  (the registry the ledger reads)
+from tests.soak.bench_module import load_bench
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-soak_ledger = _load("soak_ledger")
-
-
-@pytest.fixture
-async def registry(bus: Bus, state: StateDir) -> AsyncIterator[None]:
-    """The registry serving cap:registry on ``bus`` (the ledger reads the soak's profiles there)."""
-    reg = await Registry.open(state.root, environ={})
-    service = RegistryService(reg, url=bus.url, token=registry_token(state), state_root=state.root)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    await service.client.wait_connected(WAIT)
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, WAIT)
-        await reg.close()
+soak_ledger = load_bench("soak_ledger")
+pytestmark = pytest.mark.usefixtures("serving")
 
 
 async def _remember(client: Any, ledger: Any, *, nonce: str | None = None, begin: bool = True) -> int:
@@ -72,7 +34,7 @@ def _kinds(violations: list[Any]) -> list[tuple[str, str]]:
     return sorted((v.what, v.nonce) for v in violations)
 
 
-async def test_each_check_finds_what_went_wrong_since_the_last(bus, state, connect, registry) -> None:
+async def test_each_check_finds_what_went_wrong_since_the_last(bus, state, connect) -> None:
     client = await connect()
     ledger = soak_ledger.Ledger()
     async with running_persona(bus, state, "ada"):
