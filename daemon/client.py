@@ -182,7 +182,8 @@ class BusClient:
 
         self.hello: HelloResult | None = None
         self._on_state = on_state
-        self._state_listeners: list[Callable[[str], None]] = []
+        self._reconnect_listeners: list[Callable[[], Any]] = []
+        self._been_connected = False
         self.state = "connecting"
         self.connected_since: float | None = None
         self.reconnects = 0
@@ -209,11 +210,11 @@ class BusClient:
             self.state = state
             if self._on_state is not None:
                 self._on_state(state)
-            for listener in self._state_listeners:
-                try:
-                    listener(state)
-                except Exception:
-                    log.exception("state listener failed for %s", state)
+            if state == "connected":
+                if self._been_connected:
+                    for listener in self._reconnect_listeners:
+                        self._run_reconnect_listener(listener)
+                self._been_connected = True
 
     @property
     def client_id(self) -> str | None:
@@ -508,13 +509,22 @@ class BusClient:
             self._serving[key] = task
             task.add_done_callback(lambda _t: self._serving.pop(key, None))
 
-    def add_state_listener(self, callback: Callable[[str], None]) -> None:
-        """Also call ``callback`` with each new state, after ``on_state`` (a failing one is logged).
+    def add_reconnect_listener(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback`` each time the connection is back after being lost.
 
-        For parts of a daemon that must act on a reconnect ("reconnecting", then
-        "connected"): what belongs to the connection, its rooms, is gone.
+        For parts of a daemon that must redo what belonged to the old connection
+        (its rooms). A coroutine it returns runs as one of the client's tasks, so
+        ``close()`` ends it; a failing callback is logged and harms no other.
         """
-        self._state_listeners.append(callback)
+        self._reconnect_listeners.append(callback)
+
+    def _run_reconnect_listener(self, callback: Callable[[], Any]) -> None:
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                self._spawn(_consume(result), "reconnect-listener")
+        except Exception:
+            log.exception("reconnect listener failed")
 
     def add_notification_listener(self, callback: NotificationCallback) -> None:
         """Also call ``callback`` for every notification (events, room messages …), after the others.
@@ -791,4 +801,4 @@ async def _consume(awaitable: Awaitable[Any]) -> None:
     try:
         await awaitable
     except Exception:
-        log.exception("notification callback failed")
+        log.exception("listener failed")

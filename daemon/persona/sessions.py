@@ -20,7 +20,6 @@ join (daemon/registry/serve_sessions.py, ``restore``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import deque
@@ -64,17 +63,6 @@ class PersonaSessions:
     def __init__(self, client: BusClient) -> None:
         self.client = client
         self.by_room: dict[str, Joined] = {}
-        self._was_lost = False
-        self._rejoining: set[asyncio.Task[None]] = set()
-
-    def on_state(self, state: str) -> None:
-        if state == "reconnecting":
-            self._was_lost = True
-        elif state == "connected" and self._was_lost and self.by_room:
-            self._was_lost = False
-            task = asyncio.get_running_loop().create_task(self.rejoin(), name="sessions-rejoin")
-            self._rejoining.add(task)
-            task.add_done_callback(self._rejoining.discard)
 
     async def rejoin(self) -> None:
         """Back into each session's room that is still there and still has our invitation."""
@@ -129,6 +117,6 @@ def register_sessions_commands(
     """Register this group's methods on ``dispatcher``."""
     sessions = PersonaSessions(client)
     client.add_notification_listener(sessions.on_notification)
-    client.add_state_listener(sessions.on_state)
+    client.add_reconnect_listener(sessions.rejoin)
     dispatcher.register("persona.session.join", sessions.join)
     dispatcher.register("persona.session.list", sessions.list_)

@@ -12,6 +12,7 @@ log is INTERNAL_ERROR with the operator's message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -195,19 +196,8 @@ class RegistryService:
             handler=self.dispatcher,
             reconnect=True,
         )
-        self._was_lost = False
-        self._redoing: set[asyncio.Task[None]] = set()
-        self.client.add_state_listener(self._on_state)
-
-    def _on_state(self, state: str) -> None:
-        if state == "reconnecting":
-            self._was_lost = True
-        elif state == "connected" and self._was_lost:
-            self._was_lost = False
-            for redo in self.env.on_reconnect:
-                task = asyncio.get_running_loop().create_task(redo(self.client), name="registry-reconnected")
-                self._redoing.add(task)
-                task.add_done_callback(self._redoing.discard)
+        for redo in self.env.on_reconnect:
+            self.client.add_reconnect_listener(functools.partial(redo, self.client))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, or the bus refuses our token for good."""
