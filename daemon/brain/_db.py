@@ -36,6 +36,7 @@ callable: nothing interleaves inside one, and a batch costs one thread hop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable
@@ -213,13 +214,31 @@ async def open_aio(connector: Callable[[], RawConnection]) -> aiosqlite.Connecti
     return await conn
 
 
+class _Abandoned(Exception):
+    """Work whose caller stopped waiting before the worker thread reached it."""
+
+
 async def run_on(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(raw_connection, *args)`` on ``conn``'s worker thread."""
+    """Run ``fn(raw_connection, *args)`` on ``conn``'s worker thread.
+
+    If the caller is cancelled (its deadline passed, its client left) while
+    the work still waits in the thread's queue, the work is skipped when its
+    turn comes: aiosqlite would run it anyway, and under a backlog (a slow
+    disk, a burst) a queue of work nobody waits for keeps every later caller
+    waiting too, long after the cause has gone. Work already running finishes.
+    """
+    abandoned = False
 
     def call() -> T:
+        if abandoned:
+            raise _Abandoned()
         return fn(conn._conn, *args)
 
-    result: T = await conn._execute(call)  # type: ignore[no-untyped-call]
+    try:
+        result: T = await conn._execute(call)  # type: ignore[no-untyped-call]
+    except asyncio.CancelledError:
+        abandoned = True
+        raise
     return result
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,40 @@ async def test_a_cancelled_caller_is_not_written(brain: Brain) -> None:
     task.cancel()
     assert 1 == await other
     assert ["kept"] == [h.content for h in await brain.recall("")]
+
+
+@pytest.mark.parametrize("side", ["read", "write"])
+async def test_work_whose_caller_gave_up_is_not_run(brain: Brain, side: str) -> None:
+    """Work queued behind a slow one is skipped if its caller is cancelled meanwhile.
+
+    Under a backlog (a slow disk, a burst) callers give up at their deadline;
+    were their work still run, everyone after them would wait for it too.
+    """
+    run = getattr(brain, side)
+    release = threading.Event()
+    ran: list[int] = []
+
+    def slow(_db: Any) -> str:
+        release.wait(30)
+        return "slow done"
+
+    def count(_db: Any, i: int) -> int:
+        ran.append(i)
+        return i
+
+    first = asyncio.ensure_future(run(slow))
+    queued = [asyncio.ensure_future(run(count, i)) for i in range(20)]
+    kept = asyncio.ensure_future(run(count, 99))
+    await asyncio.sleep(0.05)  # all of them on the worker thread's queue, behind `slow`
+    for task in queued:
+        task.cancel()
+    await asyncio.sleep(0)  # the cancellations reach the tasks (a bus.cancel's would long before)
+    release.set()
+    assert "slow done" == await first
+    assert 99 == await kept
+    assert [99] == ran  # none of the twenty abandoned ones ran
+    assert all(task.cancelled() for task in queued)
+    assert 7 == await run(count, 7)  # and the connection still works
 
 
 async def test_bad_memory_in_a_batch_rejects_the_batch_only(brain: Brain) -> None:
