@@ -138,6 +138,9 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         attacks = Attacks(system.url, system.admin_token)
         attacking = asyncio.create_task(attacks.run())
         catalogue = faults.catalogue()
+        if args.only:
+            # One kind of fault, to reproduce a finding without the other ten around it.
+            catalogue = {k: v for k, v in catalogue.items() if any(o in k for o in args.only)}
         plan = [kind for kind in catalogue for _ in range(args.repeats)]
         rng = random.Random(args.seed)
         rng.shuffle(plan)
@@ -420,6 +423,12 @@ def main() -> int:
         help="one bus node, no NATS (the federated node's fault is skipped)",
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="WORDS",
+        help="inject only the faults whose name contains WORDS (repeatable), e.g. --only 'slow disk'",
+    )
     parser.add_argument("--report", help="write report.json and PNG charts into this folder")
     parser.add_argument("--ci", action="store_true", help="the bounded run: 100 clients, every fault once")
     args = parser.parse_args()
