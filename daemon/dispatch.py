@@ -8,7 +8,9 @@ result that does not match the published schema is our bug, not the caller's.
 A handler that fails because the disk is full (ENOSPC, a quota, SQLite's
 SQLITE_FULL) is answered with a clear error, ``data.reason: disk_full``,
 rather than a bare internal error: the write was rolled back, and the same
-call succeeds once space is back.
+call succeeds once space is back. A part with too much work already waiting
+(:class:`~daemon.errors.Busy`, e.g. a persona's brain behind a slow disk) is
+answered OVERLOADED with ``data.retry_after_ms``, at once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from protocol import commands as registry
 from protocol.validation import invalid_params
 
 from .client import CallContext
+from .errors import Busy
 
 log = logging.getLogger("personad.dispatch")
 
@@ -61,6 +64,12 @@ class Dispatcher:
             raise invalid_params(exc) from None
         try:
             result = await handler(params, ctx)
+        except Busy as exc:
+            raise RpcError(
+                ErrorCode.OVERLOADED,
+                f"{request.method}: {exc}",
+                {"reason": "busy", "retry_after_ms": exc.retry_after_ms},
+            ) from None
         except Exception as exc:
             if isinstance(exc, RpcError) or not disk_full(exc):
                 raise

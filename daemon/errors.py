@@ -4,7 +4,8 @@
     ├── ConfigError             a config file or option is invalid
     ├── StateDirError           the state/session directory is unusable
     ├── AuthError               no usable token / the bus refused it
-    └── BusUnavailable          could not reach the bus
+    ├── BusUnavailable          could not reach the bus
+    └── Busy                    more work is waiting than this part takes on: retry later
 
 Remote errors travel as :class:`protocol.RpcError`. Every PersonadError's
 message is meant to be printed to an operator as-is: it names the file, field
@@ -32,3 +33,16 @@ class AuthError(PersonadError):
 
 class BusUnavailable(PersonadError):
     """Raised when the bus cannot be reached at the configured URL."""
+
+
+class Busy(PersonadError):
+    """Raised when a part already has as much work waiting as it takes on.
+
+    Refusing at once, rather than queueing behind work the caller's deadline
+    would expire under, keeps latency bounded and lets a backlog drain: the
+    dispatcher answers it OVERLOADED with ``data.retry_after_ms``.
+    """
+
+    def __init__(self, message: str, *, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms

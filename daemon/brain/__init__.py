@@ -17,6 +17,7 @@ Modules: ``store`` (the Brain), ``validation`` (its argument checks),
 """
 
 from .errors import (
+    BrainBusy,
     BrainClosed,
     BrainError,
     InsecureKey,
@@ -50,6 +51,7 @@ from .store import Brain
 __all__ = [
     "SCHEMA_VERSION",
     "Brain",
+    "BrainBusy",
     "BrainClosed",
     "BrainError",
     "BrainStats",

@@ -14,7 +14,8 @@ Exception tree (everything :mod:`daemon.brain` raises on purpose)::
         ├── QueryRefused          brain.query was given something other than one SELECT
         ├── QueryTimeout          brain.query ran past its time limit and was interrupted
         ├── QueryTooLarge         brain.query needed more memory or a larger result than allowed
-        └── BrainClosed           the Brain was used after close()
+        ├── BrainClosed           the Brain was used after close()
+        └── BrainBusy             too many calls already wait for a connection (also a Busy)
 
 Lower-layer errors (``sqlcipher3.dbapi2.Error``, ``OSError``) are translated at
 the boundary with ``raise … from exc`` where the caller can act on them; the
@@ -27,9 +28,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import PersonadError
+from ..errors import Busy, PersonadError
 
 __all__ = [
+    "BUSY_RETRY_AFTER_MS",
+    "BrainBusy",
     "BrainClosed",
     "BrainError",
     "InsecureKey",
@@ -43,6 +46,9 @@ __all__ = [
     "SchemaTooNew",
     "WrongKey",
 ]
+
+#: What a refused caller is told to wait before it asks again.
+BUSY_RETRY_AFTER_MS = 200
 
 
 class BrainError(PersonadError):
@@ -178,3 +184,15 @@ class BrainClosed(BrainError):
 
     def __init__(self) -> None:
         super().__init__("the brain is closed")
+
+
+class BrainBusy(BrainError, Busy):
+    """Raised when ``waiting`` calls already wait for one of the brain's connections."""
+
+    def __init__(self, side: str, waiting: int) -> None:
+        super().__init__(
+            f"the brain's {side} are busy: {waiting} already wait their turn; retry shortly",
+            retry_after_ms=BUSY_RETRY_AFTER_MS,
+        )
+        self.side = side
+        self.waiting = waiting

@@ -54,7 +54,7 @@ from ._db import (
 from ._db import run_on as _run_on
 from ._limits import LimitsUnavailable
 from .commit import GroupCommit
-from .errors import BrainClosed, InvalidInput, SchemaTooNew
+from .errors import BrainBusy, BrainClosed, InvalidInput, SchemaTooNew
 from .export import export_sync
 from .migrations import LATEST
 from .readonly import query_sync, reader_handle
@@ -98,6 +98,12 @@ LOG = logging.getLogger("personad.brain")
 
 TABLES = ops.TABLES
 
+#: Calls that may wait for one connection (reader or writer) at once; more are
+#: refused with BrainBusy. A persona that falls behind (a slow disk, a starved
+#: CPU) then answers some callers OVERLOADED at once instead of making every
+#: caller wait out its deadline in a queue that only grows.
+MAX_WAITING = 64
+
 
 class Brain:
     """One persona's brain. Open with :meth:`open`; use as an async context manager."""
@@ -122,6 +128,8 @@ class Brain:
         self._retention = retention
         self._weights = weights
         self._closed = False
+        #: Calls waiting for (or running on) each connection, against MAX_WAITING.
+        self._waiting = {"reads": 0, "writes": 0}
         self._commit = GroupCommit(writer, name=str(path))
         self._retention_last: datetime | None = None
         self._retention_last_removed = 0
@@ -217,12 +225,25 @@ class Brain:
             raise BrainClosed()
 
     async def _write(self, fn: Any, *args: Any) -> Any:
-        self._check_open()
-        return await _run_on(self._writer, fn, *args)
+        return await self._admitted("writes", self._writer, fn, *args)
 
     async def _read(self, fn: Any, *args: Any) -> Any:
+        return await self._admitted("reads", self._reader, fn, *args)
+
+    async def _admitted(self, side: str, conn: aiosqlite.Connection, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` on ``conn`` if fewer than MAX_WAITING calls wait for it; else BrainBusy.
+
+        A caller that gives up while it waits leaves the count at once (its
+        queued work is skipped, see ``_db.run_on``).
+        """
         self._check_open()
-        return await _run_on(self._reader, fn, *args)
+        if self._waiting[side] >= MAX_WAITING:
+            raise BrainBusy(side, self._waiting[side])
+        self._waiting[side] += 1
+        try:
+            return await _run_on(conn, fn, *args)
+        finally:
+            self._waiting[side] -= 1
 
     async def write(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(db, *args)`` on the writer connection's thread (one writer; wrap in a transaction).

@@ -1,4 +1,5 @@
-"""The dispatcher answers a full disk with a clear error, whatever layer hit it.
+"""The dispatcher answers a full disk with a clear error, whatever layer hit it,
+and a part with too much work waiting (Busy) with OVERLOADED at once.
 
 The errors are real: ENOSPC from writing to /dev/full, SQLITE_FULL from a
 SQLCipher database capped with max_page_count. (The soak, bench/soak.py,
@@ -13,6 +14,7 @@ import pytest
 import sqlcipher3.dbapi2 as sqlcipher
 
 from daemon.dispatch import Dispatcher, disk_full
+from daemon.errors import Busy
 from protocol import ErrorCode, Request, RpcError
 
 REMEMBER = Request(id=1, method="memory.remember", params={"content": "a fact"})
@@ -81,3 +83,13 @@ async def test_other_failures_are_not_called_a_full_disk() -> None:
         await dispatcher(REMEMBER, None)  # type: ignore[arg-type]
     assert not disk_full(FileNotFoundError(2, "No such file or directory"))
     assert not disk_full(PermissionError(13, "Permission denied"))
+
+
+async def test_a_busy_part_is_answered_overloaded_with_when_to_retry() -> None:
+    def busy() -> None:
+        raise Busy("the brain's reads are busy: 64 already wait their turn", retry_after_ms=200)
+
+    error = await _answer(busy)
+    assert ErrorCode.OVERLOADED == error.code
+    assert {"reason": "busy", "retry_after_ms": 200} == error.data
+    assert "memory.remember: the brain's reads are busy" in error.message

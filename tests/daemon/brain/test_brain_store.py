@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from daemon.brain import Brain, BrainClosed, InvalidInput, MemoryItem, NotFound
+from daemon.brain import Brain, BrainBusy, BrainClosed, InvalidInput, MemoryItem, NotFound
 from daemon.brain.migrations import LATEST
+from daemon.brain.store import MAX_WAITING
 from protocol.commands.brain import MAX_CONTENT_BYTES
 
 from .conftest import wal_size
@@ -70,6 +71,34 @@ async def test_work_whose_caller_gave_up_is_not_run(brain: Brain, side: str) -> 
     assert [99] == ran  # none of the twenty abandoned ones ran
     assert all(task.cancelled() for task in queued)
     assert 7 == await run(count, 7)  # and the connection still works
+
+
+@pytest.mark.parametrize("side", ["read", "write"])
+async def test_a_brain_with_a_full_queue_refuses_at_once(brain: Brain, side: str) -> None:
+    """With MAX_WAITING calls waiting for a connection, the next is refused with BrainBusy,
+    not queued; the waiting ones all run, and once they have, calls are taken again."""
+    run = getattr(brain, side)
+    release = threading.Event()
+    ran: list[int] = []
+
+    def slow(_db: Any) -> None:
+        release.wait(30)
+
+    def count(_db: Any, i: int) -> int:
+        ran.append(i)
+        return i
+
+    first = asyncio.ensure_future(run(slow))
+    waiting = [asyncio.ensure_future(run(count, i)) for i in range(MAX_WAITING - 1)]
+    await asyncio.sleep(0)
+    with pytest.raises(BrainBusy) as refused:
+        await run(count, -1)
+    assert refused.value.retry_after_ms > 0
+    assert f"{side}s" == refused.value.side
+    release.set()
+    await first
+    assert list(range(MAX_WAITING - 1)) == await asyncio.gather(*waiting) == ran
+    assert 7 == await run(count, 7)
 
 
 async def test_bad_memory_in_a_batch_rejects_the_batch_only(brain: Brain) -> None:
