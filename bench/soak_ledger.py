@@ -36,7 +36,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import RpcError
+from protocol import ErrorCode, RpcError
 
 #: The text every write of the soak carries, so its rows can be found and matched.
 TAG = "soak:"
@@ -47,6 +47,10 @@ TABLES = {
     "performance": ("performance_records", "id, session_id, task, score, success, duration_s", "task"),
     "knowledge": ("knowledge", "id, content, context, relevance", "content"),
 }
+
+
+#: How long a check's read keeps asking a target that answers OVERLOADED.
+BUSY_WAIT_S = 300.0
 
 
 @dataclass
@@ -220,7 +224,14 @@ async def _read_table(
 
 
 async def _select(
-    client: Any, target: str, what: str, table: str, nonce_column: str, run: str, where: str, last: int,
+    client: Any,
+    target: str,
+    what: str,
+    table: str,
+    nonce_column: str,
+    run: str,
+    where: str,
+    last: int,
     limit: int,
 ) -> Any:
     """``brain.query`` of this run's rows in ``table``, with ``where`` on the id (``?`` is ``last``)."""
@@ -262,13 +273,24 @@ async def _read_profiles(client: Any, run: str) -> list[dict[str, Any]]:
 
 
 async def _retry(client: Any, method: str, params: dict[str, Any], *, to: str, attempts: int = 30) -> Any:
-    """A read for checking, retried while its target is restarting (it must come back)."""
-    for attempt in range(attempts - 1):
+    """A read for checking, retried while its target is restarting (it must come back), and
+    while it is busy: OVERLOADED is a refusal at once, asked again after the pause it names
+    without counting as an attempt (for up to BUSY_WAIT_S), as a client written from the
+    docs would."""
+    failures = 0
+    busy_until = time.monotonic() + BUSY_WAIT_S
+    while True:
         try:
             return await client.call(method, params, to=to, deadline_ms=10_000)
-        except RpcError:
-            await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
-    return await client.call(method, params, to=to, deadline_ms=10_000)  # the last try raises
+        except RpcError as exc:
+            if exc.code == ErrorCode.OVERLOADED and time.monotonic() < busy_until:
+                retry_ms = (exc.data or {}).get("retry_after_ms", 200) if isinstance(exc.data, dict) else 200
+                await asyncio.sleep(retry_ms / 1000)
+                continue
+            failures += 1
+            if failures >= attempts:
+                raise
+            await asyncio.sleep(min(2.0, 0.2 * failures))
 
 
 def dumps(violations: list[Violation]) -> str:

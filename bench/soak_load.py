@@ -130,6 +130,10 @@ class Load:
     other_url: str = ""
     stats: Stats = field(default_factory=Stats)
     running: bool = True
+    #: Seconds the callers spent paused for ledger checks (see pause()).
+    paused_s: float = 0.0
+    _go: asyncio.Event = field(default_factory=asyncio.Event)
+    _paused_at: float | None = None
     _clients: list[BusClient] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _chat: Limiter = field(default_factory=lambda: Limiter(1))
@@ -142,7 +146,23 @@ class Load:
 
     # -- the clients -------------------------------------------------------------------------
 
+    def pause(self) -> None:
+        """Hold the callers (the mixed workload) before their next call; subscribers, room
+        members and intruders go on. For the ledger's check after a fault: under the full
+        load its reads compete with the load's for a persona's one reader, and on a
+        saturated machine each check took minutes, longer each time as rows piled up."""
+        if self._paused_at is None:
+            self._paused_at = time.monotonic()
+            self._go.clear()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self.paused_s += time.monotonic() - self._paused_at
+            self._paused_at = None
+        self._go.set()
+
     async def start(self) -> None:
+        self._go.set()
         n = self.clients
         services = max(1, n // 50)
         subscribers = max(1, n // 10)
@@ -270,6 +290,7 @@ class Load:
             elif role == "intruder":
                 await self._intrude(client, rng)
             else:
+                await self._go.wait()
                 await self._one(client, rng)
 
     async def stop(self) -> None:
