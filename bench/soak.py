@@ -262,7 +262,15 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "violations": [v.as_dict() for v in all_violations[:200]],
             "violation_count": len(all_violations),
         },
-        "rss": rss_trends(rss, warm),
+        # Killing either bus node moves its clients to the other, for good: both nodes' levels change.
+        "rss": rss_trends(
+            rss,
+            warm,
+            {
+                role: [f.at for f in faults_done if f.kind in ("kill -9 bus", "kill -9 federated bus node")]
+                for role in ("bus", "node soak-b bus")
+            },
+        ),
         # Where the machine's cores went: the ceiling on the rate, when it is below what was asked.
         "cpu_cores_used": _cores_used(system, second, me, my_cpu_base, seconds),
         "cpu_cores": psutil.cpu_count(),

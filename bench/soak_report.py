@@ -34,10 +34,15 @@ def percentiles(values: Any) -> dict[str, float]:
 
 
 def rss_trends(
-    samples: list[tuple[float, dict[str, tuple[float, tuple[int, ...]]]]], warmup_s: float
+    samples: list[tuple[float, dict[str, tuple[float, tuple[int, ...]]]]],
+    warmup_s: float,
+    level_changes: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
     """Per role: level and growth of RSS after warm-up, per run of the same pids (a restart starts a new run).
 
+    ``level_changes`` names moments after which a role carries a different load, so that a
+    new run starts there too: a bus node's clients move to the other node when theirs is
+    killed (and stay), so its memory steps up with their connections without growing.
     Growth is the least-squares slope over the run times its length; a run is judged only when it
     lasts long enough to say (at least 20 samples after settling).
     """
@@ -47,11 +52,16 @@ def rss_trends(
             series.setdefault(role, []).append((t, mib, pids))
     out: dict[str, Any] = {}
     for role, points in series.items():
+        changes = sorted((level_changes or {}).get(role, []))
         runs: list[list[tuple[float, float]]] = []
         current: tuple[int, ...] | None = None
         started = 0.0
         for t, mib, pids in points:
-            if pids != current:
+            changed = False
+            while changes and changes[0] <= t:
+                changes.pop(0)
+                changed = True
+            if pids != current or changed:
                 current, started = pids, t
                 runs.append([])
             if t >= warmup_s and t - started >= SETTLE_S:
