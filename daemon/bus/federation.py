@@ -6,7 +6,7 @@ carries only what crosses nodes (docs/federation.md has the whole design):
 * ``personad.to.<client id>`` — the node holding a client subscribes to it
   (queue group ``holder``, so that during a hand-over between two nodes a
   message is delivered once). A request is published there with a reply
-  subject on the caller's node, ``personad.reply.<node>.<bus id>``; a
+  subject on the caller's node, ``personad.reply.<node>.<boot>.<bus id>``; a
   target held by no node makes the NATS server answer that subject with
   status 503 (no responders) at once, which becomes TARGET_OFFLINE.
 * ``personad.cap.<name>`` — every node with a provider of ``cap:<name>``
@@ -95,9 +95,12 @@ class Federation:
         self.router = router
         self.url = url
         self.node = node
-        self.reply_prefix = f"personad.reply.{node}."
         #: This process's run of the node: a node back from a crash has another.
         self.boot = secrets.token_hex(8)
+        # The run is in the reply subject: bus ids start again at 1 in a restarted node, and
+        # an answer to a request of the run before (a persona still writing when the node
+        # was killed) must not reach the new run's request that has the same id.
+        self.reply_prefix = f"personad.reply.{node}.{self.boot}."
         #: Who holds each client, for answering what was sent to a node that died.
         self.holders = Holders()
         self.link = NatsLink(

@@ -68,7 +68,8 @@ class FederatedClients:
         self.boots: dict[str, str] = {}
         self._gathers: dict[int, _Gather] = {}
         self._ids = itertools.count(1)
-        self._reply_prefix = f"personad.clientsreply.{self.node}."
+        # With the node's run (boot id): gather ids start again at 1 after a restart.
+        self._reply_prefix = f"personad.clientsreply.{self.node}.{fed.boot}."
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

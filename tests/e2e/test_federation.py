@@ -172,3 +172,69 @@ def test_up_runs_one_machine_s_part(state, spawn, nats_url) -> None:
     url_m2 = up.wait_for_line(r"listening on (ws://\S+)").group(1)
     status = call_until_ok(state, url_m2, "persona:demo", "persona.status")
     assert "demo" == status["id"]
+
+
+def test_an_answer_from_before_a_node_restarted_never_reaches_a_new_request(state, spawn, nats_url) -> None:
+    """Requests through node B are held by a persona on node A when B is SIGKILLed; B comes
+    back, and new requests through it (its bus ids start again at 1) are held too. The old
+    requests are then answered: no new caller may get one of those answers for its own."""
+    _a, url_a = node(spawn, nats_url, "a")
+    b, url_b = node(spawn, nats_url, "b")
+
+    async def scenario() -> dict[str, object]:
+        held: dict[str, asyncio.Event] = {}
+        arrived = asyncio.Event()
+
+        async def handler(request: Request, ctx: CallContext) -> str:
+            if request.method == "persona.ping":
+                return "pong"
+            message = str((request.params or {}).get("message"))
+            held[message] = release = asyncio.Event()
+            arrived.set()
+            await release.wait()
+            return f"answer to {message}"
+
+        async def reachable(caller: BusClient) -> None:
+            async def answered() -> bool:
+                try:
+                    return "pong" == await caller.call("persona.ping", to="persona:holder")
+                except RpcError as exc:
+                    if exc.code != ErrorCode.TARGET_OFFLINE:
+                        raise
+                    return False
+
+            for _ in range(3):
+                await eventually(answered, what="persona:holder reachable through node B")
+
+        async def hold(caller: BusClient, prefix: str, n: int) -> list[asyncio.Task[object]]:
+            calls = [
+                asyncio.create_task(caller.call("chat", {"message": f"{prefix}-{i}"}, to="persona:holder"))
+                for i in range(n)
+            ]
+            await eventually(lambda: sum(m.startswith(prefix) for m in held) == n, what=f"{prefix} held")
+            return calls
+
+        async with BusClient(url_a, token=state.admin_token, kind="persona", name="holder", handler=handler):
+            old_caller = BusClient(url_b, token=state.admin_token, kind="cli", name="old", reconnect=False)
+            await old_caller.start()
+            await reachable(old_caller)
+            old_calls = await hold(old_caller, "old", 30)
+            b.stop(signal.SIGKILL)
+            await asyncio.gather(*old_calls, return_exceptions=True)  # CONNECTION_LOST, each
+            await old_caller.close()
+
+            _b2, url_b2 = await asyncio.to_thread(node, spawn, nats_url, "b")  # the same node, run again
+            async with BusClient(url_b2, token=state.admin_token, kind="cli", name="new") as new_caller:
+                await reachable(new_caller)
+                new_calls = await hold(new_caller, "new", 30)
+                for message, release in held.items():
+                    if message.startswith("old"):
+                        release.set()  # their answers go out now, to a node run that is gone
+                await asyncio.sleep(1.0)  # time for them to reach node B, were they to
+                for release in held.values():
+                    release.set()
+                answers = await asyncio.gather(*new_calls)
+        return {f"new-{i}": answer for i, answer in enumerate(answers)}
+
+    answers = asyncio.run(scenario())
+    assert {m: f"answer to {m}" for m in answers} == answers
