@@ -2,11 +2,12 @@
 """The whole system under load, faults and hostile clients at once, held to a ledger.
 
     .venv/bin/python bench/soak.py [--minutes 10] [--clients 1000] [--rate 10000]
-                                   [--repeats 3] [--report DIR] [--ci]
+                                   [--repeats 3] [--only WORDS] [--report DIR] [--ci]
 
 Starts the real embedded default (``personad up``: bus, registry, inference
 on SmolLM2, headless Chromium, and three personas of its own, one of them
-on a small tmpfs) in a throwaway state dir, then for ``--minutes``:
+on a small ext4 filesystem on a loop device) in a throwaway state dir, beside
+a second bus node of the same cluster, then for ``--minutes``:
 
 - **load** (bench/soak_load.py): ``--clients`` real BusClients (callers,
   services, subscribers, room members, intruders without grants, one-shot
@@ -15,9 +16,10 @@ on a small tmpfs) in a throwaway state dir, then for ``--minutes``:
 - **faults** (bench/soak_faults.py), each kind ``--repeats`` times at random
   moments: kill -9 of the bus, of a persona mid-write, of the registry
   mid-write, of inference mid-generation and mid-training, of Chromium
-  mid-request; a full disk under a persona and its recovery; a client that
-  stops reading. After each: wait for every part to answer again, by itself,
-  and check the ledger;
+  mid-request, of the second bus node; a full disk and a slow disk under a
+  persona; a client that stops reading; the wall clock stepped. After each:
+  wait for every part to answer again, by itself, and check the ledger (the
+  callers held meanwhile, see Load.pause); ``--only`` picks some kinds;
 - **the ledger** (bench/soak_ledger.py): every write sent, and what it was
   answered, read back from the system: nothing acknowledged lost, nothing
   duplicated, nothing torn, nothing written that was refused;
@@ -77,7 +79,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         print(f"soak: starting node soak-b in {second.root} …", flush=True)
         second.start()
         extra = ["--nats", nats.url, "--node", "soak-a", "--peer", second.url]
-    system = System(root, PERSONAS, disk_mib=args.disk_mib, extra_args=extra)
+    system = System(root, PERSONAS, disk_mib=args.disk_mib, extra_args=extra, ecosystem=args.ecosystem)
     print(f"soak: starting personad up in {root} …", flush=True)
     system.start()  # blocking, before anything else runs (see System.start)
     print(f"soak: up in {time.monotonic() - t_start:.0f} s on {system.url}", flush=True)
@@ -121,7 +123,15 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         my_cpu_base = sum(me.cpu_times()[:2])
         await load.start()
         faults = Faults(
-            system, load, control, PERSONAS, t0, clock_jump_s=args.clock_jump, node_b=second, remote=remote
+            system,
+            load,
+            control,
+            PERSONAS,
+            t0,
+            clock_jump_s=args.clock_jump,
+            node_b=second,
+            remote=remote,
+            ecosystem=args.ecosystem,
         )
 
         async def sample() -> None:
@@ -172,6 +182,8 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             finally:
                 load.resume()
             fault.violations = len(violations)
+            for v in violations[:10]:  # what they are, as soon as they are found
+                print(f"soak: VIOLATION {v.what} {v.kind} on {v.target} {v.nonce}: {v.detail}", flush=True)
             all_violations += violations
             checks.append(
                 {
@@ -435,6 +447,12 @@ def main() -> int:
         dest="federation",
         action="store_false",
         help="one bus node, no NATS (the federated node's fault is skipped)",
+    )
+    parser.add_argument(
+        "--no-ecosystem",
+        dest="ecosystem",
+        action="store_false",
+        help="without the Academy, skill sharing and PersonaHub (and their kill -9 fault)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import msgpack
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.typing import Subprotocol
 
 from protocol.errors import CloseCode
@@ -63,6 +63,13 @@ class Attacks:
                 outcome = "still open"
             except (OSError, ConnectionClosed) as exc:  # refused at connect: the bus restarting
                 outcome = f"connect failed ({type(exc).__name__})"
+            except InvalidMessage:
+                # Closed before any HTTP answer: the bus's 10 s opening deadline passed while
+                # it was busy (its restart, or 1,000 clients leaving at once). Nothing was let in.
+                outcome = "closed before the HTTP answer"
+            except Exception as exc:  # anything else is the soak's finding, not the end of the run
+                outcome = f"attacker failed ({type(exc).__name__}: {str(exc)[:120]})"
+                self.findings.append(f"{name}: {outcome}")
             except InvalidStatus as exc:  # answered over HTTP before the upgrade
                 outcome = f"HTTP {exc.response.status_code} at connect"
                 if exc.response.status_code != 503:  # 503: shutting down or full, and says so

@@ -63,13 +63,16 @@ class Faults:
     #: The cluster's second bus node, and a control client that speaks to it alone.
     node_b: System | None = None
     remote: BusClient | None = None
+    #: The Academy, skill sharing and PersonaHub run too: they must come back, and are killed.
+    ecosystem: bool = False
     #: Kinds of fault this machine cannot make, and why (filled by ``catalogue``).
     skipped: dict[str, str] = field(default_factory=dict)
 
     # -- recovery --------------------------------------------------------------------------
 
     async def recover(self, timeout: float = 180.0) -> float:
-        """Seconds until the bus, every persona, the registry, inference and the browser answer."""
+        """Seconds until the bus, every persona, the registry, inference and the browser answer
+        (and the Academy, skill sharing and PersonaHub, when they run)."""
         started = time.monotonic()
         c = self.control
         checks: list[tuple[BusClient, str, dict[str, Any] | None, str | None]] = [
@@ -79,6 +82,13 @@ class Faults:
             (c, "inference.status", None, "cap:inference"),
             (c, "browser_js", {"script": "2 + 2"}, "cap:browser"),
         ]
+        if self.ecosystem:
+            checks += [
+                (c, "academy.status", None, "cap:academy"),
+                (c, "skill.popular", {"limit": 1}, "cap:skills"),
+                (c, "skill.held", None, "mesh:main"),
+                (c, "hub.status", None, "cap:hub"),
+            ]
         if self.remote is not None:  # and across the cluster, from the other node
             checks += [(self.remote, "persona.ping", None, f"persona:{p}") for p in self.personas]
         pending = list(checks)
@@ -108,6 +118,8 @@ class Faults:
             "kill -9 chromium mid-request": self.kill_chromium_mid_request,
             "client stops reading": self.stalled_reader,
         }
+        if self.ecosystem:
+            faults["kill -9 academy, skill sharing and hub"] = self.kill_ecosystem
         disk = self.system.disk
         if disk is None:
             self.skipped["full disk under a persona"] = "no small filesystem (mounting needs root)"
@@ -134,6 +146,16 @@ class Faults:
     async def kill_bus(self, fault: Fault) -> None:
         pid = self.system.kill("bus")
         fault.detail = f"pid {pid}"
+
+    async def kill_ecosystem(self, fault: Fault) -> None:
+        """kill -9 the Academy, skill sharing and PersonaHub services at once, mid-run (the
+        load does not call them): their supervisor starts each again, and ``recover`` asks
+        each to answer."""
+        pids = {role: self.system.kill(role) for role in ("academy", "skills", "hub")}
+        fault.detail = ", ".join(f"{role} pid {pid}" for role, pid in pids.items())
+        missing = [role for role, pid in pids.items() if pid is None]
+        if missing:
+            raise RuntimeError(f"not running, so not killed: {', '.join(missing)}")
 
     async def kill_node_b(self, fault: Fault) -> None:
         """kill -9 the other node's bus while 16 writers write through it to a persona on

@@ -45,6 +45,8 @@ class System:
     disk_mib: int = 32
     #: More arguments for ``personad up`` (a cluster node's --nats, --node, --peer, --no-…).
     extra_args: list[str] = field(default_factory=list)
+    #: Also the Academy, skill sharing and PersonaHub (cap:academy, cap:skills and mesh:main, cap:hub).
+    ecosystem: bool = False
     state: StateDir = field(init=False)
     admin_token: str = field(init=False, default="")
     url: str = field(init=False, default="")
@@ -91,8 +93,9 @@ class System:
         env[PARENT_PID_ENV] = str(os.getpid())
         argv = [sys.executable, "-m", "daemon", "--state-dir", str(self.state.root), "up"]
         argv += ["--config-dir", str(config), "--host", "127.0.0.1", "--port", "0"]
-        # The Academy, skill sharing and PersonaHub are not soaked yet (docs/reliability.md).
-        argv += ["--no-demo", "--no-academy", "--no-skills", "--no-hub"]
+        argv += ["--no-demo"]
+        if not self.ecosystem:
+            argv += ["--no-academy", "--no-skills", "--no-hub"]
         argv += self.extra_args
         self.up = subprocess.Popen(
             argv,

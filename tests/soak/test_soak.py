@@ -29,6 +29,8 @@ FAULTS = {
     "client stops reading",
     # scripts/system-deps installs nats-server for the tests: a second bus node is always there.
     "kill -9 federated bus node",
+    # The Academy, skill sharing and PersonaHub run in the soak unless --no-ecosystem.
+    "kill -9 academy, skill sharing and hub",
 }
 #: Faults that need root: a filesystem to mount, a clock to set.
 ROOT_FAULTS = {"full disk under a persona", "slow disk under a persona", "clock jumps"}
