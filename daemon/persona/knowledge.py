@@ -52,6 +52,7 @@ from ..brain import knowledge as kb
 from ..brain.recall import query_terms
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
+from ..errors import Busy
 from .session_dir import SessionDir
 
 if TYPE_CHECKING:  # imported on the first search: it brings numpy (16 MiB)
@@ -218,19 +219,28 @@ def register_knowledge_commands(
         item_id = await brain.write(
             kb.add_sync, p.content, p.context, list(p.tags or []), p.relevance_score, time.time()
         )
+        # The item is stored: from here on the brain being busy must not fail the call (its
+        # caller would add it again). Its vector then comes later, with the backlog.
+        busy = False
         # Looking for older items without a vector reads every row's embedding column (there is
         # no index on it), so only while some may remain.
-        pending: list[tuple[int, str]] = (
-            await brain.read(kb.pending_sync, k.EMBED_MODEL, room + 1) if live.backlog else []
-        )
+        pending: list[tuple[int, str]] = []
+        if live.backlog:
+            try:
+                pending = await brain.read(kb.pending_sync, k.EMBED_MODEL, room + 1)
+            except Busy:
+                busy = True
         # The new item first, then the oldest of the rest (it is among them unless the backlog is long).
         mine = [(i, text) for i, text in pending if i == item_id] or [
             (item_id, kb.embedding_text(p.content, p.context))
         ]
         others = [(i, text) for i, text in pending if i != item_id][:room]
-        embedded = await embed_and_store([], [*mine, *others]) is not None
+        try:
+            embedded = await embed_and_store([], [*mine, *others]) is not None
+        except Busy:
+            embedded, busy = False, True
         # Items remain without a vector unless this call embedded all there were.
-        live.backlog = not embedded or len(pending) > room
+        live.backlog = busy or not embedded or len(pending) > room
         return k.KnowledgeAddResult(id=item_id, embedded=embedded, backfilled=len(others) if embedded else 0)
 
     async def catch_up(candidates: list[kb.Candidate]) -> bool:

@@ -7,9 +7,11 @@ inference service's own token; the persona process itself loads no model.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 from daemon.brain.recall import STOP_WORDS, query_terms
+from daemon.brain.store import MAX_WAITING
 from daemon.client import BusClient
 from daemon.dispatch import Dispatcher
 from daemon.inference.embed import Embedder, register_embed_command
@@ -408,3 +411,22 @@ async def test_semantic_candidates_honour_the_tag_filter(ada, connect, embed_ser
         else:
             assert ids[item["answer"]] not in hit_ids
     assert found >= 0.9 * expected
+
+
+async def test_an_add_is_not_refused_after_it_stored_its_item(ada, connect) -> None:
+    """With the brain's reader busy (every place in its queue taken), an add still stores its item
+    and says so: refused after the write, its caller would add it again."""
+    brain = ada.brain
+    assert brain is not None
+    release = threading.Event()
+    busy = [asyncio.ensure_future(brain.read(lambda db: release.wait(WAIT))) for _ in range(MAX_WAITING)]
+    await asyncio.sleep(0)
+    caller = await connect()
+    try:
+        added = await caller.call("persona.knowledge.add", {"content": "Basalt is a volcanic rock."}, to=ADA)
+    finally:
+        release.set()
+        await asyncio.gather(*busy)
+    assert added["embedded"] is False  # its vector comes later, with the backlog
+    rows = await brain.read(lambda db: db.execute("SELECT id, content FROM knowledge").fetchall())
+    assert [(added["id"], "Basalt is a volcanic rock.")] == [tuple(r) for r in rows]
