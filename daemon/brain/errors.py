@@ -15,7 +15,7 @@ Exception tree (everything :mod:`daemon.brain` raises on purpose)::
         ├── QueryTimeout          brain.query ran past its time limit and was interrupted
         ├── QueryTooLarge         brain.query needed more memory or a larger result than allowed
         ├── BrainClosed           the Brain was used after close()
-        └── BrainBusy             too many calls already wait for a connection (also a Busy)
+        └── BrainBusy             too many reads already wait for the reader (also a Busy)
 
 Lower-layer errors (``sqlcipher3.dbapi2.Error``, ``OSError``) are translated at
 the boundary with ``raise … from exc`` where the caller can act on them; the
@@ -187,7 +187,7 @@ class BrainClosed(BrainError):
 
 
 class BrainBusy(BrainError, Busy):
-    """Raised when ``waiting`` calls already wait for one of the brain's connections."""
+    """Raised when ``waiting`` reads already wait for the brain's reader."""
 
     def __init__(self, side: str, waiting: int) -> None:
         super().__init__(

@@ -98,10 +98,12 @@ LOG = logging.getLogger("personad.brain")
 
 TABLES = ops.TABLES
 
-#: Calls that may wait for one connection (reader or writer) at once; more are
-#: refused with BrainBusy. A persona that falls behind (a slow disk, a starved
-#: CPU) then answers some callers OVERLOADED at once instead of making every
-#: caller wait out its deadline in a queue that only grows.
+#: Reads that may wait for the reader at once; more are refused with BrainBusy.
+#: A persona that falls behind (a starved CPU) then answers some readers
+#: OVERLOADED at once instead of making every caller wait out its deadline in a
+#: queue that only grows. Writes are not refused: a handler that writes more
+#: than once (an evolution record and its skill) must not be stopped half-way;
+#: their queue is bounded by callers giving up (their work is then skipped).
 MAX_WAITING = 64
 
 
@@ -128,8 +130,8 @@ class Brain:
         self._retention = retention
         self._weights = weights
         self._closed = False
-        #: Calls waiting for (or running on) each connection, against MAX_WAITING.
-        self._waiting = {"reads": 0, "writes": 0}
+        #: Reads waiting for (or running on) the reader, against MAX_WAITING.
+        self._reads_waiting = 0
         self._commit = GroupCommit(writer, name=str(path))
         self._retention_last: datetime | None = None
         self._retention_last_removed = 0
@@ -225,25 +227,23 @@ class Brain:
             raise BrainClosed()
 
     async def _write(self, fn: Any, *args: Any) -> Any:
-        return await self._admitted("writes", self._writer, fn, *args)
+        self._check_open()
+        return await _run_on(self._writer, fn, *args)
 
     async def _read(self, fn: Any, *args: Any) -> Any:
-        return await self._admitted("reads", self._reader, fn, *args)
-
-    async def _admitted(self, side: str, conn: aiosqlite.Connection, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` on ``conn`` if fewer than MAX_WAITING calls wait for it; else BrainBusy.
+        """Run ``fn`` on the reader if fewer than MAX_WAITING reads wait for it; else BrainBusy.
 
         A caller that gives up while it waits leaves the count at once (its
         queued work is skipped, see ``_db.run_on``).
         """
         self._check_open()
-        if self._waiting[side] >= MAX_WAITING:
-            raise BrainBusy(side, self._waiting[side])
-        self._waiting[side] += 1
+        if self._reads_waiting >= MAX_WAITING:
+            raise BrainBusy("reads", self._reads_waiting)
+        self._reads_waiting += 1
         try:
-            return await _run_on(conn, fn, *args)
+            return await _run_on(self._reader, fn, *args)
         finally:
-            self._waiting[side] -= 1
+            self._reads_waiting -= 1
 
     async def write(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(db, *args)`` on the writer connection's thread (one writer; wrap in a transaction).

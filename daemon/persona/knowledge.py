@@ -219,8 +219,8 @@ def register_knowledge_commands(
         item_id = await brain.write(
             kb.add_sync, p.content, p.context, list(p.tags or []), p.relevance_score, time.time()
         )
-        # The item is stored: from here on the brain being busy must not fail the call (its
-        # caller would add it again). Its vector then comes later, with the backlog.
+        # The item is stored: from here on the brain's reader being busy must not fail the
+        # call (its caller would add it again). The backlog is then looked at later.
         busy = False
         # Looking for older items without a vector reads every row's embedding column (there is
         # no index on it), so only while some may remain.
@@ -235,10 +235,7 @@ def register_knowledge_commands(
             (item_id, kb.embedding_text(p.content, p.context))
         ]
         others = [(i, text) for i, text in pending if i != item_id][:room]
-        try:
-            embedded = await embed_and_store([], [*mine, *others]) is not None
-        except Busy:
-            embedded, busy = False, True
+        embedded = await embed_and_store([], [*mine, *others]) is not None
         # Items remain without a vector unless this call embedded all there were.
         live.backlog = busy or not embedded or len(pending) > room
         return k.KnowledgeAddResult(id=item_id, embedded=embedded, backfilled=len(others) if embedded else 0)

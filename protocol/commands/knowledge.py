@@ -99,8 +99,7 @@ class KnowledgeAddParams(StrictParams):
 class KnowledgeAddResult(StrictModel):
     id: int = Field(description="the new item's id")
     embedded: bool = Field(
-        description="its embedding is stored; false when cap:inference did not answer "
-        "or the brain was busy (embedded later)"
+        description="its embedding is stored; false when cap:inference did not answer (embedded later)"
     )
     backfilled: int = Field(description="older items without an embedding embedded along with it")
 
