@@ -84,7 +84,9 @@ class FederatedRooms:
         await nc.subscribe(f"personad.home.{self.node}", cb=self._on_home_call)
         # An invitee on another node hears of its invitation as a local one does.
         self.router._room_methods.elsewhere = self.fed.deliver_to
-        await nc.subscribe(f"personad.roomreply.{self.node}.>", cb=self._on_reply)
+        # With the node's run (boot id): call ids start again at 1 after a restart, and an
+        # answer to the run before must not reach the new run's call of the same id.
+        await nc.subscribe(f"personad.roomreply.{self.node}.{self.fed.boot}.>", cb=self._on_reply)
 
     async def close(self) -> None:
         for task in [*self._tasks, *self._lookups]:
@@ -164,7 +166,7 @@ class FederatedRooms:
                 "token": session.token.sha256,
                 "node": self.node,
             },
-            reply=f"personad.roomreply.{self.node}.{fid}",
+            reply=f"personad.roomreply.{self.node}.{self.fed.boot}.{fid}",
         )
         if request.method == "bus.room.join":
             self.away.setdefault(session.client_id, set()).add(home)
