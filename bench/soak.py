@@ -149,7 +149,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         attacking = asyncio.create_task(attacks.run())
         catalogue = faults.catalogue()
         if args.only:
-            # One kind of fault, to reproduce a finding without the other ten around it.
+            # Some kinds of fault only, to reproduce a finding without the others around it.
             catalogue = {k: v for k, v in catalogue.items() if any(o in k for o in args.only)}
         plan = [kind for kind in catalogue for _ in range(args.repeats)]
         rng = random.Random(args.seed)

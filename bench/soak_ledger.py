@@ -284,7 +284,7 @@ async def _retry(client: Any, method: str, params: dict[str, Any], *, to: str, a
             return await client.call(method, params, to=to, deadline_ms=10_000)
         except RpcError as exc:
             if exc.code == ErrorCode.OVERLOADED and time.monotonic() < busy_until:
-                retry_ms = (exc.data or {}).get("retry_after_ms", 200) if isinstance(exc.data, dict) else 200
+                retry_ms = exc.data.get("retry_after_ms", 200) if isinstance(exc.data, dict) else 200
                 await asyncio.sleep(retry_ms / 1000)
                 continue
             failures += 1

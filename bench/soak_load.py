@@ -18,7 +18,7 @@ Every call has a deadline; one that gets no answer by its deadline plus
 kept per method (all of them: a float each) with their start times, for
 percentiles overall and over time.
 
-(Just past 500 lines; the seam when it grows: the mix, ``OPS`` and its
+(About 580 lines, one class and its mix; the seam when it grows: the mix, ``OPS`` and its
 ``_ping`` … ``_oneshot`` functions, into a module of its own.)
 """
 

@@ -189,10 +189,9 @@ class BrainClosed(BrainError):
 class BrainBusy(BrainError, Busy):
     """Raised when ``waiting`` reads already wait for the brain's reader."""
 
-    def __init__(self, side: str, waiting: int) -> None:
+    def __init__(self, waiting: int) -> None:
         super().__init__(
-            f"the brain's {side} are busy: {waiting} already wait their turn; retry shortly",
+            f"the brain's reads are busy: {waiting} already wait their turn; retry shortly",
             retry_after_ms=BUSY_RETRY_AFTER_MS,
         )
-        self.side = side
         self.waiting = waiting

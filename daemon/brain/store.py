@@ -238,7 +238,7 @@ class Brain:
         """
         self._check_open()
         if self._reads_waiting >= MAX_WAITING:
-            raise BrainBusy("reads", self._reads_waiting)
+            raise BrainBusy(self._reads_waiting)
         self._reads_waiting += 1
         try:
             return await _run_on(self._reader, fn, *args)

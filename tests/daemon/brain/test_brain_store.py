@@ -93,7 +93,8 @@ async def test_a_brain_with_a_full_read_queue_refuses_at_once(brain: Brain) -> N
     with pytest.raises(BrainBusy) as refused:
         await run(count, -1)
     assert refused.value.retry_after_ms > 0
-    assert "reads" == refused.value.side
+    assert "the brain's reads are busy" in str(refused.value)
+    assert MAX_WAITING == refused.value.waiting
     release.set()
     await first
     assert list(range(MAX_WAITING - 1)) == await asyncio.gather(*waiting) == ran
