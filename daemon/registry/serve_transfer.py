@@ -590,6 +590,8 @@ def register(dispatcher: Dispatcher, env: RegistryEnv) -> None:
                 )
             except PersonaExists:
                 raise invalid("persona_id", f"persona {profile.id!r} exists", "persona_exists") from None
+            if brain is not None:
+                await asyncio.to_thread(brain.done)
             brain = None  # it is the persona's now
         finally:
             if brain is not None:

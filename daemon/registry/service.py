@@ -35,9 +35,10 @@ from ..serving import announce, serve_until
 from ..systemd_notify import Notifier
 from . import serve_erase, serve_generate, serve_lineage, serve_sessions, serve_transfer, store
 from .boundary import RegistryEnv, actor, translate
-from .errors import InvalidChange
+from .errors import InvalidChange, UnknownPersona
 from .events import publish_change
 from .store import Registry
+from .transfer_brain import import_notes, recover_imports
 
 log = logging.getLogger("personad.registry")
 
@@ -201,6 +202,7 @@ class RegistryService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, or the bus refuses our token for good."""
+        await self.recover()
         ready = announce(
             self.client,
             self.notifier,
@@ -208,6 +210,22 @@ class RegistryService:
             lambda: f"{self.client.client_id} serving cap:{CAPABILITY}",
         )
         await serve_until(self.client, self.notifier, stop, who="registry", background=[ready])
+
+    async def recover(self) -> list[str]:
+        """Take back the imports a registry killed mid-import left half-made (before serving:
+        an id is free again before anyone can ask for it). Returns their persona ids."""
+        root = self.env.state_root
+        recorded = set()
+        for persona_id in await asyncio.to_thread(import_notes, root):
+            try:
+                await self.registry.get(persona_id)
+            except UnknownPersona:
+                continue
+            recorded.add(persona_id)
+        taken_back = await asyncio.to_thread(recover_imports, root, recorded.__contains__)
+        for persona_id in taken_back:
+            log.warning("took back the import of %s: the registry stopped before committing it", persona_id)
+        return taken_back
 
 
 async def run_registry(state_dir: Path, config_dir: Path | None, *, url: str, token: str) -> None:

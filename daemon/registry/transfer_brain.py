@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,17 +31,22 @@ from ..brain.lineage import build_brain
 from ..brain.migrations import LATEST as BRAIN_SCHEMA
 from ..brain.records import MemoryItem
 from ..brain.validation import memory_row
+from ..ids import is_persona_id
 from ..state import ensure_private_dir
 from .cards import CARD_SOURCE, MemoryDraft
 from .errors import BundleFormatError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "NewBrain",
     "brain_reader",
     "brain_rows",
     "has_brain",
+    "import_notes",
     "memory_rows",
     "read_memories",
+    "recover_imports",
     "write_brain",
 ]
 
@@ -223,23 +230,56 @@ def memory_rows(drafts: list[MemoryDraft], now: float) -> dict[str, list[tuple[A
     return {"memories": rows}
 
 
+def _intent_path(state_root: Path, persona_id: str) -> Path:
+    """Where an import in progress notes what it made: ``<state>/registry/imports/<id>.json``."""
+    return state_root / "registry" / "imports" / f"{persona_id}.json"
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    ensure_private_dir(ensure_private_dir(path.parent.parent) / path.parent.name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 @dataclass
 class NewBrain:
-    """A brain an import is writing, and how to take it back if the import fails."""
+    """A brain an import is writing, and how to take it back if the import fails.
+
+    Before it makes anything it notes what it is about to make (its folder,
+    its key) in ``<state>/registry/imports/<id>.json``, fsynced; ``done``
+    removes the note once the registry's record is committed, ``undo`` once
+    everything is taken back. A registry killed in between (kill -9, power)
+    finds the note when it starts again and takes the import back
+    (``recover_imports``): an import that was never answered leaves no brain,
+    no key and no folder, and the same import can be sent again.
+    """
 
     state_root: Path
     persona_id: str
     made_folder: bool = False
     made_key: bool = False
     written: bool = False
+    noted: bool = False
 
     def write(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
         dest = brain_path(self.state_root, self.persona_id)
         folder = dest.parent
         ensure_private_dir(ensure_private_dir(self.state_root) / "personas")
         self.made_folder = not folder.exists()
-        ensure_private_dir(folder)
         self.made_key = not key_path(self.state_root, self.persona_id).exists()
+        note = {"persona_id": self.persona_id, "made_folder": self.made_folder, "made_key": self.made_key}
+        _write_synced(_intent_path(self.state_root, self.persona_id), json.dumps(note).encode())
+        self.noted = True
+        ensure_private_dir(folder)
         key = load_or_create_key(self.state_root, self.persona_id, environ={})
         try:
             write_brain(dest, key, rows)
@@ -249,6 +289,13 @@ class NewBrain:
             self.made_key = False
             raise
         self.written = True
+
+    def done(self) -> None:
+        """The registry's record is committed: the brain is the persona's, the note goes."""
+        if self.noted:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_intent_path(self.state_root, self.persona_id))
+            self.noted = False
 
     def undo(self) -> None:
         dest = brain_path(self.state_root, self.persona_id)
@@ -262,3 +309,55 @@ class NewBrain:
         if self.made_folder:
             with contextlib.suppress(OSError):
                 dest.parent.rmdir()
+        self.done()
+
+
+def import_notes(state_root: Path) -> list[str]:
+    """The persona ids of the imports whose notes are still there (see NewBrain)."""
+    notes = state_root / "registry" / "imports"
+    return sorted(p.stem for p in notes.glob("*.json")) if notes.is_dir() else []
+
+
+def recover_imports(state_root: Path, recorded: Callable[[str], bool]) -> list[str]:
+    """Take back the imports a killed registry left half-made; returns their persona ids.
+
+    Each note in ``<state>/registry/imports/`` is an import that began and was
+    neither committed nor taken back. If the registry has a record of the
+    persona (``recorded``), the import was committed and only the note is
+    left; otherwise its brain (and the temporary brain it was being built
+    in), its key if it made it, and its folder if it made it, are removed.
+    The import's work folders (``<state>/.import-*``, the bundle's decrypted
+    contents) are removed too. Call it before the registry serves.
+    """
+    taken_back: list[str] = []
+    for work in state_root.glob(".import-*"):
+        shutil.rmtree(work, ignore_errors=True)
+    notes = state_root / "registry" / "imports"
+    for path in sorted(notes.glob("*.json")) if notes.is_dir() else []:
+        try:
+            note = json.loads(path.read_text("utf-8"))
+            persona_id = str(note["persona_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("an unreadable import note %s: left for an operator to look at", path)
+            continue
+        if path.stem != persona_id or not is_persona_id(persona_id):
+            log.warning("an import note %s that names %r: left for an operator", path, persona_id)
+            continue
+        if not recorded(persona_id):
+            dest = brain_path(state_root, persona_id)
+            folder = dest.parent
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{dest}{suffix}")
+            for tmp in folder.glob(f".{dest.name}.*.tmp*") if folder.is_dir() else []:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            if note.get("made_key"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(key_path(state_root, persona_id))
+            if note.get("made_folder"):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            taken_back.append(persona_id)
+        os.unlink(path)
+    return taken_back
