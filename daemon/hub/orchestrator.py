@@ -167,6 +167,17 @@ class RunStats:
         }
 
 
+def _reply_invalid(exc: RpcError) -> bool:
+    """The service answered with a reply that breaks the request's schema where its grammar
+    could not hold it (OpenVINO: strict JSON, string lengths): an unusable answer, not a
+    failure of the service."""
+    return (
+        exc.code == ErrorCode.INTERNAL_ERROR
+        and isinstance(exc.data, dict)
+        and exc.data.get("reason") == "reply_invalid"
+    )
+
+
 def transient_pause(exc: RpcError) -> float | None:
     """Seconds to wait before sending the same request again; None when the error is not a "not now"."""
     if exc.code not in TRANSIENT:
@@ -270,6 +281,12 @@ async def generate_slots(
                 finally:
                     stats.in_flight -= 1
             except RpcError as exc:
+                if _reply_invalid(exc):  # the model answered, outside the schema: another seed
+                    last_success[0] = time.monotonic()
+                    stats.unusable += 1
+                    reason = exc.message
+                    attempt += 1
+                    continue
                 pause = transient_pause(exc)
                 if pause is None:
                     raise RunFailed(f"the model could not be asked: {exc.message} ({exc.code})") from exc

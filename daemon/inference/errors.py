@@ -8,6 +8,7 @@
     ├── InvalidAdapterName      a name that is not a dotted adapter path
     ├── TrainingDataError       a training file is not chat-format JSONL
     ├── InvalidSchema           a json_schema xgrammar cannot compile
+    ├── ReplyInvalid            a constrained reply breaks its schema where the grammar could not hold it
     ├── Unsupported             the request cannot be served as asked
     ├── Overloaded              too many requests are already waiting
     └── EngineClosed            the engine stopped (shutting down)
@@ -77,6 +78,16 @@ class InvalidSchema(InferenceError):
     code = ErrorCode.INVALID_PARAMS
 
 
+class ReplyInvalid(InferenceError):
+    """Raised when a constrained reply breaks its ``json_schema`` in a way the backend's grammar
+    could not prevent (OpenVINO: strict JSON, string lengths). The request was served; another
+    seed (or the torch engine) may give a reply that holds. On the wire: INTERNAL_ERROR with
+    ``data.reason = "reply_invalid"``."""
+
+    code = ErrorCode.INTERNAL_ERROR
+    reason = "reply_invalid"
+
+
 class Unsupported(InferenceError):
     """Raised when a request cannot be served as asked (prompt too long, mode impossible)."""
 
@@ -97,7 +108,8 @@ class EngineClosed(InferenceError):
 
 def to_rpc(exc: InferenceError) -> RpcError:
     """The wire form of an inference error."""
-    return RpcError(int(exc.code), str(exc))
+    reason = getattr(exc, "reason", None)
+    return RpcError(int(exc.code), str(exc), {"reason": reason} if reason else None)
 
 
 #: Client id prefixes the store's writers (adapter.merge, adapter.delete, adapter.train) refuse.

@@ -411,15 +411,25 @@ def test_the_backend_is_openvino_unless_told(monkeypatch: pytest.MonkeyPatch) ->
         decoder_name("llamacpp")
 
 
-def test_constrained_replies_are_checked_as_strict_json() -> None:
-    """OpenVINO's grammar cannot take json_guard.py's mask, so its replies are checked whole."""
-    from daemon.inference.ov.engine import _strict_json
+def test_constrained_replies_are_checked_as_strict_json_and_held_to_their_string_bounds() -> None:
+    """OpenVINO's grammar cannot take json_guard.py's mask, nor is it given maxLength (too slow):
+    its replies are checked whole."""
+    from daemon.inference.ov.engine import _reply_breaks
 
-    assert _strict_json('{"name": "Ada", "age": 36}')
-    assert not _strict_json('{"name": "A\x01da"}')  # a raw control character in a string
-    assert not _strict_json('{"name": "\\ud800"}')  # a lone surrogate, escaped
-    assert not _strict_json('{"name": "\ufffd"}')  # bytes that were not UTF-8
-    assert not _strict_json('{"name": ')
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 3}}}
+    assert _reply_breaks(schema, '{"name": "Ada"}') is None
+    assert _reply_breaks(None, '{"name": ') is None  # unconstrained: not checked
+    for bad in ('{"name": "A\x01da"}', '{"name": "\\ud800"}', '{"name": "\ufffd"}', '{"name": '):
+        # a raw control character, a lone surrogate (escaped), bytes that were not UTF-8, cut off
+        assert "not strict JSON" in str(_reply_breaks(schema, bad)), bad
+    assert "name is 4 characters long" in str(_reply_breaks(schema, '{"name": "Adam"}'))
+
+
+def test_the_grammar_openvino_compiles_has_no_max_length(engines: dict[str, AsyncEngine]) -> None:
+    ov_engine = engines["openvino"]._engine
+    schema = {"type": "object", "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 3}}}
+    compiled = json.loads(ov_engine._schema(schema))  # type: ignore[union-attr]
+    assert {"type": "string", "minLength": 1} == compiled["properties"]["name"]
 
 
 def test_serving_on_openvino_imports_no_torch(tiny_dir: Path, trained_store: AdapterStore) -> None:
