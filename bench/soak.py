@@ -22,7 +22,10 @@ a second bus node of the same cluster, then for ``--minutes``:
   callers held meanwhile, see Load.pause); ``--only`` picks some kinds;
 - **the ledger** (bench/soak_ledger.py): every write sent, and what it was
   answered, read back from the system: nothing acknowledged lost, nothing
-  duplicated, nothing torn, nothing written that was refused;
+  duplicated, nothing torn, nothing written that was refused; bundle imports
+  and PersonaHub jobs (a small ``hub.run`` every 45 s, registered when done)
+  too (bench/soak_artifacts.py), and at the end the soak waits for every
+  acknowledged hub job to finish;
 - **RSS** of every process every second, judged flat after warm-up.
 
 ``--report DIR`` writes report.json, latency.png, rss.png, errors.png and up.log (all
@@ -44,6 +47,7 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # daemon, protocol
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the soak_* modules beside this one
 
+from soak_artifacts import HubJobs, ImportCheck
 from soak_attacks import Attacks
 from soak_faults import Fault, Faults
 from soak_ledger import Ledger, Violation
@@ -92,6 +97,10 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     )
     await control.start()
     await control.wait_connected(30)
+    ledger.extra_checks.append(ImportCheck(ledger, control, system.state.root))
+    hub = HubJobs(ledger, control, every_s=20.0 if args.ci else 45.0) if args.ecosystem else None
+    if hub is not None:
+        ledger.extra_checks.append(lambda stored, started, full: hub.check(started, final=full))
     remote = None
     if second is not None:
         # The first node's tokens reach the second through the cluster's bucket, within a
@@ -132,7 +141,9 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             node_b=second,
             remote=remote,
             ecosystem=args.ecosystem,
+            hub=hub,
         )
+        hub_task = asyncio.create_task(hub.run(load._timed, load._go)) if hub is not None else None
 
         async def sample() -> None:
             while True:
@@ -204,8 +215,15 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         await _until(t0 + duration)
         seconds = time.monotonic() - t0
         attacks.running = False
+        if hub_task is not None:
+            hub_task.cancel()
         await load.stop()
         attacking.cancel()
+        hub_wait, hub_states = 0.0, {}
+        if hub is not None:  # every job it acknowledged must end by itself: wait for them
+            print("soak: waiting for the hub's jobs to finish …", flush=True)
+            hub_wait = await hub.finish(300.0, load._timed)
+            hub_states = await hub.jobs()
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await attacking
@@ -266,6 +284,16 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "client_exceptions": dict(stats.crashes),
         "attacks": {"outcomes": dict(attacks.outcomes), "findings": attacks.findings},
         "faults": [f.as_dict() for f in faults_done],
+        "hub_jobs": {
+            "started": len(hub.requirements),
+            "registered": len(hub.registered),
+            "resumed_by_the_soak": hub.resumed,
+            "stopped_before_the_end": hub.failures,
+            "states_at_end": dict(Counter(j["state"] for j in hub_states.values())),
+            "waited_at_end_s": round(hub_wait, 1),
+        }
+        if hub is not None
+        else None,
         "faults_skipped": faults.skipped,
         "ledger": {
             "entries": ledger.counts(),

@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from soak_load import Load, _profile_create, _remember, outcome_of
+from soak_artifacts import HubJobs
+from soak_load import Load, _profile_create, _remember, import_bundle, outcome_of
 from soak_system import DISK_PERSONA, System
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -65,6 +66,8 @@ class Faults:
     remote: BusClient | None = None
     #: The Academy, skill sharing and PersonaHub run too: they must come back, and are killed.
     ecosystem: bool = False
+    #: The soak's hub jobs (bench/soak_artifacts.py), when the hub runs.
+    hub: HubJobs | None = None
     #: Kinds of fault this machine cannot make, and why (filled by ``catalogue``).
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -151,8 +154,14 @@ class Faults:
         """kill -9 the Academy, skill sharing and PersonaHub services at once, mid-run (the
         load does not call them): their supervisor starts each again, and ``recover`` asks
         each to answer."""
+        started = ""
+        if self.hub is not None:  # a job of the soak's own mid-generation: it must resume by itself
+            started = await self.hub.start_one(self.load._timed)
+            await asyncio.sleep(2.0)
         pids = {role: self.system.kill(role) for role in ("academy", "skills", "hub")}
         fault.detail = ", ".join(f"{role} pid {pid}" for role, pid in pids.items())
+        if started:
+            fault.detail += f"; a hub job started 2 s before: {started}"
         missing = [role for role, pid in pids.items() if pid is None]
         if missing:
             raise RuntimeError(f"not running, so not killed: {', '.join(missing)}")
@@ -206,9 +215,17 @@ class Faults:
         )
 
     async def kill_registry_mid_write(self, fault: Fault) -> None:
-
+        """Eight writers, every other write a persona.create, the rest persona.import of a
+        bundle (a brain, an adapter, a record: the registry must take back a half-made one)."""
         rng = random.Random(int(fault.at * 1000))
-        await self._burst(fault, lambda: _profile_create(self.load, self.control, rng, ""), "registry", 8)
+        turn = itertools.count()
+
+        def write() -> Awaitable[Any]:
+            if next(turn) % 2:
+                return import_bundle(self.load, self.control, rng)
+            return _profile_create(self.load, self.control, rng, "")
+
+        await self._burst(fault, write, "registry", 8)
 
     async def _kill_mid_stream(
         self, fault: Fault, method: str, params: dict[str, Any], deadline_ms: int

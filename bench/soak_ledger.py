@@ -33,6 +33,7 @@ import itertools
 import json
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,8 @@ TABLES = {
     "knowledge": ("knowledge", "id, content, context, relevance", "content"),
 }
 
+#: The kinds of write read back as rows: the brains' tables, and the registry's profiles.
+ROW_KINDS = {*TABLES, "profile", "import"}
 
 #: How long a check's read keeps asking a target that answers OVERLOADED.
 BUSY_WAIT_S = 300.0
@@ -55,11 +58,13 @@ BUSY_WAIT_S = 300.0
 
 @dataclass
 class Entry:
-    kind: str  # memory, performance, knowledge, profile
-    target: str  # persona:<id> or cap:registry
+    kind: str  # memory, performance, knowledge, profile, import, hub, hub profile
+    target: str  # persona:<id>, cap:registry or cap:hub
     nonce: str
     #: The stored columns as they must read back (without the id).
     expect: dict[str, Any]
+    #: What the ledger's extra checks hold it to besides the row (bench/soak_artifacts.py).
+    extra: dict[str, Any] = field(default_factory=dict)
     state: str = "pending"  # pending, acked, failed, refused
     row_id: Any = None
     settled_at: float = 0.0
@@ -85,12 +90,19 @@ class Ledger:
     run: str = field(default_factory=lambda: f"{int(time.time()) % 100000:05d}")
     #: (target, table) -> the rows the checks have read, in id order, and the sum of their ids.
     _seen: dict[tuple[str, str], tuple[list[dict[str, Any]], int]] = field(default_factory=dict)
+    #: More checks, of what rows cannot show (bench/soak_artifacts.py): each is given what was
+    #: read back ((kind, nonce) -> rows), when the check began, and whether it is the last.
+    extra_checks: list[
+        Callable[[dict[tuple[str, str], list[dict[str, Any]]], float, bool], Awaitable[list[Violation]]]
+    ] = field(default_factory=list)
 
     def nonce(self) -> str:
         return f"{TAG}{self.run}-{next(self._ids)}"
 
-    def begin(self, kind: str, target: str, nonce: str, expect: dict[str, Any]) -> Entry:
-        entry = Entry(kind, target, nonce, expect)
+    def begin(
+        self, kind: str, target: str, nonce: str, expect: dict[str, Any], extra: dict[str, Any] | None = None
+    ) -> Entry:
+        entry = Entry(kind, target, nonce, expect, extra or {})
         self.entries[nonce] = entry
         return entry
 
@@ -152,8 +164,9 @@ class Ledger:
                 for row in rows:
                     nonce = _nonce_in(str(row[nonce_column]))
                     stored.setdefault((kind, nonce), []).append({"target": target, **row})
-        for profile in await _read_profiles(client, self.run):
-            stored.setdefault(("profile", profile["nonce"]), []).append(profile)
+        for kind, tag in (("profile", f"soak-{self.run}"), ("import", f"soak-{self.run}-import")):
+            for profile in await _read_profiles(client, tag):
+                stored.setdefault((kind, profile["nonce"]), []).append(profile)
 
         for (kind, nonce), rows in stored.items():
             entry = self.entries.get(nonce)
@@ -173,8 +186,8 @@ class Ledger:
                 if diff:
                     violations.append(Violation("torn", kind, entry.target, nonce, f"sent/stored {diff}"))
         for nonce, entry in list(self.entries.items()):
-            if entry.state != "acked" or entry.settled_at > started:
-                continue
+            if entry.kind not in ROW_KINDS or entry.state != "acked" or entry.settled_at > started:
+                continue  # (the other kinds are the extra checks')
             rows = stored.get((entry.kind, nonce), [])
             if not rows:
                 violations.append(
@@ -185,6 +198,8 @@ class Ledger:
                 violations.append(
                     Violation("lost", entry.kind, entry.target, nonce, f"acked {entry.row_id}, stored {got}")
                 )
+        for extra in self.extra_checks:
+            violations += await extra(stored, started, full)
         return violations
 
 
@@ -235,7 +250,7 @@ async def _select(
     limit: int,
 ) -> Any:
     """``brain.query`` of this run's rows in ``table``, with ``where`` on the id (``?`` is ``last``)."""
-    return await _retry(
+    return await retry(
         client,
         "brain.query",
         {
@@ -247,15 +262,16 @@ async def _select(
     )
 
 
-async def _read_profiles(client: Any, run: str) -> list[dict[str, Any]]:
-    """The registry's profiles made by this run (tag soak-<run>), each with the nonce in its name."""
+async def _read_profiles(client: Any, tag: str) -> list[dict[str, Any]]:
+    """The registry's profiles with ``tag`` (soak-<run> for persona.create, soak-<run>-import
+    for persona.import), each with the nonce in its name."""
     out: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
-        params: dict[str, Any] = {"tag": f"soak-{run}", "limit": 200}
+        params: dict[str, Any] = {"tag": tag, "limit": 200}
         if cursor:
             params["cursor"] = cursor
-        answer = await _retry(client, "persona.list", params, to="cap:registry")
+        answer = await retry(client, "persona.list", params, to="cap:registry")
         for profile in answer["personas"]:
             out.append(
                 {
@@ -272,7 +288,7 @@ async def _read_profiles(client: Any, run: str) -> list[dict[str, Any]]:
             return out
 
 
-async def _retry(client: Any, method: str, params: dict[str, Any], *, to: str, attempts: int = 30) -> Any:
+async def retry(client: Any, method: str, params: dict[str, Any], *, to: str, attempts: int = 30) -> Any:
     """A read for checking, retried while its target is restarting (it must come back), and
     while it is busy: OVERLOADED is a refusal at once, asked again after the pause it names
     without counting as an attempt (for up to BUSY_WAIT_S), as a client written from the

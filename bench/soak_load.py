@@ -4,8 +4,8 @@ Clients, by share of ``--clients``:
 
 - **callers** (kind ``cli``): each sends one request at a time, at Poisson
   intervals that add up to ``--rate``, drawn from ``MIX`` (bus, personas,
-  registry, inference, the browser, a soak service); writes go through the
-  ledger;
+  registry, bundle imports, inference, the browser, a soak service); writes
+  go through the ledger;
 - **services** (kind ``service``) that provide ``cap:soak-echo`` and answer;
 - **subscribers** to ``soak.load.*`` (what callers publish);
 - **room members**, ten to a room, who talk in it;
@@ -18,7 +18,7 @@ Every call has a deadline; one that gets no answer by its deadline plus
 kept per method (all of them: a float each) with their start times, for
 percentiles overall and over time.
 
-(About 580 lines, one class and its mix; the seam when it grows: the mix, ``OPS`` and its
+(About 610 lines, one class and its mix; the seam when it grows: the mix, ``OPS`` and its
 ``_ping`` … ``_oneshot`` functions, into a module of its own.)
 """
 
@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from soak_artifacts import Bundles, import_params
 from soak_ledger import Ledger
 
 from daemon.client import BusClient
@@ -140,6 +141,9 @@ class Load:
     _browser: Limiter = field(default_factory=lambda: Limiter(1))
     _oneshot: Limiter = field(default_factory=lambda: Limiter(4))
     _heavy: Limiter = field(default_factory=lambda: Limiter(8))
+    #: The registry imports one bundle at a time: one in flight is all it can use.
+    _import: Limiter = field(default_factory=lambda: Limiter(1))
+    bundles: Bundles = field(default_factory=Bundles)
     #: The browser's users: a few clients of their own, each with its browser context, as
     #: personas are (the worker keeps one context per requester, up to its max_contexts).
     browser_users: list[BusClient] = field(default_factory=list)
@@ -362,9 +366,10 @@ class Load:
         expect: dict[str, Any],
         nonce: str,
         deadline_ms: int = DEADLINE_MS,
+        extra: dict[str, Any] | None = None,
     ) -> str:
         """One write through the ledger; "ok" or the error's name."""
-        entry = self.ledger.begin(kind, target, nonce, expect)
+        entry = self.ledger.begin(kind, target, nonce, expect, extra)
         try:
             result = await self._timed(
                 method, lambda: client.call(method, params, to=target, deadline_ms=deadline_ms), deadline_ms
@@ -372,7 +377,7 @@ class Load:
         except RpcError as exc:
             Ledger.settle(entry, error=exc)
             return outcome_of(exc)
-        row_id = result.get("id") if kind != "profile" else result["profile"]["id"]
+        row_id = result["profile"]["id"] if kind in ("profile", "import") else result.get("id")
         Ledger.settle(entry, row_id=row_id)
         return "ok"
 
@@ -486,6 +491,28 @@ async def _profile_create(load: Load, c: BusClient, rng: random.Random, persona:
     )
 
 
+async def _bundle_import(load: Load, c: BusClient, rng: random.Random, persona: str) -> Any:
+    with load._import.take() as ok:
+        if not ok:
+            return await _ping(load, c, rng, persona)
+        return await import_bundle(load, c, rng)
+
+
+async def import_bundle(load: Load, c: BusClient, rng: random.Random) -> str:
+    """persona.import of a bundle sealed for this call, carrying an adapter of its own."""
+    nonce = load.ledger.nonce()
+    pid = nonce.replace(":", "-")
+    name, role = f"Imported {nonce}", f"soak import {rng.randrange(10)}"
+    tag = f"soak-{load.ledger.run}-import"
+    data_b64, sha = await asyncio.to_thread(load.bundles.make, pid, name, role, tag, rng.randrange(2**32))
+    expect = {"name": name, "role": role, "status": "draft"}
+    params = import_params(load.bundles, data_b64)
+    extra = {"persona_id": pid, "adapter": sha}
+    return await load._write(
+        "import", "persona.import", c, "cap:registry", params, expect, nonce, 30_000, extra
+    )
+
+
 async def _embed(load: Load, c: BusClient, rng: random.Random, persona: str) -> Any:
     with load._heavy.take() as ok:
         if not ok:
@@ -554,6 +581,7 @@ OPS: dict[str, Op] = {
     "persona.get": _profile_get,
     "persona.list": _profile_list,
     "persona.create": _profile_create,
+    "persona.import": _bundle_import,
     "inference.embed": _embed,
     "chat": _chat,
     "browser_js": _browser_js,
@@ -574,6 +602,7 @@ MIX = {
     "persona.get": 4,
     "persona.list": 1,
     "persona.create": 1,
+    "persona.import": 0.1,
     "inference.embed": 0.5,
     "chat": 0.2,
     "browser_js": 0.3,

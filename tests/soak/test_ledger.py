@@ -2,7 +2,8 @@
 
 The soak's own runs report 0 violations; this shows that a check would have said
 otherwise. A real persona (its SQLCipher brain) and a real registry on a real bus;
-the rows are written and removed through their own methods, as a fault could.
+the rows are written and removed through their own methods, as a fault could, and
+bundle imports go through the registry into the real adapter store.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from typing import Any
 
 import pytest
 
+from daemon.brain.keys import brain_path
+from daemon.inference.adapters import WEIGHTS_FILE, AdapterStore
+from protocol import ErrorCode, RpcError
 from tests.daemon.persona.running import running_persona
 from tests.daemon.registry.conftest import serving  # noqa: F401  (the registry the ledger reads)
 from tests.soak.bench_module import load_bench
 
 soak_ledger = load_bench("soak_ledger")
+soak_artifacts = load_bench("soak_artifacts")
 pytestmark = pytest.mark.usefixtures("serving")
 
 
@@ -66,3 +71,38 @@ async def test_each_check_finds_what_went_wrong_since_the_last(bus, state, conne
         found = _kinds(await ledger.check(client, ["ada"]))
         assert ("phantom", refused) in found
         assert ("torn", torn) in found
+
+
+async def test_an_import_is_held_to_its_adapter_and_an_unmade_one_to_leaving_nothing(state, connect) -> None:
+    """Bundle imports as the soak sends them, into a real registry and adapter store."""
+    client = await connect()
+    ledger = soak_ledger.Ledger()
+    ledger.extra_checks.append(soak_artifacts.ImportCheck(ledger, client, state.root))
+    bundles = soak_artifacts.Bundles()
+
+    async def send(seed: int) -> tuple[str, str, str]:
+        nonce = ledger.nonce()
+        pid, name = nonce.replace(":", "-"), f"Imported {nonce}"
+        data, sha = bundles.make(pid, name, "clerk", f"soak-{ledger.run}-import", seed)
+        expect = {"name": name, "role": "clerk", "status": "draft"}
+        entry = ledger.begin("import", "cap:registry", nonce, expect, {"persona_id": pid, "adapter": sha})
+        params = soak_artifacts.import_params(bundles, data)
+        result = await client.call("persona.import", params, to="cap:registry", deadline_ms=60_000)
+        soak_ledger.Ledger.settle(entry, row_id=result["profile"]["id"])
+        return nonce, pid, sha
+
+    whole, (damaged, _, sha) = await send(1), await send(2)
+    assert [] == await ledger.check(client, [])
+
+    # An acknowledged import's adapter damaged in the store; a failed import that left its
+    # persona's folder behind (what a registry that never takes an import back leaves).
+    weights = AdapterStore.for_state(state.root).object_path(sha) / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-8] + b"damaged!")
+    unmade = ledger.nonce()
+    entry = ledger.begin("import", "cap:registry", unmade, {}, {"persona_id": "left-behind", "adapter": sha})
+    soak_ledger.Ledger.settle(entry, error=RpcError(ErrorCode.TIMEOUT, "no answer"))
+    entry.settled_at -= 60  # long enough ago for its handler to have taken it back
+    brain_path(state.root, "left-behind").parent.mkdir(parents=True)
+    found = _kinds(await ledger.check(client, [], full=True))
+    assert [("torn", damaged), ("torn", unmade)] == found
+    assert whole[0] not in {nonce for _, nonce in found}

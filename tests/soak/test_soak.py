@@ -85,8 +85,10 @@ def test_the_ledger_held_and_the_load_ran(report: dict) -> None:
     assert 0 == ledger["violation_count"], ledger["violations"]
     # A check after every fault and one at the end.
     assert len(report["faults"]) + 1 == len(ledger["checks"])
-    for kind in ("memory", "performance", "knowledge", "profile"):
+    for kind in ("memory", "performance", "knowledge", "profile", "import", "hub", "hub profile"):
         assert ledger["by_kind"][kind].get("acked", 0) > 0, kind
+    # Every hub job it acknowledged finished by itself (the ledger's last check says so too).
+    assert {"done"} == set(report["hub_jobs"]["states_at_end"]), report["hub_jobs"]
     # Every intruder's write was refused, and none of them was stored (the checks' phantoms).
     assert ledger["by_kind"]["memory"].get("refused", 0) > 0
     assert [] == report["hung"]
