@@ -290,6 +290,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "resumed_by_the_soak": hub.resumed,
             "stopped_before_the_end": hub.failures,
             "states_at_end": dict(Counter(j["state"] for j in hub_states.values())),
+            "problems": hub.problems,
             "waited_at_end_s": round(hub_wait, 1),
         }
         if hub is not None
@@ -388,6 +389,8 @@ def _judge(report: dict[str, Any]) -> list[str]:
             failures.append(f"{fault['kind']} at {fault['at']} s: {fault['error'] or 'not recovered'}")
         if any(o.startswith("HUNG") for o in fault["in_flight"]):
             failures.append(f"{fault['kind']} at {fault['at']} s: a request in flight hung")
+    if report["hub_jobs"] and report["hub_jobs"]["problems"]:
+        failures.append(f"the hub jobs' loop failed: {report['hub_jobs']['problems'][:5]}")
     if report["attacks"]["findings"]:
         failures.append(f"attacks the bus did not end: {report['attacks']['findings']}")
     # The load generator is not under test, and it keeps the whole ledger in memory by design.

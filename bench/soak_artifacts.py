@@ -179,6 +179,8 @@ class HubJobs:
     #: Each finished job's kept personas, by job id, as last read.
     outputs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     running: bool = True
+    #: Exceptions that were not an answer (a defect of the soak or of the hub's answers).
+    problems: list[str] = field(default_factory=list)
 
     def job_id(self, nonce: str) -> str:
         return nonce.replace(":", "-")
@@ -191,30 +193,35 @@ class HubJobs:
         requirements = {**HUB_REQUIREMENTS, "seed": seed}
         entry = self.ledger.begin("hub", "cap:hub", nonce, {"requirements": requirements, "job_id": job})
         self.requirements[job] = requirements
+        exc = await self._send(timed, "hub.run", {"requirements": requirements, "job_id": job})
+        if exc is None:
+            Ledger.settle(entry, row_id=job)
+            return "ok"
+        if exc.code == ErrorCode.OVERLOADED:
+            Ledger.settle(entry, refused=True)  # two generate already: it must never start
+        else:
+            Ledger.settle(entry, error=exc)
+        return str(exc.code)
+
+    async def _send(self, timed: Any, method: str, params: dict[str, Any]) -> RpcError | None:
+        """One timed call to cap:hub; the error it was answered, or None."""
         try:
-            await timed(
-                "hub.run",
-                lambda: self.client.call(
-                    "hub.run", {"requirements": requirements, "job_id": job}, to="cap:hub", deadline_ms=10_000
-                ),
-            )
+            await timed(method, lambda: self.client.call(method, params, to="cap:hub", deadline_ms=10_000))
         except RpcError as exc:
-            if exc.code == ErrorCode.OVERLOADED:
-                Ledger.settle(entry, refused=True)  # two generate already: it must never start
-            else:
-                Ledger.settle(entry, error=exc)
-            return str(exc.code)
-        Ledger.settle(entry, row_id=job)
-        return "ok"
+            return exc
+        return None
 
     async def run(self, timed: Any, go: asyncio.Event) -> None:
         """Every ``every_s``: start a job, and register the first persona of jobs now done."""
         while self.running:
             await go.wait()
-            with contextlib.suppress(RpcError):
-                await self.start_one(timed)
-            with contextlib.suppress(RpcError):
-                await self.follow_up(timed)
+            for step in (self.start_one, self.follow_up):
+                try:
+                    await step(timed)
+                except RpcError:
+                    pass  # an error answer: the ledger has it, or the next round asks again
+                except Exception as exc:  # not an answer at all: the soak's finding, not a lost task
+                    self.problems.append(f"{step.__name__}: {type(exc).__name__}: {exc}")
             await asyncio.sleep(self.every_s)
 
     async def follow_up(self, timed: Any) -> dict[str, Any]:
@@ -253,17 +260,11 @@ class HubJobs:
         expect = {"persona_id": pid, "text": persona["persona"]}
         entry = self.ledger.begin("hub profile", "cap:registry", nonce, expect)
         self.registered.add(job_id)
-        try:
-            await timed(
-                "hub.register",
-                lambda: self.client.call(
-                    "hub.register", {"persona": persona, "persona_id": pid}, to="cap:hub", deadline_ms=10_000
-                ),
-            )
-        except RpcError as exc:
+        exc = await self._send(timed, "hub.register", {"persona": persona, "persona_id": pid})
+        if exc is None:
+            Ledger.settle(entry, row_id=pid)
+        else:
             Ledger.settle(entry, error=exc)
-            return
-        Ledger.settle(entry, row_id=pid)
 
     async def jobs(self) -> dict[str, Any]:
         answer = await retry(self.client, "hub.status", {}, to="cap:hub")

@@ -9,6 +9,7 @@ lives in the same state dir as ``state``, as under ``personad up``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -38,9 +39,10 @@ class Serving:
     state: StateDir
 
 
-@pytest.fixture
-async def serving(bus: Bus, state: StateDir) -> AsyncIterator[Serving]:
-    """The registry open on ``state`` and serving cap:registry on ``bus`` as registry:main."""
+@contextlib.asynccontextmanager
+async def registry_serving(bus: Bus, state: StateDir) -> AsyncIterator[Serving]:
+    """The registry open on ``state`` and serving cap:registry on ``bus`` as registry:main
+    (as ``personad up`` starts it: what it does before serving runs first), then stopped."""
     registry = await Registry.open(state.root, environ={})
     service = RegistryService(registry, url=bus.url, token=registry_token(state), state_root=state.root)
     stop = asyncio.Event()
@@ -52,6 +54,12 @@ async def serving(bus: Bus, state: StateDir) -> AsyncIterator[Serving]:
         stop.set()
         await asyncio.wait_for(task, WAIT)
         await registry.close()
+
+
+@pytest.fixture
+async def serving(bus: Bus, state: StateDir) -> AsyncIterator[Serving]:
+    async with registry_serving(bus, state) as running:
+        yield running
 
 
 class RunningPersona:

@@ -9,10 +9,8 @@ leaves it when the process dies between them.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +19,13 @@ from daemon.bus import Bus
 from daemon.inference.adapters import sha256_file
 from daemon.registry.bundle import write_bundle
 from daemon.registry.bundle_keys import PassphraseKey, SigningKey
-from daemon.registry.cli import registry_token
-from daemon.registry.service import RegistryService
-from daemon.registry.store import Registry
 from daemon.registry.transfer_brain import NewBrain, import_notes
 from daemon.state import StateDir
 from protocol.profile import Profile
-from tests.conftest import WAIT
+from tests.daemon.registry.conftest import registry_serving
 from tests.daemon.registry.test_bundle import make_adapter
 
 PASSPHRASE = "a passphrase for the recovery test"
-
-
-@asynccontextmanager
-async def registry_on(bus: Bus, state: StateDir) -> AsyncIterator[RegistryService]:
-    """The registry of ``state`` serving on ``bus`` (as personad up starts it), then stopped."""
-    registry = await Registry.open(state.root, environ={})
-    service = RegistryService(registry, url=bus.url, token=registry_token(state), state_root=state.root)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    await service.client.wait_connected(WAIT)
-    try:
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, WAIT)
-        await registry.close()
 
 
 def a_bundle(folder: Path) -> Path:
@@ -83,7 +62,7 @@ async def test_an_import_the_registry_died_in_is_taken_back_and_can_be_sent_agai
     assert key_path(state.root, "ada").exists()
     assert ["ada"] == import_notes(state.root)
 
-    async with registry_on(bus, state) as service:
+    async with registry_serving(bus, state) as serving:
         assert not work.exists()
         assert not brain_path(state.root, "ada").parent.exists()
         assert not key_path(state.root, "ada").exists()
@@ -99,7 +78,7 @@ async def test_an_import_the_registry_died_in_is_taken_back_and_can_be_sent_agai
         assert ("ada", True) == (got["persona_id"], got["brain"])
         assert brain_path(state.root, "ada").exists()
         assert [] == import_notes(state.root)  # committed: the note is gone
-        assert [] == await service.recover()  # nothing else to take back
+        assert [] == await serving.service.recover()  # nothing else to take back
 
 
 async def test_an_import_committed_just_before_the_kill_is_kept(
@@ -107,13 +86,13 @@ async def test_an_import_committed_just_before_the_kill_is_kept(
 ) -> None:
     """Killed after the record was committed, before the note was removed: the persona stays."""
     bundle = a_bundle(tmp_path / "source")
-    async with registry_on(bus, state):
+    async with registry_serving(bus, state):
         admin = await connect(name="admin")
         await admin.call("persona.import", {"path": str(bundle), "passphrase": PASSPHRASE}, to="cap:registry")
     brain = brain_path(state.root, "ada").read_bytes()
     note = state.root / "registry" / "imports" / "ada.json"
     note.write_text(json.dumps({"persona_id": "ada", "made_folder": True, "made_key": True}))
-    async with registry_on(bus, state):
+    async with registry_serving(bus, state):
         assert not note.exists()
         assert brain == brain_path(state.root, "ada").read_bytes()
         assert key_path(state.root, "ada").exists()
@@ -129,6 +108,6 @@ async def test_a_note_that_names_another_persona_is_left_alone(
     NewBrain(state.root, "bob").write({"memories": []})
     note = state.root / "registry" / "imports" / "bob.json"
     note.write_text(json.dumps({"persona_id": "../../tokens", "made_folder": True, "made_key": True}))
-    async with registry_on(bus, state):
+    async with registry_serving(bus, state):
         assert note.exists()
         assert brain_path(state.root, "bob").exists()
