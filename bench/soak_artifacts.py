@@ -370,8 +370,7 @@ class HubJobs:
                 self.client, "persona.get", {"persona_id": pid}, to="cap:registry", attempts=3
             )
         except RpcError as exc:
-            unknown = isinstance(exc.data, dict) and exc.data.get("reason") == "unknown_persona"
-            if not unknown:
+            if exc.reason != "unknown_persona":
                 raise
             if entry.state != "acked":
                 return []  # not acknowledged, and not there: either way is right

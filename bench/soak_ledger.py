@@ -300,8 +300,7 @@ async def retry(client: Any, method: str, params: dict[str, Any], *, to: str, at
             return await client.call(method, params, to=to, deadline_ms=10_000)
         except RpcError as exc:
             if exc.code == ErrorCode.OVERLOADED and time.monotonic() < busy_until:
-                retry_ms = exc.data.get("retry_after_ms", 200) if isinstance(exc.data, dict) else 200
-                await asyncio.sleep(retry_ms / 1000)
+                await asyncio.sleep((exc.retry_after_ms or 200) / 1000)
                 continue
             failures += 1
             if failures >= attempts:

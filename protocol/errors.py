@@ -189,6 +189,21 @@ class RpcError(Exception):
         self.data = data
 
     @property
+    def reason(self) -> str | None:
+        """``data.reason`` when the error carries one (``disk_full``, ``busy``, ``reply_invalid``)."""
+        reason = self.data.get("reason") if isinstance(self.data, dict) else None
+        return reason if isinstance(reason, str) else None
+
+    @property
+    def retry_after_ms(self) -> float | None:
+        """``data.retry_after_ms`` when the error carries one (OVERLOADED does: how long to wait
+        before asking again), else None."""
+        after = self.data.get("retry_after_ms") if isinstance(self.data, dict) else None
+        if isinstance(after, bool) or not isinstance(after, int | float) or after < 0:
+            return None
+        return after
+
+    @property
     def name(self) -> str:
         """The symbolic name for known codes (``TARGET_OFFLINE``), else the number."""
         try:

@@ -171,19 +171,15 @@ def _reply_invalid(exc: RpcError) -> bool:
     """The service answered with a reply that breaks the request's schema where its grammar
     could not hold it (OpenVINO: strict JSON, string lengths): an unusable answer, not a
     failure of the service."""
-    return (
-        exc.code == ErrorCode.INTERNAL_ERROR
-        and isinstance(exc.data, dict)
-        and exc.data.get("reason") == "reply_invalid"
-    )
+    return exc.code == ErrorCode.INTERNAL_ERROR and exc.reason == "reply_invalid"
 
 
 def transient_pause(exc: RpcError) -> float | None:
     """Seconds to wait before sending the same request again; None when the error is not a "not now"."""
     if exc.code not in TRANSIENT:
         return None
-    after = exc.data.get("retry_after_ms") if isinstance(exc.data, dict) else None
-    return min(5.0, (after if isinstance(after, int | float) else 500) / 1000)
+    after = exc.retry_after_ms
+    return min(5.0, (500 if after is None else after) / 1000)
 
 
 async def generate_patiently(

@@ -268,8 +268,8 @@ class Transfer:
                     )
             except RpcError as exc:
                 await self._give_back(index)
-                retry = exc.data.get("retry_after_ms") if isinstance(exc.data, dict) else None
-                if exc.code == ErrorCode.OVERLOADED and isinstance(retry, int):
+                retry = exc.retry_after_ms
+                if exc.code == ErrorCode.OVERLOADED and retry is not None:
                     await self._pause(min(retry / 1000, limits.max_wait_s))
                     continue
                 source.failures += 1
