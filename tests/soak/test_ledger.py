@@ -8,6 +8,7 @@ bundle imports go through the registry into the real adapter store.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from daemon.brain.keys import brain_path
 from daemon.inference.adapters import WEIGHTS_FILE, AdapterStore
 from protocol import ErrorCode, RpcError
+from tests.daemon.hub.test_service import services
 from tests.daemon.persona.running import running_persona
 from tests.daemon.registry.conftest import serving  # noqa: F401  (the registry the ledger reads)
 from tests.soak.bench_module import load_bench
@@ -106,3 +108,43 @@ async def test_an_import_is_held_to_its_adapter_and_an_unmade_one_to_leaving_not
     found = _kinds(await ledger.check(client, [], full=True))
     assert [("torn", damaged), ("torn", unmade)] == found
     assert whole[0] not in {nonce for _, nonce in found}
+
+
+async def test_hub_jobs_are_held_to_the_ledger_and_one_still_being_asked_for_is_not_a_phantom(
+    bus, state, connect
+) -> None:
+    """A real cap:hub (no inference beside it: its jobs stay listed, generating)."""
+    client = await connect()
+    ledger = soak_ledger.Ledger()
+    hub = soak_artifacts.HubJobs(ledger, client)
+    async with services(bus, state):
+
+        async def timed(method: str, call: Any) -> Any:
+            return await call()
+
+        assert "ok" == await hub.start_one(timed)
+        assert [] == await hub.check(time.monotonic())
+        # Stopped (at most two jobs run at once): still listed, still the load's.
+        first = next(iter(hub.requirements))
+        await client.call("hub.cancel", {"job_id": first}, to="cap:hub")
+
+        # Asked for, and answered only after the check began (the bus was down, say): the hub
+        # lists the job; the ledger has it as settled after the check's start.
+        nonce = ledger.nonce()
+        job = hub.job_id(nonce)
+        requirements = {**soak_artifacts.HUB_REQUIREMENTS, "seed": 1}
+        asked = ledger.begin("hub", "cap:hub", nonce, {"requirements": requirements, "job_id": job})
+        check_began = time.monotonic()
+        await client.call("hub.run", {"requirements": requirements, "job_id": job}, to="cap:hub")
+        soak_ledger.Ledger.settle(asked, row_id=job)
+        # A job this run never asked for, and an acknowledged one the hub does not list.
+        stranger = f"soak-{ledger.run}-999999"
+        await client.call("hub.run", {"requirements": requirements, "job_id": stranger}, to="cap:hub")
+        lost = ledger.nonce()
+        entry = ledger.begin(
+            "hub", "cap:hub", lost, {"requirements": requirements, "job_id": hub.job_id(lost)}
+        )
+        soak_ledger.Ledger.settle(entry, row_id=hub.job_id(lost))
+        entry.settled_at = check_began - 1  # acknowledged before the check began
+        found = _kinds(await hub.check(check_began))
+        assert [("lost", lost), ("phantom", stranger)] == found
