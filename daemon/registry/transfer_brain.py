@@ -337,8 +337,11 @@ def recover_imports(state_root: Path, recorded: Callable[[str], bool]) -> list[s
         try:
             note = json.loads(path.read_text("utf-8"))
             persona_id = str(note["persona_id"])
-        except (OSError, ValueError, KeyError, TypeError):
-            log.warning("an unreadable import note %s: left for an operator to look at", path)
+        except (ValueError, KeyError, TypeError):
+            # Cut short by the crash while it was written: the note is fsynced before the
+            # import makes anything, so nothing was made after it.
+            log.warning("removing %s, cut short before its import made anything", path)
+            os.unlink(path)
             continue
         if path.stem != persona_id or not is_persona_id(persona_id):
             log.warning("an import note %s that names %r: left for an operator", path, persona_id)

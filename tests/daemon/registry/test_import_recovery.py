@@ -111,3 +111,12 @@ async def test_a_note_that_names_another_persona_is_left_alone(
     async with registry_serving(bus, state):
         assert note.exists()
         assert brain_path(state.root, "bob").exists()
+
+
+async def test_a_note_cut_short_by_the_crash_is_removed(bus: Bus, state: StateDir) -> None:
+    """The note is written (and fsynced) before anything else: one cut short stands for nothing made."""
+    notes = state.root / "registry" / "imports"
+    notes.mkdir(parents=True, mode=0o700)
+    (notes / "eve.json").write_text('{"persona_id": "ev')
+    async with registry_serving(bus, state):
+        assert [] == import_notes(state.root)
