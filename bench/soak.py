@@ -465,7 +465,12 @@ def main() -> int:
     )
     parser.add_argument("--repeats", type=int, default=3, help="times each kind of fault is injected")
     parser.add_argument(
-        "--disk-mib", type=int, default=64, help="the small filesystem under one persona (0: no disk faults)"
+        "--disk-mib",
+        type=int,
+        default=None,
+        help="the small filesystem under one persona (0: no disk faults); default 64, or 4 per "
+        "minute of the run if more (that persona's brain, about 2.2 MiB a minute under the full "
+        "load, must fit beside the fault's filler)",
     )
     parser.add_argument(
         "--clock-jump",
@@ -497,6 +502,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.ci:
         args.minutes, args.clients, args.rate, args.repeats, args.disk_mib = 2.5, 100, 400.0, 1, 32
+    if args.disk_mib is None:
+        args.disk_mib = max(64, int(4 * args.minutes))
         args.clock_jump = min(args.clock_jump, 300.0)
     with tempfile.TemporaryDirectory(prefix="personad-soak-") as tmp:
         report = uvloop.run(soak(args, Path(tmp)))

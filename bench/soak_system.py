@@ -35,6 +35,9 @@ from daemon.state import StateDir  # noqa: E402
 
 #: The persona whose folder sits on the small filesystem that the disk fault fills.
 DISK_PERSONA = "soak-disk"
+#: The soak's personas' retention bounds: more than any run writes (see System.start).
+RETENTION_OFF_MEMORIES = 10**9
+RETENTION_OFF_BYTES = 1 << 40
 
 
 @dataclass
@@ -74,9 +77,14 @@ class System:
         config = self.root / "config"
         (config / "personas").mkdir(parents=True, exist_ok=True)
         for pid in self.personas:
+            # Retention's bounds (100,000 memories, 256 MiB by default) above what a run writes:
+            # retention deletes the least kept memories by design, which the ledger does not
+            # model (a 60-minute run passed 100,000 memories a persona after 20 minutes, and
+            # the ledger found every memory retention had removed "lost").
             (config / "personas" / f"{pid}.toml").write_text(
                 f'id = "{pid}"\nname = "Soak {pid}"\ndescription = "A persona under load."\n'
-                'capabilities = ["chat"]\n',
+                'capabilities = ["chat"]\n\n[memory]\n'
+                f"max_memories = {RETENTION_OFF_MEMORIES}\nmax_bytes = {RETENTION_OFF_BYTES}\n",
                 "utf-8",
             )
         if DISK_PERSONA in self.personas and self.disk_mib > 0:
