@@ -26,6 +26,7 @@ import pytest
 from daemon.client import BusClient, CallContext
 from daemon.errors import AuthError
 from daemon.state import StateDir
+from daemon.tokens import hash_token
 from protocol import CloseCode, ErrorCode, Request, RpcError
 from tests.conftest import REPO, WAIT, Proc, eventually
 from tests.e2e.test_federation import NATS_SERVER, call, call_until_ok, free_port
@@ -122,6 +123,7 @@ class Cluster:
     urls: dict[str, str]
     nodes: dict[str, Proc]
     states: dict[str, StateDir]
+    nats_url: str = ""
 
 
 @pytest.fixture
@@ -151,7 +153,7 @@ def cluster(state, network: Network, procs: list[Proc], tmp_path: Path) -> Itera
             nodes[name] = proc
             states[name] = node_state
         assert urls["a"] == f"ws://{network.namespaces['a'][1]}:8765"
-        yield Cluster(urls, nodes, states)
+        yield Cluster(urls, nodes, states, f"nats://{network.gateway}:{port}")
     finally:
         nats.terminate()
         nats.wait()
@@ -174,9 +176,35 @@ def test_persona_on_a_answers_c_and_moves_to_b(state, network: Network, cluster:
     offline = call(state, urls["c"], "persona:ghost", "persona.status")
     assert offline.stderr.startswith("error -32001:"), offline.stderr
 
+    # The persona issued itself a token when it started; node A publishes its file's tokens to
+    # the cluster's bucket once a second. Killed before that, B has never heard of the token and
+    # refuses the persona for good: wait until the bucket has it, as a token made a while ago has.
+    token = state.read_secret("persona-demo.token")
+    assert token is not None
+    asyncio.run(_until_in_bucket(cluster.nats_url, hash_token(token)))
     cluster.nodes["a"].stop(signal.SIGKILL)
     status = call_until_ok(state, urls["c"], "persona:demo", "persona.status")
     assert ("connected", 1) == (status["bus"]["state"], status["bus"]["reconnects"])
+
+
+async def _until_in_bucket(url: str, digest: str) -> None:
+    """Until the cluster's token bucket has ``digest`` (daemon/bus/federation_tokens.py)."""
+    import nats
+    from nats.js.errors import KeyNotFoundError
+
+    nc = await nats.connect(url)
+    try:
+        kv = await nc.jetstream().key_value("personad_tokens")
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                await kv.get(digest)
+                return
+            except KeyNotFoundError:
+                assert time.monotonic() < deadline, "node A never published the persona's token"
+                await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
 
 
 async def echo(request: Request, ctx: CallContext) -> dict:
