@@ -31,6 +31,7 @@ from ..brain.lineage import build_brain
 from ..brain.migrations import LATEST as BRAIN_SCHEMA
 from ..brain.records import MemoryItem
 from ..brain.validation import memory_row
+from ..files import atomic_write
 from ..ids import is_persona_id
 from ..state import ensure_private_dir
 from .cards import CARD_SOURCE, MemoryDraft
@@ -230,24 +231,9 @@ def memory_rows(drafts: list[MemoryDraft], now: float) -> dict[str, list[tuple[A
     return {"memories": rows}
 
 
-def _intent_path(state_root: Path, persona_id: str) -> Path:
-    """Where an import in progress notes what it made: ``<state>/registry/imports/<id>.json``."""
-    return state_root / "registry" / "imports" / f"{persona_id}.json"
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    ensure_private_dir(ensure_private_dir(path.parent.parent) / path.parent.name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _notes(state_root: Path) -> Path:
+    """Where imports in progress note what they make: ``<state>/registry/imports/<id>.json``."""
+    return state_root / "registry" / "imports"
 
 
 @dataclass
@@ -255,7 +241,8 @@ class NewBrain:
     """A brain an import is writing, and how to take it back if the import fails.
 
     Before it makes anything it notes what it is about to make (its folder,
-    its key) in ``<state>/registry/imports/<id>.json``, fsynced; ``done``
+    its key) in ``<state>/registry/imports/<id>.json`` (written atomically,
+    on disk before anything is made); ``done``
     removes the note once the registry's record is committed, ``undo`` once
     everything is taken back. A registry killed in between (kill -9, power)
     finds the note when it starts again and takes the import back
@@ -277,7 +264,8 @@ class NewBrain:
         self.made_folder = not folder.exists()
         self.made_key = not key_path(self.state_root, self.persona_id).exists()
         note = {"persona_id": self.persona_id, "made_folder": self.made_folder, "made_key": self.made_key}
-        _write_synced(_intent_path(self.state_root, self.persona_id), json.dumps(note).encode())
+        ensure_private_dir(ensure_private_dir(self.state_root / "registry") / _notes(self.state_root).name)
+        atomic_write(_notes(self.state_root) / f"{self.persona_id}.json", json.dumps(note).encode())
         self.noted = True
         ensure_private_dir(folder)
         key = load_or_create_key(self.state_root, self.persona_id, environ={})
@@ -294,7 +282,7 @@ class NewBrain:
         """The registry's record is committed: the brain is the persona's, the note goes."""
         if self.noted:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(_intent_path(self.state_root, self.persona_id))
+                os.unlink(_notes(self.state_root) / f"{self.persona_id}.json")
             self.noted = False
 
     def undo(self) -> None:
@@ -303,6 +291,10 @@ class NewBrain:
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{dest}{suffix}")
+            # The temporary brain it was built in (lineage.build_brain), left by a crash only.
+            for tmp in dest.parent.glob(f".{dest.name}.*.tmp*") if dest.parent.is_dir() else []:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         if self.made_key:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(key_path(self.state_root, self.persona_id))
@@ -314,7 +306,7 @@ class NewBrain:
 
 def import_notes(state_root: Path) -> list[str]:
     """The persona ids of the imports whose notes are still there (see NewBrain)."""
-    notes = state_root / "registry" / "imports"
+    notes = _notes(state_root)
     return sorted(p.stem for p in notes.glob("*.json")) if notes.is_dir() else []
 
 
@@ -332,35 +324,34 @@ def recover_imports(state_root: Path, recorded: Callable[[str], bool]) -> list[s
     taken_back: list[str] = []
     for work in state_root.glob(".import-*"):
         shutil.rmtree(work, ignore_errors=True)
-    notes = state_root / "registry" / "imports"
+    notes = _notes(state_root)
     for path in sorted(notes.glob("*.json")) if notes.is_dir() else []:
         try:
             note = json.loads(path.read_text("utf-8"))
             persona_id = str(note["persona_id"])
         except (ValueError, KeyError, TypeError):
-            # Cut short by the crash while it was written: the note is fsynced before the
-            # import makes anything, so nothing was made after it.
-            log.warning("removing %s, cut short before its import made anything", path)
+            # Notes are written whole (atomically) before their import makes anything: one
+            # that does not parse is damage, not an import, and stands for nothing made.
+            log.warning("removing %s: not an import note", path)
             os.unlink(path)
             continue
         if path.stem != persona_id or not is_persona_id(persona_id):
             log.warning("an import note %s that names %r: left for an operator", path, persona_id)
             continue
-        if not recorded(persona_id):
-            dest = brain_path(state_root, persona_id)
-            folder = dest.parent
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{dest}{suffix}")
-            for tmp in folder.glob(f".{dest.name}.*.tmp*") if folder.is_dir() else []:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            if note.get("made_key"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(key_path(state_root, persona_id))
-            if note.get("made_folder"):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+        made = NewBrain(
+            state_root,
+            persona_id,
+            made_folder=bool(note.get("made_folder")),
+            made_key=bool(note.get("made_key")),
+            written=True,  # or half-way: undo removes whatever of it is there
+            noted=True,
+        )
+        if recorded(persona_id):
+            made.done()
+        else:
+            made.undo()
             taken_back.append(persona_id)
-        os.unlink(path)
+    for tmp in notes.glob(".*") if notes.is_dir() else []:  # a note's temporary file, from a crash
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     return taken_back
