@@ -223,7 +223,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         if hub is not None:  # every job it acknowledged must end by itself: wait for them
             print("soak: waiting for the hub's jobs to finish …", flush=True)
             hub_wait = await hub.finish(300.0, load._timed)
-            hub_states = await hub.jobs()
+            hub_states = await hub.listed()
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await attacking
@@ -285,7 +285,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "attacks": {"outcomes": dict(attacks.outcomes), "findings": attacks.findings},
         "faults": [f.as_dict() for f in faults_done],
         "hub_jobs": {
-            "started": len(hub.requirements),
+            "started": len(hub.jobs),
             "registered": len(hub.registered),
             "resumed_by_the_soak": hub.resumed,
             "stopped_before_the_end": hub.failures,

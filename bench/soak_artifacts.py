@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
-from soak_ledger import Ledger, Violation, retry
+from soak_ledger import Entry, Ledger, Violation, retry
 
 from daemon.brain.keys import brain_path, key_path
 from daemon.client import BusClient
@@ -170,8 +170,8 @@ class HubJobs:
     ledger: Ledger
     client: BusClient
     every_s: float = 45.0
-    #: The job id of each started job -> its requirements, and what was done with its output.
-    requirements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The job id of each job it asked for -> its ledger entry (the requirements are in it).
+    jobs: dict[str, Entry] = field(default_factory=dict)
     registered: set[str] = field(default_factory=set)
     resumed: dict[str, int] = field(default_factory=dict)
     #: Why each job that stopped before its end stopped, every time it was seen stopped.
@@ -189,10 +189,10 @@ class HubJobs:
         """One ``hub.run`` through the ledger; "ok" or the error's name."""
         nonce = self.ledger.nonce()
         job = self.job_id(nonce)
-        seed = HUB_SEEDS[len(self.requirements) % len(HUB_SEEDS)]
+        seed = HUB_SEEDS[len(self.jobs) % len(HUB_SEEDS)]
         requirements = {**HUB_REQUIREMENTS, "seed": seed}
         entry = self.ledger.begin("hub", "cap:hub", nonce, {"requirements": requirements, "job_id": job})
-        self.requirements[job] = requirements
+        self.jobs[job] = entry
         exc = await self._send(timed, "hub.run", {"requirements": requirements, "job_id": job})
         if exc is None:
             Ledger.settle(entry, row_id=job)
@@ -227,9 +227,9 @@ class HubJobs:
     async def follow_up(self, timed: Any) -> dict[str, Any]:
         """Resume failed jobs (as their owner would: the same hub.run again), register the first
         persona of each newly finished one; returns the jobs by id."""
-        jobs = await self.jobs()
+        jobs = await self.listed()
         for job_id, job in jobs.items():
-            entry = self.ledger.entries.get(job_id.replace("soak-", "soak:", 1))
+            entry = self.jobs.get(job_id)
             if entry is None or entry.state != "acked":
                 continue
             if job["state"] in ("failed", "cancelled"):
@@ -237,7 +237,7 @@ class HubJobs:
                 try:
                     await self.client.call(
                         "hub.run",
-                        {"requirements": self.requirements[job_id], "job_id": job_id},
+                        {"requirements": entry.expect["requirements"], "job_id": job_id},
                         to="cap:hub",
                         deadline_ms=10_000,
                     )
@@ -266,7 +266,7 @@ class HubJobs:
         else:
             Ledger.settle(entry, error=exc)
 
-    async def jobs(self) -> dict[str, Any]:
+    async def listed(self) -> dict[str, Any]:
         answer = await retry(self.client, "hub.status", {}, to="cap:hub")
         prefix = f"soak-{self.ledger.run}-"
         return {j["job_id"]: j for j in answer["jobs"] if j["job_id"].startswith(prefix)}
@@ -292,7 +292,7 @@ class HubJobs:
     async def check(self, started: float, *, final: bool = False) -> list[Violation]:
         """Hold the service's jobs, their outputs and the registered personas to the ledger."""
         violations: list[Violation] = []
-        jobs = await self.jobs()
+        jobs = await self.listed()
         for nonce, entry in list(self.ledger.entries.items()):
             if entry.kind == "hub profile":
                 if entry.settled_at <= started:
@@ -349,10 +349,11 @@ class HubJobs:
             out.append(
                 Violation("torn", "hub", "cap:hub", nonce, f"{job_id}: kept {job['kept']}, read {len(ids)}")
             )
+        asked = self.ledger.entries[nonce].expect["requirements"]
         same = [
             other
-            for other, reqs in self.requirements.items()
-            if other != job_id and reqs == self.requirements.get(job_id) and other in self.outputs
+            for other, entry in self.jobs.items()
+            if other != job_id and entry.expect["requirements"] == asked and other in self.outputs
         ]
         for other in same[:1]:
             if self.outputs[other] != personas:

@@ -125,7 +125,7 @@ async def test_hub_jobs_are_held_to_the_ledger_and_one_still_being_asked_for_is_
         assert "ok" == await hub.start_one(timed)
         assert [] == await hub.check(time.monotonic())
         # Stopped (at most two jobs run at once): still listed, still the load's.
-        first = next(iter(hub.requirements))
+        first = next(iter(hub.jobs))
         await client.call("hub.cancel", {"job_id": first}, to="cap:hub")
 
         # Asked for, and answered only after the check began (the bus was down, say): the hub
