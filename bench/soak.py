@@ -35,6 +35,10 @@ every fault once, about three minutes in all. The last line is
 ``soak.py: ok`` or ``soak.py: FAIL`` (the exit code says the same): FAIL on
 any ledger violation, hung request, client exception, undocumented error
 code, fault not recovered from, or RSS growing without bound.
+
+(About 520 lines, one file: the run's order (start, load, faults with a check after
+each, the last check, the report) and its judgement read top to bottom here; the parts
+it drives are in the soak_* modules beside it.)
 """
 
 from __future__ import annotations

@@ -34,6 +34,12 @@ Batching: a pipeline cannot decode requests with different adapter sets in
 one call, and two threads must not call one pipeline at once, so requests
 run one after the other; the scheduler hands them out round-robin across
 owners, which is what keeps personas fair.
+
+(About 530 lines, one class around one pipeline: loading, adapters, generation
+and status all touch the pipeline and its adapter cache under the engine
+thread's rule of one call at a time. What stands alone is already apart:
+``model.py`` (the IR and the registration adapter), ``schema_bounds.py`` (the
+reply's string bounds), ``convert.py``.)
 """
 
 from __future__ import annotations

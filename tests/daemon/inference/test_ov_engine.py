@@ -9,6 +9,10 @@ weights are held to the real model's figures in ``bench/inference.py``.
 
 Each of the library's four traps (``daemon/inference/ov/engine.py``) has a
 test here that fails if the engine falls into it.
+
+(About 520 lines, one file: most tests compare the two engines through one
+fixture that converts and opens both, which is costly; pure checks of the
+schema's bounds live in ``test_schema_bounds.py``.)
 """
 
 from __future__ import annotations
