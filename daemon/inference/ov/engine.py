@@ -329,15 +329,15 @@ class OVEngine:
         try:
             records = self.resolve(job.params.stack)
             ids = encode_prompt(self.tokenizer, job.params, max_prompt_tokens=self.limits.max_prompt_tokens)
-            config = self._generation_config(job.params, records, len(ids))
             held = tuple(r.sha256 for r in records)
             for sha in held:
                 self._in_use[sha] = self._in_use.get(sha, 0) + 1
             self.running = 1
-            streamer = _Streamer(
-                TextStream(self.tokenizer, job.params, job.emit), self.stop_ids, job, between_tokens
-            )
-            result = self._pipe.generate(_inputs(ids), config, streamer)
+            result, streamer, text = self._decode(job, records, ids, False, between_tokens)
+            if text is not None and _overran(job, text):
+                # Relaxed, a string ran past its maxLength: decode again held to the bound
+                # (slow, and only then). A streamed reply has been sent already: refused below.
+                result, streamer, text = self._decode(job, records, ids, True, between_tokens)
         except InferenceError as exc:
             job.emit("error", exc)
             return
@@ -358,7 +358,7 @@ class OVEngine:
         metrics = result.perf_metrics
         prefill_ms = float(metrics.get_ttft().mean)
         finish = "stop" if streamer.stopped else "length"
-        text = streamer.text.finish()
+        text = streamer.text.finish() if text is None else text
         broken = _reply_breaks(job.params.json_schema, text) if finish == "stop" else None
         if broken is not None:
             job.emit(
@@ -386,8 +386,18 @@ class OVEngine:
             ),
         )
 
+    def _decode(
+        self, job: Job, records: Sequence[AdapterRecord], ids: list[int], bounded: bool, between: Any
+    ) -> tuple[Any, _Streamer, str | None]:
+        """One pipeline call; the finished text too when the reply ended by itself unstreamed."""
+        config = self._generation_config(job.params, records, len(ids), bounded=bounded)
+        streamer = _Streamer(TextStream(self.tokenizer, job.params, job.emit), self.stop_ids, job, between)
+        result = self._pipe.generate(_inputs(ids), config, streamer)
+        done = streamer.stopped and streamer.failure is None and not job.params.stream
+        return result, streamer, streamer.text.finish() if done else None
+
     def _generation_config(
-        self, params: GenerateParams, records: Sequence[AdapterRecord], prompt: int
+        self, params: GenerateParams, records: Sequence[AdapterRecord], prompt: int, *, bounded: bool = False
     ) -> Any:
         config = self._pipe.get_generation_config()
         context = int(self.loaded.config.get("max_position_embeddings") or 1 << 30)
@@ -411,11 +421,11 @@ class OVEngine:
             )
         if params.json_schema is not None:
             config.structured_output_config = og.StructuredOutputConfig(
-                json_schema=self._schema(params.json_schema)
+                json_schema=self._schema(params.json_schema, bounded=bounded)
             )
         return config
 
-    def _schema(self, schema: dict[str, Any]) -> str:
+    def _schema(self, schema: dict[str, Any], *, bounded: bool = False) -> str:
         """The schema as OpenVINO's own xgrammar takes it, refused first as ours refuses it.
 
         Given as a schema, not as our grammar's text: OpenVINO matched the
@@ -424,14 +434,15 @@ class OVEngine:
         ``maxLength``: a bounded string made its matcher about 14 times slower
         per token (PersonaHub's 300-character persona: 37 s against 2.6 s for
         160 tokens of SmolLM2), so the bound is checked on the finished reply
-        (``_reply_breaks``) instead.
+        (``_reply_breaks``) instead; a reply that ran past it is decoded again
+        with the bound (``bounded``), so callers still get a reply within it.
         """
-        key = json.dumps(schema, sort_keys=True)
+        key = json.dumps([schema, bounded], sort_keys=True)
         if key not in self._grammars:
             from ..grammar import check_schema
 
             check_schema(schema)  # INVALID_PARAMS for what the torch engine refuses
-            self._grammars[key] = json.dumps(without_max_length(schema))
+            self._grammars[key] = json.dumps(schema if bounded else without_max_length(schema))
             while len(self._grammars) > self.limits.max_grammars:
                 self._grammars.popitem(last=False)
         self._grammars.move_to_end(key)
@@ -470,6 +481,18 @@ class OVEngine:
             evictions=self.evictions,
             backend="openvino",
         )
+
+
+def _overran(job: Job, text: str) -> bool:
+    """A finished, unstreamed constrained reply with a string past its schema's maxLength."""
+    schema = job.params.json_schema
+    if schema is None:
+        return False
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    return string_too_long(schema, value) is not None
 
 
 def _reply_breaks(schema: dict[str, Any] | None, text: str) -> str | None:
