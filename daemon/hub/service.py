@@ -50,7 +50,7 @@ from .metrics import render_metrics, serve_metrics
 from .models import BusModels
 from .orchestrator import PER_PROVIDER, RunFailed, RunStats, generate_patiently
 from .qa.judge import judge_with
-from .qa.report import write_report
+from .qa.report import ReportFailed, write_report_apart
 from .qa.validate import validate
 from .runner import prepare, run_prepared, write_output
 
@@ -218,12 +218,12 @@ class HubService:
                 on_change=lambda _stats: self._progress(job),
             )
             write_output(outcome, job.folder / OUTPUT_FILE)
-            await asyncio.to_thread(write_report, outcome.validation, job.folder / REPORT_DIR)
+            await asyncio.to_thread(write_report_apart, outcome.validation, job.folder / REPORT_DIR)
             job.state, job.kept, job.quality = "done", len(outcome.kept), outcome.validation.report
         except asyncio.CancelledError:
             job.state, job.error = "cancelled", "cancelled"
             raise
-        except (RunFailed, JournalError, PersonadError, ValueError, RpcError) as exc:
+        except (RunFailed, JournalError, PersonadError, ValueError, RpcError, ReportFailed) as exc:
             job.state, job.error = "failed", str(exc)
             log.warning("job %s failed: %s", job.job_id, exc)
         except Exception as exc:  # a bug: this job fails, the service and the other jobs go on

@@ -11,13 +11,23 @@
 Every file is written atomically (``daemon.files.atomic_write``). matplotlib
 is imported only here and only when a report is written, through its object
 API and the Agg canvas a PNG save uses (no pyplot, no display).
+
+``write_report_apart`` does the same in a child process that exits when the
+report is written. A long-running service (``personad hub serve``) uses it:
+importing matplotlib and drawing two figures adds about 40 MiB to a process
+that it never gives back (measured: 119 MiB before, 145 after the import, 156
+to 164 after one to five reports), and the service then looks, and is, bigger
+with every job it has finished. The child costs about 2 s of start-up a job.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -33,7 +43,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["REPORT_FILES", "pca_2d", "write_report"]
+__all__ = ["REPORT_FILES", "ReportFailed", "pca_2d", "write_report", "write_report_apart"]
 
 #: What write_report writes, in order.
 REPORT_FILES: Final = ("report.json", "embedding_map.png", "attributes.png")
@@ -173,3 +183,21 @@ def write_report(validation: Validation, out_dir: Path) -> list[Path]:
     atomic_write(paths[1], _png(_embedding_map(validation)), mode=_FILE_MODE)
     atomic_write(paths[2], _png(_attributes(validation.kept, validation)), mode=_FILE_MODE)
     return paths
+
+
+class ReportFailed(RuntimeError):
+    """The child process drawing a report died before it was written (killed, out of memory)."""
+
+
+def write_report_apart(validation: Validation, out_dir: Path) -> list[Path]:
+    """:func:`write_report` in a fresh child process (spawned, not forked: the caller runs threads
+    and an event loop), so that matplotlib and its figures never live in the caller's memory.
+
+    Blocking: a service calls it through ``asyncio.to_thread``. An error the child raises is
+    raised here; a child that dies raises :class:`ReportFailed`.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(write_report, validation, out_dir).result()
+        except BrokenProcessPool as exc:
+            raise ReportFailed(f"the process drawing the report died before it was written: {exc}") from exc

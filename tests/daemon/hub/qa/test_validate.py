@@ -1,8 +1,13 @@
-"""validate() end to end with the real embedder and model judge; write_report's files load."""
+"""validate() end to end with the real embedder and model judge; the report it writes, here and apart."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +15,7 @@ import pytest
 from matplotlib.image import imread
 
 from daemon.hub.qa import judge_with, validate, write_report
-from daemon.hub.qa.report import REPORT_FILES, pca_2d
+from daemon.hub.qa.report import REPORT_FILES, ReportFailed, pca_2d, write_report_apart
 from daemon.inference.embed import Embedder
 from daemon.inference.engine import AsyncEngine
 from protocol.commands.hub_quality import QualityReport, QualityThresholds
@@ -107,6 +112,42 @@ async def test_validate_dedups_scores_and_reports(
         image = imread(str(png))
         assert image.shape[0] > 300
         assert image.shape[1] > 300
+
+    # Drawn in a child process, as the hub service does: the same files, and the caller's
+    # process never imports matplotlib (run in a fresh interpreter, since this one has).
+    pickled = tmp_path / "validation.pickle"
+    pickled.write_bytes(pickle.dumps(validation))
+    script = (
+        "import pickle, sys; from pathlib import Path\n"
+        "from daemon.hub.qa.report import write_report_apart\n"
+        "v = pickle.loads(Path(sys.argv[1]).read_bytes())\n"
+        "print(len(write_report_apart(v, Path(sys.argv[2]))), 'matplotlib' in sys.modules)\n"
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", script, str(pickled), str(tmp_path / "apart")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "3 False" == done.stdout.strip(), done.stderr
+    assert paths[0].read_text() == (tmp_path / "apart" / REPORT_FILES[0]).read_text()
+    for name in REPORT_FILES[1:]:
+        assert imread(str(tmp_path / "apart" / name)).shape == imread(str(tmp_path / "out" / name)).shape
+
+
+class _DiesWhenUnpickled:
+    """Stands for a child that dies drawing (killed, out of memory): unpickling it ends the process."""
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return (os._exit, (9,))
+
+
+def test_a_report_child_that_dies_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ReportFailed, match="died before it was written"):
+        write_report_apart(_DiesWhenUnpickled(), tmp_path)  # type: ignore[arg-type]
+    assert not (tmp_path / REPORT_FILES[0]).exists()
 
 
 async def test_validate_of_nothing_is_an_empty_report(hub_embedder: Embedder, tmp_path: Path) -> None:
