@@ -11,7 +11,9 @@ A revocation is a tombstone, not a deletion: when a token leaves the file of
 the node that has it, that node writes ``{"revoked": ...}`` under its key.
 Every node then refuses the token even if its own file still lists it (a file
 copied to every machine), and each node's sweeper closes its connections
-with 4003 within about a second. Tokens are published with ``create``
+with 4003 within about a second. A token is published on the node's next
+sweep (once a second), or at once when that node accepts it first: a client
+that moves to another node when its own dies is known there. Tokens are published with ``create``
 (which fails on an existing key), so a node starting with an old copy of a
 file cannot bring a revoked token back.
 """
@@ -92,6 +94,13 @@ class SharedTokens(TokenStore):
             return None
         entry = self.local.verify(token)
         if entry is not None:
+            if self._kv is not None and self._published is not None and digest not in self._published:
+                # Made since the last sweep (a persona's own token, a moment old): publish it
+                # now, not up to a second later, so that if this node dies before its next
+                # sweep, the client it just accepted is known on the node it moves to. Only
+                # this one: the sweep publishes the rest of the file.
+                self._published[digest] = entry
+                self._queue(_create(self._kv, digest, self._entry_value(entry)))
             return entry
         shared = self._shared.get(digest)
         if shared is not None and hmac.compare_digest(shared.sha256, digest):
@@ -123,8 +132,7 @@ class SharedTokens(TokenStore):
         before = self._published or {}
         for digest, entry in local.items():
             if digest not in before and digest not in self._revoked:
-                value = json.dumps({"entry": asdict(entry), "node": self.node}).encode()
-                self._queue(_create(kv, digest, value))
+                self._queue(_create(kv, digest, self._entry_value(entry)))
         for digest in before.keys() - local.keys():
             # Refused here at once; everywhere else when the tombstone arrives.
             self._revoked.add(digest)
@@ -133,6 +141,9 @@ class SharedTokens(TokenStore):
             value = json.dumps({"revoked": time.time(), "name": gone.name, "node": self.node}).encode()
             self._queue(_put(kv, digest, value))
         self._published = local
+
+    def _entry_value(self, entry: TokenEntry) -> bytes:
+        return json.dumps({"entry": asdict(entry), "node": self.node}).encode()
 
 
 def _create(kv: KeyValue, key: str, value: bytes) -> Callable[[], Awaitable[None]]:
