@@ -33,7 +33,9 @@ What moves, per format:
 An import writes, in this order, the brain (a temporary file linked into
 place), the adapters, then the registry record with its remainder and audit
 entry in one transaction; a failure removes the brain (and the key it made),
-so the persona appears whole or not at all. Every refusal is INVALID_PARAMS
+so the persona appears whole or not at all; a registry killed in the middle
+of either takes back the import and removes the export's temporary files
+when it starts again (transfer_brain.recover_imports, sweep_exports). Every refusal is INVALID_PARAMS
 naming the field (``data = {"field", "reason"}``); passphrases and keys
 appear in no message, log line or audit entry (entries hold ids and
 sha256s).
@@ -44,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
@@ -229,6 +232,26 @@ def _export_path(state_root: Path, persona_id: str, fmt: str) -> Path:
     folder = ensure_private_dir(ensure_private_dir(personas / persona_id) / EXPORTS)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return folder / f"{persona_id}-{stamp}-{secrets.token_hex(3)}.{_SUFFIX[fmt]}"
+
+
+def sweep_exports(state_root: Path) -> list[Path]:
+    """Remove what exports a killed registry left half-made; returns what it removed.
+
+    An export writes only under temporary names beginning with ``.`` in the persona's
+    exports folder: the bundle's work folder (``.export-*``, the brain's plaintext export,
+    0600 in a 0700 folder) and the file being sealed or written (``.<name>.*``), renamed to
+    its own name only when whole. A kill -9 in between leaves them; nothing else there
+    begins with ``.``. Call it before the registry serves (no export is running then).
+    """
+    removed: list[Path] = []
+    for leftover in sorted((state_root / "personas").glob(f"*/{EXPORTS}/.*")):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        removed.append(leftover)
+    return removed
 
 
 def _export_bundle(state_root: Path, profile: Profile, key: PassphraseKey | RecipientKey) -> _Exported:

@@ -213,7 +213,9 @@ class RegistryService:
 
     async def recover(self) -> list[str]:
         """Take back the imports a registry killed mid-import left half-made (before serving:
-        an id is free again before anyone can ask for it). Returns their persona ids."""
+        an id is free again before anyone can ask for it), and remove the temporary files of
+        exports it was killed in (a bundle's plaintext brain among them). Returns the ids of
+        the imports taken back."""
         root = self.env.state_root
         recorded = set()
         for persona_id in await asyncio.to_thread(import_notes, root):
@@ -225,6 +227,8 @@ class RegistryService:
         taken_back = await asyncio.to_thread(recover_imports, root, recorded.__contains__)
         for persona_id in taken_back:
             log.warning("took back the import of %s: the registry stopped before committing it", persona_id)
+        for leftover in await asyncio.to_thread(serve_transfer.sweep_exports, root):
+            log.warning("removed %s: an export the registry stopped in the middle of", leftover)
         return taken_back
 
 

@@ -1,6 +1,7 @@
 """A registry killed in the middle of persona.import: the half-made import is taken back
 when it starts again, so nothing unanswered is left half-written and the same import can be
-sent again. (Found by bench/soak.py, whose ledger holds bundle imports to this.)
+sent again. (Found by bench/soak.py, whose ledger holds bundle imports to this.) Killed in
+the middle of persona.export, its temporary files (a bundle's plaintext brain) are removed.
 
 The state a kill -9 leaves is made here by the import's own steps (NewBrain.write, the work
 folder with the decrypted bundle) without the registry's record, as the handler's order
@@ -120,3 +121,34 @@ async def test_a_note_cut_short_by_the_crash_is_removed(bus: Bus, state: StateDi
     (notes / "eve.json").write_text('{"persona_id": "ev')
     async with registry_serving(bus, state):
         assert [] == import_notes(state.root)
+
+
+async def test_an_export_the_registry_died_in_leaves_no_plaintext_behind(
+    bus: Bus, state: StateDir, connect: Callable[..., Any], tmp_path: Path
+) -> None:
+    bundle = a_bundle(tmp_path / "source")
+    async with registry_serving(bus, state):
+        admin = await connect(name="admin")
+        await admin.call(
+            "persona.import",
+            {"path": str(bundle), "passphrase": PASSPHRASE},
+            to="cap:registry",
+            deadline_ms=60_000,
+        )
+        done = await admin.call(
+            "persona.export",
+            {"persona_id": "ada", "format": "bundle", "passphrase": PASSPHRASE},
+            to="cap:registry",
+            deadline_ms=60_000,
+        )
+    exports = Path(done["path"]).parent
+    # What a kill -9 in the middle of the next export leaves: its work folder with the brain's
+    # plaintext export, and the bundle half-sealed under its temporary name.
+    work = exports / ".export-k1ll3d"
+    work.mkdir(mode=0o700)
+    (work / "brain.json").write_text("decrypted persona data")
+    half = exports / ".ada-20261204T000000Z-abcdef.pdbundle.x1y2z3"
+    half.write_bytes(b"half a bundle")
+
+    async with registry_serving(bus, state):
+        assert [Path(done["path"])] == list(exports.iterdir())  # the whole export stays
