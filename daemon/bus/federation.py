@@ -351,7 +351,10 @@ class Federation:
         self.router.on_response(target, response)
 
     def node_lost(self, node: str, boot: str) -> None:
-        """That run of ``node`` died (federation_holders.py): answer what was sent to its clients."""
+        """That run of ``node`` died (federation_holders.py): answer what was sent to its clients
+        and to the rooms homed there."""
+        if self.rooms is not None:
+            self.rooms.home_lost(node)
         ids = self.holders.lost(node, boot)
         for bus_id in ids:
             target = self._sent.pop(bus_id, None)

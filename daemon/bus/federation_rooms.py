@@ -66,8 +66,9 @@ class FederatedRooms:
         self.members: dict[tuple[str, str], RoomMember] = {}
         #: Local clients in rooms homed elsewhere: client id -> those homes.
         self.away: dict[str, set[str]] = {}
-        #: Forwarded calls awaiting their answer: id -> (caller, its request id, the call, timer).
-        self.calls: dict[int, tuple[Session, Any, Any, asyncio.TimerHandle]] = {}
+        #: Forwarded calls awaiting their answer: id -> (caller, its request id, the call, timer,
+        #: the home node it went to).
+        self.calls: dict[int, tuple[Session, Any, Any, asyncio.TimerHandle, str]] = {}
         self._ids = itertools.count(1)
         self._kv: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,7 +92,7 @@ class FederatedRooms:
     async def close(self) -> None:
         for task in [*self._tasks, *self._lookups]:
             task.cancel()
-        for _, _, _, timer in self.calls.values():
+        for _, _, _, timer, _ in self.calls.values():
             timer.cancel()
 
     def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
@@ -156,7 +157,7 @@ class FederatedRooms:
         assert session.token is not None
         fid = next(self._ids)
         timer = asyncio.get_running_loop().call_later(ROOM_CALL_TIMEOUT, self._expire, fid)
-        self.calls[fid] = (session, request.id, request, timer)
+        self.calls[fid] = (session, request.id, request, timer, home)
         self.fed.link.publish(
             f"personad.home.{home}",
             {
@@ -210,11 +211,31 @@ class FederatedRooms:
     def _expire(self, fid: int) -> None:
         call = self.calls.pop(fid, None)
         if call is not None:
-            session, rid, _, _ = call
+            session, rid, _, _, _ = call
             self._answer(
                 session,
                 rid,
                 error={"code": int(ErrorCode.TIMEOUT), "message": "the room's node did not answer"},
+            )
+
+    def home_lost(self, node: str) -> None:
+        """``node`` died (no heartbeat, or back with another boot id): the calls forwarded to
+        rooms homed there are answered TARGET_OFFLINE now, not TIMEOUT after ROOM_CALL_TIMEOUT.
+
+        Such a call may or may not have been served before the node died. Asked again, it
+        meets no responders at the dead home, and the room starts again on this node.
+        """
+        for fid in [fid for fid, call in self.calls.items() if call[4] == node]:
+            session, rid, request, timer, _ = self.calls.pop(fid)
+            timer.cancel()
+            room = request.params.get("room")
+            self._answer(
+                session,
+                rid,
+                error={
+                    "code": int(ErrorCode.TARGET_OFFLINE),
+                    "message": f"room {room!r}: its node {node} stopped answering; ask again",
+                },
             )
 
     async def _on_reply(self, msg: Msg) -> None:
@@ -225,7 +246,7 @@ class FederatedRooms:
         call = self.calls.pop(fid, None)
         if call is None:
             return
-        session, rid, request, timer = call
+        session, rid, request, timer, _ = call
         timer.cancel()
         if msg.headers is not None and msg.headers.get("Status") == "503":
             # Its home is gone: the room starts again here, and the bucket

@@ -268,6 +268,35 @@ async def test_a_room_whose_home_died_starts_again_elsewhere(cluster: Cluster) -
     await eventually(lambda: rooms.homes.get("team") == "c", what="C is the room's home now")
 
 
+async def test_a_room_call_in_flight_to_a_home_that_dies_is_answered_target_offline(cluster: Cluster) -> None:
+    """B, a room's home, freezes with a call from A in flight (it neither answers nor beats,
+    and its NATS connection stays open): once A takes B as dead (three missed heartbeats),
+    the caller hears TARGET_OFFLINE, not TIMEOUT when the forwarded call's timer runs out."""
+    await cluster.node("a")
+    b = await cluster.node("b")
+    alice = await cluster.connect("b", kind="persona", name="alice")
+    await alice.call("bus.room.join", {"room": "team"})
+    carol = await cluster.connect("a", kind="persona", name="carol")
+    await cluster.settled()
+    rooms = cluster.nodes["a"].federation.rooms
+    await eventually(lambda: rooms.homes.get("team") == "b", what="A learns the home")
+    # Frozen: B's home subscription swallows what it gets, and its heartbeat stops.
+    assert b.federation is not None
+    assert b.federation.clients is not None
+    (home_sub,) = [s for s in b.federation.link.nc._subs.values() if s.subject == "personad.home.b"]
+
+    async def swallow(msg: object) -> None:
+        return None
+
+    home_sub._cb = swallow
+    b.federation.clients._heartbeat.cancel()
+    with pytest.raises(RpcError) as info:
+        await carol.call("bus.room.join", {"room": "team"}, deadline_ms=60_000)
+    assert ErrorCode.TARGET_OFFLINE == info.value.code, info.value
+    assert "its node b stopped answering" in info.value.message
+    assert {} == rooms.calls
+
+
 async def test_a_join_on_another_node_finds_a_room_made_a_moment_ago(cluster: Cluster) -> None:
     """The bucket is asked before a join makes a room: no second room of the same name on C."""
     await cluster.node("a")
