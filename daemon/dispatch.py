@@ -30,6 +30,7 @@ from protocol import ErrorCode, Request, RpcError
 from protocol import commands as registry
 from protocol.validation import invalid_params
 
+from .callers import current_caller
 from .client import CallContext
 from .errors import Busy
 
@@ -62,6 +63,7 @@ class Dispatcher:
             params = command.params.model_validate(request.params or {})
         except ValidationError as exc:
             raise invalid_params(exc) from None
+        asked_by = current_caller.set(ctx.caller)
         try:
             result = await handler(params, ctx)
         except Busy as exc:
@@ -79,6 +81,8 @@ class Dispatcher:
                 f"{request.method}: the disk is full, so nothing was written; free some space and retry",
                 {"reason": "disk_full"},
             ) from None
+        finally:
+            current_caller.reset(asked_by)
         if not isinstance(result, BaseModel):
             result = command.result.model_validate(result)
         data = result.model_dump(mode="python")

@@ -187,11 +187,14 @@ class BrainClosed(BrainError):
 
 
 class BrainBusy(BrainError, Busy):
-    """Raised when ``waiting`` reads already wait for the brain's reader."""
+    """Raised when ``waiting`` reads already wait for the brain's reader (``yours``: this
+    caller's share of them, when that share is what is full)."""
 
-    def __init__(self, waiting: int) -> None:
+    def __init__(self, waiting: int, *, yours: int | None = None) -> None:
+        share = f", {yours} of them yours" if yours is not None else ""
         super().__init__(
-            f"the brain's reads are busy: {waiting} already wait their turn; retry shortly",
+            f"the brain's reads are busy: {waiting} already wait their turn{share}; retry shortly",
             retry_after_ms=BUSY_RETRY_AFTER_MS,
         )
         self.waiting = waiting
+        self.yours = yours

@@ -41,6 +41,7 @@ from protocol.commands.brain import (
     MAX_TEXT_CHARS,
 )
 
+from ..callers import current_caller
 from . import ops, retention
 from ._db import (
     Functions,
@@ -105,6 +106,9 @@ TABLES = ops.TABLES
 #: than once (an evolution record and its skill) must not be stopped half-way;
 #: their queue is bounded by callers giving up (their work is then skipped).
 MAX_WAITING = 64
+#: Of those, the most one caller (a client id: :data:`daemon.callers.current_caller`) may
+#: hold, so that one client firing reads cannot take every place and starve the others.
+MAX_WAITING_PER_CALLER = 16
 
 
 class Brain:
@@ -132,6 +136,8 @@ class Brain:
         self._closed = False
         #: Reads waiting for (or running on) the reader, against MAX_WAITING.
         self._reads_waiting = 0
+        #: Reads waiting now, by the caller they serve (only callers with some).
+        self._reads_by_caller: dict[str, int] = {}
         self._commit = GroupCommit(writer, name=str(path))
         self._retention_last: datetime | None = None
         self._retention_last_removed = 0
@@ -231,7 +237,8 @@ class Brain:
         return await _run_on(self._writer, fn, *args)
 
     async def _read(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` on the reader if fewer than MAX_WAITING reads wait for it; else BrainBusy.
+        """Run ``fn`` on the reader if fewer than MAX_WAITING reads wait for it, and fewer than
+        MAX_WAITING_PER_CALLER of the request's caller; else BrainBusy.
 
         A caller that gives up while it waits leaves the count at once (its
         queued work is skipped, see ``_db.run_on``).
@@ -239,11 +246,21 @@ class Brain:
         self._check_open()
         if self._reads_waiting >= MAX_WAITING:
             raise BrainBusy(self._reads_waiting)
+        caller = current_caller.get()
+        if caller is not None:
+            mine = self._reads_by_caller.get(caller, 0)
+            if mine >= MAX_WAITING_PER_CALLER:
+                raise BrainBusy(self._reads_waiting, yours=mine)
+            self._reads_by_caller[caller] = mine + 1
         self._reads_waiting += 1
         try:
             return await _run_on(self._reader, fn, *args)
         finally:
             self._reads_waiting -= 1
+            if caller is not None:
+                left = self._reads_by_caller.pop(caller) - 1
+                if left:
+                    self._reads_by_caller[caller] = left
 
     async def write(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(db, *args)`` on the writer connection's thread (one writer; wrap in a transaction).

@@ -14,7 +14,8 @@ import pytest
 
 from daemon.brain import Brain, BrainBusy, BrainClosed, InvalidInput, MemoryItem, NotFound
 from daemon.brain.migrations import LATEST
-from daemon.brain.store import MAX_WAITING
+from daemon.brain.store import MAX_WAITING, MAX_WAITING_PER_CALLER
+from daemon.callers import current_caller
 from protocol.commands.brain import MAX_CONTENT_BYTES
 
 from .conftest import wal_size
@@ -99,6 +100,40 @@ async def test_a_brain_with_a_full_read_queue_refuses_at_once(brain: Brain) -> N
     await first
     assert list(range(MAX_WAITING - 1)) == await asyncio.gather(*waiting) == ran
     assert 7 == await run(count, 7)
+
+
+async def test_one_caller_cannot_take_every_place_in_the_read_queue(brain: Brain) -> None:
+    """A caller with MAX_WAITING_PER_CALLER reads waiting is refused its next one at once;
+    another caller, and the brain's own work (no caller), are still taken."""
+    release = threading.Event()
+
+    def slow(_db: Any) -> None:
+        release.wait(30)
+
+    def one(_db: Any) -> int:
+        return 1
+
+    def asked_by(caller: str | None, fn: Any) -> asyncio.Future[Any]:
+        token = current_caller.set(caller)
+        try:
+            return asyncio.ensure_future(brain.read(fn))  # the task copies the context now
+        finally:
+            current_caller.reset(token)
+
+    first = asked_by(None, slow)
+    greedy = [asked_by("cli:greedy", one) for _ in range(MAX_WAITING_PER_CALLER)]
+    await asyncio.sleep(0)
+    with pytest.raises(BrainBusy) as refused:
+        await asked_by("cli:greedy", one)
+    assert MAX_WAITING_PER_CALLER == refused.value.yours
+    assert f"{MAX_WAITING_PER_CALLER} of them yours" in str(refused.value)
+    others = [asked_by("cli:other", one), asked_by(None, one)]
+    await asyncio.sleep(0)
+    release.set()
+    await first
+    assert [1] * (MAX_WAITING_PER_CALLER + 2) == await asyncio.gather(*greedy, *others)
+    assert 1 == await asked_by("cli:greedy", one)  # its places are given back
+    assert {} == brain._reads_by_caller
 
 
 async def test_writes_are_never_refused_for_a_long_queue(brain: Brain) -> None:
