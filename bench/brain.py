@@ -14,7 +14,9 @@ frequencies, interleaved with real English stop words.
    ``sqlcipher3`` ``executemany`` inserts in transactions of 64 rows (the
    batch the callers make). Target: at least 0.5x. SQLCipher's own cost is
    the same raw loop on plain ``sqlite3``, reported. Rounds alternate
-   raw/brain; medians are compared.
+   raw/brain; medians are compared. The same callers sending an idempotency
+   key with each call (``remember_once``: a key looked up and written in the
+   same transaction) against no key: the cost of retry safety, reported.
 2. ``recall`` top-10 on a brain of 100,000 memories (ages spread over a
    year): p50 and p99 latency of ``Brain.recall`` end to end (thread hop
    included) over queries of 1-3 words drawn by corpus frequency, so common
@@ -199,15 +201,22 @@ def raw_inserts(folder: Path, texts: list[str], key: bytes | None) -> float:
     return len(texts) / elapsed
 
 
-async def brain_remembers(folder: Path, texts: list[str], key: bytes) -> tuple[float, float]:
-    """Rows/s of CALLERS concurrent callers remembering in a loop; and the mean batch."""
+async def brain_remembers(
+    folder: Path, texts: list[str], key: bytes, *, keyed: bool = False
+) -> tuple[float, float]:
+    """Rows/s of CALLERS concurrent callers remembering in a loop (``keyed``: each call with
+    an idempotency key of its own); and the mean batch."""
     path = folder / f"brain-{time.monotonic_ns()}.sqlite"
     async with await Brain.open(path, key) as brain:
         share = [texts[i::CALLERS] for i in range(CALLERS)]
 
         async def caller(mine: list[str]) -> None:
-            for text in mine:
-                await brain.remember(text, source="bench")
+            name = f"cli:bench-{id(mine)}"
+            for n, text in enumerate(mine):
+                if keyed:
+                    await brain.remember_once(text, caller=name, key=f"k-{n}", source="bench")
+                else:
+                    await brain.remember(text, source="bench")
 
         started = time.perf_counter()
         async with asyncio.TaskGroup() as group:
@@ -295,13 +304,14 @@ async def main(quick: bool) -> bool:
         texts = [corpus.sentence() for _ in range(remember_n)]
 
         # 1. remember throughput, raw and brain alternating
-        raw_rates, brain_rates, plain_rates, batches = [], [], [], []
+        raw_rates, brain_rates, plain_rates, keyed_rates, batches = [], [], [], [], []
         for _ in range(rounds):
             plain_rates.append(raw_inserts(folder, texts, None))
             raw_rates.append(raw_inserts(folder, texts, key))
             rate, batch = await brain_remembers(folder, texts, key)
             brain_rates.append(rate)
             batches.append(batch)
+            keyed_rates.append((await brain_remembers(folder, texts, key, keyed=True))[0])
         raw_rate = statistics.median(raw_rates)
         brain_rate = statistics.median(brain_rates)
         plain_rate = statistics.median(plain_rates)
@@ -317,6 +327,14 @@ async def main(quick: bool) -> bool:
             f"target >= {REMEMBER_RATIO_TARGET}x: {'ok' if held else 'MISSED'}",
         )
         print(f"{'':<44} mean group-commit batch {statistics.median(batches):.1f} calls")
+        keyed_rate = statistics.median(keyed_rates)
+        line(
+            "remember/s, idempotency key vs none",
+            f"{keyed_rate:,.0f}",
+            f"{brain_rate:,.0f}",
+            f"{keyed_rate / brain_rate:.2f}x",
+            "(reported: the cost of retry safety)",
+        )
         line(
             "inserts/s, raw sqlcipher3 vs plain sqlite3",
             f"{raw_rate:,.0f}",

@@ -6,23 +6,29 @@ joined the list, and the flush commits them all in one transaction (one
 fsync with ``synchronous = FULL``). Callers arriving while a flush is on disk
 form the next batch. Each caller is answered only after its transaction
 commits, so an acknowledged memory is durable; a caller cancelled before its
-batch is taken is simply not written. The flush task is owned here and
-awaited by :meth:`GroupCommit.drain` (the Brain's ``close``), like
+batch is taken is simply not written. A call with an idempotency key
+(idempotency.py) is answered from its key inside the same transaction, so
+two retries in one batch still make one memory. The flush task is owned here
+and awaited by :meth:`GroupCommit.drain` (the Brain's ``close``), like
 aiosqlite's threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiosqlite
 
 from ._db import run_on
-from .errors import BrainClosed
-from .ops import in_transaction, insert_memories
+from .errors import BrainClosed, InvalidInput
+from .idempotency import Keyed, KeyReused, insert_batch
+from .ops import in_transaction
 from .validation import Row
 
 __all__ = ["GroupCommit"]
+
+_Outcome = tuple[list[int], bool]
 
 
 class GroupCommit:
@@ -31,7 +37,7 @@ class GroupCommit:
     def __init__(self, writer: aiosqlite.Connection, *, name: str) -> None:
         self._writer = writer
         self._name = name
-        self._pending: list[tuple[list[Row], asyncio.Future[list[int]]]] = []
+        self._pending: list[tuple[list[Row], Keyed | None, asyncio.Future[_Outcome]]] = []
         self._flusher: asyncio.Task[None] | None = None
         #: Transactions made, and the submit calls they carried.
         self.commits = 0
@@ -39,9 +45,16 @@ class GroupCommit:
 
     async def submit(self, rows: list[Row]) -> list[int]:
         """Insert ``rows``; return their ids once their transaction committed."""
+        ids, _ = await self.submit_keyed(rows, None)
+        return ids
+
+    async def submit_keyed(self, rows: list[Row], key: Keyed | None) -> _Outcome:
+        """Insert ``rows`` (with ``key``: one row), or answer from the key when it is known;
+        return the ids and whether they are a replay. A key given for another memory
+        raises InvalidInput."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int]] = loop.create_future()
-        self._pending.append((rows, future))
+        future: asyncio.Future[_Outcome] = loop.create_future()
+        self._pending.append((rows, key, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush(), name=f"brain-commit:{self._name}")
         return await future
@@ -57,26 +70,34 @@ class GroupCommit:
         while self._pending:
             batch, self._pending = self._pending, []
             # A caller cancelled before its batch is taken was never acknowledged.
-            batch = [(rows, fut) for rows, fut in batch if not fut.done()]
+            batch = [entry for entry in batch if not entry[2].done()]
             if not batch:
                 continue
-            rows = [row for row_list, _ in batch for row in row_list]
+            work = [(rows, key) for rows, key, _ in batch]
             try:
-                ids = await run_on(self._writer, in_transaction, insert_memories, rows)
+                outcomes = await run_on(self._writer, in_transaction, insert_batch, work, time.time())
             except Exception as exc:
-                for _, fut in batch:
+                for _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
             except BaseException:
-                for _, fut in batch:
+                for _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(BrainClosed())
                 raise
             self.commits += 1
             self.committed_calls += len(batch)
-            start = 0
-            for row_list, fut in batch:
-                if not fut.done():
-                    fut.set_result(ids[start : start + len(row_list)])
-                start += len(row_list)
+            for (_, _, fut), outcome in zip(batch, outcomes, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(outcome, KeyReused):
+                    fut.set_exception(
+                        InvalidInput(
+                            "idempotency_key",
+                            f"was given before for another memory (id {outcome.memory_id}); "
+                            "a retry must send the same memory, and a new memory a new key",
+                        )
+                    )
+                else:
+                    fut.set_result(outcome)

@@ -367,6 +367,22 @@ def _v7_skill_source(db: RawConnection) -> None:
     db.execute("ALTER TABLE skills ADD COLUMN source TEXT CHECK (source IS NULL OR json_valid(source))")
 
 
+def _v8_idempotency_keys(db: RawConnection) -> None:
+    # memory.remember's idempotency keys (idempotency.py): a retry is answered from its key.
+    # Written with its memory, in the same transaction; kept a day.
+    db.execute(
+        """CREATE TABLE idempotency_keys (
+            caller TEXT NOT NULL,
+            key TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            memory_id INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (caller, key)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX idempotency_created ON idempotency_keys (created_at)")
+
+
 #: MIGRATIONS[i] takes version i to version i + 1.
 MIGRATIONS: tuple[Step, ...] = (
     _v1_seed_schema,
@@ -376,6 +392,7 @@ MIGRATIONS: tuple[Step, ...] = (
     _v5_knowledge,
     _v6_evolution_detail,
     _v7_skill_source,
+    _v8_idempotency_keys,
 )
 LATEST = len(MIGRATIONS)
 

@@ -239,10 +239,17 @@ def live_bytes(db: Any) -> int:
 def erase(db: Any, subject: str | None) -> dict[str, int]:
     def delete(db: Any) -> dict[str, int]:
         removed: dict[str, int] = {}
+        # Idempotency keys hold a hash of their memory's fields: they go with it (not counted;
+        # a retry of such a write stores it again, as the caller asks).
         if subject is None:
+            db.execute("DELETE FROM idempotency_keys")
             for table in TABLES:
                 removed[table] = db.execute(f"DELETE FROM {table}").rowcount
         else:
+            db.execute(
+                "DELETE FROM idempotency_keys WHERE memory_id IN (SELECT id FROM memories WHERE subject = ?)",
+                (subject,),
+            )
             for table in ("memories", "interactions", "emotions"):
                 removed[table] = db.execute(f"DELETE FROM {table} WHERE subject = ?", (subject,)).rowcount
         # The external-content indexes still hold the erased words (delete

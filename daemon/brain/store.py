@@ -33,6 +33,7 @@ from typing import Any, Self
 import aiosqlite
 
 from protocol.commands.brain import (
+    MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_LABEL_CHARS,
     MAX_QUERY_ROWS,
     MAX_QUERY_TIME_S,
@@ -57,6 +58,7 @@ from ._limits import LimitsUnavailable
 from .commit import GroupCommit
 from .errors import BrainBusy, BrainClosed, InvalidInput, SchemaTooNew
 from .export import export_sync
+from .idempotency import keyed
 from .migrations import LATEST
 from .readonly import query_sync, reader_handle
 from .recall import recall_sync, recency
@@ -291,6 +293,28 @@ class Brain:
         item = MemoryItem(content, context, relevance, source, subject, pinned, kind)
         (memory_id,) = await self._submit([memory_row(item, time.time())])
         return memory_id
+
+    async def remember_once(
+        self,
+        content: str,
+        *,
+        caller: str,
+        key: str,
+        context: dict[str, Any] | None = None,
+        relevance: float = 0.5,
+        source: str = "",
+        subject: str | None = None,
+        pinned: bool = False,
+        kind: str = "note",
+    ) -> tuple[int, bool]:
+        """``remember`` with an idempotency key (idempotency.py): the id, and whether it is a
+        replay (the key was given before for this memory, which is not stored again).
+        A key given before for another memory raises InvalidInput."""
+        self._check_open()
+        check_text("idempotency_key", key, MAX_IDEMPOTENCY_KEY_CHARS)
+        row = memory_row(MemoryItem(content, context, relevance, source, subject, pinned, kind), time.time())
+        ids, replayed = await self._commit.submit_keyed([row], keyed(caller, key, row))
+        return ids[0], replayed
 
     async def remember_many(self, items: Iterable[MemoryItem]) -> list[int]:
         """Store several memories in one transaction; ids in order, once durable."""

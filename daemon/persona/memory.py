@@ -3,7 +3,8 @@ goals.*, emotions.record and brain.* served from its own brain.
 
 Every handler is a thin translation between the protocol models
 (protocol/commands/brain.py) and :class:`daemon.brain.Brain`; the brain's
-``InvalidInput`` becomes INVALID_PARAMS and ``NotFound`` a -32602 as well
+``InvalidInput`` becomes INVALID_PARAMS (``data = {"field", "reason"}``) and
+``NotFound`` a -32602 as well
 (the id named in params does not exist), so callers see one vocabulary.
 A query over the reader's limits (``QueryTooLarge``) is INVALID_PARAMS too,
 with ``data.reason = "query_too_large"``.
@@ -30,7 +31,11 @@ def _translate(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
     async def wrapper(params: Any, ctx: CallContext) -> Any:
         try:
             return await fn(params, ctx)
-        except (InvalidInput, NotFound) as exc:
+        except InvalidInput as exc:
+            raise RpcError(
+                ErrorCode.INVALID_PARAMS, str(exc), {"field": exc.field, "reason": exc.reason}
+            ) from None
+        except NotFound as exc:
             raise RpcError(ErrorCode.INVALID_PARAMS, str(exc)) from None
         except QueryRefused as exc:
             raise RpcError(ErrorCode.FORBIDDEN, str(exc)) from None
@@ -47,17 +52,21 @@ def _translate(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
 
 
 def register_memory_commands(dispatcher: Dispatcher, brain: Brain, session_dir: SessionDir) -> None:
-    async def remember(p: m.MemoryRememberParams, ctx: CallContext) -> m.IdResult:
-        memory_id = await brain.remember(
-            p.content,
-            context=p.context,
-            relevance=p.relevance,
-            source=p.source or (ctx.caller or ""),
-            subject=p.subject,
-            pinned=p.pinned,
-            kind=p.kind,
+    async def remember(p: m.MemoryRememberParams, ctx: CallContext) -> m.RememberResult:
+        fields: dict[str, Any] = {
+            "context": p.context,
+            "relevance": p.relevance,
+            "source": p.source or (ctx.caller or ""),
+            "subject": p.subject,
+            "pinned": p.pinned,
+            "kind": p.kind,
+        }
+        if p.idempotency_key is None:
+            return m.RememberResult(id=await brain.remember(p.content, **fields))
+        memory_id, replayed = await brain.remember_once(
+            p.content, caller=ctx.caller or "", key=p.idempotency_key, **fields
         )
-        return m.IdResult(id=memory_id)
+        return m.RememberResult(id=memory_id, replayed=replayed)
 
     async def recall(p: m.MemoryRecallParams, ctx: CallContext) -> m.MemoryRecallResult:
         hits = await brain.recall(

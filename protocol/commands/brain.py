@@ -29,8 +29,10 @@ from .registry import StrictModel, StrictParams, register
 
 __all__ = [
     "ERASE_EVERYTHING",
+    "IDEMPOTENCY_KEY_PATTERN",
     "MAX_BATCH",
     "MAX_CONTENT_BYTES",
+    "MAX_IDEMPOTENCY_KEY_CHARS",
     "MAX_JSON_BYTES",
     "MAX_LABEL_CHARS",
     "MAX_QUERY_PARAMS",
@@ -60,6 +62,7 @@ __all__ = [
     "MemoryRecallResult",
     "MemoryRememberParams",
     "RecallHitModel",
+    "RememberResult",
     "RetentionStateModel",
     "SkillModel",
     "SkillsListResult",
@@ -89,6 +92,9 @@ MAX_QUERY_TIME_S = 2.0
 ERASE_EVERYTHING = "erase everything"
 
 KIND_PATTERN = r"^[a-z][a-z0-9_.-]{0,31}$"
+#: memory.remember's idempotency_key: what clients use (UUIDs, ULIDs, "batch-7:12"), no spaces.
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+MAX_IDEMPOTENCY_KEY_CHARS = 128
 SKILL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 GOAL_STATUSES = ("active", "paused", "done", "abandoned")
 
@@ -140,17 +146,32 @@ class MemoryRememberParams(StrictParams):
     subject: Label | None = Field(None, description="who or what it is about; brain.erase works by subject")
     pinned: bool = Field(False, description="never removed by retention")
     kind: Kind = Field("note", description="a label for filtering recall: note, fact, preference, …")
+    idempotency_key: Annotated[str, Field(pattern=IDEMPOTENCY_KEY_PATTERN)] | None = Field(
+        None,
+        description=(
+            "a key of the caller's choosing (a UUID): the same call sent again with it within 24 hours "
+            "is answered with the first one's id (replayed: true) instead of storing the memory twice; "
+            "keys are per caller (client id); the same key with another memory is refused"
+        ),
+    )
 
 
 class IdResult(StrictModel):
     id: int = Field(description="the new row's id")
 
 
+class RememberResult(StrictModel):
+    id: int = Field(description="the memory's id")
+    replayed: bool = Field(
+        False, description="true: the idempotency_key was given before for this memory, stored then, not now"
+    )
+
+
 register(
     "memory.remember",
     params=MemoryRememberParams,
-    result=IdResult,
-    summary="Store a memory; answered only once it is durable on disk.",
+    result=RememberResult,
+    summary="Store a memory; answered once it is durable on disk. Safe to retry with an idempotency_key.",
     served_by="persona",
 )
 

@@ -1,4 +1,5 @@
-"""kill -9 during a stream of remember calls: every acknowledged memory survives."""
+"""kill -9 during a stream of remember calls: every acknowledged memory survives, and with
+idempotency keys every call retried after the kill is stored exactly once."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ LOOP = Path(__file__).with_name("remember_loop.py")
 ACKS_BEFORE_KILL = 400
 
 
-def run_and_kill(state_dir: Path, workers: int) -> dict[int, str]:
+def run_and_kill(state_dir: Path, workers: int, *, keyed: bool = False) -> dict[int, str]:
     """Run remember_loop.py, SIGKILL it after some acks; return id -> content acked."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen(
-        [sys.executable, str(LOOP), str(state_dir), "p1", str(workers)],
+        [sys.executable, str(LOOP), str(state_dir), "p1", str(workers), *(["keyed"] if keyed else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -73,6 +74,31 @@ async def test_every_acknowledged_memory_survives_sigkill(tmp_path: Path) -> Non
         total, distinct = totals.rows[0]
         assert total == distinct
         assert total >= len(acked)
+
+
+async def test_every_call_retried_with_its_key_after_sigkill_is_stored_once(tmp_path: Path) -> None:
+    """SIGKILL mid-stream of keyed calls, then every call each worker may have sent retried
+    with its key (what a client that lost its answers does): the acked ones answer with their
+    ids, replayed; the ones that landed unacked answer replayed too; the rest are stored now.
+    Every key ends as exactly one memory."""
+    state_dir = tmp_path / "state"
+    acked = run_and_kill(state_dir, workers=8, keyed=True)
+    sent: dict[int, int] = {}  # worker -> the highest i it was acked for
+    for content in acked.values():
+        number, i = (int(part) for part in content.removeprefix("durable memory ").split("-"))
+        sent[number] = max(sent.get(number, -1), i)
+    async with await Brain.open(brain_path(state_dir, "p1"), load_or_create_key(state_dir, "p1")) as brain:
+        answers: dict[str, tuple[int, bool]] = {}
+        for number in range(8):
+            for i in range(sent.get(number, -1) + 2):  # one past its last ack: it may have been in flight
+                content = f"durable memory {number}-{i}"
+                answers[content] = await brain.remember_once(
+                    content, caller="cli:loop", key=f"k-{number}-{i}", source="loop"
+                )
+        for memory_id, content in acked.items():
+            assert (memory_id, True) == answers[content]
+        totals = await brain.query("SELECT count(*), count(DISTINCT content) FROM memories")
+        assert (len(answers), len(answers)) == tuple(totals.rows[0])
 
 
 async def test_wrong_key_after_crash_leaves_database_and_wal_unchanged(tmp_path: Path) -> None:

@@ -104,7 +104,13 @@ def seed_v6(db: Any) -> None:
     )
 
 
-SEEDS = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6}
+def seed_v7(db: Any) -> None:
+    """v8 adds idempotency_keys: a v7 file's rows stay, and its memories have no keys."""
+    seed_v6(db)
+    db.execute('UPDATE skills SET source = \'{"via": "mesh"}\'')
+
+
+SEEDS = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6, 7: seed_v7}
 
 
 def test_every_step_has_a_seeded_starting_file() -> None:
@@ -162,6 +168,15 @@ async def test_older_file_migrates_to_latest_with_data_intact(db_path: Path, key
     db.execute(insert, ('{"round": 1}',))
     with pytest.raises(Exception, match="CHECK"):
         db.execute(insert, ("not json",))
+    # v8's idempotency keys: one per (caller, key), none carried over.
+    assert [(0,)] == db.execute("SELECT count(*) FROM idempotency_keys").fetchall()
+    key_row = (
+        "INSERT INTO idempotency_keys (caller, key, digest, memory_id, created_at) "
+        "VALUES ('c', 'k', 'd', 1, 1)"
+    )
+    db.execute(key_row)
+    with pytest.raises(Exception, match="UNIQUE"):
+        db.execute(key_row)
     # v5's knowledge table and its full-text index work on every migrated file.
     db.execute("INSERT INTO knowledge (content, created_at, updated_at) VALUES ('claims define scope', 1, 1)")
     found = db.execute("SELECT rowid FROM knowledge_fts WHERE knowledge_fts MATCH 'claim'").fetchall()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from daemon.brain import Brain, InvalidInput
+from daemon.brain.migrations import LATEST
 
 from .test_brain_migrations import build, raw, seed_v6
 
@@ -27,7 +28,7 @@ async def test_a_v6_file_keeps_its_skills_with_a_null_source(db_path: Path, key:
     db.close()
 
     async with await Brain.open(db_path, key) as brain:
-        assert 7 == brain.schema_version
+        assert LATEST == brain.schema_version
         (skill,) = await brain.skills_list()
         assert ("legal.patent", "abc123", "patents", None) == (
             skill.skill_id,

@@ -163,6 +163,44 @@ async def test_memory_over_the_bus_survives_a_restart(bus, state, connect) -> No
     assert ErrorCode.INVALID_PARAMS == info.value.code
 
 
+async def test_a_remember_retried_with_its_key_is_stored_once(bus, state, connect) -> None:
+    """memory.remember sent again with its idempotency_key (the answer was lost) gets the first
+    id back, replayed; the same key for another memory is INVALID_PARAMS naming the field;
+    another caller's equal key is its own."""
+    daemon = PersonaDaemon(
+        PersonaConfig(id="ada", name="Ada"),
+        prepare_session_dir(state.root, "ada"),
+        url=bus.url,
+        token=state.persona_token("ada", create=True),
+        brain_key=load_or_create_key(state.root, "ada"),
+        notifier=Notifier.from_env({}),
+    )
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(daemon.run(stop))
+    try:
+        await eventually(lambda: "persona:ada" in bus.router.clients, what="persona connected")
+        caller, other = await connect(name="retrier"), await connect(name="other")
+        params = {"content": "The launch moved to Tuesday", "idempotency_key": "3f2a-launch"}
+        first = await caller.call("memory.remember", params, to="persona:ada")
+        again = await caller.call("memory.remember", params, to="persona:ada")
+        assert {"id": first["id"], "replayed": False} == first
+        assert {"id": first["id"], "replayed": True} == again
+        elsewhere = await other.call("memory.remember", params, to="persona:ada")
+        assert (False, True) == (elsewhere["replayed"], elsewhere["id"] != first["id"])
+        with pytest.raises(RpcError) as reused:
+            await caller.call("memory.remember", {**params, "content": "Wednesday"}, to="persona:ada")
+        assert ErrorCode.INVALID_PARAMS == reused.value.code
+        assert "idempotency_key" == (reused.value.data or {}).get("field")
+        with pytest.raises(RpcError) as bad:
+            await caller.call("memory.remember", {**params, "idempotency_key": "no spaces"}, to="persona:ada")
+        assert ErrorCode.INVALID_PARAMS == bad.value.code
+        hits = await caller.call("memory.recall", {"query": "launch"}, to="persona:ada")
+        assert sorted([first["id"], elsewhere["id"]]) == sorted(h["id"] for h in hits["hits"])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT)
+
+
 async def test_wrong_brain_key_stops_the_daemon_and_keeps_the_file(bus, state) -> None:
     """A persona started with the wrong brain key refuses to run and leaves the file byte-identical."""
     import hashlib
