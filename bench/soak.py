@@ -286,6 +286,8 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "errors": {f"{m} -> {c}": n for (m, c), n in sorted(stats.errors.items())},
         "hung": [{"at": round(t, 1), "method": m} for t, m in stats.hung],
         "client_exceptions": dict(stats.crashes),
+        # Writes retried with their idempotency key, and those answered as replays.
+        "retried": {"sent_again": dict(stats.retried), "replayed": dict(stats.replayed)},
         "attacks": {"outcomes": dict(attacks.outcomes), "findings": attacks.findings},
         "faults": [f.as_dict() for f in faults_done],
         "hub_jobs": {

@@ -5,7 +5,8 @@ Clients, by share of ``--clients``:
 - **callers** (kind ``cli``): each sends one request at a time, at Poisson
   intervals that add up to ``--rate``, drawn from ``MIX`` (bus, personas,
   registry, bundle imports, inference, the browser, a soak service); writes
-  go through the ledger;
+  go through the ledger, and ``memory.remember`` carries an idempotency key
+  and is sent again with it while an answer leaves its outcome open;
 - **services** (kind ``service``) that provide ``cap:soak-echo`` and answer;
 - **subscribers** to ``soak.load.*`` (what callers publish);
 - **room members**, ten to a room, who talk in it;
@@ -57,6 +58,11 @@ DOCUMENTED = {
 #: Seconds past a call's deadline after which it counts as hung.
 HANG_GRACE = 5.0
 DEADLINE_MS = 10_000
+#: A keyed write whose answer leaves its outcome open is sent again up to RETRIES times,
+#: RETRY_AFTER_S, then twice that, later (a fault's recovery takes seconds).
+RETRIES = 2
+RETRY_AFTER_S = 3.0
+OUTCOME_OPEN = frozenset({ErrorCode.CONNECTION_LOST, ErrorCode.TARGET_OFFLINE, ErrorCode.TIMEOUT})
 
 
 def code_name(code: Any) -> str:
@@ -88,6 +94,11 @@ class Stats:
     events_received: int = 0
     room_messages_received: int = 0
     served_by_services: int = 0
+    #: Writes sent again with their idempotency key after an answer that leaves the outcome
+    #: open (CONNECTION_LOST, TARGET_OFFLINE, TIMEOUT), and the retries answered as replays
+    #: (the first attempt had landed).
+    retried: Counter[str] = field(default_factory=Counter)
+    replayed: Counter[str] = field(default_factory=Counter)
 
     def record(self, method: str, started: float, outcome: str) -> None:
         now = time.monotonic()
@@ -370,15 +381,29 @@ class Load:
         deadline_ms: int = DEADLINE_MS,
         extra: dict[str, Any] | None = None,
     ) -> str:
-        """One write through the ledger; "ok" or the error's name."""
+        """One write through the ledger; "ok" or the error's name. A write whose params carry
+        an ``idempotency_key`` is sent again with it (by the same client: keys are per caller)
+        while its answer leaves the outcome open, as a client that means to retry does: the
+        ledger then holds it to one row, the first attempt's if that one landed."""
         entry = self.ledger.begin(kind, target, nonce, expect, extra)
-        try:
-            result = await self._timed(
-                method, lambda: client.call(method, params, to=target, deadline_ms=deadline_ms), deadline_ms
-            )
-        except RpcError as exc:
-            Ledger.settle(entry, error=exc)
-            return outcome_of(exc)
+        attempts = RETRIES + 1 if "idempotency_key" in params else 1
+        for attempt in range(attempts):
+            try:
+                result = await self._timed(
+                    method,
+                    lambda: client.call(method, params, to=target, deadline_ms=deadline_ms),
+                    deadline_ms,
+                )
+                break
+            except RpcError as exc:
+                if attempt + 1 < attempts and exc.code in OUTCOME_OPEN:
+                    self.stats.retried[method] += 1
+                    await asyncio.sleep(RETRY_AFTER_S * (attempt + 1))
+                    continue
+                Ledger.settle(entry, error=exc)
+                return outcome_of(exc)
+        if attempt and result.get("replayed"):
+            self.stats.replayed[method] += 1
         row_id = result["profile"]["id"] if kind in ("profile", "import") else result.get("id")
         Ledger.settle(entry, row_id=row_id)
         return "ok"
@@ -418,8 +443,9 @@ async def _remember(load: Load, c: BusClient, rng: random.Random, persona: str) 
     subject = f"subject-{rng.randrange(20)}"
     relevance = round(rng.random(), 3)
     memory = {"content": content, "subject": subject, "relevance": relevance, "kind": "soak"}
-    # What is sent is what must read back, field for field.
-    return await load._write("memory", "memory.remember", c, persona, memory, memory, nonce)
+    # What is sent is what must read back, field for field; the key makes it safe to retry.
+    params = {**memory, "idempotency_key": nonce}
+    return await load._write("memory", "memory.remember", c, persona, params, memory, nonce)
 
 
 async def _recall(load: Load, c: BusClient, rng: random.Random, persona: str) -> Any:

@@ -61,6 +61,15 @@ def test_the_soak_passes_its_own_judgement(report: dict) -> None:
     assert 0 == report["exit_code"]
 
 
+def test_writes_cut_off_by_faults_were_retried_with_their_keys(report: dict) -> None:
+    """The persona and bus kills cut memory.remember calls off mid-flight; sent again with
+    their idempotency keys, the ledger (0 violations above) held each to exactly one row."""
+    retried = report["retried"]
+    assert retried["sent_again"].get("memory.remember", 0) > 0, retried
+    assert retried["replayed"].get("memory.remember", 0) <= retried["sent_again"]["memory.remember"]
+    assert 0 == report["ledger"]["violation_count"]
+
+
 def test_every_fault_was_injected_and_recovered_from(report: dict) -> None:
     kinds = {f["kind"] for f in report["faults"]}
     expected = FAULTS | (ROOT_FAULTS if os.geteuid() == 0 else set())
