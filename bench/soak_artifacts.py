@@ -267,9 +267,15 @@ class HubJobs:
             Ledger.settle(entry, error=exc)
 
     async def listed(self) -> dict[str, Any]:
-        answer = await retry(self.client, "hub.status", {}, to="cap:hub")
+        """Every job the service lists (a page at a time) that this run asked for."""
         prefix = f"soak-{self.ledger.run}-"
-        return {j["job_id"]: j for j in answer["jobs"] if j["job_id"].startswith(prefix)}
+        jobs: dict[str, Any] = {}
+        offset: int | None = 0
+        while offset is not None:
+            answer = await retry(self.client, "hub.status", {"offset": offset, "limit": 500}, to="cap:hub")
+            jobs |= {j["job_id"]: j for j in answer["jobs"] if j["job_id"].startswith(prefix)}
+            offset = answer["next_offset"]
+        return jobs
 
     async def finish(self, timeout: float, timed: Any) -> float:
         """Wait (resuming failed jobs) until every acknowledged job is done; seconds waited."""

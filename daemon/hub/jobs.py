@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -16,10 +16,34 @@ from ..client import CallContext
 from ..files import atomic_write
 from .orchestrator import RunStats
 
-__all__ = ["JOB_FILE", "Job"]
+__all__ = ["JOB_FILE", "Job", "Scores"]
 
 #: A job's record in its folder: what was asked and the state it was last in.
 JOB_FILE: Final = "job.json"
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What ``/metrics`` shows of a finished job's quality report. The job keeps these, not
+    the report: a report lists every removed persona and every coherence failure (megabytes
+    for a large job), and the service keeps its jobs for its life. The report is read from
+    the job's folder when ``hub.status`` asks for that one job."""
+
+    coherence: float
+    authenticity: float
+    diversity_spread: float
+    diversity_entropy: float
+    cultural_flags: int
+
+    @classmethod
+    def of(cls, report: QualityReport) -> Scores:
+        return cls(
+            coherence=report.coherence.score,
+            authenticity=report.authenticity.mean,
+            diversity_spread=report.diversity.spread,
+            diversity_entropy=report.diversity.cluster_entropy,
+            cultural_flags=report.cultural.balance_flags + len(report.cultural.stereotypes),
+        )
 
 
 @dataclass
@@ -33,13 +57,14 @@ class Job:
     error: str | None = None
     finished_at: float | None = None
     kept: int | None = None
-    quality: QualityReport | None = None
+    scores: Scores | None = None
     task: asyncio.Task[None] | None = None
     watchers: list[CallContext] = field(default_factory=list)
     last_sent: float = 0.0
     last_stage: str = ""
 
-    def status(self) -> m.JobStatus:
+    def status(self, quality: QualityReport | None = None) -> m.JobStatus:
+        """The job's status; ``quality``: its report, read from its folder by the caller."""
         figures = self.stats.figures()
         if self.state not in ("generating", "checking"):
             figures["stage"] = self.state
@@ -48,7 +73,7 @@ class Job:
             state=self.state,
             requirements=self.requirements,
             figures=m.JobFigures(**figures),
-            quality=self.quality,
+            quality=quality,
             kept=self.kept,
             error=self.error,
             created_at=self.created_at,
@@ -64,6 +89,7 @@ class Job:
             "error": self.error,
             "finished_at": self.finished_at,
             "kept": self.kept,
+            "scores": asdict(self.scores) if self.scores is not None else None,
         }
         atomic_write(self.folder / JOB_FILE, (json.dumps(record, indent=1) + "\n").encode())
 

@@ -1,8 +1,9 @@
 """The hub's figures as Prometheus text (format 0.0.4), for ``/metrics`` (``hub serve --metrics``).
 
-The same figures as ``hub.status``: per job, its slots (done, made, failed),
-throughput, retries, the service's CPU and memory, and, once checked, the
-quality scores. A few lines of text; no client library needed.
+The same figures as ``hub.status``: per job (the newest 100 the service
+knows), its slots (done, made, failed), throughput, retries, and, once
+checked, the quality scores; the number of jobs, the service's CPU and
+memory. A few lines of text; no client library needed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ __all__ = ["render_metrics", "serve_metrics"]
 
 
 class _Job(Protocol):
+    #: The quality scores of a finished job (jobs.Scores), None before.
+    scores: Any
+
     def status(self) -> Any: ...
 
 
@@ -23,7 +27,9 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render_metrics(jobs: Sequence[_Job]) -> str:
+def render_metrics(jobs: Sequence[_Job], *, total: int | None = None) -> str:
+    """The figures of ``jobs`` (the newest, as the service passes them), and ``total``: all
+    the jobs the service knows (default: ``len(jobs)``)."""
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -34,6 +40,7 @@ def render_metrics(jobs: Sequence[_Job]) -> str:
             lines.append(f"{name}{labels} {text}")
 
     statuses = [job.status() for job in jobs]
+    scores = {status.job_id: job.scores for status, job in zip(statuses, jobs, strict=True)}
 
     def per_job(pick: Any) -> list[tuple[str, float]]:
         out = []
@@ -43,7 +50,8 @@ def render_metrics(jobs: Sequence[_Job]) -> str:
                 out.append((f'{{job="{_label(status.job_id)}",state="{status.state}"}}', value))
         return out
 
-    metric("personad_hub_jobs", "gauge", "Jobs the service knows.", [("", len(statuses))])
+    known = len(statuses) if total is None else total
+    metric("personad_hub_jobs", "gauge", "Jobs the service knows.", [("", known)])
     metric("personad_hub_slots_total", "gauge", "Slots in a job's plan.", per_job(lambda s: s.figures.total))
     metric("personad_hub_slots_done", "gauge", "Slots finished.", per_job(lambda s: s.figures.done))
     metric("personad_hub_personas_made", "gauge", "Personas made.", per_job(lambda s: s.figures.made))
@@ -66,24 +74,20 @@ def render_metrics(jobs: Sequence[_Job]) -> str:
     )
     metric("personad_hub_kept", "gauge", "Personas in a finished job's output.", per_job(lambda s: s.kept))
     figures = {
-        "coherence": (
-            "share of personas whose attributes agree with their text",
-            lambda q: q.coherence.score,
-        ),
-        "authenticity": ("mean authenticity score", lambda q: q.authenticity.mean),
-        "diversity_spread": ("mean pairwise cosine distance", lambda q: q.diversity.spread),
-        "diversity_entropy": ("normalised cluster entropy", lambda q: q.diversity.cluster_entropy),
-        "cultural_flags": (
-            "balance and stereotype flags",
-            lambda q: q.cultural.balance_flags + len(q.cultural.stereotypes),
-        ),
+        "coherence": "share of personas whose attributes agree with their text",
+        "authenticity": "mean authenticity score",
+        "diversity_spread": "mean pairwise cosine distance",
+        "diversity_entropy": "normalised cluster entropy",
+        "cultural_flags": "balance and stereotype flags",
     }
-    for name, (help_, pick) in figures.items():
+    for name, help_ in figures.items():
         metric(
             f"personad_hub_quality_{name}",
             "gauge",
             f"A finished job's {help_}.",
-            per_job(lambda s, pick=pick: None if s.quality is None else pick(s.quality)),
+            per_job(
+                lambda s, name=name: None if scores[s.job_id] is None else getattr(scores[s.job_id], name)
+            ),
         )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     metric(

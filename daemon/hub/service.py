@@ -44,7 +44,7 @@ from ..serving import announce, serve_until
 from ..state import StateDir
 from ..systemd_notify import Notifier
 from . import architect, composer, designer, generator
-from .jobs import JOB_FILE, Job
+from .jobs import JOB_FILE, Job, Scores
 from .journal import Journal, JournalError
 from .metrics import render_metrics, serve_metrics
 from .models import BusModels
@@ -72,6 +72,8 @@ MAX_RUNNING: Final = 2
 #: up front (about 2 KB each), and a client's job must not take the service's memory with it.
 #: Larger runs go through ``personad hub run``, in a process of their own.
 MAX_JOB_COUNT: Final = 100_000
+#: Jobs with series of their own on /metrics: the newest this many.
+METRICS_JOBS: Final = 100
 #: Progress is sent at most this often per job (and at every change of stage).
 PROGRESS_EVERY_S: Final = 1.0
 OUTPUT_FILE: Final = "personas.jsonl"
@@ -147,7 +149,7 @@ class HubService:
             if job.requirements != p.requirements:
                 raise _invalid("job_id", f"job {job.job_id} was asked for other requirements")
             if job.state == "done":
-                return job.status()
+                return await self._status(job)
         if p.requirements.count > MAX_JOB_COUNT:
             raise _invalid(
                 "requirements.count",
@@ -177,7 +179,7 @@ class HubService:
         if not p.wait:
             return job.status()
         await self._watch(job, ctx)
-        return job.status()
+        return await self._status(job)
 
     async def _watch(self, job: Job, ctx: CallContext) -> None:
         """Until ``job`` ends, stream its progress to ``ctx``'s caller.
@@ -219,7 +221,8 @@ class HubService:
             )
             write_output(outcome, job.folder / OUTPUT_FILE)
             await asyncio.to_thread(write_report_apart, outcome.validation, job.folder / REPORT_DIR)
-            job.state, job.kept, job.quality = "done", len(outcome.kept), outcome.validation.report
+            job.state, job.kept = "done", len(outcome.kept)
+            job.scores = Scores.of(outcome.validation.report)
         except asyncio.CancelledError:
             job.state, job.error = "cancelled", "cancelled"
             raise
@@ -261,11 +264,26 @@ class HubService:
 
     async def status(self, p: m.StatusParams, ctx: CallContext) -> m.StatusResult:
         if p.job_id is None:
-            return m.StatusResult(jobs=[j.status() for j in self.jobs.values()])
+            # A page, newest first, without the quality reports: a service that has run
+            # thousands of jobs must still answer within a frame.
+            newest = sorted(self.jobs.values(), key=lambda j: (j.created_at, j.job_id), reverse=True)
+            page = newest[p.offset : p.offset + p.limit]
+            end = p.offset + len(page)
+            return m.StatusResult(
+                jobs=[j.status() for j in page],
+                total=len(newest),
+                next_offset=end if end < len(newest) else None,
+            )
         job = self._job(p.job_id)
         if p.watch and job.running:
             await self._watch(job, ctx)
-        return m.StatusResult(jobs=[job.status()])
+        return m.StatusResult(jobs=[await self._status(job)], total=1, next_offset=None)
+
+    async def _status(self, job: Job) -> m.JobStatus:
+        """The job's status with its quality report, read from its folder once it is done."""
+        if job.state != "done":
+            return job.status()
+        return job.status(await asyncio.to_thread(_read_report, job.folder))
 
     async def cancel(self, p: m.CancelParams, ctx: CallContext) -> m.JobStatus:
         job = self._job(p.job_id)
@@ -273,7 +291,7 @@ class HubService:
             job.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await job.task
-        return job.status()
+        return await self._status(job)
 
     async def personas(self, p: m.PersonasParams, ctx: CallContext) -> m.PersonasResult:
         job = self._job(p.job_id)
@@ -353,7 +371,10 @@ class HubService:
         )
 
     def _metrics(self) -> str:
-        return render_metrics(list(self.jobs.values()))
+        # Per-job series for the newest jobs only: one series per job ever run would grow
+        # without bound in the scraper as in this service.
+        newest = sorted(self.jobs.values(), key=lambda j: (j.created_at, j.job_id), reverse=True)
+        return render_metrics(newest[:METRICS_JOBS], total=len(newest))
 
     def _metrics_bound(self, host: str, port: int) -> None:
         self.metrics_port = port
@@ -391,10 +412,7 @@ class HubService:
                 kept=record.get("kept"),
             )
             if job.state == "done":
-                with contextlib.suppress(OSError, ValueError, ValidationError):
-                    job.quality = QualityReport.model_validate_json(
-                        (folder / REPORT_DIR / "report.json").read_text("utf-8")
-                    )
+                job.scores = _scores(record.get("scores"), folder)
             self.jobs[job.job_id] = job
             if job.state in ("generating", "checking"):
                 resume.append(job)
@@ -434,6 +452,24 @@ class HubService:
         await serve_until(
             self.client, self.notifier, stop, who="hub", background=background, on_stopping=end_jobs
         )
+
+
+def _read_report(folder: Path) -> QualityReport | None:
+    """A finished job's quality report (None: unreadable, e.g. removed by hand)."""
+    try:
+        return QualityReport.model_validate_json((folder / REPORT_DIR / "report.json").read_text("utf-8"))
+    except (OSError, ValueError, ValidationError):
+        return None
+
+
+def _scores(saved: Any, folder: Path) -> Scores | None:
+    """A finished job's scores from its job.json, or once from its report (a job.json
+    written before the scores were kept there)."""
+    if isinstance(saved, dict):
+        with contextlib.suppress(TypeError, ValueError):
+            return Scores(**saved)
+    report = _read_report(folder)
+    return Scores.of(report) if report is not None else None
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -35,6 +35,7 @@ __all__ = [
     "JOB_ID_PATTERN",
     "MAX_COMPOSE_PERSONAS",
     "MAX_PAGE",
+    "MAX_STATUS_PAGE",
     "MAX_VALIDATE",
     "PROGRESS_TOPIC",
     "CancelParams",
@@ -114,13 +115,27 @@ class JobStatus(StrictModel):
     finished_at: float | None
 
 
+#: The most jobs one hub.status listing returns (a page; ``offset`` asks for the next).
+MAX_STATUS_PAGE: Final = 500
+
+
 class StatusParams(StrictParams):
-    job_id: JobId | None = Field(None, description="one job; null: every job the service knows")
+    job_id: JobId | None = Field(
+        None, description="one job, with its quality report; null: the service's jobs, newest first, a page"
+    )
     watch: bool = Field(False, description="with job_id: stream hub.progress until the job ends, then answer")
+    limit: Annotated[int, Field(ge=1, le=MAX_STATUS_PAGE)] = Field(
+        100, description="without job_id: the most jobs listed"
+    )
+    offset: Annotated[int, Field(ge=0)] = Field(0, description="without job_id: jobs skipped (newest first)")
 
 
 class StatusResult(StrictModel):
-    jobs: list[JobStatus]
+    jobs: list[JobStatus] = Field(
+        description="one job with its quality report, or a page of jobs without it (quality: null)"
+    )
+    total: int = Field(description="jobs the service knows (1 with job_id)")
+    next_offset: int | None = Field(description="the offset of the next page; null: this was the last")
 
 
 class ProgressParams(StrictParams):
@@ -220,7 +235,7 @@ register(
     "hub.status",
     params=StatusParams,
     result=StatusResult,
-    summary="The service's jobs, or one; with watch, stream hub.progress until it ends.",
+    summary="A page of the service's jobs, newest first, or one with its quality (watch: its progress).",
     served_by="cap:hub",
     streams=True,
     errors=(_UNKNOWN_JOB,),

@@ -2,27 +2,34 @@
 
 Grants first (a token without them is refused every method), then a small
 job end to end through the bus: progress streamed to the caller, the
-output paged, the figures on /metrics; then validate inline, and the
-errors a client gets for what it cannot do.
+output paged, the figures on /metrics; the job list paged, newest first,
+with each job's quality report read from its folder, not kept in memory;
+then validate inline, and the errors a client gets for what it cannot do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from daemon.bus import Bus
+from daemon.hub import service as hub_service
+from daemon.hub.jobs import Scores
+from daemon.hub.qa import validate
 from daemon.hub.service import HUB_GRANTS, HubService, hub_token
 from daemon.inference.embed import Embedder
 from daemon.inference.engine import AsyncEngine
 from daemon.inference.service import InferenceService, service_token
 from daemon.state import StateDir
 from protocol import ErrorCode, RpcError
+from protocol.commands.hub_plan import Requirements
 from tests.conftest import REPO, WAIT, eventually
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -141,6 +148,43 @@ async def test_a_small_job_runs_through_the_bus_with_progress_output_and_metrics
         assert 'personad_hub_personas_made{job="small",state="done"}' in metrics
         assert 'personad_hub_kept{job="small",state="done"} 4' in metrics
         assert 'personad_hub_quality_coherence{job="small",state="done"}' in metrics
+
+
+async def test_the_job_list_is_paged_newest_first_and_reports_stay_on_disk(
+    bus: Bus, state: StateDir, connect: Any, hub_embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seven finished jobs on disk (the odd ones' job.json with their scores, as this service
+    writes it; the even ones' without, as an older one did): listed a page at a time, newest
+    first, without reports; one job is answered with its report, read from its folder; the
+    service keeps only the scores; /metrics has series for the newest jobs only."""
+    report = (await validate([], embed=hub_embedder.embed)).report
+    requirements = Requirements.model_validate(SMALL_RUN).model_dump(mode="json")
+    for i in range(7):
+        folder = state.root / "hub" / "jobs" / f"old-{i}"
+        (folder / "report").mkdir(parents=True)
+        (folder / "report" / "report.json").write_text(report.model_dump_json())
+        record = {"job_id": f"old-{i}", "requirements": requirements, "created_at": 1_000.0 + i}
+        record |= {"state": "done", "error": None, "finished_at": 1_001.0 + i, "kept": 0}
+        if i % 2:
+            record["scores"] = asdict(Scores.of(report))
+        (folder / "job.json").write_text(json.dumps(record))
+    monkeypatch.setattr(hub_service, "METRICS_JOBS", 2)
+    async with services(bus, state) as hub:
+        admin = await connect(name="admin")
+        first = await admin.call("hub.status", {"limit": 3}, to="cap:hub")
+        assert ["old-6", "old-5", "old-4"] == [j["job_id"] for j in first["jobs"]]
+        assert (7, 3) == (first["total"], first["next_offset"])
+        rest = await admin.call("hub.status", {"offset": 3}, to="cap:hub")
+        assert ["old-3", "old-2", "old-1", "old-0"] == [j["job_id"] for j in rest["jobs"]]
+        assert (7, None) == (rest["total"], rest["next_offset"])
+        assert all(j["quality"] is None for j in first["jobs"] + rest["jobs"])
+        (one,) = (await admin.call("hub.status", {"job_id": "old-2"}, to="cap:hub"))["jobs"]
+        assert report.model_dump(mode="json") == one["quality"]
+        assert all(Scores.of(report) == job.scores for job in hub.jobs.values())
+        metrics = await _get_metrics(hub)
+        assert "personad_hub_jobs 7" in metrics
+        series = {line.split('job="')[1].split('"')[0] for line in metrics.splitlines() if 'job="' in line}
+        assert {"old-6", "old-5"} == series
 
 
 async def _get_metrics(hub: HubService) -> str:
