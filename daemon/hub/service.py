@@ -297,13 +297,12 @@ class HubService:
         job = self._job(p.job_id)
         if job.state != "done":
             raise _invalid("job_id", f"job {job.job_id} is {job.state}, not done")
-        lines = await asyncio.to_thread(_read_lines, job.folder / OUTPUT_FILE)
-        page = lines[p.offset : p.offset + p.limit]
+        page, total = await asyncio.to_thread(_read_page, job.folder / OUTPUT_FILE, p.offset, p.limit)
         end = p.offset + len(page)
         return m.PersonasResult(
             personas=[HubPersona.model_validate_json(line) for line in page],
-            total=len(lines),
-            next_offset=end if end < len(lines) else None,
+            total=total,
+            next_offset=end if end < total else None,
         )
 
     async def validate(self, p: m.ValidateParams, ctx: CallContext) -> QualityReport:
@@ -472,8 +471,21 @@ def _scores(saved: Any, folder: Path) -> Scores | None:
     return Scores.of(report) if report is not None else None
 
 
-def _read_lines(path: Path) -> list[str]:
-    return [line for line in path.read_text("utf-8").splitlines() if line.strip()]
+def _read_page(path: Path, offset: int, limit: int) -> tuple[list[str], int]:
+    """Lines ``offset`` to ``offset + limit`` of a job's output, and how many it has.
+
+    Streamed, so a page of a job of 100,000 personas holds one page in memory, not the
+    file (about 2 KB a persona)."""
+    page: list[str] = []
+    total = 0
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            if offset <= total < offset + limit:
+                page.append(line)
+            total += 1
+    return page, total
 
 
 def _invalid(field_name: str, message: str) -> RpcError:
