@@ -5,8 +5,9 @@ Clients, by share of ``--clients``:
 - **callers** (kind ``cli``): each sends one request at a time, at Poisson
   intervals that add up to ``--rate``, drawn from ``MIX`` (bus, personas,
   registry, bundle imports, inference, the browser, a soak service); writes
-  go through the ledger, and ``memory.remember`` carries an idempotency key
-  and is sent again with it while an answer leaves its outcome open;
+  go through the ledger, and ``memory.remember`` and
+  ``persona.performance.record`` carry an idempotency key and are sent again
+  with it while an answer leaves their outcome open;
 - **services** (kind ``service``) that provide ``cap:soak-echo`` and answer;
 - **subscribers** to ``soak.load.*`` (what callers publish);
 - **room members**, ten to a room, who talk in it;
@@ -462,6 +463,7 @@ async def _performance(load: Load, c: BusClient, rng: random.Random, persona: st
         "score": float(rng.randrange(101)),
         "success": rng.random() < 0.8,
         "duration_s": round(rng.uniform(1, 600), 2),
+        "idempotency_key": nonce,
     }
     expect = {k: params[k] for k in ("session_id", "task", "score", "success", "duration_s")}
     return await load._write("performance", "persona.performance.record", c, persona, params, expect, nonce)

@@ -95,8 +95,8 @@ class GroupCommit:
                     fut.set_exception(
                         InvalidInput(
                             "idempotency_key",
-                            f"was given before for another memory (id {outcome.memory_id}); "
-                            "a retry must send the same memory, and a new memory a new key",
+                            f"was given before for another write (id {outcome.row_id}); "
+                            "a retry must send the same call, and a new call a new key",
                         )
                     )
                 else:

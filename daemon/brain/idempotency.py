@@ -1,61 +1,88 @@
-"""Idempotency keys for ``remember``: a retry gets the first call's answer, not a second memory.
+"""Idempotency keys for writes: a retry gets the first call's answer, not a second row.
 
-A caller that sent ``memory.remember`` and lost the answer (the bus was
-killed, its connection dropped, its deadline passed) cannot tell whether the
-memory was stored. Sent again with the same ``idempotency_key``, the call is
-answered with the id the first one stored (``replayed: true``) instead of
-storing it twice. The key is the caller's (a client id, ``caller``): two
-callers' equal keys are two keys. Used again for a different memory (other
-content, kind, source, subject, context, relevance or pin), it is refused
-rather than answered with a memory that is not the one asked for.
+A caller that sent ``memory.remember`` or ``persona.performance.record`` and
+lost the answer (the bus was killed, its connection dropped, its deadline
+passed) cannot tell whether the write was stored. Sent again with the same
+``idempotency_key``, the call is answered with the id the first one stored
+(``replayed: true``) instead of storing it twice. The key is the caller's (a
+client id, ``caller``): two callers' equal keys are two keys. Used again for
+a different write (another method, or any field different), it is refused
+rather than answered with a row that is not the one asked for.
 
-The key is written in the same transaction as its memory, so a memory that
-is durable has its key, and a key never names a memory that was rolled back:
-a persona killed at any point answers the retry as it should. Keys are kept
+The key is written in the same transaction as its row, so a row that is
+durable has its key, and a key never names a row that was rolled back: a
+persona killed at any point answers the retry as it should. Keys are kept
 :data:`KEY_TTL_S` (24 hours, as Stripe's API keeps them), then removed by the
-next keyed write; the memory itself is untouched by that. A memory forgotten
-since keeps its key until then, and a retry is answered with its id (the
-first call's answer) without storing it again. ``brain.erase`` removes the
-keys of the memories it erases (ops.erase): a key holds a hash of its
-memory's fields, and erased means gone.
+next keyed write; the row itself is untouched by that. A row forgotten since
+keeps its key until then, and a retry is answered with its id (the first
+call's answer) without storing it again. ``brain.erase`` removes the keys of
+the memories it erases (ops.erase): a key holds a hash of its row's fields,
+and erased means gone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from .ops import insert_memories
 from .validation import Row
 
-__all__ = ["KEY_TTL_S", "KeyReused", "Keyed", "insert_batch", "keyed"]
+__all__ = ["KEY_TTL_S", "KeyReused", "Keyed", "expire", "insert_batch", "keyed", "look_up", "remember_key"]
 
 #: How long a key is remembered.
 KEY_TTL_S: Final = 86_400.0
+REMEMBER: Final = "memory.remember"
 
 
 @dataclass(frozen=True, slots=True)
 class Keyed:
-    """A caller's key and what it was given for (the memory's fields, hashed)."""
+    """A caller's key and what it was given for (the method and the row's fields, hashed)."""
 
     caller: str
     key: str
+    method: str
     digest: str
 
 
 @dataclass(frozen=True, slots=True)
 class KeyReused:
-    """The key was given before, for a different memory (its id)."""
+    """The key was given before, for a different write (the row it made)."""
 
-    memory_id: int
+    row_id: int
 
 
-def keyed(caller: str, key: str, row: Row) -> Keyed:
-    """The key of ``row`` (a checked memory row): the memory's fields, not when it was made."""
-    fields = json.dumps(list(row[:-1]), ensure_ascii=False, separators=(",", ":"))
-    return Keyed(caller, key, hashlib.sha256(fields.encode("utf-8")).hexdigest())
+def keyed(caller: str, key: str, method: str, fields: Sequence[Any]) -> Keyed:
+    """The key of a write of ``fields`` (checked values, without the time it is made)."""
+    text = json.dumps([method, *fields], ensure_ascii=False, separators=(",", ":"))
+    return Keyed(caller, key, method, hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def expire(db: Any, now: float) -> None:
+    """Remove the keys older than KEY_TTL_S (in the caller's transaction)."""
+    db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (now - KEY_TTL_S,))
+
+
+def look_up(db: Any, key: Keyed) -> int | KeyReused | None:
+    """The row ``key`` made, KeyReused if it was given for another write, None if unknown."""
+    known = db.execute(
+        "SELECT row_id, digest FROM idempotency_keys WHERE caller = ? AND key = ?", (key.caller, key.key)
+    ).fetchone()
+    if known is None:
+        return None
+    return int(known[0]) if known[1] == key.digest else KeyReused(int(known[0]))
+
+
+def remember_key(db: Any, key: Keyed, row_id: int, now: float) -> None:
+    """Keep ``key`` as the one that made ``row_id`` (in the row's transaction)."""
+    db.execute(
+        "INSERT INTO idempotency_keys (caller, key, method, digest, row_id, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (key.caller, key.key, key.method, key.digest, row_id, now),
+    )
 
 
 #: What one submit gets back: its ids and whether they are a replay, or the key's misuse.
@@ -63,27 +90,20 @@ Outcome = tuple[list[int], bool] | KeyReused
 
 
 def insert_batch(db: Any, batch: list[tuple[list[Row], Keyed | None]], now: float) -> list[Outcome]:
-    """Insert each submit's rows, in one transaction (the caller's): a keyed submit whose
+    """Insert each submit's memories, in one transaction (the caller's): a keyed submit whose
     key is known is answered from it instead. Expired keys go first, so they are not known."""
     if any(key is not None for _, key in batch):
-        db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (now - KEY_TTL_S,))
+        expire(db, now)
     outcomes: list[Outcome] = []
     for rows, key in batch:
         if key is None:
             outcomes.append((insert_memories(db, rows), False))
             continue
-        known = db.execute(
-            "SELECT memory_id, digest FROM idempotency_keys WHERE caller = ? AND key = ?",
-            (key.caller, key.key),
-        ).fetchone()
+        known = look_up(db, key)
         if known is not None:
-            outcomes.append(([known[0]], True) if known[1] == key.digest else KeyReused(known[0]))
+            outcomes.append(known if isinstance(known, KeyReused) else ([known], True))
             continue
         (memory_id,) = insert_memories(db, rows)
-        db.execute(
-            "INSERT INTO idempotency_keys (caller, key, digest, memory_id, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (key.caller, key.key, key.digest, memory_id, now),
-        )
+        remember_key(db, key, memory_id, now)
         outcomes.append(([memory_id], False))
     return outcomes

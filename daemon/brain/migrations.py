@@ -368,14 +368,15 @@ def _v7_skill_source(db: RawConnection) -> None:
 
 
 def _v8_idempotency_keys(db: RawConnection) -> None:
-    # memory.remember's idempotency keys (idempotency.py): a retry is answered from its key.
-    # Written with its memory, in the same transaction; kept a day.
+    # Idempotency keys of writes (idempotency.py: memory.remember, persona.performance.record):
+    # a retry is answered from its key. Written with its row, in the same transaction; kept a day.
     db.execute(
         """CREATE TABLE idempotency_keys (
             caller TEXT NOT NULL,
             key TEXT NOT NULL,
+            method TEXT NOT NULL,
             digest TEXT NOT NULL,
-            memory_id INTEGER NOT NULL,
+            row_id INTEGER NOT NULL,
             created_at REAL NOT NULL,
             PRIMARY KEY (caller, key)
         ) WITHOUT ROWID"""

@@ -247,7 +247,8 @@ def erase(db: Any, subject: str | None) -> dict[str, int]:
                 removed[table] = db.execute(f"DELETE FROM {table}").rowcount
         else:
             db.execute(
-                "DELETE FROM idempotency_keys WHERE memory_id IN (SELECT id FROM memories WHERE subject = ?)",
+                "DELETE FROM idempotency_keys WHERE method = 'memory.remember' "
+                "AND row_id IN (SELECT id FROM memories WHERE subject = ?)",
                 (subject,),
             )
             for table in ("memories", "interactions", "emotions"):

@@ -28,7 +28,9 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
+
+from .idempotency import KeyReused, expire, keyed, look_up, remember_key
 
 __all__ = [
     "DAY_S",
@@ -41,6 +43,7 @@ __all__ = [
     "TopicFigure",
     "TrendPoint",
     "day_of",
+    "insert_record_once",
     "insert_records",
     "knowledge_hits",
     "normalise_task",
@@ -49,6 +52,8 @@ __all__ = [
 ]
 
 DAY_S = 86_400.0
+#: The method an idempotency key of a record is given with.
+RECORD: Final = "persona.performance.record"
 #: How many topics analytics ranks (and checks against the knowledge base).
 TOP_TOPICS = 5
 #: The trend has one point per day of the window, or per group of days past this many.
@@ -101,19 +106,7 @@ def insert_records(db: Any, records: Sequence[NewRecord]) -> list[tuple[int, flo
     history; the bus method never does.
     """
     now = time.time()
-    rows = [
-        (
-            r.session_id,
-            normalise_task(r.task),
-            float(r.score),
-            1 if r.success else 0,
-            float(r.duration_s),
-            r.user_feedback,
-            None if r.context is None else json.dumps(r.context, ensure_ascii=False),
-            now if r.recorded_at is None else float(r.recorded_at),
-        )
-        for r in records
-    ]
+    rows = [_row(r, now) for r in records]
     db.execute("BEGIN IMMEDIATE")
     try:
         out = [(db.execute(_INSERT, row).lastrowid, row[7]) for row in rows]
@@ -122,6 +115,48 @@ def insert_records(db: Any, records: Sequence[NewRecord]) -> list[tuple[int, flo
         raise
     db.execute("COMMIT")
     return out
+
+
+def insert_record_once(
+    db: Any, record: NewRecord, caller: str, key: str
+) -> tuple[int, float, bool] | KeyReused:
+    """Store ``record`` under an idempotency key (idempotency.py), in one transaction:
+    ``(id, recorded_at, replayed)``; a key known for this record answers from it, one given
+    for another write is KeyReused."""
+    now = time.time()
+    row = _row(record, now)
+    keyed_as = keyed(caller, key, RECORD, row[:-1])
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        expire(db, now)
+        known = look_up(db, keyed_as)
+        if isinstance(known, KeyReused):
+            out: tuple[int, float, bool] | KeyReused = known
+        elif known is not None:
+            at = db.execute("SELECT recorded_at FROM performance_records WHERE id = ?", (known,)).fetchone()
+            out = (known, float(at[0]) if at is not None else now, True)
+        else:
+            record_id = int(db.execute(_INSERT, row).lastrowid)
+            remember_key(db, keyed_as, record_id, now)
+            out = (record_id, row[7], False)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return out
+
+
+def _row(r: NewRecord, now: float) -> tuple[Any, ...]:
+    return (
+        r.session_id,
+        normalise_task(r.task),
+        float(r.score),
+        1 if r.success else 0,
+        float(r.duration_s),
+        r.user_feedback,
+        None if r.context is None else json.dumps(r.context, ensure_ascii=False),
+        now if r.recorded_at is None else float(r.recorded_at),
+    )
 
 
 # -- reading changes ------------------------------------------------------------------

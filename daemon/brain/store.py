@@ -58,7 +58,7 @@ from ._limits import LimitsUnavailable
 from .commit import GroupCommit
 from .errors import BrainBusy, BrainClosed, InvalidInput, SchemaTooNew
 from .export import export_sync
-from .idempotency import keyed
+from .idempotency import REMEMBER, keyed
 from .migrations import LATEST
 from .readonly import query_sync, reader_handle
 from .recall import recall_sync, recency
@@ -313,7 +313,7 @@ class Brain:
         self._check_open()
         check_text("idempotency_key", key, MAX_IDEMPOTENCY_KEY_CHARS)
         row = memory_row(MemoryItem(content, context, relevance, source, subject, pinned, kind), time.time())
-        ids, replayed = await self._commit.submit_keyed([row], keyed(caller, key, row))
+        ids, replayed = await self._commit.submit_keyed([row], keyed(caller, key, REMEMBER, row[:-1]))
         return ids[0], replayed
 
     async def remember_many(self, items: Iterable[MemoryItem]) -> list[int]:

@@ -30,11 +30,12 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from protocol import RpcError
+from protocol import ErrorCode, RpcError
 from protocol.commands import analytics as m
 
 from ..brain import Brain
-from ..brain.performance import Figures, NewRecord, Rollup, insert_records, window_figures
+from ..brain.idempotency import KeyReused
+from ..brain.performance import Figures, NewRecord, Rollup, insert_record_once, insert_records, window_figures
 from ..client import BusClient, CallContext
 from ..dispatch import Dispatcher
 from ..plugins.host import RUNS_FILE
@@ -269,8 +270,19 @@ def register_analytics_commands(
         )
         # The model's bounds are the table's CHECKs: a record that passed
         # validation is stored (a CHECK failing here would be our bug: INTERNAL_ERROR).
-        [(rid, at)] = await brain.write(insert_records, [new])
-        return m.PerformanceRecordResult(id=rid, recorded_at=at)
+        if p.idempotency_key is None:
+            [(rid, at)] = await brain.write(insert_records, [new])
+            return m.PerformanceRecordResult(id=rid, recorded_at=at)
+        once = await brain.write(insert_record_once, new, ctx.caller or "", p.idempotency_key)
+        if isinstance(once, KeyReused):
+            raise RpcError(
+                ErrorCode.INVALID_PARAMS,
+                f"invalid params: idempotency_key: was given before for another write (id {once.row_id}); "
+                "a retry must send the same call, and a new call a new key",
+                {"field": "idempotency_key", "reason": "given before for another write"},
+            )
+        rid, at, replayed = once
+        return m.PerformanceRecordResult(id=rid, recorded_at=at, replayed=replayed)
 
     async def analyse(p: m.AnalyticsParams, ctx: CallContext) -> m.AnalyticsResult:
         return await analytics(brain, rollup, plugins, persona_id, await profile.get(), p.window)

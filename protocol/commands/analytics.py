@@ -11,7 +11,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, Field
 
-from .brain import MAX_LABEL_CHARS, MAX_TEXT_CHARS, JsonObject
+from .brain import IDEMPOTENCY_KEY_PATTERN, MAX_LABEL_CHARS, MAX_TEXT_CHARS, JsonObject
 from .registry import StrictModel, StrictParams, register
 
 __all__ = [
@@ -76,11 +76,22 @@ class PerformanceRecordParams(StrictParams):
         None,
         description="any JSON object (at most 16 KiB); strings in its 'tags' array are topics too",
     )
+    idempotency_key: Annotated[str, Field(pattern=IDEMPOTENCY_KEY_PATTERN)] | None = Field(
+        None,
+        description=(
+            "a key of the caller's choosing (a UUID): the same call sent again with it within 24 hours "
+            "is answered with the first one's id (replayed: true) instead of recording it twice; "
+            "keys are per caller (client id); the same key with another call is refused"
+        ),
+    )
 
 
 class PerformanceRecordResult(StrictModel):
     id: int = Field(description="the record's id in the persona's brain")
     recorded_at: float = Field(description="when it was stored, seconds since the epoch")
+    replayed: bool = Field(
+        False, description="true: the idempotency_key was given before for this record, stored then, not now"
+    )
 
 
 register(

@@ -171,8 +171,8 @@ async def test_older_file_migrates_to_latest_with_data_intact(db_path: Path, key
     # v8's idempotency keys: one per (caller, key), none carried over.
     assert [(0,)] == db.execute("SELECT count(*) FROM idempotency_keys").fetchall()
     key_row = (
-        "INSERT INTO idempotency_keys (caller, key, digest, memory_id, created_at) "
-        "VALUES ('c', 'k', 'd', 1, 1)"
+        "INSERT INTO idempotency_keys (caller, key, method, digest, row_id, created_at) "
+        "VALUES ('c', 'k', 'memory.remember', 'd', 1, 1)"
     )
     db.execute(key_row)
     with pytest.raises(Exception, match="UNIQUE"):

@@ -1,6 +1,7 @@
-"""memory.remember's idempotency keys in the brain: a retry gets the first answer, never a
-second memory, across batches, concurrent retries, a reopened brain and a persona killed
-mid-write; a key reused for another memory is refused; keys are per caller and expire."""
+"""Idempotency keys in the brain: a retry gets the first answer, never a second row, across
+batches, concurrent retries, a reopened brain and a persona killed mid-write; a key reused
+for another write is refused; keys are per caller and expire. memory.remember and
+persona.performance.record share them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from daemon.brain import Brain, InvalidInput
-from daemon.brain.idempotency import KEY_TTL_S
+from daemon.brain.idempotency import KEY_TTL_S, KeyReused
+from daemon.brain.performance import NewRecord, insert_record_once
 
 
 async def count(brain: Brain, table: str = "memories") -> int:
@@ -49,7 +51,7 @@ async def test_a_key_given_for_another_memory_is_refused_and_the_batch_goes_on(b
     )
     assert isinstance(reused, InvalidInput)
     assert "idempotency_key" == reused.field
-    assert "another memory" in reused.reason
+    assert "another write" in reused.reason
     assert isinstance(plain, int)
     assert 2 == await count(brain)
     # Any field counts, not only the content.
@@ -103,3 +105,20 @@ async def test_an_erased_memory_takes_its_key_with_it(brain: Brain) -> None:
     assert 1 == await count(brain, "idempotency_keys")
     await brain.erase(everything=True, confirm="erase everything")
     assert 0 == await count(brain, "idempotency_keys")
+
+
+async def test_a_performance_record_retried_with_its_key_is_recorded_once(brain: Brain) -> None:
+    record = NewRecord(session_id="s1", task="draft a claim", score=80, success=True, duration_s=12.5)
+    first = await brain.write(insert_record_once, record, "cli:a", "r-1")
+    again = await brain.write(insert_record_once, record, "cli:a", "r-1")
+    assert not isinstance(first, KeyReused)
+    assert (first[0], first[1], True) == again  # the first call's id and time
+    assert 1 == await count(brain, "performance_records")
+    changed = NewRecord(session_id="s1", task="draft a claim", score=81, success=True, duration_s=12.5)
+    assert isinstance(await brain.write(insert_record_once, changed, "cli:a", "r-1"), KeyReused)
+    # A key is one write's, whatever the method: a memory's key does not record a task.
+    await brain.remember_once("a memory", caller="cli:a", key="shared-1")
+    assert isinstance(await brain.write(insert_record_once, record, "cli:a", "shared-1"), KeyReused)
+    # Erasing a subject takes the keys of its memories only.
+    await brain.erase(subject="nobody", confirm="nobody")
+    assert 2 == await count(brain, "idempotency_keys")

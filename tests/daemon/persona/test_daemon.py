@@ -166,7 +166,7 @@ async def test_memory_over_the_bus_survives_a_restart(bus, state, connect) -> No
 async def test_a_remember_retried_with_its_key_is_stored_once(bus, state, connect) -> None:
     """memory.remember sent again with its idempotency_key (the answer was lost) gets the first
     id back, replayed; the same key for another memory is INVALID_PARAMS naming the field;
-    another caller's equal key is its own."""
+    another caller's equal key is its own; persona.performance.record does the same."""
     daemon = PersonaDaemon(
         PersonaConfig(id="ada", name="Ada"),
         prepare_session_dir(state.root, "ada"),
@@ -196,6 +196,18 @@ async def test_a_remember_retried_with_its_key_is_stored_once(bus, state, connec
         assert ErrorCode.INVALID_PARAMS == bad.value.code
         hits = await caller.call("memory.recall", {"query": "launch"}, to="persona:ada")
         assert sorted([first["id"], elsewhere["id"]]) == sorted(h["id"] for h in hits["hits"])
+        # persona.performance.record takes keys too, and the same key is one write only.
+        record = {"session_id": "s1", "task": "plan the launch", "score": 90, "success": True}
+        record |= {"duration_s": 3.0, "idempotency_key": "rec-1"}
+        done = await caller.call("persona.performance.record", record, to="persona:ada")
+        redone = await caller.call("persona.performance.record", record, to="persona:ada")
+        assert {**done, "replayed": True} == redone
+        assert done["replayed"] is False
+        with pytest.raises(RpcError) as other_method:
+            await caller.call(
+                "persona.performance.record", {**record, "idempotency_key": "3f2a-launch"}, to="persona:ada"
+            )
+        assert "idempotency_key" == (other_method.value.data or {}).get("field")
     finally:
         stop.set()
         await asyncio.wait_for(task, WAIT)
