@@ -37,11 +37,15 @@ Four three-level stacks share their upper levels, as a real hierarchy does:
 
 With ``--decoders``, the decoding backends side by side as well
 (``inference_decoders.py``: 7. speed by backend and threads, 8. four
-personas at once) and whether the default says what torch fp32 says
+personas at once), whether the default says what torch fp32 says
 (``inference_agreement.py``: 9. token agreement, signature phrases,
-perplexity); ``--decoders-only`` runs just those. ``--llama-cpp`` adds
-llama.cpp on the model's own GGUF to section 7, the baseline a user would
-pick instead (it builds ``.venv-llamacpp`` the first time: minutes).
+perplexity) and what a bounded string costs OpenVINO's grammar
+(``inference_structured.py``: 10. PersonaHub's structured schema, the
+default against the bound compiled in and against torch);
+``--decoders-only`` runs just those, ``--structured-only`` just 10.
+``--llama-cpp`` adds llama.cpp on the model's own GGUF to section 7, the
+baseline a user would pick instead (it builds ``.venv-llamacpp`` the first
+time: minutes).
 
 The last line is ``inference.py: ok`` only if every target holds (exit 0),
 else ``inference.py: FAIL`` (exit 1). Child processes are always stopped.
@@ -362,8 +366,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the engine (default 1)")
-    parser.add_argument("--decoders", action="store_true", help="also compare the decoding backends (7-9)")
+    parser.add_argument("--decoders", action="store_true", help="also compare the decoding backends (7-10)")
     parser.add_argument("--decoders-only", action="store_true", help="only compare the decoding backends")
+    parser.add_argument(
+        "--structured-only", action="store_true", help="only section 10 (a bounded string's cost)"
+    )
     parser.add_argument(
         "--llama-cpp",
         action="store_true",
@@ -371,6 +378,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     model_dir = convert_smollm2(cache_root(REPO / ".personad"))
+    if args.structured_only:
+        return report(asyncio.run(structured(args, model_dir)))
     if args.decoders_only:
         return report(asyncio.run(decoders(args, model_dir)))
     results = asyncio.run(measure(args, model_dir))
@@ -389,13 +398,13 @@ def main() -> int:
 
 
 async def decoders(args: argparse.Namespace, model_dir: Path) -> list[tuple[str, bool]]:
-    """Sections 7-9: the decoding backends, on the same random stacks and on the trained demo stack."""
+    """Sections 7-10: the decoding backends, on the same random stacks, the trained demo stack and
+    PersonaHub's structured requests."""
     import inference_agreement
     import inference_decoders
 
     rounds, tokens = (2, 32) if args.quick else (5, 128)
-    # The IR exported once for the tests and earlier runs, not again per run (ov/convert.py).
-    os.environ.setdefault("PERSONAD_OV_CACHE", str(REPO / ".cache" / "openvino-ir"))
+    ov_cache()
     work = Path(tempfile.mkdtemp(prefix="personad-bench-decoders-"))
     try:
         store = AdapterStore.for_state(work / "state")
@@ -407,7 +416,23 @@ async def decoders(args: argparse.Namespace, model_dir: Path) -> list[tuple[str,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results += await inference_agreement.measure(model_dir, REPO / ".personad", quick=args.quick)
+    return results + await structured(args, model_dir)
+
+
+async def structured(args: argparse.Namespace, model_dir: Path) -> list[tuple[str, bool]]:
+    """Section 10: a bounded string in a schema, OpenVINO's default against the bound compiled in."""
+    import inference_structured
+
+    ov_cache()
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    results = await inference_structured.measure(model_dir, quick=args.quick)
+    print(f"   (load average {os.getloadavg()[0]:.1f} at the end)")
     return results
+
+
+def ov_cache() -> None:
+    """The IR exported once for the tests and earlier runs, not again per run (ov/convert.py)."""
+    os.environ.setdefault("PERSONAD_OV_CACHE", str(REPO / ".cache" / "openvino-ir"))
 
 
 def llama_cpp(args: argparse.Namespace) -> tuple[Path, Path] | None:
