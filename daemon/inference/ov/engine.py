@@ -431,9 +431,9 @@ class OVEngine:
         Given as a schema, not as our grammar's text: OpenVINO matched the
         text form about twenty times slower per token. Its JSON grammar
         allows whitespace between tokens, where ours has none. Without
-        ``maxLength``: a bounded string made its matcher about 14 times slower
-        per token (PersonaHub's 300-character persona: 37 s against 2.6 s for
-        160 tokens of SmolLM2), so the bound is checked on the finished reply
+        ``maxLength``: a bounded string made its matcher 12 to 21 times slower
+        per token (PersonaHub's 300-character persona, SmolLM2 on one thread:
+        bench/inference.py section 10), so the bound is checked on the finished reply
         (``_reply_breaks``) instead; a reply that ran past it is decoded again
         with the bound (``bounded``), so callers still get a reply within it.
         """

@@ -1,12 +1,15 @@
 """String length bounds that the OpenVINO engine checks on the reply instead of in its grammar.
 
 OpenVINO GenAI's bundled xgrammar matched a schema with a bounded string
-(``maxLength``) about 14 times slower per token than the same schema without
-the bound: PersonaHub's structured schema (a 300-character persona) took 37 s
-for 160 tokens of SmolLM2 against 2.6 s. So the engine compiles the schema
+(``maxLength``) 12 to 21 times slower per token than the same schema without
+the bound (PersonaHub's structured schema, a 300-character persona, SmolLM2 on
+one thread: bench/inference.py section 10). So the engine compiles the schema
 without ``maxLength`` (``without_max_length``) and holds the finished reply to
-it (``string_too_long``); a reply that breaks it is refused (``ReplyInvalid``),
-as one that is not strict JSON is. The torch engine's grammar keeps the bound.
+it (``string_too_long``): an unstreamed reply that breaks it is decoded again
+with the bound in the grammar; a streamed one, already sent, is refused
+(``ReplyInvalid``), as a reply that is not strict JSON is. A reply cut at
+``max_tokens`` is returned as cut, not checked. The torch engine's grammar
+keeps the bound.
 
 Both walk a schema by its structure (the keywords that hold subschemas), so a
 property that happens to be *named* ``maxLength`` is left alone.
