@@ -11,7 +11,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, Field
 
-from .brain import IDEMPOTENCY_KEY_PATTERN, MAX_LABEL_CHARS, MAX_TEXT_CHARS, JsonObject
+from .brain import MAX_LABEL_CHARS, MAX_TEXT_CHARS, IdempotencyKey, JsonObject, idempotency_key_field
 from .registry import StrictModel, StrictParams, register
 
 __all__ = [
@@ -76,14 +76,7 @@ class PerformanceRecordParams(StrictParams):
         None,
         description="any JSON object (at most 16 KiB); strings in its 'tags' array are topics too",
     )
-    idempotency_key: Annotated[str, Field(pattern=IDEMPOTENCY_KEY_PATTERN)] | None = Field(
-        None,
-        description=(
-            "a key of the caller's choosing (a UUID): the same call sent again with it within 24 hours "
-            "is answered with the first one's id (replayed: true) instead of recording it twice; "
-            "keys are per caller (client id); the same key with another call is refused"
-        ),
-    )
+    idempotency_key: IdempotencyKey | None = idempotency_key_field("recording it")
 
 
 class PerformanceRecordResult(StrictModel):

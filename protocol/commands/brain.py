@@ -55,6 +55,7 @@ __all__ = [
     "GoalsSetParams",
     "GoalsSetResult",
     "IdResult",
+    "IdempotencyKey",
     "InteractionsLogParams",
     "MemoryForgetParams",
     "MemoryForgetResult",
@@ -68,6 +69,7 @@ __all__ = [
     "SkillsListResult",
     "SkillsRecordUseParams",
     "SkillsRecordUseResult",
+    "idempotency_key_field",
 ]
 
 # -- limits -------------------------------------------------------------------
@@ -97,6 +99,22 @@ IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 SKILL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 GOAL_STATUSES = ("active", "paused", "done", "abandoned")
+
+
+#: A write's idempotency key (daemon/brain/idempotency.py), as its params take it.
+IdempotencyKey = Annotated[str, Field(pattern=IDEMPOTENCY_KEY_PATTERN)]
+
+
+def idempotency_key_field(what: str) -> Any:
+    """The ``idempotency_key`` member of a write's params; ``what``: what a retry does not do twice."""
+    return Field(
+        None,
+        description=(
+            "a key of the caller's choosing (a UUID): the same call sent again with it within 24 hours "
+            f"is answered with the first one's id (replayed: true) instead of {what} twice; "
+            "keys are per caller (client id); the same key with another call is refused"
+        ),
+    )
 
 
 def _content_size(value: str) -> str:
@@ -146,14 +164,7 @@ class MemoryRememberParams(StrictParams):
     subject: Label | None = Field(None, description="who or what it is about; brain.erase works by subject")
     pinned: bool = Field(False, description="never removed by retention")
     kind: Kind = Field("note", description="a label for filtering recall: note, fact, preference, …")
-    idempotency_key: Annotated[str, Field(pattern=IDEMPOTENCY_KEY_PATTERN)] | None = Field(
-        None,
-        description=(
-            "a key of the caller's choosing (a UUID): the same call sent again with it within 24 hours "
-            "is answered with the first one's id (replayed: true) instead of storing the memory twice; "
-            "keys are per caller (client id); the same key with another memory is refused"
-        ),
-    )
+    idempotency_key: IdempotencyKey | None = idempotency_key_field("storing the memory")
 
 
 class IdResult(StrictModel):
