@@ -462,7 +462,8 @@ def print_report(report: dict[str, Any]) -> None:
         )
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with what ``--ci`` and the defaults that follow the run's length set."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=1000)
@@ -505,12 +506,17 @@ def main() -> int:
     )
     parser.add_argument("--report", help="write report.json and PNG charts into this folder")
     parser.add_argument("--ci", action="store_true", help="the bounded run: 100 clients, every fault once")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.ci:
         args.minutes, args.clients, args.rate, args.repeats, args.disk_mib = 2.5, 100, 400.0, 1, 32
+        args.clock_jump = min(args.clock_jump, 300.0)
     if args.disk_mib is None:
         args.disk_mib = max(64, int(4 * args.minutes))
-        args.clock_jump = min(args.clock_jump, 300.0)
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     with tempfile.TemporaryDirectory(prefix="personad-soak-") as tmp:
         report = uvloop.run(soak(args, Path(tmp)))
     print_report(report)
