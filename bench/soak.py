@@ -36,7 +36,7 @@ every fault once, about three minutes in all. The last line is
 any ledger violation, hung request, client exception, undocumented error
 code, fault not recovered from, or RSS growing without bound.
 
-(About 520 lines, one file: the run's order (start, load, faults with a check after
+(About 535 lines, one file: the run's order (start, load, faults with a check after
 each, the last check, the report) and its judgement read top to bottom here; the parts
 it drives are in the soak_* modules beside it.)
 """

@@ -20,7 +20,7 @@ Every call has a deadline; one that gets no answer by its deadline plus
 kept per method (all of them: a float each) with their start times, for
 percentiles overall and over time.
 
-(About 610 lines, one class and its mix, not split: the mix's functions are written
+(About 640 lines, one class and its mix, not split: the mix's functions are written
 against Load's ``_timed`` and ``_write`` and the faults reuse three of them; a module of
 its own would be functions on another module's private methods. The seam, if it grows:
 the mix, ``OPS`` and its ``_ping`` … ``_oneshot`` functions, with ``_write`` made public.)
