@@ -21,7 +21,7 @@ import time
 import aiosqlite
 
 from ._db import run_on
-from .errors import BrainClosed, InvalidInput
+from .errors import BrainClosed
 from .idempotency import Keyed, KeyReused, insert_batch
 from .ops import in_transaction
 from .validation import Row
@@ -92,12 +92,6 @@ class GroupCommit:
                 if fut.done():
                     continue
                 if isinstance(outcome, KeyReused):
-                    fut.set_exception(
-                        InvalidInput(
-                            "idempotency_key",
-                            f"was given before for another write (id {outcome.row_id}); "
-                            "a retry must send the same call, and a new call a new key",
-                        )
-                    )
+                    fut.set_exception(outcome.error())
                 else:
                     fut.set_result(outcome)

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .errors import InvalidInput
 from .ops import insert_memories
 from .validation import Row
 
@@ -53,6 +54,14 @@ class KeyReused:
     """The key was given before, for a different write (the row it made)."""
 
     row_id: int
+
+    def error(self) -> InvalidInput:
+        """What the caller is told: the refusal names the field."""
+        return InvalidInput(
+            "idempotency_key",
+            f"was given before for another write (id {self.row_id}); "
+            "a retry must send the same call, and a new call a new key",
+        )
 
 
 def keyed(caller: str, key: str, method: str, fields: Sequence[Any]) -> Keyed:

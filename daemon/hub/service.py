@@ -271,7 +271,7 @@ class HubService:
         if p.job_id is None:
             # A page, newest first, without the quality reports: a service that has run
             # thousands of jobs must still answer within a frame.
-            newest = sorted(self.jobs.values(), key=lambda j: (j.created_at, j.job_id), reverse=True)
+            newest = self._newest()
             page = newest[p.offset : p.offset + p.limit]
             end = p.offset + len(page)
             return m.StatusResult(
@@ -377,8 +377,12 @@ class HubService:
     def _metrics(self) -> str:
         # Per-job series for the newest jobs only: one series per job ever run would grow
         # without bound in the scraper as in this service.
-        newest = sorted(self.jobs.values(), key=lambda j: (j.created_at, j.job_id), reverse=True)
+        newest = self._newest()
         return render_metrics(newest[:METRICS_JOBS], total=len(newest))
+
+    def _newest(self) -> list[Job]:
+        """Every job, newest first (what a listing pages through and /metrics shows)."""
+        return sorted(self.jobs.values(), key=lambda j: (j.created_at, j.job_id), reverse=True)
 
     def _metrics_bound(self, host: str, port: int) -> None:
         self.metrics_port = port

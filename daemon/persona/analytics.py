@@ -275,11 +275,9 @@ def register_analytics_commands(
             return m.PerformanceRecordResult(id=rid, recorded_at=at)
         once = await brain.write(insert_record_once, new, ctx.caller or "", p.idempotency_key)
         if isinstance(once, KeyReused):
+            refused = once.error()
             raise RpcError(
-                ErrorCode.INVALID_PARAMS,
-                f"invalid params: idempotency_key: was given before for another write (id {once.row_id}); "
-                "a retry must send the same call, and a new call a new key",
-                {"field": "idempotency_key", "reason": "given before for another write"},
+                ErrorCode.INVALID_PARAMS, str(refused), {"field": refused.field, "reason": refused.reason}
             )
         rid, at, replayed = once
         return m.PerformanceRecordResult(id=rid, recorded_at=at, replayed=replayed)
